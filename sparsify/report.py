@@ -1,0 +1,77 @@
+"""Sparsity reports in Core ML Tools' format.
+
+:class:`Report` is a dict ``{module name: {metric: value}}`` plus a ``"global"`` row, printed as the
+same right-aligned table Core ML Tools prints. The metrics keep Core ML Tools' names:
+
+* ``#params`` — number of elements of the pruned parameter;
+* ``unstructured_weight_sparsity`` — fraction of zero elements;
+* ``structured_weight_sparsity`` — fraction of output channels (rows) that are entirely zero;
+* ``block2_weight_sparsity`` — fraction of pairs of consecutive output channels that are entirely
+  zero, ``-1`` when the channel count is odd.
+
+Unlike Core ML Tools, a row or block counts as zero only when all its *magnitudes* are zero: Core ML
+Tools sums signed values, so a row ``[1, -1]`` counts as pruned.
+"""
+
+from __future__ import annotations
+
+from collections import UserDict
+from collections.abc import Iterable
+
+import torch
+
+__all__ = ["Report", "global_summary", "sparsity_summary"]
+
+SPARSITY_METRICS = ("structured_weight_sparsity", "unstructured_weight_sparsity", "block2_weight_sparsity")
+
+
+def sparsity_summary(weight: torch.Tensor) -> dict[str, float]:
+    """Core ML Tools' three sparsity metrics for one weight tensor (1-D weights are one channel each)."""
+    weight = weight.detach()
+    rows = weight.abs().reshape(weight.shape[0], -1) if weight.dim() > 0 else weight.abs().reshape(1, 1)
+    row_is_zero = rows.sum(1) == 0
+    summary = {
+        "structured_weight_sparsity": row_is_zero.float().mean().item(),
+        "unstructured_weight_sparsity": (weight == 0).float().mean().item(),
+    }
+    if rows.shape[0] % 2 == 0:
+        summary["block2_weight_sparsity"] = row_is_zero.reshape(-1, 2).all(1).float().mean().item()
+    else:
+        summary["block2_weight_sparsity"] = -1
+    return summary
+
+
+def global_summary(rows: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Parameter-weighted mean of each metric over the rows where it applies (``-1`` if nowhere)."""
+    rows = list(rows)
+    total = sum(int(r["#params"]) for r in rows)
+    summary: dict[str, float] = {"#params": total}
+    for metric in SPARSITY_METRICS:
+        applicable = [(r["#params"], r[metric]) for r in rows if r[metric] >= 0]
+        if not applicable:
+            summary[metric] = -1
+        else:
+            weight = sum(n for n, _ in applicable)
+            summary[metric] = sum(n * v for n, v in applicable) / weight
+    return summary
+
+
+def _cell(value: object) -> str:
+    return f"{value:.5f}" if isinstance(value, float) else str(value)
+
+
+class Report(UserDict):
+    """A dict of per-module statistics that prints as Core ML Tools' table."""
+
+    def __repr__(self) -> str:
+        if not self.data:
+            return ""
+        columns = ["name", *next(iter(self.data.values())).keys()]
+        table = [columns] + [[str(name)] + [_cell(row[c]) for c in columns[1:]] for name, row in self.data.items()]
+        widths = [max(map(len, col)) for col in zip(*table)]
+        lines = [" | ".join(cell.rjust(w) for cell, w in zip(table[0], widths))]
+        lines.append(" | ".join("-" * w for w in widths))
+        lines += [" | ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in table[1:]]
+        return "\n".join(lines)
+
+    __str__ = __repr__
