@@ -1,0 +1,210 @@
+"""Scope: one sparsity budget per layer (local), or one ranking across the whole model (global).
+
+Both functions here are pure: they take **group scores** (one importance value per prunable group,
+as :func:`sparsify.patterns.group_scores` or :func:`sparsify.tiles.tile_scores` return them; higher
+means keep) and return ``bool`` keep-masks of the same shapes. Nothing here knows about modules.
+
+Counting rule (the same as the engine's :func:`sparsify.patterns.keep_count`): out of ``W`` weights
+at sparsity ``s`` the number kept is ``ceil(W * (1 - s))`` computed in float32, so the number pruned
+is ``floor(W * s)`` up to float32 rounding, and one layer ranked "globally" prunes exactly as many
+weights as the same layer ranked alone.
+
+Ties are broken deterministically — lower score first, then layer order (insertion order of the
+dict), then flat index — so counts are exact even when many scores are equal (all-zero gradients,
+already-pruned weights). This differs from the engine's Core ML threshold rule, which keeps every
+group that ties with the last kept one.
+
+Global ranking and fairness across layers
+-----------------------------------------
+``normalize=None`` (the default, as Intel Neural Compressor does) compares raw scores across
+layers. That is right when the score is in the same unit everywhere — an estimate of the loss
+increase, such as the M-FAC / OBS saliency ``w²/(2[F⁻¹]ᵢᵢ)`` — and biased when it is not: raw
+magnitudes favour pruning layers whose weights are small because they are wide (fan-in
+initialisation), which can empty a layer. ``normalize="mean"`` divides each layer's scores by their
+weighted mean, ``"l2"`` by their weighted root-mean-square and ``"max"`` by their maximum, so every
+layer's scores are on a scale of about 1 before they are ranked together. In every case per-layer
+``min_sparsity`` / ``max_sparsity`` caps bound each layer; ``max_sparsity=0.98`` (INC's default)
+keeps at least 2 % of every layer alive.
+
+Caps and the exact global count (water-filling)
+-----------------------------------------------
+Each layer first prunes its ``min_sparsity`` share (its lowest-scoring groups); its remaining groups
+up to its ``max_sparsity`` share are candidates. The candidates of all layers are ranked together and
+the lowest are pruned until the global count is reached. This is exactly the fixed point of Intel
+Neural Compressor's water-filling loop (pin any layer that crosses a cap at the cap, recompute the
+threshold for the rest, repeat), computed in one sort, and it hits the global count exactly:
+
+* when every group stands for one weight, the pruned count is exactly ``W - keep_count(W, s)``;
+* when groups stand for several weights, the lowest-scoring groups are taken while the total stays
+  at or below the target, so the count is short of it by less than one group.
+
+If the caps make the target impossible (``sum(min) > target`` or ``sum(max) < target``), the caps win
+and a warning says which sparsity was reached instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import torch
+
+from .patterns import keep_count
+
+__all__ = ["NORMALIZATIONS", "global_keep_masks", "local_keep_masks", "pruned_count"]
+
+logger = logging.getLogger(__name__)
+
+NORMALIZATIONS = (None, "mean", "l2", "max")
+
+PerLayer = float | Mapping[str, float]
+
+
+def _per_layer(value: PerLayer | int | None, name: str, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, Mapping):
+        return float(value.get(name, default))
+    return float(value)
+
+
+def _check_fraction(field: str, name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{field}[{name!r}]={value!r} is invalid: allowed 0.0 <= {field} <= 1.0")
+
+
+def pruned_count(num: int, sparsity: float) -> int:
+    """How many of ``num`` items are pruned at ``sparsity``: ``num - keep_count(num, sparsity)``."""
+    return num - keep_count(num, sparsity)
+
+
+def _bad_normalize(how: object) -> str:
+    return f"normalize={how!r} is invalid: allowed values are {', '.join(map(repr, NORMALIZATIONS))}"
+
+
+def _normalized(flat: torch.Tensor, how: str | None) -> torch.Tensor:
+    if how is None or flat.numel() == 0:
+        return flat
+    if how == "mean":
+        scale = flat.abs().mean()
+    elif how == "l2":
+        scale = flat.pow(2).mean().sqrt()
+    elif how == "max":
+        scale = flat.abs().max()
+    else:
+        raise ValueError(_bad_normalize(how))
+    return flat / scale if scale > 0 else flat
+
+
+def local_keep_masks(
+    scores: Mapping[str, torch.Tensor], sparsity: PerLayer
+) -> dict[str, torch.Tensor]:
+    """Each layer alone: prune its lowest ``pruned_count(n_groups, sparsity)`` groups (exact, ties by index).
+
+    ``sparsity`` is one float or a dict ``{name: sparsity}`` (missing names: 0).
+    """
+    masks = {}
+    for name, score in scores.items():
+        level = _per_layer(sparsity, name, 0.0)
+        _check_fraction("sparsity", name, level)
+        flat = score.detach().reshape(-1)
+        keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+        order = torch.argsort(flat.float(), stable=True)
+        keep[order[: pruned_count(flat.numel(), level)]] = False
+        masks[name] = keep.reshape(score.shape)
+    return masks
+
+
+def global_keep_masks(
+    scores: Mapping[str, torch.Tensor],
+    sparsity: float,
+    *,
+    weights_per_group: Mapping[str, int] | int | None = None,
+    min_sparsity: PerLayer = 0.0,
+    max_sparsity: PerLayer = 1.0,
+    normalize: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """One ranking across layers with per-layer caps; returns ``{name: bool keep-mask}``.
+
+    Args:
+        scores: ``{name: group scores}`` (any shapes, any devices; higher = keep). Each element
+            stands for ``weights_per_group[name]`` weights.
+        sparsity: the fraction of *all weights* to prune, in ``[0, 1]``.
+        weights_per_group: how many weights each score element stands for: one int for all layers
+            or a dict per name (missing names: 1). Default 1 (per-weight scores).
+        min_sparsity: the least sparsity of each layer: a float for all, or a dict per name
+            (missing names: 0.0).
+        max_sparsity: the most sparsity of each layer: a float or a dict (missing names: 1.0).
+        normalize: ``None`` (raw scores), ``"mean"``, ``"l2"`` or ``"max"`` — see the module docs.
+
+    Returns:
+        ``{name: keep}`` with ``keep`` a ``bool`` tensor of ``scores[name]``'s shape and device.
+        The pruned weights total exactly ``W - keep_count(W, sparsity)`` when every group is one
+        weight (within one group otherwise), unless the caps make that impossible.
+    """
+    if not 0.0 <= float(sparsity) <= 1.0:
+        raise ValueError(f"sparsity={sparsity!r} is invalid: allowed 0.0 <= sparsity <= 1.0")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(_bad_normalize(normalize))
+    names = list(scores)
+    if not names:
+        return {}
+    device = scores[names[0]].device
+
+    flats, sizes, lows, highs, mandatory = [], [], [], [], 0
+    for name in names:
+        size = int(_per_layer(weights_per_group, name, 1))
+        if size < 1:
+            raise ValueError(f"weights_per_group[{name!r}]={size} is invalid: allowed >= 1")
+        lo_s = _per_layer(min_sparsity, name, 0.0)
+        hi_s = _per_layer(max_sparsity, name, 1.0)
+        _check_fraction("min_sparsity", name, lo_s)
+        _check_fraction("max_sparsity", name, hi_s)
+        if lo_s > hi_s:
+            raise ValueError(
+                f"min_sparsity[{name!r}]={lo_s} > max_sparsity[{name!r}]={hi_s}: "
+                "allowed min_sparsity <= max_sparsity"
+            )
+        flat = scores[name].detach().reshape(-1).to(device=device, dtype=torch.float64)
+        n = flat.numel()
+        flats.append(_normalized(flat, normalize))
+        sizes.append(size)
+        lows.append(pruned_count(n, lo_s))
+        highs.append(pruned_count(n, hi_s))
+        mandatory += lows[-1] * size
+
+    total = sum(f.numel() * s for f, s in zip(flats, sizes))
+    target = pruned_count(total, float(sparsity))
+    ceiling = sum(h * s for h, s in zip(highs, sizes))
+    if target < mandatory or target > ceiling:
+        reached = mandatory if target < mandatory else ceiling
+        logger.warning(
+            "global sparsity %.4f (%d of %d weights) is outside what the per-layer caps allow "
+            "(%d to %d weights): the caps win and %.4f is reached",
+            sparsity, target, total, mandatory, ceiling, reached / max(total, 1),
+        )
+    budget = max(0, target - mandatory)
+
+    orders, cand_scores, cand_sizes = [], [], []
+    for flat, size, lo, hi in zip(flats, sizes, lows, highs):
+        order = torch.argsort(flat, stable=True)
+        orders.append(order)
+        cand_scores.append(flat[order[lo:hi]])
+        cand_sizes.append(torch.full((hi - lo,), size, dtype=torch.int64, device=device))
+    all_scores = torch.cat(cand_scores)
+    all_sizes = torch.cat(cand_sizes)
+    ranking = torch.argsort(all_scores, stable=True)
+    cumulative = torch.cumsum(all_sizes[ranking], 0)
+    taken = int(torch.searchsorted(cumulative, torch.tensor(budget, device=device), right=True))
+    chosen = torch.zeros(all_scores.numel(), dtype=torch.bool, device=device)
+    chosen[ranking[:taken]] = True
+
+    masks, offset = {}, 0
+    for name, flat, order, lo, hi in zip(names, flats, orders, lows, highs):
+        keep = torch.ones(flat.numel(), dtype=torch.bool, device=device)
+        keep[order[:lo]] = False
+        keep[order[lo:hi][chosen[offset : offset + hi - lo]]] = False
+        offset += hi - lo
+        original = scores[name]
+        masks[name] = keep.reshape(original.shape).to(original.device)
+    return masks
