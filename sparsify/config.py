@@ -170,7 +170,9 @@ def _to_dim(value: Any) -> int:
 
 def _to_param_name(value: Any) -> str:
     if not isinstance(value, str) or not value.isidentifier():
-        raise field_error(_MODULE_CFG, "param_name", value, "expected the name of a parameter, e.g. 'weight'", TypeError)
+        raise field_error(
+            _MODULE_CFG, "param_name", value, "expected the name of a parameter, e.g. 'weight'", TypeError
+        )
     return value
 
 
@@ -312,7 +314,8 @@ class OptimizationConfig(_Dictable):
             re.compile(key)
         except re.error as exc:
             raise field_error(
-                cls.__name__, "module_name_configs", key, f"keys are regular expressions and this one is invalid ({exc})"
+                cls.__name__, "module_name_configs", key,
+                f"keys are regular expressions and this one is invalid ({exc})",
             ) from exc
         return key
 

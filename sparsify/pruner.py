@@ -80,7 +80,8 @@ class BasePruner:
         if not isinstance(config, self.config_class):
             raise TypeError(
                 f"config must be a {self.config_class.__name__} (or None for the default), got "
-                f"{type(config).__name__}; build one with {self.config_class.__name__}.from_dict(...) if you have a dict"
+                f"{type(config).__name__}; build one with {self.config_class.__name__}.from_dict(...) "
+                f"if you have a dict"
             )
         self._model = model
         self._config = config
@@ -193,7 +194,7 @@ class BasePruner:
         if config.n_m_ratio is not None:
             config.target_sparsity = config.final_sparsity
         module = model.get_submodule(plan.name)
-        reader = model.get_submodule(plan.reader) if plan.reader else None
+        reader = model.get_submodule(plan.reader) if plan.reader is not None else None
         pattern = {
             "block_size": config.block_size, "granularity": config.granularity,
             "n_m_ratio": config.n_m_ratio, "dim": config.dim,

@@ -14,6 +14,7 @@ them; the two Core ML Tools schedulers are also recognised from their fields alo
 from __future__ import annotations
 
 import abc
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
@@ -121,7 +122,7 @@ def _parse_update_steps(value: Any) -> torch.Tensor:
         raise field_error(owner, field, steps, "at least one step is needed, or the schedule never prunes")
     if min(steps) < 0:
         raise field_error(owner, field, steps, "steps must be non-negative")
-    if any(b <= a for a, b in zip(steps, steps[1:])):
+    if any(b <= a for a, b in itertools.pairwise(steps)):
         raise field_error(owner, field, steps, "steps must be strictly increasing (sorted, no repeats)")
     return torch.tensor(steps, dtype=torch.int64)
 
@@ -140,9 +141,10 @@ class PolynomialDecayScheduler(PruningScheduler):
     .. math:: s = s_f + (s_i - s_f)\,(1 - t)^{p}, \qquad t = i / (n - 1)\ (t = 1 \text{ if } n = 1)
 
     and stays unchanged between update steps. A step ``0`` in ``update_steps`` is never reached (the
-    first ``step()`` is step 1) but still counts when spacing the schedule, as in Core ML Tools. ``power=3`` is Zhu & Gupta's cubic schedule: fast
-    pruning early, slow at the end. Identical to Core ML Tools, except that ``update_steps`` must be
-    strictly increasing (Core ML Tools silently accepts unsorted steps, which make sparsity go down).
+    first ``step()`` is step 1) but still counts when spacing the schedule, as in Core ML Tools.
+    ``power=3`` is Zhu & Gupta's cubic schedule: fast pruning early, slow at the end. Identical to Core
+    ML Tools, except that ``update_steps`` must be strictly increasing (Core ML Tools silently accepts
+    unsorted steps, which make sparsity go down).
 
     Args:
         update_steps: steps at which to update the masks: a list, tuple, range, 1-D tensor, or a
