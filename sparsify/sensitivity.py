@@ -1,0 +1,257 @@
+"""Sensitivity scan: how much does the metric suffer when one layer alone is pruned?
+
+:func:`sensitivity_scan` prunes each prunable layer in turn to each sparsity of a sweep (magnitude,
+optionally in blocks or whole kernels/channels, :func:`sparsify.patterns.ranked_mask`), calls
+``evaluate(model)`` and restores the layer's weights bit for bit before moving on, so the model is
+left exactly as it was — no copy of the model is made. It works on plain, prepared (masked) and
+finalized models: a masked layer is pruned on top of its current mask.
+
+The result, :class:`SensitivityScan`, prints as a table (:meth:`~SensitivityScan.to_text`, Markdown,
+CSV, JSON), draws as curves (:meth:`~SensitivityScan.plot`) and feeds
+:func:`sparsify.budget.allocate_budget`, which turns it into per-layer sparsities.
+
+``evaluate`` is any ``model -> float``; :func:`accuracy` builds one from data. Say
+``higher_is_better=False`` for a loss.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import MagnitudePrunerConfig
+from .patterns import ranked_mask
+
+__all__ = ["DEFAULT_SPARSITIES", "SensitivityScan", "accuracy", "prunable_layers", "sensitivity_scan"]
+
+DEFAULT_SPARSITIES = (0.25, 0.5, 0.7, 0.8, 0.9, 0.95)
+
+Evaluate = Callable[[nn.Module], float]
+
+
+def accuracy(data: Any, batch_size: int = 512) -> Evaluate:
+    """An ``evaluate(model) -> float`` giving top-1 accuracy (0-1) on ``data``.
+
+    ``data`` is a pair of tensors ``(inputs, labels)`` or an iterable of ``(inputs, labels)`` batches
+    (a ``DataLoader``). The model is put in ``eval()`` mode for the evaluation and its mode restored.
+    """
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        inputs, labels = data
+        batches: Iterable[Any] = [(inputs[i : i + batch_size], labels[i : i + batch_size])
+                                  for i in range(0, len(inputs), batch_size)]
+    else:
+        batches = data
+
+    def evaluate(model: nn.Module) -> float:
+        training = model.training
+        model.eval()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        correct = total = 0
+        try:
+            with torch.no_grad():
+                for inputs, labels in batches:
+                    predicted = model(inputs.to(device)).argmax(-1)
+                    correct += int((predicted == labels.to(device)).sum())
+                    total += len(labels)
+        finally:
+            model.train(training)
+        if total == 0:
+            raise ValueError("accuracy(): the data holds no example")
+        return correct / total
+
+    return evaluate
+
+
+def prunable_layers(model: nn.Module, layers: Sequence[str] | str | None = None) -> list[str]:
+    """Names of the modules a scan or budget covers.
+
+    ``None``: every module :class:`~sparsify.MagnitudePruner` supports (``Linear``, ``Conv1d/2d/3d``).
+    A string is a regular expression matched in full against module names; a list names them exactly.
+    """
+    supported = MagnitudePrunerConfig.supported_modules
+    candidates = [name for name, m in model.named_modules() if isinstance(m, supported) and name]
+    if layers is None:
+        return candidates
+    if isinstance(layers, str):
+        chosen = [name for name in candidates if re.fullmatch(layers, name)]
+        if not chosen:
+            raise ValueError(f"layers={layers!r} matches no prunable layer; the prunable layers are {candidates}")
+        return chosen
+    unknown = [name for name in layers if name not in candidates]
+    if unknown:
+        raise ValueError(f"layers names {unknown}, which are not prunable layers; allowed: {candidates}")
+    return list(layers)
+
+
+def _weight_of(module: nn.Module, param: str) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """``(tensor to edit, current effective weight, mask hook or None)`` of ``module.<param>``."""
+    orig = module._parameters.get(param + "_orig")
+    mask = module._buffers.get(param + "_mask")
+    if orig is not None and mask is not None:
+        hook = getattr(module, "pruning_method", None)
+        return orig, torch.where(mask.bool(), orig.detach(), orig.new_zeros(())), hook
+    weight = getattr(module, param)
+    return weight, weight.detach(), None
+
+
+def _refresh(module: nn.Module, hook: Any) -> None:
+    if hook is not None and hasattr(hook, "refresh"):
+        hook.refresh(module)
+
+
+@attrs.frozen
+class SensitivityScan:
+    """``metric[layer][i]`` is the metric with ``layer`` alone pruned to ``sparsities[i]``."""
+
+    baseline: float
+    sparsities: tuple[float, ...]
+    metric: dict[str, tuple[float, ...]]
+    params: dict[str, int]
+    higher_is_better: bool = True
+    metric_name: str = "metric"
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.metric)
+
+    def drop(self, layer: str) -> list[float]:
+        """How much worse than the baseline each sparsity makes the metric (positive = worse)."""
+        sign = 1.0 if self.higher_is_better else -1.0
+        return [sign * (self.baseline - value) for value in self.metric[layer]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "baseline": self.baseline, "sparsities": list(self.sparsities),
+            "metric": {k: list(v) for k, v in self.metric.items()}, "params": dict(self.params),
+            "higher_is_better": self.higher_is_better, "metric_name": self.metric_name,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SensitivityScan:
+        return cls(
+            baseline=float(data["baseline"]), sparsities=tuple(map(float, data["sparsities"])),
+            metric={k: tuple(map(float, v)) for k, v in data["metric"].items()},
+            params={k: int(v) for k, v in data["params"].items()},
+            higher_is_better=bool(data.get("higher_is_better", True)), metric_name=data.get("metric_name", "metric"),
+        )
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.as_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str | Path) -> SensitivityScan:
+        """Read :meth:`to_json` output, from a string or a file path."""
+        if isinstance(text, Path) or not text.lstrip().startswith("{"):
+            text = Path(text).read_text(encoding="utf-8")
+        return cls.from_dict(json.loads(text))
+
+    def _rows(self) -> tuple[list[str], list[list[str]]]:
+        header = ["layer", "params", *(f"{100 * s:g}%" for s in self.sparsities)]
+        rows = [[name, f"{self.params[name]:,}", *(f"{v:.4f}" for v in values)] for name, values in self.metric.items()]
+        return header, rows
+
+    def to_text(self) -> str:
+        header, rows = self._rows()
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                 for r in [header, *rows]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        direction = "higher" if self.higher_is_better else "lower"
+        return "\n".join([*lines, "", f"{self.metric_name} of the unpruned model: {self.baseline:.4f} "
+                                       f"({direction} is better); each cell prunes that layer alone."])
+
+    def to_markdown(self) -> str:
+        header, rows = self._rows()
+        align = ["---", "---:", *["---:"] * len(self.sparsities)]
+        return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows])
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["layer", "params", "sparsity", self.metric_name, "drop"])
+        for name, values in self.metric.items():
+            for sparsity, value, drop in zip(self.sparsities, values, self.drop(name)):
+                writer.writerow([name, self.params[name], sparsity, value, drop])
+        return out.getvalue()
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def plot(self, path: str | Path, **kwargs: Any) -> Path:
+        """Draw the curves to a PNG (:func:`sparsify.plots.plot_sensitivity`; needs matplotlib)."""
+        from .plots import plot_sensitivity
+
+        return plot_sensitivity(self, path, **kwargs)
+
+
+def sensitivity_scan(
+    model: nn.Module,
+    evaluate: Evaluate,
+    *,
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    layers: Sequence[str] | str | None = None,
+    granularity: str = "per_scalar",
+    block_size: int = 1,
+    param_name: str = "weight",
+    higher_is_better: bool = True,
+    metric_name: str = "metric",
+    progress: bool = True,
+) -> SensitivityScan:
+    """Prune each layer alone to each sparsity (magnitude), evaluate, restore; return the table.
+
+    Args:
+        model: the model to probe; it is changed during the scan and restored exactly afterwards
+            (also when ``evaluate`` raises).
+        evaluate: ``model -> float``, e.g. :func:`accuracy`; called ``1 + layers × sparsities`` times.
+        sparsities: the sweep, each in ``[0, 1]``.
+        layers: which layers (see :func:`prunable_layers`); default every supported one.
+        granularity, block_size: the pattern to prune with, as in ``ModuleMagnitudePrunerConfig``.
+        param_name: the parameter to prune.
+        higher_is_better: ``False`` when ``evaluate`` returns a loss.
+        metric_name: a label for tables and plots.
+        progress: show a tqdm progress bar.
+    """
+    if not callable(evaluate):
+        raise TypeError(f"evaluate must be a callable model -> float, got {type(evaluate).__name__}")
+    sweep = tuple(float(s) for s in sparsities)
+    if not sweep or any(not 0.0 <= s <= 1.0 for s in sweep):
+        raise ValueError(f"sparsities={list(sparsities)!r} is invalid: allowed a non-empty list of values in [0, 1]")
+    names = prunable_layers(model, layers)
+    baseline = float(evaluate(model))
+    metric: dict[str, tuple[float, ...]] = {}
+    params: dict[str, int] = {}
+    bar = tqdm(total=len(names) * len(sweep), desc="sensitivity", disable=not progress, leave=False)
+    try:
+        for name in names:
+            module = model.get_submodule(name)
+            target, current, hook = _weight_of(module, param_name)
+            params[name] = current.numel()
+            saved = target.detach().clone()
+            values = []
+            try:
+                for sparsity in sweep:
+                    bar.set_postfix_str(f"{name} @ {sparsity:g}")
+                    keep = ranked_mask(current.abs(), sparsity, block_size, granularity)
+                    with torch.no_grad():
+                        target.copy_(torch.where(keep, saved, saved.new_zeros(())))
+                    _refresh(module, hook)
+                    values.append(float(evaluate(model)))
+                    bar.update()
+            finally:
+                with torch.no_grad():
+                    target.copy_(saved)
+                _refresh(module, hook)
+            metric[name] = tuple(values)
+    finally:
+        bar.close()
+    return SensitivityScan(baseline, sweep, metric, params, higher_is_better, metric_name)

@@ -1,0 +1,161 @@
+"""How many bytes Core ML needs to store a weight, dense or sparse — pure arithmetic, no Core ML needed.
+
+Core ML (``mlprogram``, ``minimum_deployment_target >= iOS16``) stores a sparse weight as a
+``constexpr_sparse_to_dense`` op with two constants:
+
+* ``nonzero_data`` — the ``nnz`` kept values, ``nnz × element bytes`` (2 for fp16, 4 for fp32);
+* ``mask`` — one bit per element of the dense tensor, ``ceil(N / 8)`` bytes (iOS16/17: a packed
+  ``uint8`` tensor of ``ceil(N / 8)`` elements; iOS18: a ``uint1`` tensor of ``N`` elements).
+
+so a layer of ``N`` weights at sparsity ``s`` costs ``(1 - s) + 1/16`` of its dense fp16 size
+(``(1 - s) + 1/32`` in fp32): sparse storage *loses* below 6.25 % sparsity in fp16.
+
+Constants live in ``Data/com.apple.CoreML/weights/weight.bin``: a 64-byte file header, then one blob
+per constant, each a 64-byte header followed by the data, every blob starting on a 64-byte boundary.
+Constants with fewer than 10 elements are written inline in the model description instead (a bias of
+8 values, the mask of a weight with at most 72 elements on iOS16). :func:`weight_file_bytes` adds this
+up; it pads every blob, so it overestimates the real file by at most 63 bytes (the last blob is not
+padded).
+
+Which weights are stored sparse (``rule``), as ``coremltools.convert`` decides:
+
+* ``"metadata"`` — the default pipeline: exactly the weights that carry Core ML compression metadata
+  (the ``_COREML_/<param>/compression_type`` buffer that :meth:`sparsify.MagnitudePruner.finalize`
+  writes), whatever their sparsity — even a 0 %-sparse one, which then costs 1/16 more than dense.
+  Every value with ``|w| <= 2**-10`` (fp16 epsilon, :data:`METADATA_ZERO_THRESHOLD`) becomes zero.
+* ``"default_pruning"`` — ``pass_pipeline=ct.PassPipeline.DEFAULT_PRUNING``: weights with metadata
+  as above, plus every other constant of rank ≥ 2 with more than 2048 elements whose fraction of
+  ``|w| <= 1e-12`` is at least 0.5.
+
+The byte counts and rules were measured against real ``.mlpackage`` exports (``tests/test_sizing.py``
+converts models and compares).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import attrs
+
+__all__ = [
+    "DEFAULT_PRUNING_MIN_NUMEL",
+    "DEFAULT_PRUNING_MIN_SPARSITY",
+    "DEFAULT_PRUNING_ZERO_THRESHOLD",
+    "ELEMENT_BYTES",
+    "METADATA_ZERO_THRESHOLD",
+    "RULES",
+    "TARGETS",
+    "StoredTensor",
+    "dense_bytes",
+    "sparse_bytes",
+    "stores_sparse",
+    "weight_file_bytes",
+    "zero_threshold",
+]
+
+ELEMENT_BYTES = {"fp16": 2, "fp32": 4}
+RULES = ("metadata", "default_pruning")
+TARGETS = ("iOS16", "iOS17", "iOS18")
+
+METADATA_ZERO_THRESHOLD = 2.0**-10  # np.finfo(np.float16).eps, what the converter zeroes in metadata weights
+DEFAULT_PRUNING_ZERO_THRESHOLD = 1e-12  # OpThresholdPrunerConfig's default threshold
+DEFAULT_PRUNING_MIN_SPARSITY = 0.5  # ... its minimum_sparsity_percentile
+DEFAULT_PRUNING_MIN_NUMEL = 2048  # ... its weight_threshold: only constants with MORE elements are pruned
+
+_FILE_HEADER = 64
+_BLOB_HEADER = 64
+_ALIGNMENT = 64
+_MIN_FILE_ELEMENTS = 10  # smaller constants are written inline in the model description
+
+
+def _check_precision(precision: str) -> int:
+    if precision not in ELEMENT_BYTES:
+        allowed = ", ".join(map(repr, ELEMENT_BYTES))
+        raise ValueError(f"precision={precision!r} is invalid: allowed values are {allowed}")
+    return ELEMENT_BYTES[precision]
+
+
+def dense_bytes(numel: int, precision: str = "fp16") -> int:
+    """Bytes of a dense weight: ``numel × element bytes``."""
+    return numel * _check_precision(precision)
+
+
+def sparse_bytes(numel: int, nnz: int, precision: str = "fp16") -> int:
+    """Bytes of a sparse weight in Core ML's format: ``nnz × element bytes + ceil(numel / 8)``."""
+    if not 0 <= nnz <= numel:
+        raise ValueError(f"nnz={nnz!r} is invalid: allowed 0 <= nnz <= numel ({numel})")
+    return nnz * _check_precision(precision) + math.ceil(numel / 8)
+
+
+def zero_threshold(rule: str, metadata: bool) -> float:
+    """Values with ``|w| <= threshold`` are stored as zeros of a sparse weight under ``rule``."""
+    _check_rule(rule)
+    return METADATA_ZERO_THRESHOLD if metadata else DEFAULT_PRUNING_ZERO_THRESHOLD
+
+
+def stores_sparse(numel: int, rank: int, nnz: int, *, metadata: bool, rule: str = "metadata") -> bool:
+    """Whether ``coremltools.convert`` (iOS16+) stores this weight as a sparse constant under ``rule``.
+
+    ``nnz`` counts the values above :func:`zero_threshold`; ``metadata`` says whether the weight
+    carries Core ML compression metadata (or will, once a prepared model is finalized).
+    """
+    _check_rule(rule)
+    if metadata:
+        return True
+    if rule == "metadata" or rank < 2 or numel <= DEFAULT_PRUNING_MIN_NUMEL:
+        return False
+    return (numel - nnz) / numel >= DEFAULT_PRUNING_MIN_SPARSITY
+
+
+def _check_rule(rule: str) -> None:
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r} is invalid: allowed values are {', '.join(map(repr, RULES))}")
+
+
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r} is invalid: allowed values are {', '.join(map(repr, TARGETS))}")
+
+
+@attrs.frozen
+class StoredTensor:
+    """One constant as Core ML will store it: ``numel`` elements, ``nnz`` of them kept, sparse or not."""
+
+    numel: int
+    nnz: int
+    sparse: bool
+
+    def payload_bytes(self, precision: str = "fp16") -> int:
+        """Bytes of the data alone (no headers, no alignment)."""
+        if self.sparse:
+            return sparse_bytes(self.numel, self.nnz, precision)
+        return dense_bytes(self.numel, precision)
+
+    def blobs(self, precision: str = "fp16", target: str = "iOS16") -> list[tuple[int, int]]:
+        """``(elements, bytes)`` of each constant this tensor becomes (see the module docstring)."""
+        _check_target(target)
+        element = _check_precision(precision)
+        if not self.sparse:
+            return [(self.numel, self.numel * element)]
+        mask_bytes = math.ceil(self.numel / 8)
+        mask_elements = self.numel if target == "iOS18" else mask_bytes
+        return [(self.nnz, self.nnz * element), (mask_elements, mask_bytes)]
+
+    def file_bytes(self, precision: str = "fp16", target: str = "iOS16") -> int:
+        """Bytes this tensor adds to ``weight.bin``: a 64-byte header plus the 64-byte-aligned data
+        for every constant of at least 10 elements (smaller ones are stored inline)."""
+        total = 0
+        for elements, size in self.blobs(precision, target):
+            if elements >= _MIN_FILE_ELEMENTS:
+                total += _BLOB_HEADER + -(-size // _ALIGNMENT) * _ALIGNMENT
+        return total
+
+
+def weight_file_bytes(tensors: Iterable[StoredTensor], precision: str = "fp16", target: str = "iOS16") -> int:
+    """Estimated size of ``weight.bin`` holding ``tensors``: the file header plus every blob.
+
+    Exact up to the padding of the last blob (at most 63 bytes over), provided the converter keeps
+    each tensor as one constant (no folding, e.g. of batch norm into a dense conv).
+    """
+    return _FILE_HEADER + sum(t.file_bytes(precision, target) for t in tensors)
