@@ -123,6 +123,7 @@ def global_keep_masks(
     min_sparsity: PerLayer = 0.0,
     max_sparsity: PerLayer = 1.0,
     normalize: str | None = None,
+    layer_weights: Mapping[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """One ranking across layers with per-layer caps; returns ``{name: bool keep-mask}``.
 
@@ -136,6 +137,11 @@ def global_keep_masks(
             (missing names: 0.0).
         max_sparsity: the most sparsity of each layer: a float or a dict (missing names: 1.0).
         normalize: ``None`` (raw scores), ``"mean"``, ``"l2"`` or ``"max"`` — see the module docs.
+        layer_weights: the number of weights in each layer, when it is not ``groups × weights_per_group``
+            — e.g. for n:m runs, where a group of ``m`` weights prunes only ``n``: then pass
+            ``weights_per_group = n`` and ``layer_weights = numel``. Sparsities and caps are then
+            fractions of these counts, and a layer prunes at most ``floor(cap · weights / size)``
+            groups (and at least ``ceil(min · weights / size)``).
 
     Returns:
         ``{name: keep}`` with ``keep`` a ``bool`` tensor of ``scores[name]``'s shape and device.
@@ -151,7 +157,7 @@ def global_keep_masks(
         return {}
     device = scores[names[0]].device
 
-    flats, sizes, lows, highs, mandatory = [], [], [], [], 0
+    flats, sizes, weights, lows, highs, mandatory = [], [], [], [], [], 0
     for name in names:
         size = int(_per_layer(weights_per_group, name, 1))
         if size < 1:
@@ -169,11 +175,17 @@ def global_keep_masks(
         n = flat.numel()
         flats.append(_normalized(flat, normalize))
         sizes.append(size)
-        lows.append(pruned_count(n, lo_s))
-        highs.append(pruned_count(n, hi_s))
+        if layer_weights is None or name not in layer_weights:
+            weights.append(n * size)
+            highs.append(pruned_count(n, hi_s))
+            lows.append(pruned_count(n, lo_s))
+        else:
+            weights.append(int(layer_weights[name]))
+            highs.append(min(n, pruned_count(weights[-1], hi_s) // size))
+            lows.append(min(highs[-1], -(-pruned_count(weights[-1], lo_s) // size)))
         mandatory += lows[-1] * size
 
-    total = sum(f.numel() * s for f, s in zip(flats, sizes))
+    total = sum(weights)
     target = pruned_count(total, float(sparsity))
     ceiling = sum(h * s for h, s in zip(highs, sizes))
     if target < mandatory or target > ceiling:
