@@ -51,8 +51,8 @@ def explain_module_config(config: Any, name: str, module: nn.Module) -> tuple[An
     for pattern, module_config in config.module_name_configs.items():
         if re.fullmatch(pattern, name):
             if module_config is None:
-                return None, f"excluded by name rule {pattern!r}"
-            return module_config, f"name rule {pattern!r}"
+                return None, f"excluded by name rule '{pattern}'"
+            return module_config, f"name rule '{pattern}'"
     for klass in type(module).__mro__:
         for key in (klass, klass.__name__):
             if key in config.module_type_configs:
@@ -118,7 +118,7 @@ class DryRunTable(list):
 
 def _schedule_text(scheduler: Any) -> str:
     data = scheduler.as_dict() if hasattr(scheduler, "as_dict") else {}
-    kind = data.pop("kind", type(scheduler).__name__)
+    kind = data.pop("kind", getattr(scheduler, "kind", "") or type(scheduler).__name__)
     if "update_steps" in data:
         steps = list(data.pop("update_steps"))
         data["update_steps"] = f"{steps[0]}..{steps[-1]} ({len(steps)})" if len(steps) > 3 else steps
