@@ -13,9 +13,9 @@ Methods:
   predicted loss ``Σ drop_l(s_l)``, where ``drop_l`` is the scan's metric drop for layer ``l`` pruned
   alone (piecewise linear between the scanned sparsities, made non-decreasing). Exactly: take the
   lower convex hull of each layer's curve in (zeros, drop) and spend the global number of zeros on the
-  cheapest hull segments first (equal slopes: the segment ending at the lower sparsity first, so free
-  sparsity is spread evenly). This is optimal for the convexified curves; layers never go beyond the
-  largest scanned sparsity.
+  cheapest hull segments first (segments of equal slope — typically the free ones — are filled
+  together up to one common sparsity, so free sparsity is spread evenly). This is optimal for the
+  convexified curves; layers never go beyond the largest scanned sparsity.
 * ``"erk"`` (the default without a scan) — Erdős–Rényi-Kernel (Evci et al., RigL 2020): density
   proportional to ``sum(shape) / prod(shape)``, so big layers are pruned more; costs nothing.
 * ``"magnitude"`` — one global magnitude ranking (:func:`sparsify.scope.global_keep_masks`); costs one
@@ -201,25 +201,38 @@ def _lower_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 def _scan_allocation(
     scan: SensitivityScan, names: list[str], total: int, lo: dict[str, float], hi: dict[str, float]
 ) -> dict[str, float]:
-    """Continuous zeros per layer: cheapest convex-hull segments first."""
+    """Continuous zeros per layer: cheapest convex-hull segments first; segments of equal slope are
+    filled together to one common sparsity level (so free sparsity is spread evenly)."""
     zeros = {name: lo[name] for name in names}
-    segments = []
+    by_slope: dict[float, list[tuple[str, float, float]]] = {}  # slope -> [(layer, start, end)] in sparsity
     for name in names:
         xs, ys = _curve(scan, name)
         n = scan.params[name]
         inside = [s for s in xs if lo[name] / n < s < hi[name] / n]
-        points = [(x * n, _interpolate(xs, ys, x)) for x in [lo[name] / n, *inside, hi[name] / n]]
-        hull = _lower_hull(points)
-        for (x0, y0), (x1, y1) in itertools.pairwise(hull):
+        points = [(x, _interpolate(xs, ys, x)) for x in [lo[name] / n, *inside, hi[name] / n]]
+        for (x0, y0), (x1, y1) in itertools.pairwise(_lower_hull(points)):
             if x1 > x0:
-                segments.append(((y1 - y0) / (x1 - x0), x1 / n, name, x1 - x0))
+                slope = float(f"{(y1 - y0) / ((x1 - x0) * n):.12g}")  # drop per pruned weight
+                by_slope.setdefault(slope, []).append((name, x0, x1))
     remaining = total - sum(zeros.values())
-    for _slope, _end, name, width in sorted(segments, key=lambda seg: (seg[0], seg[1])):
+    for slope in sorted(by_slope):
         if remaining <= 0:
             break
-        take = min(width, remaining)
-        zeros[name] += take
-        remaining -= take
+        group = by_slope[slope]
+
+        def filled(level: float, group: list[tuple[str, float, float]] = group) -> float:
+            return sum(scan.params[n] * min(max(level - x0, 0.0), x1 - x0) for n, x0, x1 in group)
+
+        level = max(x1 for _, _, x1 in group)
+        if filled(level) > remaining:  # fill part of the group: find the common level by bisection
+            low, high = min(x0 for _, x0, _ in group), level
+            for _ in range(100):
+                level = (low + high) / 2
+                low, high = (level, high) if filled(level) < remaining else (low, level)
+            level = high
+        for n, x0, x1 in group:
+            zeros[n] += scan.params[n] * min(max(level - x0, 0.0), x1 - x0)
+        remaining -= filled(level)
     return zeros
 
 

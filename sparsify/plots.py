@@ -90,8 +90,8 @@ def plot_weight_heatmap(
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     top = max(float(m.abs().max()) for _, m in panels) or 1.0
     image = None
+    cmap = _colormap("viridis")
     for ax, (label, matrix) in zip(axes, panels):
-        cmap = _colormap("viridis")
         image = ax.imshow(_masked_abs(matrix), cmap=cmap, vmin=0, vmax=top, aspect="auto", interpolation="nearest")
         zeros = int((matrix == 0).sum())
         ax.set_title(f"{label} ({100 * zeros / matrix.numel():.1f}% zeros)".strip())
@@ -106,9 +106,7 @@ def plot_weight_heatmap(
 def _colormap(name: str) -> Any:
     import matplotlib
 
-    cmap = matplotlib.colormaps[name].copy()
-    cmap.set_bad("white")
-    return cmap
+    return matplotlib.colormaps[name].with_extremes(bad="white")
 
 
 def plot_layer_sparsity(

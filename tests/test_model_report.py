@@ -1,0 +1,207 @@
+"""model_report: numbers against hand-computed models, in every life of a model, in every output format."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
+from sparsify.model_report import infer_pattern, model_report
+from sparsify.patterns import n_m_mask
+
+
+def _linear(weight: list[list[float]]) -> nn.Linear:
+    layer = nn.Linear(len(weight[0]), len(weight), bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight))
+    return layer
+
+
+def _pruned(model: nn.Module, sparsity: float) -> tuple[MagnitudePruner, nn.Module]:
+    config = MagnitudePrunerConfig().set_global(ModuleMagnitudePrunerConfig(target_sparsity=sparsity))
+    pruner = MagnitudePruner(model, config)
+    prepared = pruner.prepare()
+    pruner.step()
+    return pruner, prepared
+
+
+def test_numbers_by_hand() -> None:
+    # 4x4, 6 zeros; row 1 is all zero; row 2 sums to zero but is not zero (Core ML Tools would count it)
+    model = nn.Sequential(_linear([[1, 2, 0, 4], [0, 0, 0, 0], [1, -1, 0, 0], [3, 3, 3, 3]]))
+    row = model_report(model)["0"]
+    assert (row.params, row.nonzeros, row.achieved) == (16, 9, 7 / 16)
+    assert row.structured_sparsity == 0.25
+    assert row.block2_sparsity == 0.0
+    assert row.requested is None and row.pattern == "unstructured" and row.pattern_source == "inferred"
+    assert (row.dense_fp16, row.dense_fp32) == (32, 64)
+    # a plain model under rule "auto" → DEFAULT_PRUNING, which leaves a 16-element weight dense
+    assert not row.sparse and row.coreml_fp16 == 32 and row.smaller == 1.0
+
+
+def test_bytes_by_hand_for_a_pruned_layer() -> None:
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8))
+    pruner, prepared = _pruned(model, 0.5)
+    report = model_report(prepared)
+    assert report.rule == "metadata"
+    row = report["0"]
+    assert (row.params, row.nonzeros, row.requested) == (4096, 2048, 0.5)
+    assert row.sparse and row.metadata
+    assert row.coreml_fp16 == 2048 * 2 + 4096 // 8
+    assert row.coreml_fp32 == 2048 * 4 + 4096 // 8
+    assert row.smaller == pytest.approx(8192 / 4608)
+    assert report.other_params == 64 + 8  # the biases
+    assert report.params == 4096 + 512 and report.nonzeros == 2048 + 256
+    assert report.sparsity == pytest.approx(0.5) and report.requested == pytest.approx(0.5)
+    # the same numbers after finalize, read from the Core ML metadata instead of the masks
+    after = model_report(pruner.finalize())
+    assert after.rule == "metadata"
+    assert [(r.nonzeros, r.coreml_fp16, r.sparse) for r in after.layers] == [
+        (r.nonzeros, r.coreml_fp16, r.sparse) for r in report.layers]
+    assert after["0"].requested is None  # the finalized model no longer says what was asked...
+    assert model_report(pruner.finalize(), requested=0.5)["0"].requested == 0.5  # ...unless told
+
+
+def test_pattern_read_from_the_hook() -> None:
+    model = nn.Sequential(nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8, 16), nn.Linear(16, 16))
+    config = (MagnitudePrunerConfig()
+              .set_module_name("0", ModuleMagnitudePrunerConfig(target_sparsity=0.5, granularity="per_kernel"))
+              .set_module_name("2", ModuleMagnitudePrunerConfig(target_sparsity=0.5, block_size=4))
+              .set_module_name("3", ModuleMagnitudePrunerConfig(n_m_ratio=(2, 4))))
+    pruner = MagnitudePruner(model, config)
+    prepared = pruner.prepare()
+    pruner.step()
+    report = model_report(prepared)
+    assert [(r.pattern, r.pattern_source) for r in report.layers] == [
+        ("per_kernel", "hook"), ("block 4", "hook"), ("2:4", "hook")]
+    assert [r.requested for r in report.layers] == [0.5, 0.5, 0.5]
+    # the zeros alone tell the same story once finalized
+    assert [r.pattern for r in model_report(pruner.finalize()).layers] == ["per_kernel", "block 4", "2:4"]
+    # and the config tells it when given
+    finalized = model_report(pruner.finalize(), requested=config)
+    assert [(r.pattern, r.pattern_source, r.requested) for r in finalized.layers] == [
+        ("per_kernel", "config", 0.5), ("block 4", "config", 0.5), ("2:4", "config", 0.5)]
+
+
+def test_infer_pattern() -> None:
+    w = torch.randn(8, 8)
+    assert infer_pattern(w) == "dense"
+    rows = w.clone()
+    rows[[1, 5]] = 0
+    assert infer_pattern(rows) == "per_channel"
+    blocks = w.clone()
+    blocks[0:4, [0, 3]] = 0
+    blocks[4:8, [5]] = 0
+    assert infer_pattern(blocks) == "block 4"
+    pairs = w.clone()
+    pairs[0:2, 1] = 0
+    pairs[6:8, 2] = 0
+    assert infer_pattern(pairs) == "block 2"
+    assert infer_pattern(w * n_m_mask(w.abs(), (2, 4))) == "2:4"
+    assert infer_pattern(w * n_m_mask(w.abs(), (1, 2), dim=0)) == "1:2 dim 0"
+    conv = torch.randn(8, 8, 3, 3)
+    assert infer_pattern(conv * n_m_mask(conv.abs(), (3, 4))) == "3:4"
+    kernels = torch.randn(4, 3, 3, 3)
+    kernels[0, 1] = 0
+    kernels[2, 2] = 0
+    assert infer_pattern(kernels) == "per_kernel"
+    scattered = w.clone()
+    scattered[0, 0] = scattered[3, 5] = 0
+    assert infer_pattern(scattered) == "unstructured"
+
+
+def test_torch_prune_and_state_dicts() -> None:
+    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+    prune.l1_unstructured(model[0], "weight", amount=0.3)
+    prune.random_unstructured(model[2], "weight", amount=40)  # an int amount counts weights
+    report = model_report(model)
+    assert report["0"].requested == pytest.approx(0.3) and report["0"].nonzeros == 140
+    assert report["2"].requested == pytest.approx(0.4) and report["2"].nonzeros == 60
+    assert [r.kind for r in report.layers] == ["Linear", "Linear"]
+    # a state dict gives the same numbers (no module types, no hooks)
+    from_state = model_report(model.state_dict())
+    assert [(r.name, r.nonzeros, r.coreml_fp16) for r in from_state.layers] == [
+        (r.name, r.nonzeros, r.coreml_fp16) for r in report.layers]
+    assert from_state.file_fp16 == report.file_fp16
+    assert [r.kind for r in from_state.layers] == ["", ""]
+
+
+def test_tied_weights_counted_once() -> None:
+    embed = nn.Embedding(50, 16)
+    head = nn.Linear(16, 50, bias=False)
+    head.weight = embed.weight
+    model = nn.Sequential(embed, head)
+    report = model_report(model)
+    assert [r.name for r in report.layers] == ["0"]
+    assert report.params == 800
+
+
+def test_buffers_and_other_tensors() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16))
+    model.register_buffer("causal", torch.ones(8, 8))
+    report = model_report(model)
+    assert [r.name for r in report.layers] == ["0"]  # rank-2 buffers are not weights to report
+    # bias 16 + BN weight, bias, mean, var 4 x 16 + the buffer 64
+    assert report.other_params == 16 + 64 + 64
+
+
+def test_requested_forms_and_errors() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    assert [r.requested for r in model_report(model, requested={"1": 0.3}).layers] == [None, 0.3]
+    with pytest.raises(ValueError, match=r"unknown layer\(s\) \['2'\]"):
+        model_report(model, requested={"2": 0.5})
+    with pytest.raises(ValueError, match="requested sparsity 1.5"):
+        model_report(model, requested=1.5)
+    with pytest.raises(TypeError, match="requested='half'"):
+        model_report(model, requested="half")
+    with pytest.raises(ValueError, match="rule='fast'"):
+        model_report(model, rule="fast")
+    with pytest.raises(ValueError, match="target='iOS15'"):
+        model_report(model, target="iOS15")
+    with pytest.raises(TypeError, match="nn.Module or a state dict"):
+        model_report([1, 2])
+    config = MagnitudePrunerConfig(module_name_configs={"0": ModuleMagnitudePrunerConfig(target_sparsity=0.7)})
+    assert [r.requested for r in model_report(model, requested=config).layers] == [0.7, 0.0]
+
+
+def test_sparse_storage_larger_than_dense_is_flagged() -> None:
+    model = nn.Sequential(nn.Linear(64, 64))
+    _, prepared = _pruned(model, 0.02)
+    report = model_report(prepared)
+    assert report["0"].coreml_fp16 > report["0"].dense_fp16
+    assert "sparse (!)" in report.to_text()
+
+
+def test_output_formats() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    _, prepared = _pruned(model, 0.8)
+    report = model_report(prepared)
+
+    text = report.to_text()
+    assert str(report) == text
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["layer", "type", "pattern"]
+    assert any(line.startswith("total") for line in lines)
+    assert "weight.bin estimate" in text and "80.0%" in text
+
+    markdown = report.to_markdown().splitlines()
+    assert markdown[0].startswith("| layer |") and markdown[1].startswith("| --- |")
+    assert markdown[-4].startswith("| **total** |")
+
+    rows = list(csv.DictReader(io.StringIO(report.to_csv())))
+    assert [r["name"] for r in rows] == ["0", "2", "total"]
+    assert int(rows[1]["params"]) == 2880 and rows[1]["shape"] == "10x288"
+    assert int(rows[2]["coreml_fp16"]) == report.layers[0].coreml_fp16 + report.layers[1].coreml_fp16
+
+    data = json.loads(report.to_json())
+    assert data["rule"] == "metadata" and data["target"] == "iOS16"
+    assert data["layers"][1]["nonzeros"] == report["2"].nonzeros
+    assert data["weight_file"]["fp16"] == report.file_fp16
+    assert data["total"]["achieved"] == pytest.approx(report.sparsity)
+    with pytest.raises(KeyError, match="no layer 'nope'"):
+        report["nope"]

@@ -1,0 +1,174 @@
+"""Core ML storage estimates: the formula by hand, then against the bytes of real .mlpackage exports."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
+from sparsify.model_report import model_report
+from sparsify.sizing import (
+    METADATA_ZERO_THRESHOLD,
+    StoredTensor,
+    dense_bytes,
+    sparse_bytes,
+    stores_sparse,
+    weight_file_bytes,
+    zero_threshold,
+)
+
+# -- the formula ---------------------------------------------------------------------------------
+
+
+def test_dense_and_sparse_bytes_by_hand() -> None:
+    assert dense_bytes(1000, "fp16") == 2000
+    assert dense_bytes(1000, "fp32") == 4000
+    # 1000 weights, 250 kept: 250 values + 125 bytes of mask
+    assert sparse_bytes(1000, 250, "fp16") == 250 * 2 + 125
+    assert sparse_bytes(1000, 250, "fp32") == 250 * 4 + 125
+    assert sparse_bytes(1001, 0, "fp16") == 126  # the mask rounds up to whole bytes
+    # ratio to dense fp16 is (1 - s) + 1/16
+    assert sparse_bytes(4096, 1024, "fp16") / dense_bytes(4096, "fp16") == pytest.approx(0.25 + 1 / 16)
+
+
+def test_bad_arguments_name_the_value() -> None:
+    with pytest.raises(ValueError, match="precision='bf16'.*'fp16', 'fp32'"):
+        dense_bytes(10, "bf16")
+    with pytest.raises(ValueError, match="nnz=11"):
+        sparse_bytes(10, 11)
+    with pytest.raises(ValueError, match="rule='best'"):
+        stores_sparse(10, 2, 1, metadata=False, rule="best")
+    with pytest.raises(ValueError, match="target='iOS15'"):
+        StoredTensor(10, 10, False).file_bytes("fp16", "iOS15")
+
+
+def test_which_weights_are_stored_sparse() -> None:
+    # metadata: always sparse, whatever the sparsity
+    assert stores_sparse(100, 2, 100, metadata=True, rule="metadata")
+    assert not stores_sparse(10_000, 2, 0, metadata=False, rule="metadata")
+    # DEFAULT_PRUNING: rank >= 2, more than 2048 elements, at least half zeros
+    assert stores_sparse(4096, 2, 2048, metadata=False, rule="default_pruning")
+    assert not stores_sparse(4096, 2, 2049, metadata=False, rule="default_pruning")
+    assert not stores_sparse(2048, 2, 0, metadata=False, rule="default_pruning")
+    assert not stores_sparse(4096, 1, 0, metadata=False, rule="default_pruning")
+    assert zero_threshold("metadata", True) == np.finfo(np.float16).eps == METADATA_ZERO_THRESHOLD
+    assert zero_threshold("default_pruning", False) == 1e-12
+
+
+def test_weight_file_layout_by_hand() -> None:
+    # dense 640 fp16 values: 64-byte header + 1280 bytes (a multiple of 64)
+    assert StoredTensor(640, 640, False).file_bytes("fp16") == 64 + 1280
+    # 8 values are inlined in the model description: nothing in weight.bin
+    assert StoredTensor(8, 8, False).file_bytes("fp16") == 0
+    # sparse 72 weights, 18 kept: data 36 B (padded to 64) + header; the 9-byte iOS16 mask is inlined
+    assert StoredTensor(72, 18, True).file_bytes("fp16", "iOS16") == 64 + 64
+    # ... but iOS18 stores the mask as 72 uint1 elements, in the file
+    assert StoredTensor(72, 18, True).file_bytes("fp16", "iOS18") == 2 * (64 + 64)
+    assert weight_file_bytes([StoredTensor(640, 640, False), StoredTensor(8, 8, False)]) == 64 + 64 + 1280
+
+
+# -- against real exports ----------------------------------------------------------------------------
+
+ct = pytest.importorskip("coremltools")
+
+
+def _export(model: nn.Module, example: torch.Tensor, path: Path, *, precision: str = "fp16",
+            target: str = "iOS16", pipeline: object = None) -> tuple[int, list[int]]:
+    """Convert and save; return the size of weight.bin and the nnz of every sparse op."""
+    kwargs = {} if pipeline is None else {"pass_pipeline": pipeline}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            traced = torch.jit.trace(model.eval(), example)
+            mlmodel = ct.convert(
+                traced, inputs=[ct.TensorType(shape=example.shape)], convert_to="mlprogram",
+                minimum_deployment_target=getattr(ct.target, target),
+                compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+                **kwargs,
+            )
+        finally:
+            logging.disable(logging.NOTSET)
+    mlmodel.save(str(path))
+    ops = mlmodel._mil_program.functions["main"].find_ops(op_type="constexpr_sparse_to_dense")
+    size = (path / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").stat().st_size
+    return size, sorted(int(op.nonzero_data.val.size) for op in ops)
+
+
+def _odd_cnn() -> nn.Module:
+    # odd shapes (masks that are not whole bytes), a tiny first conv, biases of every size
+    return nn.Sequential(
+        nn.Conv2d(3, 7, 3), nn.ReLU(), nn.Conv2d(7, 12, 3, bias=False), nn.ReLU(),
+        nn.Flatten(), nn.Linear(12 * 4 * 4, 53), nn.ReLU(), nn.Linear(53, 9),
+    )
+
+
+def _prune(model: nn.Module, **module_config: object) -> tuple[nn.Module, nn.Module]:
+    config = MagnitudePrunerConfig().set_global(ModuleMagnitudePrunerConfig(**module_config))
+    pruner = MagnitudePruner(model, config)
+    prepared = pruner.prepare()
+    pruner.step()
+    return prepared, pruner.finalize()
+
+
+@pytest.mark.parametrize(
+    ("sparsity", "precision", "target"),
+    [(0.75, "fp16", "iOS16"), (0.5, "fp32", "iOS17"), (0.9, "fp16", "iOS18")],
+)
+def test_estimate_matches_exported_package(tmp_path: Path, sparsity: float, precision: str, target: str) -> None:
+    prepared, finalized = _prune(_odd_cnn(), target_sparsity=sparsity)
+    example = torch.randn(1, 3, 8, 8)
+    size, nnz = _export(finalized, example, tmp_path / "m.mlpackage", precision=precision, target=target)
+    # the report of the prepared model (before finalize) and of the finalized one predict the same file
+    for model in (prepared, finalized):
+        report = model_report(model, target=target)
+        estimate = report.file_fp16 if precision == "fp16" else report.file_fp32
+        assert 0 <= estimate - size <= 63, (estimate, size)  # only the last blob's padding is unknown
+        assert sorted(layer.stored_nonzeros for layer in report.layers) == nnz
+    dense = report.file_dense_fp16 if precision == "fp16" else report.file_dense_fp32
+    assert dense > size  # and the sparse file is smaller than the dense one
+
+
+def test_dense_export_matches(tmp_path: Path) -> None:
+    model = _odd_cnn()
+    size, nnz = _export(model, torch.randn(1, 3, 8, 8), tmp_path / "m.mlpackage")
+    report = model_report(model)
+    assert nnz == [] and not any(layer.sparse for layer in report.layers)
+    assert 0 <= report.file_fp16 - size <= 63
+    assert report.file_fp16 == report.file_dense_fp16
+
+
+def test_converter_zeroes_tiny_weights_of_pruned_layers(tmp_path: Path) -> None:
+    # per-channel pruning keeps small weights; the metadata path zeroes every |w| <= 2**-10 of them
+    model = nn.Sequential(nn.Linear(40, 64), nn.ReLU(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[0].weight.mul_(0.004)
+    _, finalized = _prune(model, target_sparsity=0.5, granularity="per_channel")
+    size, nnz = _export(finalized, torch.randn(1, 40), tmp_path / "m.mlpackage")
+    report = model_report(finalized)
+    first = report["0"]
+    assert first.stored_nonzeros < first.nonzeros  # the converter dropped some kept weights
+    assert sorted(layer.stored_nonzeros for layer in report.layers) == nnz
+    assert 0 <= report.file_fp16 - size <= 63
+
+
+def test_default_pruning_pipeline_on_a_plain_model(tmp_path: Path) -> None:
+    # no metadata: only DEFAULT_PRUNING stores sparse, and only weights > 2048 elements at >= 50 %
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32), nn.ReLU(), nn.Linear(32, 10))
+    with torch.no_grad():
+        for layer, zero_fraction in ((model[0], 0.6), (model[2], 0.3), (model[4], 0.9)):
+            flat = layer.weight.view(-1)
+            flat[: math.floor(flat.numel() * zero_fraction)] = 0
+    size, nnz = _export(model, torch.randn(1, 64), tmp_path / "m.mlpackage", pipeline=ct.PassPipeline.DEFAULT_PRUNING)
+    report = model_report(model)  # rule "auto": no metadata anywhere → default_pruning
+    assert report.rule == "default_pruning"
+    assert [layer.sparse for layer in report.layers] == [True, False, False]  # 30 % too little; 320 too small
+    assert nnz == [report["0"].stored_nonzeros]
+    assert 0 <= report.file_fp16 - size <= 63
