@@ -65,6 +65,7 @@ class MaskHook(prune.BasePruningMethod):
         self.n_m_ratio = pattern.get("n_m_ratio")
         self.dim = pattern.get("dim", 1)
         self.extra_hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self.param_position = 0  # where the parameter stood in module._parameters, to restore it there
 
     def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
         """Masks are computed by the pruner, not by the hook: this keeps the mask as it is."""
@@ -102,17 +103,21 @@ class MaskHook(prune.BasePruningMethod):
         if name in module.__dict__:
             delattr(module, name)
         orig = module._parameters.pop(name + "_orig")
+        mask = module._buffers.pop(name + "_mask", None)
+        module._buffers.pop(name + "_amount", None)
         if bake:
             with torch.no_grad():
-                orig.data = masked_weight(orig, module._buffers[name + "_mask"]).data
-        del module._buffers[name + "_mask"]
-        module._buffers.pop(name + "_amount", None)
+                orig.data = masked_weight(orig, mask).data
         for handle in self.extra_hooks:
             handle.remove()
         self.extra_hooks.clear()
         if module.__dict__.get("pruning_method") is self:
             del module.pruning_method
         module.register_parameter(name, orig)
+        if not bake:  # a roll-back restores the original parameter order too
+            order = list(module._parameters)
+            order.insert(self.param_position, order.pop())
+            module._parameters = {key: module._parameters[key] for key in order}
         return module
 
 
@@ -174,19 +179,25 @@ def install_mask(
         raise TypeError(f"mask for {type(module).__name__}.{name} must be bool, got {mask.dtype}")
 
     hook = MaskHook(name, amount, **pattern)
+    hook.param_position = list(module._parameters).index(name)
     del module._parameters[name]
     module.register_parameter(name + "_orig", param)
-    module.register_buffer(name + "_mask", mask.to(param.device))
-    module.register_buffer(name + "_amount", torch.tensor(float(amount), device=param.device))
-    module.register_forward_pre_hook(hook)
-    hook.extra_hooks.append(module.register_forward_hook(hook.detach))
-    hook.extra_hooks.append(module.register_load_state_dict_post_hook(hook.after_load))
-    if reader is not None:
-        relay = _ReaderRelay(hook, module)
-        hook.extra_hooks.append(reader.register_forward_pre_hook(relay.before))
-        hook.extra_hooks.append(reader.register_forward_hook(relay.after))
-    module.pruning_method = hook
-    hook.refresh(module)
+    try:
+        module.register_buffer(name + "_mask", mask.to(param.device))
+        module.register_buffer(name + "_amount", torch.tensor(float(amount), device=param.device))
+        module.register_forward_pre_hook(hook)
+        hook.extra_hooks.append(module.register_forward_hook(hook.detach))
+        hook.extra_hooks.append(module.register_load_state_dict_post_hook(hook.after_load))
+        if reader is not None:
+            relay = _ReaderRelay(hook, module)
+            hook.extra_hooks.append(reader.register_forward_pre_hook(relay.before))
+            hook.extra_hooks.append(reader.register_forward_hook(relay.after))
+        module.pruning_method = hook
+        hook.refresh(module)
+    except BaseException:  # leave the module exactly as it was
+        _detach_pre_hook(module, hook)
+        hook.remove(module, bake=False)
+        raise
     return hook
 
 
@@ -214,10 +225,14 @@ def uninstall_mask(module: nn.Module, name: str = "weight") -> None:
 def _take_hook(module: nn.Module, name: str) -> MaskHook:
     """Unregister the mask pre-hook of ``module.<name>`` and return it."""
     hook = _require_hook(module, name)
+    _detach_pre_hook(module, hook)
+    return hook
+
+
+def _detach_pre_hook(module: nn.Module, hook: MaskHook) -> None:
     for key, registered in list(module._forward_pre_hooks.items()):
         if registered is hook:
             del module._forward_pre_hooks[key]
-    return hook
 
 
 def _require_hook(module: nn.Module, name: str) -> MaskHook:

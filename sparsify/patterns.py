@@ -15,6 +15,8 @@ The Core ML Tools patterns are reproduced exactly, rounding and ties included:
 * n:m zeroes the ``n`` lowest scores in every run of ``m`` consecutive weights along the input
   (``dim=1``) or output (``dim=0``) channels, padding a trailing partial run with zeros.
 
+NaN scores rank below every other score (NaN weights are pruned first), so counts stay exact.
+
 Differences from Core ML Tools, all deliberate: ``per_channel`` on a ``Linear`` weight prunes whole
 output rows (Core ML Tools silently falls back to per-scalar for rank-2 weights), and the n:m order
 among exactly equal scores is the first-index-first order of a stable sort.
@@ -40,6 +42,14 @@ __all__ = [
 ]
 
 GRANULARITIES = ("per_scalar", "per_kernel", "per_channel")
+
+
+def _rankable(scores: torch.Tensor) -> torch.Tensor:
+    """Scores as float32 with NaN mapped below every real score, so NaN weights are pruned first
+    and counts stay exact (a NaN compares false with everything and would otherwise be dropped
+    silently while still counting as kept)."""
+    scores = scores.detach().float()
+    return torch.nan_to_num(scores, nan=-1.0, posinf=float("inf")) if scores.isnan().any() else scores
 
 
 def keep_count(num_groups: int, sparsity: float) -> int:
@@ -100,12 +110,12 @@ def threshold_mask(grouped: torch.Tensor, num_keep: int) -> torch.Tensor:
     """Keep the ``num_keep`` highest scores; ties with the last kept score are kept too."""
     if num_keep <= 0:
         return torch.zeros_like(grouped, dtype=torch.bool)
-    flat = grouped.detach().reshape(-1).float()
-    if num_keep >= flat.numel():
+    if num_keep >= grouped.numel():
         return torch.ones_like(grouped, dtype=torch.bool)
+    ranked = _rankable(grouped)
     # kthvalue finds the same threshold as a full descending sort, in linear time.
-    threshold = torch.kthvalue(flat, flat.numel() - num_keep + 1).values
-    return grouped.float() >= threshold
+    threshold = torch.kthvalue(ranked.reshape(-1), ranked.numel() - num_keep + 1).values
+    return ranked >= threshold
 
 
 def ranked_mask(
@@ -143,7 +153,7 @@ def n_m_mask(scores: torch.Tensor, n_m_ratio: tuple[int, int], dim: int = 1) -> 
             f"dim={dim!r} is invalid for a weight of shape {tuple(scores.shape)}: allowed dim 0 (output "
             f"channels) or 1 (input channels) of a weight of rank >= 2"
         )
-    moved = scores.detach().movedim(dim, -1)
+    moved = _rankable(scores).movedim(dim, -1)
     rows = moved.reshape(-1, moved.shape[-1])
     channels = rows.shape[-1]
     padded = torch.nn.functional.pad(rows, (0, (-channels) % m))

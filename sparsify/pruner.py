@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .config import MagnitudePrunerConfig, ModuleMagnitudePrunerConfig, OptimizationConfig
+from .distributed import refuse_fsdp
 from .masking import bake_mask, install_mask, is_masked, set_mask, uninstall_mask
 from .patterns import mask_shape, n_m_zero_count, ranked_mask, scheduled_n_m_mask
 from .report import Report, global_summary, sparsity_summary
@@ -117,6 +118,9 @@ class BasePruner:
             if config is None:
                 continue
             self._check_module(name, module, config)
+            if getattr(module, config.param_name).numel() == 0:
+                logger.warning("module %r: %s has no elements, nothing to prune; skipped", name, config.param_name)
+                continue
             param = getattr(module, config.param_name)
             owner = owners.setdefault(id(param), name)
             if owner != name:
@@ -173,6 +177,7 @@ class BasePruner:
         if self._pruner_info:
             logger.warning("Model has already been prepared for pruning. This API call will be a no-op.")
             return self._model
+        refuse_fsdp(self._model)
         plans = self._plan(self._model)
         if not plans:
             logger.warning("prepare(): the config selects no module of a supported type %s", self.supported_modules)

@@ -1,0 +1,125 @@
+"""Checkpoints across the three layouts a pruned model goes through.
+
+* **dense** — a plain model: ``fc.weight``;
+* **prepared** — masks installed: ``fc.weight_orig``, ``fc.weight_mask``, ``fc.weight_amount``;
+* **finalized** — masks baked in: ``fc.weight`` plus Core ML metadata buffers
+  (``_COREML_/metadata_version``, ``fc._COREML_/weight/compression_type``).
+
+``model.load_state_dict`` refuses every cross-layout load with a list of missing and unexpected keys.
+:func:`load_state_dict` recognises the layout of the checkpoint and of the model and converts:
+
+* dense or finalized → prepared: weights go to ``weight_orig``; the masks become "keep the non-zeros"
+  of the loaded weights (so a finalized model resumes with its masks) unless the checkpoint is dense
+  and ``masks_from_zeros=False``, which keeps the prepared model's current masks;
+* prepared → dense/finalized: ``weight = where(mask, weight_orig, 0)``;
+* Core ML metadata buffers are dropped when the model has none, and kept when it has them.
+
+Files are read with ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .masking import masked_weight
+
+__all__ = ["dense_state_dict", "load_checkpoint_file", "load_state_dict", "state_dict_layout"]
+
+logger = logging.getLogger(__name__)
+
+_MASK_SUFFIXES = ("_orig", "_mask", "_amount")
+_METADATA = "_COREML_/"
+
+
+def state_dict_layout(state_dict: Mapping[str, Any]) -> str:
+    """``"prepared"`` if any key ends in ``_orig``/``_mask``, ``"finalized"`` if Core ML metadata is
+    present, else ``"dense"``."""
+    if any(k.endswith("_orig") for k in state_dict) and any(k.endswith("_mask") for k in state_dict):
+        return "prepared"
+    if any(_METADATA in k for k in state_dict):
+        return "finalized"
+    return "dense"
+
+
+def _masked_bases(state_dict: Mapping[str, Any]) -> set[str]:
+    """Parameter names that carry a mask (``x.weight`` for ``x.weight_orig`` + ``x.weight_mask``)."""
+    bases = {k[: -len("_orig")] for k in state_dict if k.endswith("_orig")}
+    return {base for base in bases if base + "_mask" in state_dict}
+
+
+def dense_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Turn a prepared or finalized state dict into a plain one (masks applied, metadata dropped)."""
+    bases = _masked_bases(state_dict)
+    skip = {base + suffix for base in bases for suffix in _MASK_SUFFIXES}
+    out = {k: v for k, v in state_dict.items() if k not in skip and _METADATA not in k}
+    for base in bases:
+        out[base] = masked_weight(state_dict[base + "_orig"], state_dict[base + "_mask"].bool())
+    return out
+
+
+def _prepared_from_plain(
+    plain: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor], masks_from_zeros: bool
+) -> dict[str, torch.Tensor]:
+    """Map ``x.weight`` to ``x.weight_orig`` (+ mask and amount) wherever the model is prepared."""
+    bases = _masked_bases(model_sd)
+    out = {k: v for k, v in plain.items() if k not in bases and _METADATA not in k}
+    for base in bases & set(plain):
+        weight = plain[base]
+        out[base + "_orig"] = weight
+        if not masks_from_zeros:
+            out[base + "_mask"], out[base + "_amount"] = model_sd[base + "_mask"], model_sd[base + "_amount"]
+            continue
+        mask = weight != 0
+        for dim, size in enumerate(model_sd[base + "_mask"].shape):  # per-channel / per-kernel mask shapes
+            if size == 1 and mask.shape[dim] != 1:
+                mask = mask.any(dim=dim, keepdim=True)
+        out[base + "_mask"] = mask
+        out[base + "_amount"] = (weight == 0).float().mean()
+    return out
+
+
+def load_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, strict: bool = True, masks_from_zeros: bool = True
+) -> Any:
+    """Load ``state_dict`` into ``model`` whatever the two layouts are (see the module docstring).
+
+    ``masks_from_zeros`` (when loading a dense or finalized checkpoint into a prepared model): take
+    the masks from the checkpoint's zeros (``True``) or keep the model's current masks (``False``).
+    Returns what ``model.load_state_dict`` returns. With ``strict`` a checkpoint that does not describe
+    the same network raises ``ValueError`` naming the missing and unexpected keys.
+    """
+    model_sd = model.state_dict()
+    source, target = state_dict_layout(state_dict), state_dict_layout(model_sd)
+    if source == "prepared" and target != "prepared":
+        converted = dense_state_dict(state_dict)
+    elif target == "prepared" and source != "prepared":
+        converted = _prepared_from_plain(state_dict, model_sd, masks_from_zeros)
+    else:
+        converted = dict(state_dict)
+    if target == "finalized":  # keep the model's own Core ML metadata
+        converted.update({k: v for k, v in model_sd.items() if _METADATA in k and k not in converted})
+    else:
+        converted = {k: v for k, v in converted.items() if _METADATA not in k}
+    if strict:
+        missing = sorted(set(model_sd) - set(converted))
+        unexpected = sorted(set(converted) - set(model_sd))
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint ({source} layout) does not match the model ({target} layout): missing keys "
+                f"{missing[:10]}{' ...' if len(missing) > 10 else ''}, unexpected keys "
+                f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
+            )
+    if source != target:
+        logger.info("converted a %s checkpoint to the model's %s layout", source, target)
+    return model.load_state_dict(converted, strict=strict)
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code."""
+    return torch.load(path, map_location=map_location, weights_only=True)

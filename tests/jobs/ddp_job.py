@@ -1,0 +1,84 @@
+"""Two-process DDP pruning on CPU (gloo, loopback), run by tests/test_reliability.py.
+
+    python ddp_job.py OUT_DIR
+
+Each rank trains on its half of every batch; the result (masks, weights, checksums seen by each rank)
+is saved per rank, plus a single-process run on the full batches for comparison.
+"""
+
+import os
+import socket
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig, PolynomialDecayScheduler
+from sparsify.distributed import check_masks_consistent, mask_checksums
+
+STEPS = 6
+
+
+def build() -> tuple[nn.Module, MagnitudePruner]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 3))
+    config = MagnitudePrunerConfig().set_global(ModuleMagnitudePrunerConfig(
+        target_sparsity=0.75, scheduler=PolynomialDecayScheduler(update_steps=[2, 4, 6])))
+    pruner = MagnitudePruner(model, config)
+    return pruner.prepare(inplace=True), pruner
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(8, 12, generator=g), torch.randint(0, 3, (8,), generator=g)
+
+
+def train(model: nn.Module, pruner: MagnitudePruner, rank: int | None) -> None:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(STEPS):
+        x, y = batch(step)
+        if rank is not None:
+            x, y = x[rank * 4:(rank + 1) * 4], y[rank * 4:(rank + 1) * 4]
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        pruner.step()
+
+
+def rank_main(rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model, pruner = build()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        train(ddp, pruner, rank)
+        check_masks_consistent(model)
+        result = {"state": {k: v.clone() for k, v in model.state_dict().items()}, "checksums": mask_checksums(model)}
+        # a deliberate divergence must be caught by the check
+        if rank == 1:
+            model[0].weight_mask[0, 0] = ~model[0].weight_mask[0, 0]
+        try:
+            check_masks_consistent(model)
+            result["divergence_caught"] = ""
+        except RuntimeError as exc:
+            result["divergence_caught"] = str(exc)
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    out_dir = sys.argv[1]
+    torch.set_num_threads(1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(rank_main, args=(port, out_dir), nprocs=2, join=True)
+    model, pruner = build()
+    train(model, pruner, None)
+    torch.save({"state": model.state_dict()}, os.path.join(out_dir, "single.pt"))
+
+
+if __name__ == "__main__":
+    main()
