@@ -205,12 +205,13 @@ def test_resume_is_exact_including_the_moving_averages() -> None:
 
 
 def test_nothing_global_is_patched_and_copies_work() -> None:
-    save, optimizer_step = torch.save, torch.optim.SGD.step
     model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    save, optimizer_step = torch.save, torch.optim.SGD.step
     pruner = GradualPruner(model, _config(criterion="snip_momentum", target_sparsity=0.5,
                                           scheduler={"kind": "linear", "start_step": 0, "end_step": 4}))
     pruner.prepare(inplace=True)
-    optimizer = _train(model, pruner, BATCHES[:2], callbacks_order=True)
+    _train(model, pruner, BATCHES[:2], optimizer, callbacks_order=True)
     assert torch.save is save and torch.optim.SGD.step is optimizer_step and "step" not in vars(optimizer)
     clone = copy.deepcopy(model)
     assert not clone[0].weight_orig._post_accumulate_grad_hooks
