@@ -1,0 +1,7 @@
+"""``python -m sparsify`` — the same as the ``sparsify`` command (see :mod:`sparsify.cli`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

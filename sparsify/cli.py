@@ -1,0 +1,341 @@
+"""The ``sparsify`` command: run the demo, report on a saved model, export it to Core ML, inspect a package.
+
+Also reachable as ``python -m sparsify``. Logging is configured here and only here (the library
+itself only creates loggers), so importing sparsify never changes an application's logging.
+
+Exit codes: 0 success, 1 failure (the error is printed on stderr), 2 bad usage (from argparse),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import sys
+import warnings
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser", "load_model", "main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+logger = logging.getLogger("sparsify.cli")
+
+_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+_DESCRIPTION = """\
+Make PyTorch models sparse and ship them to Apple devices through Core ML.
+
+commands:
+  demo      train a small CNN, prune it while fine-tuning, export and verify a sparse .mlpackage
+  report    per-layer sparsity and Core ML size of a saved model (state dict, TorchScript, torch.export)
+  export    convert a saved TorchScript or torch.export model to a verified .mlpackage
+  inspect   show the ops and the storage of every weight of an .mlpackage
+"""
+
+_EPILOG = """\
+examples:
+  sparsify demo                                   # the Core ML Tools tutorial flow, offline (8x8 digits)
+  sparsify demo --quick --out /tmp/demo           # the same in seconds
+  sparsify report model.pt                        # a torch.save'd state_dict (loaded with weights_only=True)
+  sparsify report traced.pt --format markdown     # TorchScript; also csv, json
+  sparsify export traced.pt model.mlpackage --input-shape 1,1,28,28
+  sparsify export program.pt2 model.mlpackage     # a torch.export.save'd program: shapes are known
+  sparsify inspect model.mlpackage --format json
+
+exit codes: 0 success, 1 failure (message on stderr), 2 bad usage, 130 interrupted.
+Use -v for progress details, -q for errors only. Run 'sparsify COMMAND --help' for a command's options.
+"""
+
+
+class CommandError(Exception):
+    """A failure to report as ``error: <message>`` with exit code 1 (no traceback)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading saved models
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files with a ``<name>/code/`` folder (torch.save files have none)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def _is_exported_program(path: Path) -> bool:
+    """``torch.export.save`` archives (``.pt2``) hold an ``archive_format`` record."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith(("/archive_format", "serialized_exported_program.json"))
+                   for name in archive.namelist())
+
+
+def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """A state dict, or a checkpoint dict holding one under a usual key."""
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                logger.info("%s: using the state dict under key %r", path, key)
+                return dict(inner)
+        raise CommandError(
+            f"{path} holds a dict with keys {sorted(map(str, obj))[:12]} but no state dict: expected tensors as "
+            f"values, or a state dict under 'state_dict', 'model_state_dict' or 'model'"
+        )
+    raise CommandError(f"{path} holds a {type(obj).__name__}, not a state dict (a dict of tensors)")
+
+
+def load_model(path: str | Path) -> tuple[str, Any]:
+    """Load a saved model: ``("torchscript", ScriptModule)``, ``("exported", ExportedProgram)`` or
+    ``("state_dict", dict)``.
+
+    State dicts and checkpoints are loaded with ``torch.load(..., weights_only=True)``, which runs no
+    pickled code; whole pickled ``nn.Module`` objects are therefore refused (save ``model.state_dict()``,
+    or a TorchScript / ``torch.export`` program, instead).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CommandError(f"model path {str(path)!r} is not a file")
+    if _is_torchscript(path):
+        with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated; loading still works
+            warnings.simplefilter("ignore", FutureWarning)
+            return "torchscript", torch.jit.load(str(path), map_location="cpu")
+    if _is_exported_program(path):
+        return "exported", torch.export.load(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling refusals and corrupt files come in many types
+        raise CommandError(
+            f"cannot load {path} as a state dict with torch.load(weights_only=True): {type(error).__name__}: {error}\n"
+            "Save model.state_dict() with torch.save, or a TorchScript module (torch.jit.trace(...).save) "
+            "or a torch.export program (torch.export.save)."
+        ) from error
+    return "state_dict", _state_dict_from(obj, path)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"--input-shape {text!r} is invalid: allowed positive integers separated by commas, e.g. 1,1,28,28"
+        )
+    return shape
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_example(name: str) -> ModuleType:
+    path = _EXAMPLES / f"{name}.py"
+    if not path.is_file():
+        raise CommandError(
+            f"'sparsify demo' runs examples/{name}.py from a source checkout of sparsify, and there is none at "
+            f"{path}; clone the repository and install it with pip install -e ."
+        )
+    spec = importlib.util.spec_from_file_location(f"_sparsify_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
+    tutorial = _load_example("coreml_tutorial")
+    return int(tutorial.main(extra, prog="sparsify demo") or 0)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .model_report import model_report
+
+    kind, model = load_model(args.model)
+    logger.info("%s: loaded a %s", args.model, kind)
+    # Read the tensors: the modules of a loaded program are not the original classes.
+    if kind == "torchscript":
+        model = dict(model.state_dict())
+    elif kind == "exported":
+        model = dict(model.state_dict)
+    report = model_report(model, requested=args.requested, target=args.target)
+    render = {"text": report.to_text, "markdown": report.to_markdown, "csv": report.to_csv,
+              "json": report.to_json}[args.format]
+    text = render()
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_coreml
+
+    kind, model = load_model(args.model)
+    if kind == "state_dict":
+        raise CommandError(
+            f"{args.model} is a state dict: export needs the model's code too. Save it as TorchScript "
+            "(torch.jit.trace(model, example).save(path)) or as a torch.export program "
+            "(torch.export.save(torch.export.export(model, (example,)), path))"
+        )
+    if args.input_shape is not None:
+        example = (torch.rand(*args.input_shape),)
+    elif kind == "exported":
+        example = tuple(_example_inputs_of(model))
+    else:
+        raise CommandError(f"{args.model} is TorchScript: give the input's shape with --input-shape, e.g. 1,1,28,28")
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise CommandError(f"{out} exists; pass --force to overwrite it")
+    logger.info("converting %s (%s) to %s", args.model, kind, out)
+    report = export_coreml(model, example, out, minimum_deployment_target=args.target,
+                           compute_precision=args.precision)
+    print(report.to_text())  # every row was read back from the saved package
+    sparse_ops = report.op_counts.get("constexpr_sparse_to_dense", 0)
+    print(f"\nverified {out}: {sparse_ops} constexpr_sparse_to_dense op(s), weight file {report.total_bytes:,} "
+          f"bytes vs {report.dense_bytes:,} dense ({report.dense_bytes / max(report.total_bytes, 1):.2f}x smaller)")
+    if args.strict and report.warnings:
+        print(f"error: --strict: the export has {len(report.warnings)} warning(s), see above", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _example_inputs_of(program: Any) -> list[torch.Tensor]:
+    """Random inputs shaped like a torch.export program's user inputs (static shapes only)."""
+    inputs = []
+    for spec in program.graph_signature.input_specs:
+        if spec.kind.name != "USER_INPUT":
+            continue
+        value = program.graph.find_nodes(op="placeholder", target=spec.arg.name)[0].meta.get("val")
+        if value is None or not all(isinstance(d, int) for d in value.shape):
+            raise CommandError("the exported program has dynamic or unknown input shapes: pass --input-shape")
+        inputs.append(torch.rand(*value.shape, dtype=value.dtype) if value.is_floating_point()
+                      else torch.zeros(*value.shape, dtype=value.dtype))
+    return inputs
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .mlpackage import inspect_mlpackage
+
+    path = Path(args.package)
+    if not path.exists():
+        raise CommandError(f"package path {str(path)!r} does not exist")
+    report = inspect_mlpackage(path)
+    print(json.dumps(report.as_dict(), indent=2) if args.format == "json" else report.to_text())
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
+# Parser and entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="sparsify", description=_DESCRIPTION, epilog=_EPILOG,
+                                     formatter_class=formatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"sparsify {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    commands.add_parser(
+        "demo", add_help=False, formatter_class=formatter,
+        help="run the Core ML Tools tutorial flow (every option goes to the tutorial; see 'sparsify demo --help')",
+        description="Runs examples/coreml_tutorial.py; all options are the tutorial's.",
+    )
+
+    report = commands.add_parser(
+        "report", formatter_class=formatter, help="sparsity and Core ML size of a saved model",
+        description="Per-layer parameters, non-zeros, sparsity, pattern, and Core ML storage (dense vs sparse, "
+        "fp16/fp32) of a saved model, with an estimate of the exported weight.bin.",
+        epilog="examples:\n  sparsify report model.pt\n  sparsify report traced.pt --format csv > report.csv\n"
+        "  sparsify report model.pt --requested 0.8 --target iOS18",
+    )
+    report.add_argument("model", help="a torch.save'd state_dict or checkpoint, TorchScript, or torch.export (.pt2)")
+    report.add_argument("--format", choices=("text", "markdown", "csv", "json"), default="text")
+    report.add_argument("--requested", type=float, default=None, metavar="SPARSITY",
+                        help="the sparsity asked for, to compare with what the weights have")
+    report.add_argument("--target", choices=("iOS16", "iOS17", "iOS18"), default="iOS16",
+                        help="deployment target of the size estimate (default %(default)s)")
+
+    export = commands.add_parser(
+        "export", formatter_class=formatter, help="TorchScript / torch.export model → verified .mlpackage",
+        description="Convert a saved model to Core ML with sparse weight storage, then read the package back "
+        "and print how every weight is stored.",
+        epilog="examples:\n  sparsify export traced.pt model.mlpackage --input-shape 1,1,28,28\n"
+        "  sparsify export program.pt2 model.mlpackage --target iOS18",
+    )
+    export.add_argument("model", help="a TorchScript file (torch.jit.save) or torch.export program (torch.export.save)")
+    export.add_argument("output", help="the .mlpackage to write")
+    export.add_argument("--input-shape", type=_parse_shape, default=None, metavar="N,C,H,W",
+                        help="shape of the example input (required for TorchScript)")
+    export.add_argument("--target", choices=("iOS16", "iOS17", "iOS18"), default=None,
+                        help="minimum deployment target (default: the exporter's, iOS16 or later, so sparsity is kept)")
+    export.add_argument("--precision", choices=("float16", "float32"), default="float16",
+                        help="compute precision and weight storage (default %(default)s)")
+    export.add_argument("--force", action="store_true", help="overwrite an existing output")
+    export.add_argument("--strict", action="store_true",
+                        help="exit with 1 if the verification found a problem (a pruned weight not stored sparse, ...)")
+
+    inspect = commands.add_parser(
+        "inspect", formatter_class=formatter, help="ops and weight storage of an .mlpackage",
+        description="Read a saved .mlpackage without a Core ML runtime: op counts, how every weight is stored "
+        "(dense, sparse, ...), its non-zeros, and the weight file size against dense.",
+        epilog="examples:\n  sparsify inspect model.mlpackage\n  sparsify inspect model.mlpackage --format json",
+    )
+    inspect.add_argument("package", help="path of the .mlpackage")
+    inspect.add_argument("--format", choices=("text", "json"), default="text")
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("sparsify").setLevel(level)
+    # coremltools warns at import about untested torch versions and the missing Core ML runtime (Linux):
+    # noise for this command, shown with -vv.
+    logging.getLogger("coremltools").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see the module docstring)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "demo":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _configure_logging(args.verbose, args.quiet)
+    commands = {"report": cmd_report, "export": cmd_export, "inspect": cmd_inspect}
+    try:
+        if args.command == "demo":
+            return cmd_demo(args, extra)
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except CommandError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (OSError, ValueError, TypeError, RuntimeError, ImportError) as error:
+        logger.debug("traceback", exc_info=True)
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The ``sparsify`` command on real files: saved state dicts, TorchScript, torch.export programs, .mlpackages.
+
+Exit codes are part of the interface: 0 success, 1 failure (message on stderr), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
+from sparsify.cli import main
+from sparsify.models import SmallCNN
+
+SHAPE = (1, 1, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """main() configures logging for its process; keep that from leaking into other tests."""
+    names = ("sparsify", "coremltools", "")
+    levels = {name: logging.getLogger(name).level for name in names}
+    handlers = list(logging.getLogger().handlers)
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger().handlers[:] = handlers
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A SmallCNN pruned to 80 % and finalized, saved in every format the CLI reads."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models")
+    model = SmallCNN(SHAPE[1:]).eval()
+    config = MagnitudePrunerConfig(global_config=ModuleMagnitudePrunerConfig(target_sparsity=0.8))
+    pruner = MagnitudePruner(model, config)
+    pruner.prepare(inplace=True)
+    pruner.step()
+    model = pruner.finalize(inplace=True).eval()
+    example = torch.rand(SHAPE)
+    paths = {
+        "state_dict": folder / "model.pt",
+        "checkpoint": folder / "checkpoint.pt",
+        "torchscript": folder / "traced.pt",
+        "exported": folder / "program.pt2",
+        "pickled": folder / "pickled.pt",
+        "not_a_model": folder / "numbers.pt",
+        "garbage": folder / "garbage.pt",
+    }
+    torch.save(model.state_dict(), paths["state_dict"])
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, paths["checkpoint"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(model, example).save(str(paths["torchscript"]))
+    torch.export.save(torch.export.export(model, (example,)), paths["exported"])
+    torch.save(model, paths["pickled"])
+    torch.save({"lr": 0.1, "epoch": 3}, paths["not_a_model"])
+    paths["garbage"].write_text("not a model")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def package(saved: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The TorchScript model exported by ``sparsify export`` (done once for the module)."""
+    out = tmp_path_factory.mktemp("export") / "model.mlpackage"
+    assert main(["export", str(saved["torchscript"]), str(out), "--input-shape", "1,1,8,8"]) == 0
+    return out
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+# -- help and usage ---------------------------------------------------------------------------------
+
+
+def test_help_teaches_with_examples() -> None:
+    result = subprocess.run([sys.executable, "-m", "sparsify", "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    for text in ("demo", "report", "export", "inspect", "examples:", "sparsify export traced.pt model.mlpackage",
+                 "exit codes: 0 success, 1 failure", "2 bad usage"):
+        assert text in result.stdout
+
+
+@pytest.mark.parametrize("command", ["report", "export", "inspect"])
+def test_command_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"sparsify {command}" in out
+
+
+def test_demo_help_is_the_tutorials(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: sparsify demo" in out and "--quick" in out and "--dataset" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("sparsify ")
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], saved: dict[str, Path]) -> None:
+    assert "required: COMMAND" in usage_error(capsys)
+    assert "invalid choice: 'prune'" in usage_error(capsys, "prune")
+    assert "required: model" in usage_error(capsys, "report")
+    assert "unrecognized arguments: --bogus" in usage_error(capsys, "report", saved["state_dict"], "--bogus")
+    assert "invalid choice: 'xml'" in usage_error(capsys, "report", saved["state_dict"], "--format", "xml")
+    err = usage_error(capsys, "export", saved["torchscript"], "x.mlpackage", "--input-shape", "1,a")
+    assert "--input-shape '1,a' is invalid: allowed positive integers separated by commas" in err
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["state_dict", "checkpoint", "torchscript", "exported"])
+def test_report_reads_every_format(capsys: pytest.CaptureFixture[str], saved: dict[str, Path], kind: str) -> None:
+    code, out, err = run(capsys, "report", saved[kind])
+    assert code == 0, err
+    assert "80.0%" in out and "total" in out and "86,816" in out
+    assert "Core ML weight.bin estimate" in out
+
+
+def test_report_formats(capsys: pytest.CaptureFixture[str], saved: dict[str, Path]) -> None:
+    code, out, _ = run(capsys, "report", saved["state_dict"], "--format", "json", "--requested", "0.8")
+    assert code == 0
+    data = json.loads(out)
+    assert data["rule"] == "metadata"
+    assert {layer["name"] for layer in data["layers"]} == {"0", "4", "9", "12"}
+    assert abs(data["total"]["achieved"] - 0.8) < 1e-3 and data["total"]["requested"] == pytest.approx(0.8)
+    code, out, _ = run(capsys, "report", saved["state_dict"], "--format", "csv")
+    assert code == 0 and out.splitlines()[0].startswith("name,") and out.splitlines()[-1].startswith("total,")
+    code, out, _ = run(capsys, "report", saved["state_dict"], "--format", "markdown")
+    assert code == 0 and out.startswith("| layer |")
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("pickled", "cannot load .*weights_only=True"),
+    ("not_a_model", r"holds a dict with keys \['epoch', 'lr'\] but no state dict"),
+    ("garbage", "cannot load .*as a state dict"),
+])
+def test_report_failures_exit_1(capsys: pytest.CaptureFixture[str], saved: dict[str, Path], kind: str,
+                                message: str) -> None:
+    code, out, err = run(capsys, "report", saved[kind])
+    assert code == 1 and out == ""
+    assert err.startswith("error: ")
+    assert re.search(message, err), err
+
+
+def test_report_missing_file_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "report", tmp_path / "nope.pt")
+    assert code == 1 and "is not a file" in err
+
+
+# -- export and inspect --------------------------------------------------------------------------
+
+
+def test_export_torchscript_writes_a_verified_package(capsys: pytest.CaptureFixture[str], package: Path) -> None:
+    capsys.readouterr()
+    assert (package / "Manifest.json").is_file()
+    code, out, err = run(capsys, "inspect", package)
+    assert code == 0, err
+    assert "constexpr_sparse_to_dense" in out and "sparse" in out
+    code, out, _ = run(capsys, "inspect", package, "--format", "json")
+    data = json.loads(out)
+    assert data["op_counts"]["constexpr_sparse_to_dense"] >= 2
+    assert data["total_bytes"] < data["dense_bytes"]
+
+
+def test_export_prints_the_verification(capsys: pytest.CaptureFixture[str], saved: dict[str, Path],
+                                        tmp_path: Path) -> None:
+    out_path = tmp_path / "program.mlpackage"
+    code, out, err = run(capsys, "export", saved["exported"], out_path)  # a torch.export program knows its shapes
+    assert code == 0, err
+    assert out_path.is_dir()
+    assert f"verified {out_path}: " in out and "constexpr_sparse_to_dense op(s)" in out and "x smaller" in out
+    code, _, err = run(capsys, "export", saved["exported"], out_path)
+    assert code == 1 and "exists; pass --force to overwrite it" in err
+
+
+def test_export_failures_exit_1(capsys: pytest.CaptureFixture[str], saved: dict[str, Path], tmp_path: Path) -> None:
+    out_path = tmp_path / "x.mlpackage"
+    code, _, err = run(capsys, "export", saved["state_dict"], out_path)
+    assert code == 1 and "is a state dict: export needs the model's code too" in err
+    code, _, err = run(capsys, "export", saved["torchscript"], out_path)
+    assert code == 1 and "give the input's shape with --input-shape" in err
+    code, _, err = run(capsys, "export", saved["torchscript"], tmp_path / "x.zip", "--input-shape", "1,1,8,8")
+    assert code == 1 and "must end in '.mlpackage'" in err
+    assert not out_path.exists()
+
+
+def test_inspect_missing_package_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "inspect", tmp_path / "none.mlpackage")
+    assert code == 1 and "does not exist" in err
+
+
+# -- demo -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_runs_the_tutorial(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "demo", "--quick", "--no-export", "--out", tmp_path)
+    assert code == 0, err
+    assert "pruning report (Core ML Tools' format):" in out
+    assert "summary (conv + linear weights" in out and "pruned 70/80 %" in out
