@@ -1,0 +1,324 @@
+"""export_coreml: real conversions, checked against torch and against the saved files.
+
+Conversions cost CPU, so one small CNN carries every pruning mode (one layer each) and is converted
+once per variant; torchvision's ResNet-18 and MobileNetV2 are converted once each, with modes mixed
+across layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+ct = pytest.importorskip("coremltools")
+
+from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig  # noqa: E402
+from sparsify.export import export_coreml  # noqa: E402
+from sparsify.masking import is_masked  # noqa: E402
+from sparsify.mlpackage import inspect_mlpackage, read_weights  # noqa: E402
+
+Cfg = ModuleMagnitudePrunerConfig
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3)  # per-channel, followed by a batch norm that Core ML fuses into it
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3)  # unstructured
+        self.conv3 = nn.Conv2d(32, 32, 1)  # n:m 2:4
+        self.conv4 = nn.Conv2d(32, 32, 1)  # pruned 3 %: too little for sparse storage to pay off
+        self.fc1 = nn.Linear(32, 64)  # blocks of 4 output channels, tiny weights (|w| < fp16 eps)
+        self.fc2 = nn.Linear(64, 10)  # not pruned, tiny weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv4(torch.relu(self.conv3(torch.relu(self.conv2(x))))))
+        return self.fc2(torch.relu(self.fc1(x.mean((2, 3)))))
+
+
+MODES = {
+    "conv1": Cfg(target_sparsity=0.5, granularity="per_channel"),
+    "conv2": Cfg(target_sparsity=0.75),
+    "conv3": Cfg(n_m_ratio=(2, 4)),
+    "conv4": Cfg(target_sparsity=0.03),
+    "fc1": Cfg(target_sparsity=0.5, block_size=4),
+}
+SPARSE = ("conv1.weight", "conv2.weight", "conv3.weight", "fc1.weight")
+EXAMPLE = torch.randn(1, 3, 16, 16)
+
+
+def _small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    with torch.no_grad():
+        model.fc1.weight.mul_(1e-3)
+        model.fc2.weight.mul_(1e-3)
+        model.bn1.weight.uniform_(0.5, 2.0)
+        model.bn1.running_var.uniform_(0.5, 2.0)
+        model.bn1.running_mean.normal_()
+    return model
+
+
+def _pruned(model: nn.Module, modes: dict) -> tuple[nn.Module, nn.Module]:
+    """(prepared, finalized) copies."""
+    pruner = MagnitudePruner(model, MagnitudePrunerConfig(module_name_configs=modes))
+    prepared = pruner.prepare()
+    pruner.step()
+    return prepared, pruner.finalize()
+
+
+@pytest.fixture(scope="module")
+def cnn() -> dict:
+    prepared, finalized = _pruned(_small_cnn(), MODES)
+    return {"prepared": prepared, "finalized": finalized}
+
+
+@pytest.fixture(scope="module")
+def exported(cnn: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    path = tmp_path_factory.mktemp("export") / "cnn.mlpackage"
+    before = copy.deepcopy(cnn["finalized"].state_dict())
+    report = export_coreml(cnn["finalized"], EXAMPLE, path)
+    return report, path, before
+
+
+def _bytes_formula(row, element: int = 2) -> int:
+    return row.nonzeros * element + math.ceil(row.numel / 8)
+
+
+def test_pruned_weights_are_sparse_with_torch_nonzeros(cnn: dict, exported: tuple) -> None:
+    report, _, _ = exported
+    model = cnn["finalized"]
+    for name in SPARSE:
+        row = report.row(name)
+        weight = model.get_parameter(name)
+        assert row.pruned and row.storage == "sparse", row
+        assert row.shape == tuple(weight.shape)
+        assert row.nonzeros == row.torch_nonzeros == int(torch.count_nonzero(weight))
+        assert abs(row.bytes - _bytes_formula(row)) <= 0.05 * _bytes_formula(row)
+    assert report.op_counts["constexpr_sparse_to_dense"] == len(SPARSE)
+
+
+def test_each_pattern_survives_exactly(cnn: dict, exported: tuple) -> None:
+    """The decoded Core ML weights have zeros exactly where torch has them (batch-norm fusion only
+    rescales conv1's channels), and the unfused ones are the torch values in fp16, tiny ones included."""
+    report, path, _ = exported
+    model = cnn["finalized"]
+    values = read_weights(path)
+    for name in SPARSE:
+        torch_weight = model.get_parameter(name).detach().numpy()
+        coreml = values[report.row(name).coreml_name]
+        np.testing.assert_array_equal(coreml == 0, torch_weight == 0)
+        if name != "conv1.weight":
+            np.testing.assert_array_equal(coreml, torch_weight.astype(np.float16))
+    assert (values[report.row("conv1.weight").coreml_name].reshape(16, -1) == 0).all(1).sum() == 8  # 8 channels
+
+
+def test_unpruned_and_tiny_weights_are_not_zeroed(cnn: dict, exported: tuple) -> None:
+    report, path, _ = exported
+    fc2 = report.row("fc2.weight")
+    assert not fc2.pruned and fc2.storage == "dense"
+    assert fc2.nonzeros == fc2.numel == fc2.torch_nonzeros
+    weight = cnn["finalized"].fc2.weight.detach().numpy()
+    assert np.abs(weight).max() < 2**-10  # all below the converter's metadata threshold ...
+    np.testing.assert_array_equal(read_weights(path)[fc2.coreml_name], weight.astype(np.float16))  # ... all kept
+    fc1 = report.row("fc1.weight")  # pruned in blocks, its kept weights are just as tiny
+    assert fc1.nonzeros == fc1.torch_nonzeros == fc1.numel // 2
+
+
+def test_layer_too_little_pruned_stays_dense_with_warning(exported: tuple) -> None:
+    report, _, _ = exported
+    conv4 = report.row("conv4.weight")
+    assert conv4.pruned and conv4.storage == "dense"
+    assert 0 < 1 - conv4.nonzeros / conv4.numel < 1 / 16
+    assert any(w.startswith("conv4.weight (pruned") and "stays dense" in w for w in report.warnings)
+    assert len(report.warnings) == 1
+
+
+def test_sizes_and_batch_norm_fusion(exported: tuple, tmp_path: object) -> None:
+    report, path, _ = exported
+    weight_bin = os.path.join(path, "Data", "com.apple.CoreML", "weights", "weight.bin")
+    assert report.total_bytes == os.path.getsize(weight_bin)
+    # dense_bytes is the dense conversion of the same model: equal to plain coremltools on the unpruned one
+    traced = torch.jit.trace(_small_cnn(), EXAMPLE)
+    plain = ct.convert(traced, inputs=[ct.TensorType(shape=EXAMPLE.shape)], convert_to="mlprogram",
+                       minimum_deployment_target=ct.target.iOS16)
+    plain.save(str(tmp_path / "plain.mlpackage"))
+    plain_report = inspect_mlpackage(tmp_path / "plain.mlpackage")
+    assert report.dense_bytes == plain_report.total_bytes
+    assert 0 <= report.package.dense_bytes - report.dense_bytes < 64
+    assert report.total_bytes < 0.6 * report.dense_bytes
+    assert "batch_norm" not in report.op_counts  # fused, unlike on Core ML Tools' metadata path below
+    assert report.op_counts == plain_report.op_counts | {
+        "const": plain_report.op_counts["const"] - len(SPARSE), "constexpr_sparse_to_dense": len(SPARSE)}
+
+
+def test_coremltools_metadata_path_zeroes_tiny_weights(cnn: dict, exported: tuple, tmp_path: object) -> None:
+    """Why the export does not let coremltools read the metadata: on the very same finalized model
+    it drops every kept weight of fc1 (all below 2**-10), emits a sparse op for the 3 %-sparse conv4,
+    and leaves the batch norm unfused. (inspect_mlpackage reads this plain coremltools package too.)"""
+    ours, _, _ = exported
+    traced = torch.jit.trace(cnn["finalized"], EXAMPLE)
+    theirs = ct.convert(traced, inputs=[ct.TensorType(shape=EXAMPLE.shape)], convert_to="mlprogram",
+                        minimum_deployment_target=ct.target.iOS16)
+    theirs.save(str(tmp_path / "metadata.mlpackage"))
+    package = inspect_mlpackage(tmp_path / "metadata.mlpackage")
+    rows = {row.name.removesuffix("_cast_fp16"): row for row in package.rows}
+    assert rows["fc1_weight"].storage == "sparse" and rows["fc1_weight"].nonzeros == 0
+    assert ours.row("fc1.weight").nonzeros == ours.row("fc1.weight").numel // 2
+    assert rows["conv4_weight"].storage == "sparse" and rows["conv4_weight"].bytes > 2 * rows["conv4_weight"].numel
+    assert package.op_counts["batch_norm"] == 1
+
+
+def test_input_model_is_untouched(cnn: dict, exported: tuple) -> None:
+    _, _, before = exported
+    after = cnn["finalized"].state_dict()
+    assert after.keys() == before.keys() and any("_COREML_" in k for k in after)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_prepared_model_exports_like_finalized(cnn: dict, exported: tuple, tmp_path: object) -> None:
+    prepared = cnn["prepared"]
+    orig = prepared.conv2.weight_orig.detach().clone()
+    report = export_coreml(prepared, EXAMPLE, tmp_path / "prepared.mlpackage")
+    finalized_report = exported[0]
+    assert report.total_bytes == finalized_report.total_bytes
+    assert [(r.name, r.storage, r.nonzeros) for r in report.rows] == [
+        (r.name, r.storage, r.nonzeros) for r in finalized_report.rows]
+    assert is_masked(prepared.conv2) and torch.equal(prepared.conv2.weight_orig, orig)  # still prepared
+    assert int(torch.count_nonzero(prepared.conv2.weight_orig)) == orig.numel()
+
+
+def test_deployment_targets(exported: tuple, tmp_path: object) -> None:
+    report, _, _ = exported
+    assert report.minimum_deployment_target == "iOS16" and report.package.specification_version == 7
+    for too_old in (ct.target.iOS15, "iOS15", "macOS12", "watchOS8"):
+        with pytest.raises(ValueError, match=r"minimum_deployment_target=.*(iOS15|macOS12|watchOS8).* iOS16 or newer"):
+            export_coreml(nn.Linear(4, 4), torch.randn(1, 4), tmp_path / "old.mlpackage",
+                          minimum_deployment_target=too_old)
+    with pytest.raises(ValueError, match="'iOS99' is invalid.*iOS17"):
+        export_coreml(nn.Linear(4, 4), torch.randn(1, 4), tmp_path / "x.mlpackage", minimum_deployment_target="iOS99")
+    with pytest.raises(TypeError, match="minimum_deployment_target=16"):
+        export_coreml(nn.Linear(4, 4), torch.randn(1, 4), tmp_path / "x.mlpackage", minimum_deployment_target=16)
+    assert not (tmp_path / "old.mlpackage").exists()
+
+
+def test_ios18_and_float32_and_torch_export(cnn: dict, exported: tuple, tmp_path: object) -> None:
+    base, _, _ = exported
+    model = cnn["finalized"]
+    ios18 = export_coreml(model, EXAMPLE, tmp_path / "ios18.mlpackage", minimum_deployment_target="iOS18")
+    assert ios18.package.specification_version == 9
+    fp32 = export_coreml(model, (EXAMPLE,), tmp_path / "fp32.mlpackage", compute_precision="float32")
+    exported_program = export_coreml(model, EXAMPLE, tmp_path / "export.mlpackage", trace="export")
+    assert exported_program.trace == "export"
+    for name in SPARSE:
+        expected = base.row(name)
+        for report in (ios18, fp32, exported_program):
+            row = report.row(name)
+            assert (row.storage, row.nonzeros) == ("sparse", expected.nonzeros), (report.path, row)
+        assert ios18.row(name).bytes == expected.bytes - 4 * len(expected.shape)  # no uint32 shape input
+        assert abs(fp32.row(name).bytes - _bytes_formula(expected, 4)) <= 0.05 * _bytes_formula(expected, 4)
+    assert exported_program.total_bytes == base.total_bytes
+    assert fp32.total_bytes > 1.9 * base.total_bytes - 64 * 16
+
+
+def test_torchscript_and_exported_program_inputs(cnn: dict, exported: tuple, tmp_path: object) -> None:
+    base = exported[0]
+    model = cnn["finalized"]
+    scripted = torch.jit.trace(model, EXAMPLE)
+    program = torch.export.export(model, (EXAMPLE,))
+    for source, name in ((scripted, "scripted"), (program, "program")):
+        report = export_coreml(source, EXAMPLE, tmp_path / f"{name}.mlpackage")
+        assert report.total_bytes == base.total_bytes, name
+        assert {r.name for r in report.rows if r.storage == "sparse"} == set(SPARSE), name
+    assert "_COREML_/metadata_version" in dict(scripted.named_buffers())  # the TorchScript is untouched
+    with pytest.raises(ValueError, match="trace='export' is invalid: a TorchScript model"):
+        export_coreml(scripted, EXAMPLE, tmp_path / "x.mlpackage", trace="export")
+
+
+def test_unpruned_model_and_sparse_weights_all(tmp_path: object, sparsify_logs: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    with torch.no_grad():
+        model[0].weight[:, :48] = 0  # 75 % exact zeros, but no metadata: not "pruned"
+    report = export_coreml(model, torch.randn(1, 64), tmp_path / "plain.mlpackage")
+    assert {r.storage for r in report.rows} == {"dense"} and report.total_bytes == report.dense_bytes
+    assert any("no pruned weight found" in r.getMessage() for r in sparsify_logs.records)
+    assert report.warnings == [r.getMessage() for r in sparsify_logs.records if r.levelno == logging.WARNING]
+    everything = export_coreml(model, torch.randn(1, 64), tmp_path / "all.mlpackage", sparse_weights="all")
+    assert everything.row("0.weight").storage == "sparse" and everything.row("0.weight").nonzeros == 128 * 16
+    assert everything.row("2.weight").storage == "dense"  # no zeros: sparse would be larger
+    assert not everything.warnings
+
+
+def test_joint_compression_metadata_is_refused(tmp_path: object) -> None:
+    model = nn.Sequential(nn.Linear(4, 4))
+    model[0].register_buffer("_COREML_/weight/compression_type", torch.tensor([1, 3]))
+    with pytest.raises(ValueError, match=r"0.weight carries Core ML compression types \[1, 3\]"):
+        export_coreml(model, torch.randn(1, 4), tmp_path / "joint.mlpackage")
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"path": "model.mlmodel"}, ValueError, "path='model.mlmodel' is invalid: the name must end in '.mlpackage'"),
+    ({"trace": "script"}, ValueError, "trace='script' is invalid: allowed values are None, 'jit', 'export'"),
+    ({"sparse_weights": "some"}, ValueError, "sparse_weights='some' is invalid"),
+    ({"compute_precision": "int8"}, ValueError, "compute_precision='int8' is invalid"),
+    ({"convert_kwargs": {"convert_to": "neuralnetwork"}}, ValueError, "convert_to must be passed as export_coreml"),
+    ({"example_inputs": [1.0]}, TypeError, "example_inputs=.* expected a tensor"),
+    ({"model": "model.pt"}, TypeError, "model must be a torch.nn.Module"),
+])
+def test_bad_arguments(tmp_path: object, kwargs: dict, error: type, match: str) -> None:
+    arguments = {"model": nn.Linear(4, 4), "example_inputs": torch.randn(1, 4), "path": tmp_path / "m.mlpackage"}
+    arguments.update(kwargs)
+    with pytest.raises(error, match=match):
+        export_coreml(arguments.pop("model"), arguments.pop("example_inputs"), arguments.pop("path"), **arguments)
+
+
+def test_report_conveniences(exported: tuple) -> None:
+    report, path, _ = exported
+    data = json.loads(json.dumps(report.as_dict()))
+    assert data["path"] == str(path) and data["total_bytes"] == report.total_bytes
+    assert data["dense_bytes"] == report.dense_bytes and len(data["rows"]) == len(report.rows)
+    text = report.to_text()
+    assert all(name in text for name in SPARSE) and "4 of" in text and "warning: conv4.weight" in text
+    with pytest.raises(KeyError, match="no weight named 'nope'"):
+        report.row("nope")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_torchvision_models(arch: str, tmp_path: object) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    config = MagnitudePrunerConfig(
+        module_type_configs={nn.Conv2d: Cfg(target_sparsity=0.75), nn.Linear: Cfg(n_m_ratio=(2, 4))},
+        module_name_configs={
+            r"layer1\..*|features\.1\..*": Cfg(target_sparsity=0.5, block_size=4),
+            r"layer2\.0\.conv1|features\.3\.conv\.0\.0": Cfg(target_sparsity=0.5, granularity="per_channel"),
+        },
+    )
+    pruner = MagnitudePruner(model, config)
+    pruner.prepare(inplace=True)
+    pruner.step()
+    finalized = pruner.finalize()
+    report = export_coreml(finalized, torch.randn(1, 3, 224, 224), tmp_path / f"{arch}.mlpackage")
+    pruned = [row for row in report.rows if row.pruned]
+    expected = [n for n, m in finalized.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert sorted(row.name for row in pruned) == sorted(f"{n}.weight" for n in expected)
+    for row in pruned:
+        assert row.storage == "sparse", row
+        assert row.nonzeros == row.torch_nonzeros
+        assert abs(row.bytes - _bytes_formula(row)) <= 0.05 * _bytes_formula(row)
+    assert report.op_counts["constexpr_sparse_to_dense"] == len(pruned)
+    assert "batch_norm" not in report.op_counts
+    assert report.total_bytes < 0.45 * report.dense_bytes
+    assert not report.warnings

@@ -1,0 +1,181 @@
+"""inspect_mlpackage on packages written by plain coremltools (no sparsify involved): every number is
+checked against coremltools' own in-memory program or against the files on disk."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+ct = pytest.importorskip("coremltools")
+cto = pytest.importorskip("coremltools.optimize.coreml")
+
+from sparsify.mlpackage import inspect_mlpackage, read_weights  # noqa: E402
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 24, 3)
+        self.fc1 = nn.Linear(24, 100)  # 2400 weights: a mask of 300 bytes
+        self.fc2 = nn.Linear(100, 7)  # 700 weights: the last mask byte holds 4 bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x)).mean((2, 3))
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+_EXAMPLE = torch.randn(1, 3, 8, 8)
+
+
+def _convert(target: object) -> object:
+    torch.manual_seed(0)
+    traced = torch.jit.trace(_Net().eval(), _EXAMPLE)
+    return ct.convert(traced, inputs=[ct.TensorType(shape=_EXAMPLE.shape)], convert_to="mlprogram",
+                      minimum_deployment_target=target)
+
+
+def _save(model: object, path: object) -> str:
+    model.save(str(path))
+    return str(path)
+
+
+def _ops(model: object, op_type: str | None = None) -> list:
+    ops = list(model._mil_program.functions["main"].operations)
+    return ops if op_type is None else [op for op in ops if op.op_type == op_type]
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[object, str]]:
+    """Packages made by coremltools alone: dense, pruned (iOS16 and iOS18), palettized, quantized, joint."""
+    root = tmp_path_factory.mktemp("mlpackages")
+    dense16, dense18 = _convert(ct.target.iOS16), _convert(ct.target.iOS18)
+    prune = cto.OptimizationConfig(global_config=cto.OpMagnitudePrunerConfig(target_sparsity=0.6, weight_threshold=100))
+    sparse16, sparse18 = cto.prune_weights(dense16, prune), cto.prune_weights(dense18, prune)
+    palettized = cto.palettize_weights(dense16, cto.OptimizationConfig(
+        global_config=cto.OpPalettizerConfig(nbits=4, weight_threshold=100)))
+    quantized = cto.linear_quantize_weights(dense16, cto.OptimizationConfig(
+        global_config=cto.OpLinearQuantizerConfig(weight_threshold=100)))
+    joint = cto.linear_quantize_weights(sparse18, cto.OptimizationConfig(
+        global_config=cto.OpLinearQuantizerConfig(weight_threshold=100)), joint_compression=True)
+    models = {"dense16": dense16, "sparse16": sparse16, "sparse18": sparse18, "palettized": palettized,
+              "quantized": quantized, "joint": joint}
+    return {name: (model, _save(model, root / f"{name}.mlpackage")) for name, model in models.items()}
+
+
+def _weight_bin(path: str) -> str:
+    return os.path.join(path, "Data", "com.apple.CoreML", "weights", "weight.bin")
+
+
+def test_dense_package_matches_coremltools_program(packages: dict) -> None:
+    model, path = packages["dense16"]
+    report = inspect_mlpackage(path)
+    assert report.specification_version == 7
+    assert report.functions == ("main",)
+    assert report.op_counts == dict(Counter(op.op_type for op in _ops(model)))
+    consts = {op.outputs[0].name: op.outputs[0].val for op in _ops(model, "const")
+              if isinstance(op.outputs[0].val, np.ndarray) and op.outputs[0].val.size >= 10}
+    assert {row.name for row in report.rows} == set(consts)
+    for row in report.rows:
+        value = consts[row.name]
+        assert row.storage == "dense" and row.op_type == "const"
+        assert row.shape == value.shape and row.dtype == "float16" and row.numel == value.size
+        assert row.nonzeros == np.count_nonzero(value)
+        assert row.bytes == value.nbytes
+    assert report.total_bytes == os.path.getsize(_weight_bin(path))
+    # dense_bytes is computed with every blob padded to 64 bytes: the file's last blob is not
+    assert 0 <= report.dense_bytes - report.total_bytes < 64
+    values = read_weights(path)
+    for name, value in consts.items():
+        np.testing.assert_array_equal(values[name], value)
+
+
+@pytest.mark.parametrize("name, spec_version", [("sparse16", 7), ("sparse18", 9)])
+def test_sparse_package_masks_and_bytes(packages: dict, name: str, spec_version: int) -> None:
+    model, path = packages[name]
+    dense_values = read_weights(packages["dense16"][1])
+    report = inspect_mlpackage(path)
+    assert report.specification_version == spec_version
+    sparse_ops = _ops(model, "constexpr_sparse_to_dense")
+    assert report.op_counts["constexpr_sparse_to_dense"] == len(sparse_ops) == 3
+    values = read_weights(path)
+    for op in sparse_ops:
+        row = report.weight(op.outputs[0].name)
+        nnz = op.nonzero_data.val.size
+        assert row.storage == "sparse"
+        assert row.nonzeros == nnz
+        assert row.sparsity == pytest.approx(1 - nnz / row.numel)
+        shape_bytes = 4 * len(row.shape) if spec_version == 7 else 0  # iOS16 keeps the shape as uint32s
+        assert row.bytes == nnz * 2 + math.ceil(row.numel / 8) + shape_bytes
+        # the decoded weight puts the kept values back where the (little-endian) mask says
+        decoded = values[row.name]
+        original = dense_values[row.name.removesuffix("_sparsified")]
+        kept = decoded != 0
+        assert kept.sum() == nnz
+        np.testing.assert_array_equal(decoded[kept], original[kept])
+        assert np.abs(original[~kept]).max() <= np.abs(original[kept]).min()  # magnitude pruning
+    assert report.total_bytes == os.path.getsize(_weight_bin(path))
+    assert report.dense_bytes >= inspect_mlpackage(packages["dense16"][1]).total_bytes
+    assert report.ratio < 0.7
+
+
+@pytest.mark.parametrize("name, storage", [("palettized", "palettized"), ("quantized", "quantized"),
+                                           ("joint", "sparse+quantized")])
+def test_compressed_weights(packages: dict, name: str, storage: str) -> None:
+    path = packages[name][1]
+    report = inspect_mlpackage(path)
+    compressed = [row for row in report.rows if row.op_type.startswith("constexpr_")]
+    assert len(compressed) == 3
+    assert {row.storage for row in compressed} == {storage}
+    assert sum(report.op_counts[t] for t in report.op_counts if t.startswith("constexpr_")) >= 3
+    assert all(row.dtype == "float16" for row in compressed)
+    if storage == "sparse+quantized":
+        sparse = inspect_mlpackage(packages["sparse18"][1])  # what was quantized: same masks
+        for row in compressed:  # the mask is still readable, so the non-zeros are known
+            assert row.nonzeros == sparse.weight(row.name).nonzeros
+    else:
+        assert all(row.nonzeros is None and row.sparsity is None for row in compressed)
+        assert all(row.bytes < 0.6 * row.numel * 2 for row in compressed)  # 4 or 8 bits instead of 16
+        assert report.total_bytes < report.dense_bytes
+    assert all(row.name not in read_weights(path) for row in compressed)  # no silent wrong decoding
+
+
+def test_report_conveniences(packages: dict) -> None:
+    report = inspect_mlpackage(packages["sparse16"][1])
+    data = json.loads(json.dumps(report.as_dict()))
+    assert data["total_bytes"] == report.total_bytes and len(data["rows"]) == len(report.rows)
+    assert data["rows"][0]["shape"] == list(report.rows[0].shape)
+    text = report.to_text()
+    assert "constexpr_sparse_to_dense: 3" in text and "weight file:" in text
+    assert all(row.name in text for row in report.rows)
+    assert report.storage_counts() == {"sparse": 3, "dense": 2}  # the 7-element fc2 bias is inline, not a blob
+    with pytest.raises(KeyError, match="no weight named 'nope'"):
+        report.weight("nope")
+
+
+def test_missing_and_unsupported_packages(tmp_path: object, packages: dict) -> None:
+    with pytest.raises(FileNotFoundError, match="no such .mlpackage"):
+        inspect_mlpackage(tmp_path / "missing.mlpackage")
+    torch.manual_seed(0)
+    traced = torch.jit.trace(nn.Sequential(nn.Linear(4, 3)).eval(), torch.randn(1, 4))
+    legacy = ct.convert(traced, inputs=[ct.TensorType(shape=(1, 4))], convert_to="neuralnetwork")
+    legacy.save(str(tmp_path / "legacy.mlmodel"))
+    with pytest.raises(ValueError, match="'neuralNetwork' model: only ML Programs"):
+        inspect_mlpackage(tmp_path / "legacy.mlmodel")
+
+
+def test_damaged_weight_file(tmp_path: object, packages: dict) -> None:
+    copy = tmp_path / "damaged.mlpackage"
+    shutil.copytree(packages["dense16"][1], copy)
+    with open(_weight_bin(str(copy)), "r+b") as handle:  # overwrite the first blob's sentinel
+        handle.seek(64)
+        handle.write(b"\0\0\0\0")
+    with pytest.raises(ValueError, match="no blob header at offset 64"):
+        inspect_mlpackage(copy)
