@@ -34,7 +34,16 @@ from torch import nn
 
 from .config import OptimizationConfig
 from .report import sparsity_summary
-from .sizing import RULES, TARGETS, StoredTensor, dense_bytes, stores_sparse, weight_file_bytes, zero_threshold
+from .sizing import (
+    RULES,
+    TARGETS,
+    StoredTensor,
+    dense_bytes,
+    fuses_batchnorm,
+    stores_sparse,
+    weight_file_bytes,
+    zero_threshold,
+)
 
 __all__ = ["LayerReport", "ModelReport", "infer_pattern", "model_report"]
 
@@ -126,7 +135,8 @@ class LayerReport:
     block2_sparsity: float  # fraction of aligned output-channel pairs entirely zero, -1 for odd counts
     metadata: bool  # carries (or, once finalized, will carry) Core ML pruning metadata
     stored_nonzeros: int  # non-zeros Core ML keeps (it zeroes |w| <= threshold, see sizing)
-    sparse: bool  # Core ML stores this weight sparse
+    sparse: bool  # stored sparse in an fp16 export
+    sparse_fp32: bool  # ... in an fp32 export (the "sparsify" rules decide by size, which can differ)
     dense_fp16: int
     dense_fp32: int
     coreml_fp16: int
@@ -259,14 +269,16 @@ class ModelReport:
         return header, rows
 
     def _footer(self) -> list[str]:
-        return [
-            f"Core ML weight.bin estimate ({self.target}+, rule={self.rule!r}, {self.other_params:,} other "
+        lines = [
+            f"Core ML weight.bin estimate ({self.target}+, {_RULE_NAMES[self.rule]}, {self.other_params:,} other "
             f"parameters stored dense): fp16 {_bytes(self.file_fp16)} vs {_bytes(self.file_dense_fp16)} dense "
             f"({self.smaller:.2f}× smaller); fp32 {_bytes(self.file_fp32)} vs {_bytes(self.file_dense_fp32)} "
             f"({self.file_dense_fp32 / self.file_fp32:.2f}× smaller).",
-            "'channels 0' = output channels whose weights are all zero; '(!)' = sparse storage is larger than "
-            "dense (below 1/16 sparsity in fp16).",
+            "'channels 0' = output channels whose weights are all zero.",
         ]
+        if any(layer.coreml_fp16 > layer.dense_fp16 for layer in self.layers):
+            lines.append("'(!)' = stored sparse although that is larger than dense (below 1/16 sparsity in fp16).")
+        return lines
 
     def to_text(self) -> str:
         """An aligned plain-text table with a footer for the whole model."""
@@ -289,6 +301,14 @@ class ModelReport:
 
     def __str__(self) -> str:
         return self.to_text()
+
+
+_RULE_NAMES = {
+    "sparsify": "as sparsify export stores it",
+    "sparsify_all": "as export_coreml(sparse_weights='all') stores it",
+    "metadata": "as coremltools.convert stores it",
+    "default_pruning": "as coremltools.convert with DEFAULT_PRUNING stores it",
+}
 
 
 def _pct(value: float | None) -> str:
@@ -319,6 +339,11 @@ class _Weight:
     kind: str = ""
 
     @property
+    def key(self) -> str:
+        """The state-dict key of the (unmasked) tensor."""
+        return f"{self.module}.{self.param}" if self.module else self.param
+
+    @property
     def name(self) -> str:
         if self.param == "weight" or not self.module:
             return self.module or self.param
@@ -334,8 +359,9 @@ def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
 
 
-def _read_state(state: Mapping[str, torch.Tensor]) -> tuple[list[_Weight], list[torch.Tensor]]:
-    """Split a state dict into weights to report (masked, with metadata, or rank ≥ 2) and others."""
+def _read_state(state: Mapping[str, torch.Tensor]) -> tuple[list[_Weight], dict[str, torch.Tensor]]:
+    """Split a state dict into weights to report (masked, with metadata, or rank ≥ 2) and the other
+    floating-point tensors (by key), tied tensors counted once."""
     metadata: set[tuple[str, str]] = set()
     used: set[str] = set()
     for key, value in state.items():
@@ -358,7 +384,7 @@ def _read_state(state: Mapping[str, torch.Tensor]) -> tuple[list[_Weight], list[
             effective = torch.where(state[base + "_mask"].bool(), value.detach(), value.new_zeros(()))
             amount = state.get(base + "_amount")
             weights.append(_Weight(module, param, effective, True, amount=None if amount is None else float(amount)))
-    others: list[torch.Tensor] = []
+    others: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key in used or not isinstance(value, torch.Tensor) or not value.is_floating_point():
             continue
@@ -370,9 +396,11 @@ def _read_state(state: Mapping[str, torch.Tensor]) -> tuple[list[_Weight], list[
         if value.dim() >= 2 or (module, param) in metadata:
             weights.append(_Weight(module, param, value.detach(), False))
         else:
-            others.append(value.detach())
+            others[key] = value.detach()
     for weight in weights:
         weight.metadata = weight.masked or (weight.module, weight.param) in metadata
+    order = {key: i for i, key in enumerate(state)}
+    weights.sort(key=lambda w: order.get(w.key, order.get(w.key + "_orig", 0)))
     return weights, others
 
 
@@ -383,16 +411,14 @@ def _hook_for(module: nn.Module, param: str) -> Any:
     return None
 
 
-def _read_module(model: nn.Module) -> tuple[list[_Weight], list[torch.Tensor]]:
+def _read_module(model: nn.Module) -> tuple[list[_Weight], dict[str, torch.Tensor]]:
     state = model.state_dict(keep_vars=True)
     buffers = {name for name, _ in model.named_buffers(remove_duplicate=False)}
-    # buffers of rank >= 2 (e.g. attention masks) are not weights to report
     weights, others = _read_state(state)
     kept = []
     for weight in weights:
-        key = f"{weight.module}.{weight.param}" if weight.module else weight.param
-        if key in buffers and not weight.metadata:
-            others.append(weight.tensor)
+        if weight.key in buffers and not weight.metadata:
+            others[weight.key] = weight.tensor  # buffers of rank >= 2 (attention masks...) are not weights
             continue
         module = model.get_submodule(weight.module)
         weight.kind = type(module).__name__
@@ -410,6 +436,30 @@ def _read_module(model: nn.Module) -> tuple[list[_Weight], list[torch.Tensor]]:
                 )
         kept.append(weight)
     return kept, others
+
+
+_BATCHNORM = ("weight", "bias", "running_mean", "running_var")
+
+
+def _batchnorms_after_convs(
+    weights: list[_Weight], others: dict[str, torch.Tensor], keys: list[str]
+) -> list[tuple[int, str]]:
+    """``(index of the conv weight, batch-norm prefix)`` for each batch norm that directly follows a
+    conv with as many output channels (in the state dict's order: the converter fuses such pairs)."""
+    position = {key: i for i, key in enumerate(keys)}
+    where = [position.get(w.key, position.get(w.key + "_orig", -1)) for w in weights]
+    pairs = []
+    for key in others:
+        if not key.endswith("running_mean") or key[: -len("running_mean")] + "running_var" not in others:
+            continue
+        prefix = key[: -len("running_mean")]
+        start = min(position[prefix + name] for name in _BATCHNORM if prefix + name in position)
+        before = [i for i, p in enumerate(where) if 0 <= p < start]
+        if before:
+            conv = weights[before[-1]]
+            if conv.param == "weight" and conv.tensor.dim() >= 3 and conv.tensor.shape[0] == others[key].numel():
+                pairs.append((before[-1], prefix))
+    return pairs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -435,8 +485,8 @@ def _requested_for(requested: Requested, weight: _Weight, model: nn.Module | Non
 
 
 def _check_args(requested: Requested, rule: str, target: str, names: list[str]) -> None:
-    if rule not in ("auto", *RULES):
-        raise ValueError(f"rule={rule!r} is invalid: allowed values are 'auto', {', '.join(map(repr, RULES))}")
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r} is invalid: allowed values are {', '.join(map(repr, RULES))}")
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is invalid: allowed values are {', '.join(map(repr, TARGETS))}")
     if isinstance(requested, Mapping):
@@ -462,7 +512,7 @@ def model_report(
     model: nn.Module | Mapping[str, torch.Tensor],
     *,
     requested: Requested = None,
-    rule: str = "auto",
+    rule: str = "sparsify",
     target: str = "iOS16",
 ) -> ModelReport:
     """Report sparsity, pattern and Core ML storage of every weight of ``model``.
@@ -472,40 +522,37 @@ def model_report(
         requested: the sparsity asked for, when the model does not say (a masked weight reports its
             hook's ``amount``): one number for every layer, a ``{layer name: sparsity}`` dict, or the
             ``MagnitudePrunerConfig`` the model was pruned with (its pattern is then reported too).
-        rule: which weights Core ML stores sparse (:mod:`sparsify.sizing`): ``"metadata"`` (what the
-            default ``coremltools.convert`` does), ``"default_pruning"`` (with
-            ``pass_pipeline=ct.PassPipeline.DEFAULT_PRUNING``), or ``"auto"`` (the default):
-            ``"metadata"`` when any weight is masked or carries metadata, else ``"default_pruning"``.
+        rule: how the model will be exported, which decides the weights stored sparse
+            (:mod:`sparsify.sizing`): ``"sparsify"`` (default: :func:`sparsify.export.export_coreml`,
+            ``sparsify export``), ``"sparsify_all"`` (the same with ``sparse_weights="all"``),
+            ``"metadata"`` (plain ``coremltools.convert``) or ``"default_pruning"`` (``coremltools.convert``
+            with ``pass_pipeline=ct.PassPipeline.DEFAULT_PRUNING``).
         target: deployment target of the export, ``"iOS16"``, ``"iOS17"`` or ``"iOS18"`` (iOS18 writes
             small masks to ``weight.bin`` that earlier targets inline).
     """
     if isinstance(model, nn.Module):
         weights, others = _read_module(model)
-        module = model
+        keys, module = list(model.state_dict(keep_vars=True)), model
     elif isinstance(model, Mapping):
         weights, others = _read_state(model)
-        module = None
+        keys, module = list(model), None
     else:
         raise TypeError(f"model must be an nn.Module or a state dict, got {type(model).__name__}")
     _check_args(requested, rule, target, [w.name for w in weights])
-    if rule == "auto":
-        rule = "metadata" if any(w.metadata for w in weights) else "default_pruning"
 
     layers = []
-    stored: list[StoredTensor] = []
-    dense: list[StoredTensor] = []
+    stored: dict[str, list[StoredTensor]] = {"fp16": [], "fp32": []}
     with torch.no_grad():
         for w in weights:
             tensor = w.tensor
             numel = tensor.numel()
             nonzeros = int(torch.count_nonzero(tensor))
-            stored_nonzeros = int((tensor.abs() > zero_threshold(rule, w.metadata)).sum())
-            sparse = stores_sparse(numel, tensor.dim(), stored_nonzeros, metadata=w.metadata, rule=rule)
-            if not sparse:
-                stored_nonzeros = nonzeros
-            entry = StoredTensor(numel, stored_nonzeros, sparse)
-            stored.append(entry)
-            dense.append(StoredTensor(numel, numel, False))
+            kept = int((tensor.abs() > zero_threshold(rule, w.metadata)).sum())
+            for precision, entries in stored.items():
+                sparse = stores_sparse(numel, tensor.dim(), kept, metadata=w.metadata, rule=rule,
+                                       precision=precision, target=target)
+                entries.append(StoredTensor(numel, kept if sparse else nonzeros, sparse))
+            fp16, fp32 = stored["fp16"][-1], stored["fp32"][-1]
             asked, config_pattern = _requested_for(requested, w, module)
             if asked is None:
                 asked = w.amount
@@ -520,15 +567,29 @@ def model_report(
                 requested=asked, pattern=pattern, pattern_source=source,
                 structured_sparsity=summary["structured_weight_sparsity"],
                 block2_sparsity=summary["block2_weight_sparsity"], metadata=w.metadata,
-                stored_nonzeros=stored_nonzeros, sparse=sparse,
+                stored_nonzeros=fp16.nnz, sparse=fp16.sparse, sparse_fp32=fp32.sparse,
                 dense_fp16=dense_bytes(numel, "fp16"), dense_fp32=dense_bytes(numel, "fp32"),
-                coreml_fp16=entry.payload_bytes("fp16"), coreml_fp32=entry.payload_bytes("fp32"),
+                coreml_fp16=fp16.payload_bytes("fp16"), coreml_fp32=fp32.payload_bytes("fp32"),
             ))
-    rest = [StoredTensor(t.numel(), t.numel(), False) for t in others]
+
+    # Batch norms the converter folds into the conv before them vanish; the conv gains a bias.
+    rest = dict(others)
+    for index, prefix in _batchnorms_after_convs(weights, others, keys):
+        conv = weights[index]
+        if fuses_batchnorm(rule, conv_metadata=conv.metadata, conv_sparse=layers[index].sparse):
+            for name in _BATCHNORM:
+                rest.pop(prefix + name, None)
+            bias = f"{conv.module}.bias" if conv.module else "bias"
+            rest.setdefault(bias, conv.tensor.new_empty(conv.tensor.shape[0]))
+    dense_rest = [StoredTensor(t.numel(), t.numel(), False) for t in rest.values()]
+    files = {
+        (precision, is_dense): weight_file_bytes(
+            [*(StoredTensor(e.numel, e.numel, False) if is_dense else e for e in entries), *dense_rest],
+            precision, target)
+        for precision, entries in stored.items() for is_dense in (False, True)
+    }
     return ModelReport(
-        layers=tuple(layers), other_params=sum(t.numel() for t in others), rule=rule, target=target,
-        file_fp16=weight_file_bytes([*stored, *rest], "fp16", target),
-        file_fp32=weight_file_bytes([*stored, *rest], "fp32", target),
-        file_dense_fp16=weight_file_bytes([*dense, *rest], "fp16", target),
-        file_dense_fp32=weight_file_bytes([*dense, *rest], "fp32", target),
+        layers=tuple(layers), other_params=sum(t.numel() for t in rest.values()), rule=rule, target=target,
+        file_fp16=files["fp16", False], file_fp32=files["fp32", False],
+        file_dense_fp16=files["fp16", True], file_dense_fp32=files["fp32", True],
     )

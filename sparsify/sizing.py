@@ -17,15 +17,23 @@ Constants with fewer than 10 elements are written inline in the model descriptio
 up; it pads every blob, so it overestimates the real file by at most 63 bytes (the last blob is not
 padded).
 
-Which weights are stored sparse (``rule``), as ``coremltools.convert`` decides:
+Which weights are stored sparse depends on how the model is exported (``rule``). A *pruned* weight is
+one with a mask (prepared model) or with Core ML compression metadata (the
+``_COREML_/<param>/compression_type`` buffer that :meth:`sparsify.MagnitudePruner.finalize` writes):
 
-* ``"metadata"`` — the default pipeline: exactly the weights that carry Core ML compression metadata
-  (the ``_COREML_/<param>/compression_type`` buffer that :meth:`sparsify.MagnitudePruner.finalize`
-  writes), whatever their sparsity — even a 0 %-sparse one, which then costs 1/16 more than dense.
-  Every value with ``|w| <= 2**-10`` (fp16 epsilon, :data:`METADATA_ZERO_THRESHOLD`) becomes zero.
-* ``"default_pruning"`` — ``pass_pipeline=ct.PassPipeline.DEFAULT_PRUNING``: weights with metadata
-  as above, plus every other constant of rank ≥ 2 with more than 2048 elements whose fraction of
-  ``|w| <= 1e-12`` is at least 0.5.
+* ``"sparsify"`` — :func:`sparsify.export.export_coreml` (``sparsify export``): every pruned weight of
+  rank ≥ 2 whose sparse blobs are smaller than its dense blob (headers included), counting exact
+  zeros only. The model is converted dense first, so every conv → batch norm pair is fused.
+* ``"sparsify_all"`` — the same with ``sparse_weights="all"``: any weight of rank ≥ 2, pruned or not.
+* ``"metadata"`` — plain ``coremltools.convert`` (default pipeline): exactly the weights that carry
+  metadata, whatever their sparsity — even a 0 %-sparse one, which then costs 1/16 more than dense.
+  Every value with ``|w| <= 2**-10`` (fp16 epsilon, :data:`METADATA_ZERO_THRESHOLD`) becomes zero, and
+  a batch norm after a pruned conv stays unfused.
+* ``"default_pruning"`` — ``coremltools.convert(..., pass_pipeline=ct.PassPipeline.DEFAULT_PRUNING)``:
+  weights with metadata as above, plus every other constant of rank ≥ 2 with more than 2048 elements
+  whose fraction of ``|w| <= 1e-12`` is at least 0.5; a batch norm after a sparse conv stays unfused.
+
+A fused batch norm disappears from the file and its conv gains a bias (:func:`fuses_batchnorm`).
 
 The byte counts and rules were measured against real ``.mlpackage`` exports (``tests/test_sizing.py``
 converts models and compares).
@@ -48,6 +56,7 @@ __all__ = [
     "TARGETS",
     "StoredTensor",
     "dense_bytes",
+    "fuses_batchnorm",
     "sparse_bytes",
     "stores_sparse",
     "weight_file_bytes",
@@ -55,7 +64,7 @@ __all__ = [
 ]
 
 ELEMENT_BYTES = {"fp16": 2, "fp32": 4}
-RULES = ("metadata", "default_pruning")
+RULES = ("sparsify", "sparsify_all", "metadata", "default_pruning")
 TARGETS = ("iOS16", "iOS17", "iOS18")
 
 METADATA_ZERO_THRESHOLD = 2.0**-10  # np.finfo(np.float16).eps, what the converter zeroes in metadata weights
@@ -91,21 +100,43 @@ def sparse_bytes(numel: int, nnz: int, precision: str = "fp16") -> int:
 def zero_threshold(rule: str, metadata: bool) -> float:
     """Values with ``|w| <= threshold`` are stored as zeros of a sparse weight under ``rule``."""
     _check_rule(rule)
+    if rule.startswith("sparsify"):
+        return 0.0
     return METADATA_ZERO_THRESHOLD if metadata else DEFAULT_PRUNING_ZERO_THRESHOLD
 
 
-def stores_sparse(numel: int, rank: int, nnz: int, *, metadata: bool, rule: str = "metadata") -> bool:
-    """Whether ``coremltools.convert`` (iOS16+) stores this weight as a sparse constant under ``rule``.
+def stores_sparse(
+    numel: int, rank: int, nnz: int, *, metadata: bool, rule: str = "sparsify", precision: str = "fp16",
+    target: str = "iOS16",
+) -> bool:
+    """Whether this weight is exported as a sparse constant under ``rule`` (module docstring).
 
-    ``nnz`` counts the values above :func:`zero_threshold`; ``metadata`` says whether the weight
-    carries Core ML compression metadata (or will, once a prepared model is finalized).
+    ``nnz`` counts the values above :func:`zero_threshold`; ``metadata`` says whether the weight is
+    pruned (carries Core ML compression metadata, or a mask that ``finalize()`` turns into metadata).
+    ``precision`` and ``target`` matter for the ``"sparsify"`` rules, which store sparse only when
+    that is smaller.
     """
     _check_rule(rule)
+    if rule.startswith("sparsify"):
+        if rank < 2 or not (metadata or rule == "sparsify_all"):
+            return False
+        sparse, dense = StoredTensor(numel, nnz, True), StoredTensor(numel, nnz, False)
+        return sparse.file_bytes(precision, target) < dense.file_bytes(precision, target)
     if metadata:
         return True
     if rule == "metadata" or rank < 2 or numel <= DEFAULT_PRUNING_MIN_NUMEL:
         return False
     return (numel - nnz) / numel >= DEFAULT_PRUNING_MIN_SPARSITY
+
+
+def fuses_batchnorm(rule: str, *, conv_metadata: bool, conv_sparse: bool) -> bool:
+    """Whether the converter folds a batch norm into the conv before it (dense convs only)."""
+    _check_rule(rule)
+    if rule.startswith("sparsify"):
+        return True  # converted dense, sparsified afterwards
+    if rule == "metadata":
+        return not conv_metadata
+    return not conv_sparse
 
 
 def _check_rule(rule: str) -> None:

@@ -40,7 +40,7 @@ def test_numbers_by_hand() -> None:
     assert row.block2_sparsity == 0.0
     assert row.requested is None and row.pattern == "unstructured" and row.pattern_source == "inferred"
     assert (row.dense_fp16, row.dense_fp32) == (32, 64)
-    # a plain model under rule "auto" → DEFAULT_PRUNING, which leaves a 16-element weight dense
+    # nothing is pruned (no mask, no metadata), so an export stores it dense
     assert not row.sparse and row.coreml_fp16 == 32 and row.smaller == 1.0
 
 
@@ -48,7 +48,7 @@ def test_bytes_by_hand_for_a_pruned_layer() -> None:
     model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8))
     pruner, prepared = _pruned(model, 0.5)
     report = model_report(prepared)
-    assert report.rule == "metadata"
+    assert report.rule == "sparsify"
     row = report["0"]
     assert (row.params, row.nonzeros, row.requested) == (4096, 2048, 0.5)
     assert row.sparse and row.metadata
@@ -60,7 +60,6 @@ def test_bytes_by_hand_for_a_pruned_layer() -> None:
     assert report.sparsity == pytest.approx(0.5) and report.requested == pytest.approx(0.5)
     # the same numbers after finalize, read from the Core ML metadata instead of the masks
     after = model_report(pruner.finalize())
-    assert after.rule == "metadata"
     assert [(r.nonzeros, r.coreml_fp16, r.sparse) for r in after.layers] == [
         (r.nonzeros, r.coreml_fp16, r.sparse) for r in report.layers]
     assert after["0"].requested is None  # the finalized model no longer says what was asked...
@@ -141,13 +140,22 @@ def test_tied_weights_counted_once() -> None:
     assert report.params == 800
 
 
-def test_buffers_and_other_tensors() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16))
+def test_buffers_batch_norms_and_other_tensors() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, bias=False), nn.BatchNorm2d(16), nn.Flatten(), nn.LazyLinear(4))
+    model(torch.zeros(1, 3, 5, 5))
     model.register_buffer("causal", torch.ones(8, 8))
     report = model_report(model)
-    assert [r.name for r in report.layers] == ["0"]  # rank-2 buffers are not weights to report
-    # bias 16 + BN weight, bias, mean, var 4 x 16 + the buffer 64
-    assert report.other_params == 16 + 64 + 64
+    assert [r.name for r in report.layers] == ["0", "3"]  # rank-2 buffers are not weights to report
+    # the export folds the batch norm into the conv, which gains a bias of 16: + 4 + the buffer 64
+    assert report.other_params == 16 + 4 + 64
+    # plain coremltools.convert keeps a batch norm unfused after a conv with pruning metadata
+    _, prepared = _pruned(model, 0.5)
+    assert model_report(prepared, rule="metadata").other_params == 4 * 16 + 4 + 64
+    assert model_report(prepared).other_params == 16 + 4 + 64
+    # a state dict cannot tell buffers from parameters: the rank-2 buffer is reported as a weight
+    from_state = model_report(prepared.state_dict(), rule="metadata")
+    assert [r.name for r in from_state.layers] == ["causal", "0", "3"]
+    assert from_state.other_params == 4 * 16 + 4
 
 
 def test_requested_forms_and_errors() -> None:
@@ -171,10 +179,16 @@ def test_requested_forms_and_errors() -> None:
 
 def test_sparse_storage_larger_than_dense_is_flagged() -> None:
     model = nn.Sequential(nn.Linear(64, 64))
-    _, prepared = _pruned(model, 0.02)
-    report = model_report(prepared)
-    assert report["0"].coreml_fp16 > report["0"].dense_fp16
+    _, prepared = _pruned(model, 0.04)
+    # plain coremltools.convert stores every pruned weight sparse, even when that is larger
+    report = model_report(prepared, rule="metadata")
+    assert report["0"].sparse and report["0"].coreml_fp16 > report["0"].dense_fp16
     assert "sparse (!)" in report.to_text()
+    # sparsify's export keeps it dense: 2 % sparsity does not pay for the mask in fp16, but does in fp32
+    report = model_report(prepared)
+    assert not report["0"].sparse and report["0"].coreml_fp16 == report["0"].dense_fp16
+    assert report["0"].sparse_fp32 and report["0"].coreml_fp32 < report["0"].dense_fp32
+    assert "sparse (!)" not in report.to_text()
 
 
 def test_output_formats() -> None:
@@ -199,7 +213,7 @@ def test_output_formats() -> None:
     assert int(rows[2]["coreml_fp16"]) == report.layers[0].coreml_fp16 + report.layers[1].coreml_fp16
 
     data = json.loads(report.to_json())
-    assert data["rule"] == "metadata" and data["target"] == "iOS16"
+    assert data["rule"] == "sparsify" and data["target"] == "iOS16"
     assert data["layers"][1]["nonzeros"] == report["2"].nonzeros
     assert data["weight_file"]["fp16"] == report.file_fp16
     assert data["total"]["achieved"] == pytest.approx(report.sparsity)

@@ -18,6 +18,7 @@ from sparsify.sizing import (
     METADATA_ZERO_THRESHOLD,
     StoredTensor,
     dense_bytes,
+    fuses_batchnorm,
     sparse_bytes,
     stores_sparse,
     weight_file_bytes,
@@ -45,11 +46,21 @@ def test_bad_arguments_name_the_value() -> None:
         sparse_bytes(10, 11)
     with pytest.raises(ValueError, match="rule='best'"):
         stores_sparse(10, 2, 1, metadata=False, rule="best")
+    with pytest.raises(ValueError, match="rule='best'"):
+        fuses_batchnorm("best", conv_metadata=False, conv_sparse=False)
     with pytest.raises(ValueError, match="target='iOS15'"):
         StoredTensor(10, 10, False).file_bytes("fp16", "iOS15")
 
 
 def test_which_weights_are_stored_sparse() -> None:
+    # sparsify's export: pruned weights of rank >= 2, only where sparse blobs are smaller than the dense one
+    assert stores_sparse(4096, 2, 3700, metadata=True)  # 9.7 % sparse: 8 192 vs 8 256 bytes in fp16
+    assert not stores_sparse(4096, 2, 3900, metadata=True)  # 4.8 %: sparse would be larger in fp16...
+    assert stores_sparse(4096, 2, 3900, metadata=True, precision="fp32")  # ...but not in fp32
+    assert not stores_sparse(4096, 2, 0, metadata=False)  # not pruned
+    assert stores_sparse(4096, 2, 0, metadata=False, rule="sparsify_all")
+    assert not stores_sparse(4096, 1, 0, metadata=True)  # rank 1 stays dense
+    assert zero_threshold("sparsify", True) == 0.0
     # metadata: always sparse, whatever the sparsity
     assert stores_sparse(100, 2, 100, metadata=True, rule="metadata")
     assert not stores_sparse(10_000, 2, 0, metadata=False, rule="metadata")
@@ -60,6 +71,11 @@ def test_which_weights_are_stored_sparse() -> None:
     assert not stores_sparse(4096, 1, 0, metadata=False, rule="default_pruning")
     assert zero_threshold("metadata", True) == np.finfo(np.float16).eps == METADATA_ZERO_THRESHOLD
     assert zero_threshold("default_pruning", False) == 1e-12
+    # batch norm folding: sparsify converts dense first; coremltools cannot fold into a sparse conv
+    assert fuses_batchnorm("sparsify", conv_metadata=True, conv_sparse=True)
+    assert not fuses_batchnorm("metadata", conv_metadata=True, conv_sparse=True)
+    assert fuses_batchnorm("metadata", conv_metadata=False, conv_sparse=False)
+    assert not fuses_batchnorm("default_pruning", conv_metadata=False, conv_sparse=True)
 
 
 def test_weight_file_layout_by_hand() -> None:
@@ -128,7 +144,7 @@ def test_estimate_matches_exported_package(tmp_path: Path, sparsity: float, prec
     size, nnz = _export(finalized, example, tmp_path / "m.mlpackage", precision=precision, target=target)
     # the report of the prepared model (before finalize) and of the finalized one predict the same file
     for model in (prepared, finalized):
-        report = model_report(model, target=target)
+        report = model_report(model, rule="metadata", target=target)
         estimate = report.file_fp16 if precision == "fp16" else report.file_fp32
         assert 0 <= estimate - size <= 63, (estimate, size)  # only the last blob's padding is unknown
         assert sorted(layer.stored_nonzeros for layer in report.layers) == nnz
@@ -152,7 +168,7 @@ def test_converter_zeroes_tiny_weights_of_pruned_layers(tmp_path: Path) -> None:
         model[0].weight.mul_(0.004)
     _, finalized = _prune(model, target_sparsity=0.5, granularity="per_channel")
     size, nnz = _export(finalized, torch.randn(1, 40), tmp_path / "m.mlpackage")
-    report = model_report(finalized)
+    report = model_report(finalized, rule="metadata")
     first = report["0"]
     assert first.stored_nonzeros < first.nonzeros  # the converter dropped some kept weights
     assert sorted(layer.stored_nonzeros for layer in report.layers) == nnz
@@ -167,8 +183,59 @@ def test_default_pruning_pipeline_on_a_plain_model(tmp_path: Path) -> None:
             flat = layer.weight.view(-1)
             flat[: math.floor(flat.numel() * zero_fraction)] = 0
     size, nnz = _export(model, torch.randn(1, 64), tmp_path / "m.mlpackage", pipeline=ct.PassPipeline.DEFAULT_PRUNING)
-    report = model_report(model)  # rule "auto": no metadata anywhere → default_pruning
-    assert report.rule == "default_pruning"
+    report = model_report(model, rule="default_pruning")
     assert [layer.sparse for layer in report.layers] == [True, False, False]  # 30 % too little; 320 too small
     assert nnz == [report["0"].stored_nonzeros]
     assert 0 <= report.file_fp16 - size <= 63
+
+
+def _bn_cnn() -> nn.Module:
+    # the example CNN's shape: conv → batch norm pairs, which the converter folds when it can
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 2 * 2, 64), nn.ReLU(), nn.Linear(64, 10),
+    )
+    with torch.no_grad():
+        for bn in (model[1], model[5]):  # non-trivial statistics, as after training
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    return model
+
+
+def test_batch_norms_with_coremltools_convert(tmp_path: Path) -> None:
+    # metadata on the convs keeps their batch norms unfused: 4 x 16 + 4 x 32 values stay in the file
+    _, finalized = _prune(_bn_cnn(), target_sparsity=0.8)
+    size, nnz = _export(finalized, torch.randn(1, 1, 8, 8), tmp_path / "m.mlpackage")
+    report = model_report(finalized, rule="metadata")
+    assert sorted(layer.stored_nonzeros for layer in report.layers) == nnz
+    assert 0 <= report.file_fp16 - size <= 63
+    # dense: both pairs are folded, the second conv gains a bias
+    size, _ = _export(_bn_cnn(), torch.randn(1, 1, 8, 8), tmp_path / "dense.mlpackage")
+    report = model_report(_bn_cnn(), rule="metadata")
+    assert 0 <= report.file_fp16 - size <= 63
+
+
+@pytest.mark.parametrize(("sparsity", "precision"), [(0.9, "float16"), (0.05, "float32"), (0.05, "float16")])
+def test_estimate_matches_sparsify_export(tmp_path: Path, sparsity: float, precision: str) -> None:
+    export = pytest.importorskip("sparsify.export")
+    prepared, finalized = _prune(_bn_cnn(), target_sparsity=sparsity)
+    path = tmp_path / "m.mlpackage"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            exported = export.export_coreml(finalized, torch.randn(1, 1, 8, 8), path, compute_precision=precision)
+        finally:
+            logging.disable(logging.NOTSET)
+    size = (path / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").stat().st_size
+    assert size == exported.total_bytes
+    short = "fp16" if precision == "float16" else "fp32"
+    for model in (prepared, finalized, finalized.state_dict()):
+        report = model_report(model)  # rule "sparsify", iOS16: the exporter's defaults
+        estimate = report.file_fp16 if short == "fp16" else report.file_fp32
+        assert 0 <= estimate - size <= 63, (estimate, size)
+        dense = report.file_dense_fp16 if short == "fp16" else report.file_dense_fp32
+        assert 0 <= dense - exported.dense_bytes <= 63
+    fc = report["9"]  # 8 192 weights: at 5 % the mask pays in fp32 (above 1/32) but not in fp16 (below 1/16)
+    assert (fc.sparse, fc.sparse_fp32) == ((True, True) if sparsity == 0.9 else (False, True))
