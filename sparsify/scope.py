@@ -11,8 +11,8 @@ weights as the same layer ranked alone.
 
 Ties are broken deterministically — lower score first, then layer order (insertion order of the
 dict), then flat index — so counts are exact even when many scores are equal (all-zero gradients,
-already-pruned weights). This differs from the engine's Core ML threshold rule, which keeps every
-group that ties with the last kept one.
+already-pruned weights). NaN scores rank below every other score, as in the engine. Unlike the
+engine's Core ML threshold rule, which keeps every group that ties with the last kept one.
 
 Global ranking and fairness across layers
 -----------------------------------------
@@ -82,18 +82,28 @@ def _bad_normalize(how: object) -> str:
     return f"normalize={how!r} is invalid: allowed values are {', '.join(map(repr, NORMALIZATIONS))}"
 
 
+def _rankable(flat: torch.Tensor) -> torch.Tensor:
+    """float32 (float64 kept) with NaN below every score, so NaN weights are pruned first, as in the engine."""
+    if flat.dtype != torch.float64:
+        flat = flat.float()
+    return torch.nan_to_num(flat, nan=-float("inf"), posinf=float("inf")) if flat.isnan().any() else flat
+
+
 def _normalized(flat: torch.Tensor, how: str | None) -> torch.Tensor:
-    if how is None or flat.numel() == 0:
+    if how is None:
+        return flat
+    finite = flat[torch.isfinite(flat)]
+    if finite.numel() == 0:
         return flat
     if how == "mean":
-        scale = flat.abs().mean()
+        scale = finite.abs().mean()
     elif how == "l2":
-        scale = flat.pow(2).mean().sqrt()
+        scale = finite.pow(2).mean().sqrt()
     elif how == "max":
-        scale = flat.abs().max()
+        scale = finite.abs().max()
     else:
         raise ValueError(_bad_normalize(how))
-    return flat / scale if scale > 0 else flat
+    return flat / scale if 0 < scale < float("inf") else flat
 
 
 def local_keep_masks(
@@ -107,9 +117,9 @@ def local_keep_masks(
     for name, score in scores.items():
         level = _per_layer(sparsity, name, 0.0)
         _check_fraction("sparsity", name, level)
-        flat = score.detach().reshape(-1)
+        flat = _rankable(score.detach().reshape(-1))
         keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-        order = torch.argsort(flat.float(), stable=True)
+        order = torch.argsort(flat, stable=True)
         keep[order[: pruned_count(flat.numel(), level)]] = False
         masks[name] = keep.reshape(score.shape)
     return masks
@@ -171,7 +181,7 @@ def global_keep_masks(
                 f"min_sparsity[{name!r}]={lo_s} > max_sparsity[{name!r}]={hi_s}: "
                 "allowed min_sparsity <= max_sparsity"
             )
-        flat = scores[name].detach().reshape(-1).to(device=device, dtype=torch.float64)
+        flat = _rankable(scores[name].detach().reshape(-1).to(device))
         n = flat.numel()
         flats.append(_normalized(flat, normalize))
         sizes.append(size)

@@ -68,6 +68,15 @@ def test_normalisation_makes_scales_comparable():
         global_keep_masks(scores, 0.5, normalize="zscore")
 
 
+def test_nan_scores_are_pruned_first_and_counts_stay_exact():
+    scores = {"a": torch.tensor([1.0, float("nan"), 3.0, 4.0]), "b": torch.tensor([0.5, 2.0, float("inf"), 5.0])}
+    for normalize in (None, "mean"):
+        masks = global_keep_masks(scores, 0.25, normalize=normalize)
+        assert masks["a"].tolist() == [True, False, True, True]
+        assert masks["b"].tolist() == [False, True, True, True]
+    assert local_keep_masks({"a": scores["a"]}, 0.25)["a"].tolist() == [True, False, True, True]
+
+
 def test_infeasible_caps_win_with_a_warning(caplog):
     scores = {"a": torch.arange(4.0), "b": torch.arange(4.0)}
     with caplog.at_level(logging.WARNING):
