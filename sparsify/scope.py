@@ -11,8 +11,8 @@ weights as the same layer ranked alone.
 
 Ties are broken deterministically — lower score first, then layer order (insertion order of the
 dict), then flat index — so counts are exact even when many scores are equal (all-zero gradients,
-already-pruned weights). NaN scores rank below every other score, as in the engine. Unlike the
-engine's Core ML threshold rule, which keeps every group that ties with the last kept one.
+already-pruned weights); NaN scores rank below every other score, as in the engine. (The engine's
+Core ML threshold rule instead keeps every group that ties with the last kept one.)
 
 Global ranking and fairness across layers
 -----------------------------------------
