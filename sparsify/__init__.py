@@ -8,7 +8,7 @@ The pruning API is a drop-in for ``coremltools.optimize.torch.pruning``::
 
 from __future__ import annotations
 
-from . import patterns, schedules
+from . import magnitude_pruner, patterns, pruning_scheduler, schedules
 from .config import (
     MagnitudePrunerConfig,
     ModuleMagnitudePrunerConfig,
@@ -32,6 +32,8 @@ __all__ = [
     "PolynomialDecayScheduler",
     "PruningScheduler",
     "Report",
+    "magnitude_pruner",
     "patterns",
+    "pruning_scheduler",
     "schedules",
 ]

@@ -427,3 +427,12 @@ def test_logging_not_print(capsys, sparsify_logs) -> None:
     pruner.step()
     assert capsys.readouterr().out == ""
     assert any(r.levelno == logging.WARNING for r in sparsify_logs.records)
+
+
+def test_api_surface_covers_core_ml_tools() -> None:
+    names = {"ConstantSparsityScheduler", "MagnitudePruner", "MagnitudePrunerConfig", "ModuleMagnitudePrunerConfig",
+             "PolynomialDecayScheduler", "magnitude_pruner", "pruning_scheduler"}
+    assert names <= set(dir(sparsify)) and names <= set(dir(ct_pruning))
+    assert sparsify.pruning_scheduler.PruningScheduler is sparsify.PruningScheduler
+    assert sparsify.magnitude_pruner.MagnitudePruner is MagnitudePruner
+    assert MagnitudePruner(SmallCNN()).supported_modules == (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
