@@ -92,6 +92,9 @@ class Budget:
     def to_config(self, **module_config: Any) -> MagnitudePrunerConfig:
         """A config pruning each budgeted layer to its sparsity (other modules are left alone).
 
+        A layer whose budget is 0 gets ``None`` (not pruned), so it carries no mask and no Core ML
+        pruning metadata, and is exported dense.
+
         ``module_config`` is passed to every :class:`~sparsify.ModuleMagnitudePrunerConfig` (a
         ``scheduler``, ``granularity``, ``block_size``...; each layer gets its own copy); names are
         ``re.escape``'d, since config keys are regular expressions.
@@ -104,6 +107,7 @@ class Budget:
                 )
         configs = {
             re.escape(name): ModuleMagnitudePrunerConfig(target_sparsity=sparsity, **copy.deepcopy(module_config))
+            if self.zeros[name] else None
             for name, sparsity in self.sparsities.items()
         }
         return MagnitudePrunerConfig(module_name_configs=configs)

@@ -117,13 +117,14 @@ def plot_layer_sparsity(
     figsize: Size = (8.0, 4.0),
     dpi: int = 100,
 ) -> Path:
-    """Bars of achieved sparsity per layer (requested shown as a black tick), from
-    :func:`sparsify.model_report.model_report` or from a model (reported on the fly)."""
+    """Bars of achieved sparsity per layer (requested shown as a black tick; each label gives the
+    layer's parameter count), from :func:`sparsify.model_report.model_report` or from a model
+    (reported on the fly)."""
     if isinstance(report, nn.Module):
         from .model_report import model_report
 
         report = model_report(report)
-    names = [layer.name for layer in report.layers]
+    names = [f"{layer.name}\n{layer.params:,}" for layer in report.layers]
     fig = _figure(figsize, dpi)
     ax = fig.subplots()
     positions = range(len(names))

@@ -108,6 +108,12 @@ def test_to_config_options_and_outputs() -> None:
     assert "global" in text and "50.00%" in text
     assert budget.to_markdown().splitlines()[1] == "| --- | ---: | ---: | ---: |"
     assert budget.as_dict()["global_sparsity"] == pytest.approx(0.5, abs=1 / 272)
+    # a layer left at 0 is not pruned at all (no mask, no Core ML metadata)
+    scan = SensitivityScan(1.0, (0.5,), {"a": (0.0,), "b": (1.0,)}, {"a": 100, "b": 100})
+    budget = allocate_budget(None, 0.25, scan=scan)
+    assert budget.zeros == {"a": 0, "b": 50}
+    configs = budget.to_config().module_name_configs
+    assert configs["a"] is None and configs["b"].target_sparsity == 0.5
 
 
 # -- on a real model -------------------------------------------------------------------------------
@@ -160,6 +166,8 @@ def test_budget_from_a_scan_beats_uniform_on_digits(digits_model) -> None:
     for budget in (scanned, uniform):
         assert sum(budget.zeros.values()) == pruned_count(sum(budget.params.values()), target)
     assert scanned.sparsities["0"] < scanned.sparsities["7"]
+    if scanned.zeros["0"] == 0:
+        assert scanned.to_config().module_name_configs["0"] is None  # not pruned at all
     assert scanned.predicted_drop < scanned.uniform_drop
 
     def pruned_accuracy(budget) -> float:
