@@ -10,7 +10,8 @@ Every run trains the same small CNN with the same budget, from the same dense ch
 Methods (all prune every conv and linear layer except the classifier head, which stays dense):
 ``GradualPruner`` with ``magnitude`` and ``snip_momentum`` criteria, each in ``local`` scope and in
 ``global`` scope (one ranking, per-layer cap 0.98), with ``1x1`` (unstructured) and ``4x1`` tiles;
-and the engine's Core ML-style ``MagnitudePruner`` (polynomial schedule, same steps) as the reference.
+the engine's Core ML-style ``MagnitudePruner`` (polynomial schedule, same steps) as the reference; and
+M-FAC gradual pruning (``sparsify.mfac``, global, same exp schedule and cap) when that module is there.
 The dense baseline continues training for the same ``--prune-epochs`` without pruning. Accuracy is
 the test accuracy after the last step, mean ± std over ``--seeds`` seeds.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig, PolynomialDecayScheduler
+from sparsify.decay import ExponentialScheduler
 from sparsify.gradual import GradualPruner, GradualPrunerConfig, ModuleGradualPrunerConfig
 
 
@@ -95,7 +98,30 @@ def methods(end_step: int, frequency: int, target: float) -> dict[str, Callable[
         module_name_configs={"9": None},  # the classifier head stays dense, as for the others
     )
     table["engine MagnitudePruner (Core ML, cubic)"] = lambda m: MagnitudePruner(m, engine)
+    mfac = _mfac(end_step, frequency, target)
+    if mfac is not None:
+        table["M-FAC global (max 0.98)"] = mfac
     return table
+
+
+def _mfac(end_step: int, frequency: int, target: float) -> Callable[[nn.Module], object] | None:
+    """M-FAC gradual pruning (sparsify.mfac), same exp schedule and caps, gradients from the training steps."""
+    if importlib.util.find_spec("sparsify.mfac") is None:
+        return None
+    try:
+        from sparsify.mfac import MFACPruner, MFACPrunerConfig
+
+        config = MFACPrunerConfig(
+            global_config=ModuleMagnitudePrunerConfig(
+                target_sparsity=target,
+                scheduler=ExponentialScheduler(start_step=0, end_step=end_step, frequency=frequency),
+            ),
+            module_name_configs={"9": None}, max_layer_sparsity=0.98, num_grads=min(16, frequency),
+        )
+    except (ImportError, TypeError, ValueError) as error:  # the M-FAC module's API is not the one expected
+        print(f"M-FAC skipped: {error}")
+        return None
+    return lambda m: MFACPruner(m, config)
 
 
 def main() -> None:
