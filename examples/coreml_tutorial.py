@@ -1,6 +1,6 @@
 """Core ML Tools' magnitude-pruning tutorial, end to end, with sparsify.
 
-    .venv/bin/python examples/coreml_tutorial.py                  # 8×8 digits, offline, about a minute
+    .venv/bin/python examples/coreml_tutorial.py                  # 8×8 digits, offline, 1-3 minutes on 2 cores
     .venv/bin/python examples/coreml_tutorial.py --dataset mnist --download
     .venv/bin/python examples/coreml_tutorial.py --quick --out /tmp/demo   # seconds, for tests
 

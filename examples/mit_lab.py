@@ -1,6 +1,6 @@
 """The MIT efficient-ML pruning lab (fine-grained pruning), with sparsify doing the pruning.
 
-    .venv/bin/python examples/mit_lab.py                  # 8×8 digits, offline, well under a minute
+    .venv/bin/python examples/mit_lab.py                  # 8×8 digits, offline, 1-3 minutes on 2 cores
     .venv/bin/python examples/mit_lab.py --quick --out /tmp/lab
 
 The lab's steps:

@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 
+from .checkpoints import load_checkpoint_file
+from .sizing import RULES, TARGETS
+
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser", "load_model", "main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -31,15 +34,7 @@ logger = logging.getLogger("sparsify.cli")
 
 _EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
-_DESCRIPTION = """\
-Make PyTorch models sparse and ship them to Apple devices through Core ML.
-
-commands:
-  demo      train a small CNN, prune it while fine-tuning, export and verify a sparse .mlpackage
-  report    per-layer sparsity and Core ML size of a saved model (state dict, TorchScript, torch.export)
-  export    convert a saved TorchScript or torch.export model to a verified .mlpackage
-  inspect   show the ops and the storage of every weight of an .mlpackage
-"""
+_DESCRIPTION = "Make PyTorch models sparse and ship them to Apple devices through Core ML."
 
 _EPILOG = """\
 examples:
@@ -117,7 +112,7 @@ def load_model(path: str | Path) -> tuple[str, Any]:
     if _is_exported_program(path):
         return "exported", torch.export.load(str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_checkpoint_file(path)
     except Exception as error:  # unpickling refusals and corrupt files come in many types
         raise CommandError(
             f"cannot load {path} as a state dict with torch.load(weights_only=True): {type(error).__name__}: {error}\n"
@@ -172,7 +167,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         model = dict(model.state_dict())
     elif kind == "exported":
         model = dict(model.state_dict)
-    report = model_report(model, requested=args.requested, target=args.target)
+    report = model_report(model, requested=args.requested, rule=args.rule, target=args.target)
     render = {"text": report.to_text, "markdown": report.to_markdown, "csv": report.to_csv,
               "json": report.to_json}[args.format]
     text = render()
@@ -252,16 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
 
     commands.add_parser(
         "demo", add_help=False, formatter_class=formatter,
-        help="run the Core ML Tools tutorial flow (every option goes to the tutorial; see 'sparsify demo --help')",
+        help="train a small CNN, prune it while fine-tuning, export and verify a sparse .mlpackage "
+        "(the Core ML Tools tutorial flow; options: 'sparsify demo --help')",
         description="Runs examples/coreml_tutorial.py; all options are the tutorial's.",
     )
 
     report = commands.add_parser(
-        "report", formatter_class=formatter, help="sparsity and Core ML size of a saved model",
+        "report", formatter_class=formatter,
+        help="per-layer sparsity and Core ML size of a saved model (state dict, TorchScript, torch.export)",
         description="Per-layer parameters, non-zeros, sparsity, pattern, and Core ML storage (dense vs sparse, "
         "fp16/fp32) of a saved model, with an estimate of the exported weight.bin.",
         epilog="examples:\n  sparsify report model.pt\n  sparsify report traced.pt --format csv > report.csv\n"
@@ -271,11 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("text", "markdown", "csv", "json"), default="text")
     report.add_argument("--requested", type=float, default=None, metavar="SPARSITY",
                         help="the sparsity asked for, to compare with what the weights have")
-    report.add_argument("--target", choices=("iOS16", "iOS17", "iOS18"), default="iOS16",
+    report.add_argument("--rule", choices=RULES, default="sparsify",
+                        help="how the model will be exported, which decides the weights Core ML stores sparse: "
+                        "'sparsify' (sparsify export), 'sparsify_all' (export with sparse_weights='all'), "
+                        "'metadata' (plain coremltools.convert), 'default_pruning' (coremltools.convert with "
+                        "DEFAULT_PRUNING); default %(default)s")
+    report.add_argument("--target", choices=TARGETS, default="iOS16",
                         help="deployment target of the size estimate (default %(default)s)")
 
     export = commands.add_parser(
-        "export", formatter_class=formatter, help="TorchScript / torch.export model → verified .mlpackage",
+        "export", formatter_class=formatter,
+        help="convert a saved TorchScript or torch.export model to a verified sparse .mlpackage",
         description="Convert a saved model to Core ML with sparse weight storage, then read the package back "
         "and print how every weight is stored.",
         epilog="examples:\n  sparsify export traced.pt model.mlpackage --input-shape 1,1,28,28\n"
@@ -285,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output", help="the .mlpackage to write")
     export.add_argument("--input-shape", type=_parse_shape, default=None, metavar="N,C,H,W",
                         help="shape of the example input (required for TorchScript)")
-    export.add_argument("--target", choices=("iOS16", "iOS17", "iOS18"), default=None,
+    export.add_argument("--target", choices=TARGETS, default=None,
                         help="minimum deployment target (default: the exporter's, iOS16 or later, so sparsity is kept)")
     export.add_argument("--precision", choices=("float16", "float32"), default="float16",
                         help="compute precision and weight storage (default %(default)s)")
@@ -294,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit with 1 if the verification found a problem (a pruned weight not stored sparse, ...)")
 
     inspect = commands.add_parser(
-        "inspect", formatter_class=formatter, help="ops and weight storage of an .mlpackage",
+        "inspect", formatter_class=formatter, help="show the ops and how every weight of an .mlpackage is stored",
         description="Read a saved .mlpackage without a Core ML runtime: op counts, how every weight is stored "
         "(dense, sparse, ...), its non-zeros, and the weight file size against dense.",
         epilog="examples:\n  sparsify inspect model.mlpackage\n  sparsify inspect model.mlpackage --format json",

@@ -147,10 +147,11 @@ def test_report_reads_every_format(capsys: pytest.CaptureFixture[str], saved: di
 
 
 def test_report_formats(capsys: pytest.CaptureFixture[str], saved: dict[str, Path]) -> None:
-    code, out, _ = run(capsys, "report", saved["state_dict"], "--format", "json", "--requested", "0.8")
+    code, out, _ = run(capsys, "report", saved["state_dict"], "--format", "json", "--requested", "0.8",
+                       "--rule", "metadata", "--target", "iOS18")
     assert code == 0
     data = json.loads(out)
-    assert data["rule"] == "metadata"
+    assert data["rule"] == "metadata" and data["target"] == "iOS18"
     assert {layer["name"] for layer in data["layers"]} == {"0", "4", "9", "12"}
     assert abs(data["total"]["achieved"] - 0.8) < 1e-3 and data["total"]["requested"] == pytest.approx(0.8)
     code, out, _ = run(capsys, "report", saved["state_dict"], "--format", "csv")
