@@ -56,10 +56,10 @@ from torch import nn
 
 from ._checks import field_error
 from .masking import bake_mask, is_masked
-from .mlpackage import PackageReport, WeightInfo, inspect_mlpackage, read_constants
+from .mlpackage import PackageReport, WeightInfo, inspect_mlpackage, read_constants, weight_file_sizes
 from .pruner import register_coreml_metadata
 from .report import Report
-from .sizing import StoredTensor
+from .sizing import ELEMENT_BYTES, StoredTensor
 
 __all__ = ["ExportReport", "ExportRow", "export_coreml"]
 
@@ -68,7 +68,8 @@ logger = logging.getLogger(__name__)
 _OWNER = "export_coreml"
 _METADATA_PREFIX = "_COREML_/"
 _PRUNING = 1  # Core ML Tools' CompressionType.pruning
-_PRECISIONS = {"float16": "fp16", "float32": "fp32", "fp16": "fp16", "fp32": "fp32"}
+_PRECISIONS = {"float16": "float16", "float32": "float32", "fp16": "float16", "fp32": "float32"}
+_SIZING_PRECISION = {"float16": "fp16", "float32": "fp32"}  # sparsify.sizing's names
 _TRACES = ("jit", "export")
 _SPARSE_WEIGHTS = ("pruned", "all")
 _RESERVED_KWARGS = ("minimum_deployment_target", "compute_precision", "convert_to")
@@ -236,10 +237,10 @@ def export_coreml(
         convert_kwargs["inputs"] = [ct.TensorType(shape=tuple(t.shape), dtype=_np_dtype(t)) for t in inputs]
     dense = ct.convert(
         source.traceable, convert_to="mlprogram", minimum_deployment_target=target,
-        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+        compute_precision=ct.precision(precision),
         **convert_kwargs,
     )
-    dense_bytes = sum(p.stat().st_size for p in Path(dense.weights_dir).iterdir() if p.is_file())
+    dense_bytes = sum(weight_file_sizes(dense.weights_dir).values())
     consts = read_constants(dense.get_spec(), dense.weights_dir)
     origin = _match_constants(tensors, consts)  # Core ML constant name → torch name
 
@@ -259,7 +260,7 @@ def export_coreml(
     report = ExportReport(
         path=str(path),
         minimum_deployment_target=target.name,
-        compute_precision="float16" if precision == "fp16" else "float32",
+        compute_precision=precision,
         trace=source.trace,
         rows=list(rows.values()),
         total_bytes=package.total_bytes,
@@ -279,28 +280,28 @@ def export_coreml(
 def _resolve_target(value: Any) -> Any:
     import coremltools as ct
 
-    available = ct.target
-    minimum = available.iOS16
-    allowed = sorted((t.name for t in available if t >= minimum), key=lambda n: (re.sub(r"\d.*", "", n), available[n]))
-    allowed_text = (
-        f"sparse weights need a coremltools.target (or its name) of iOS16 or newer: {', '.join(allowed)}; "
-        "None means iOS16"
-    )
+    targets = ct.target.__members__  # names, aliases included (macOS13 is iOS16's)
+    minimum = ct.target.iOS16
+    newer = [name for name, target in targets.items() if target >= minimum]
+    allowed = sorted(newer, key=lambda name: (re.sub(r"\d.*", "", name), targets[name]))  # by OS, then version
+    allowed_text = f"sparse weights need iOS16 or newer, as a coremltools.target or its name: {', '.join(allowed)}"
     if value is None:
         return minimum
+    target = value
     if isinstance(value, str):
-        names = {t.name.lower(): t.name for t in available} | {n.lower(): n for n in available.__members__}
-        if value.lower() not in names:
+        target = {n.lower(): t for n, t in targets.items()}.get(value.lower())
+        if target is None:
             raise field_error(_OWNER, "minimum_deployment_target", value, allowed_text)
-        value = available[names[value.lower()]]
-    if not isinstance(value, available):
+    if not isinstance(target, ct.target):
         raise field_error(_OWNER, "minimum_deployment_target", value, allowed_text, TypeError)
-    if value < minimum:
-        raise field_error(_OWNER, "minimum_deployment_target", value.name, allowed_text)
-    return value
+    if target < minimum:
+        raise field_error(_OWNER, "minimum_deployment_target", value if isinstance(value, str) else target.name,
+                          allowed_text)
+    return target
 
 
 def _resolve_precision(value: Any) -> str:
+    """``"float16"`` or ``"float32"``."""
     import coremltools as ct
 
     if isinstance(value, ct.precision):
@@ -473,8 +474,9 @@ def _match_constants(tensors: dict[str, torch.Tensor], consts: dict[str, np.ndar
     """Which Core ML constant holds which torch tensor: ``{constant name: torch name}``.
 
     A constant matches a tensor of rank >= 2 when it equals the tensor (or its transpose) times a
-    per-output-channel scale (1 unless batch norm was fused in), up to float16 rounding. Rank-1
-    tensors (biases) are matched by name only, since a fused bias is no longer the torch bias. Names
+    per-output-channel scale (1 unless batch norm was fused in), up to float16 rounding; a rank-1
+    tensor (a bias) when it equals it, and only if its values are not all the same (a fresh batch
+    norm's zeros and ones would match anything). A fused bias is no longer any torch tensor. Names
     are tried first; then constants in program order, starting after the previous match, so that the
     usual case (same order on both sides) costs one comparison per tensor.
     """
@@ -487,7 +489,7 @@ def _match_constants(tensors: dict[str, torch.Tensor], consts: dict[str, np.ndar
         weight = tensor.numpy()
         key = tname.replace(".", "_")
         candidates = [by_name[k] for k in (key, "p_" + key, "b_" + key) if k in by_name]
-        if weight.ndim >= 2:
+        if weight.ndim >= 2 or (weight.size > 1 and np.ptp(weight) > 0):
             order = [*range(cursor, len(names)), *range(cursor)]
             shapes = {weight.shape, weight.T.shape} if weight.ndim == 2 else {weight.shape}
             candidates += [i for i in order if consts[names[i]].shape in shapes]
@@ -532,6 +534,7 @@ def _choose_sparse(
 ) -> list[str]:
     """Names of the constants to store sparse; warns about pruned tensors that will not be."""
     sizing_target = "iOS18" if _is_ios18_or_newer(target_name) else "iOS16"
+    sizing_precision = _SIZING_PRECISION[precision]
     located = {tname: cname for cname, tname in origin.items()}
     chosen = []
     for tname in sorted(pruned - set(located)):
@@ -549,14 +552,14 @@ def _choose_sparse(
                          "sparse, it stays dense")
             continue
         numel, nnz = value.size, int(np.count_nonzero(value))
-        sparse = StoredTensor(numel, nnz, sparse=True).file_bytes(precision, sizing_target)
-        dense = StoredTensor(numel, nnz, sparse=False).file_bytes(precision, sizing_target)
+        sparse = StoredTensor(numel, nnz, sparse=True).file_bytes(sizing_precision, sizing_target)
+        dense = StoredTensor(numel, nnz, sparse=False).file_bytes(sizing_precision, sizing_target)
         if sparse < dense:
             chosen.append(cname)
         elif is_pruned:
             log.warn(f"{tname} (pruned, {numel} weights, sparsity {1 - nnz / numel:.3f}) stays dense: sparse "
                      f"storage would take {sparse} bytes against {dense} dense (it pays above "
-                     f"{1 / (8 * (2 if precision == 'fp16' else 4)):.2%} sparsity, plus 64-byte blob headers)")
+                     f"{1 / (8 * ELEMENT_BYTES[sizing_precision]):.2%} sparsity, plus 64-byte blob headers)")
     return chosen
 
 

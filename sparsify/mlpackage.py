@@ -42,7 +42,15 @@ import numpy as np
 from .report import Report
 from .sizing import StoredTensor, weight_file_bytes
 
-__all__ = ["PackageReport", "WeightInfo", "inspect_mlpackage", "read_constants", "read_program", "read_weights"]
+__all__ = [
+    "PackageReport",
+    "WeightInfo",
+    "inspect_mlpackage",
+    "read_constants",
+    "read_program",
+    "read_weights",
+    "weight_file_sizes",
+]
 
 _BLOB_SENTINEL = 0xDEADBEEF
 _BLOB_HEADER = struct.Struct("<IIQQ")  # sentinel, data type, size in bytes, offset of the data
@@ -186,7 +194,7 @@ def read_program(spec: Any, weights_dir: str | os.PathLike[str] | None, path: st
     with _WeightFiles(weights_dir) as files:
         program = _Program(spec.mlProgram, files)
         rows = [program.describe(weight) for weight in program.weights()]
-        sizes = files.sizes()
+    sizes = weight_file_sizes(weights_dir)
     return PackageReport(
         path=path,
         specification_version=spec.specificationVersion,
@@ -226,6 +234,14 @@ def _read_values(spec: Any, weights_dir: Any, sparse: bool, key: Any) -> dict[st
         return arrays
 
 
+def weight_file_sizes(weights_dir: str | os.PathLike[str] | None) -> dict[str, int]:
+    """Bytes of each file in a package's weights folder."""
+    folder = Path(weights_dir) if weights_dir else None
+    if folder is None or not folder.is_dir():
+        return {}
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+
+
 def _dense_file_bytes(rows: list[WeightInfo]) -> int:
     """Size of a weight file holding every row dense (rows of other dtypes as they are stored)."""
     total = weight_file_bytes(())  # the file header alone
@@ -255,11 +271,6 @@ class _WeightFiles:
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
-
-    def sizes(self) -> dict[str, int]:
-        if self.dir is None or not self.dir.is_dir():
-            return {}
-        return {p.name: p.stat().st_size for p in sorted(self.dir.iterdir()) if p.is_file()}
 
     def blob(self, file_name: str, offset: int) -> bytes:
         """The data of the blob whose header is at ``offset`` in ``file_name`` (``@model_path/weights/x.bin``)."""
