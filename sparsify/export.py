@@ -434,9 +434,8 @@ def _frozen_script(model: torch.jit.ScriptModule) -> _Source:
             orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
             tensors[prefix + name] = torch.where(mask.bool(), orig, 0).detach().float()
             pruned.add(prefix + name)
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_floating_point() and _METADATA_PREFIX not in name:
-            tensors.setdefault(name, tensor.detach().float())
+    for name, tensor in _torch_tensors(model).items():
+        tensors.setdefault(name, tensor)
     training = model.training
     try:
         frozen = torch.jit.freeze(model.eval())

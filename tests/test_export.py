@@ -234,8 +234,9 @@ def test_torchscript_and_exported_program_inputs(cnn: dict, exported: tuple, tmp
     base = exported[0]
     model = cnn["finalized"]
     scripted = torch.jit.trace(model, EXAMPLE)
+    scripted_prepared = torch.jit.trace(cnn["prepared"], EXAMPLE, check_trace=False)  # masks in the graph
     program = torch.export.export(model, (EXAMPLE,))
-    for source, name in ((scripted, "scripted"), (program, "program")):
+    for source, name in ((scripted, "scripted"), (scripted_prepared, "scripted_prepared"), (program, "program")):
         report = export_coreml(source, EXAMPLE, tmp_path / f"{name}.mlpackage")
         assert report.total_bytes == base.total_bytes, name
         assert {r.name for r in report.rows if r.storage == "sparse"} == set(SPARSE), name
