@@ -56,7 +56,7 @@ from torch import nn
 
 from ._checks import field_error
 from .masking import bake_mask, is_masked
-from .mlpackage import PackageReport, WeightInfo, inspect_mlpackage, read_constants, weight_file_sizes
+from .mlpackage import PackageReport, WeightInfo, _Sparsity, inspect_mlpackage, read_constants, weight_file_sizes
 from .pruner import register_coreml_metadata
 from .report import Report
 from .sizing import ELEMENT_BYTES, StoredTensor
@@ -77,7 +77,7 @@ _SPARSIFIED_SUFFIX = "_sparsified"  # what prune_weights appends to the name of 
 
 
 @dataclass(frozen=True)
-class ExportRow:
+class ExportRow(_Sparsity):
     """One weight of the exported package, as stored, next to what torch had."""
 
     name: str  # the torch parameter ("conv1.weight") when it was identified, else the Core ML name
@@ -89,12 +89,6 @@ class ExportRow:
     bytes: int  # data bytes of this weight in the package
     pruned: bool  # pruned in torch
     torch_nonzeros: int | None  # non-zeros of the torch tensor, when identified
-
-    @property
-    def sparsity(self) -> float | None:
-        if self.nonzeros is None or self.numel == 0:
-            return None
-        return 1.0 - self.nonzeros / self.numel
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "shape": list(self.shape), "sparsity": self.sparsity}

@@ -69,8 +69,22 @@ _NUMPY = {
 _PRECISION = {"float16": "fp16", "float32": "fp32"}  # dtype name → sparsify.sizing precision
 
 
+class _Sparsity:
+    """``sparsity`` from ``nonzeros`` and ``numel`` (shared by the report rows)."""
+
+    numel: int
+    nonzeros: int | None
+
+    @property
+    def sparsity(self) -> float | None:
+        """Fraction of zero elements (``None`` when the non-zeros are unknown)."""
+        if self.nonzeros is None or self.numel == 0:
+            return None
+        return 1.0 - self.nonzeros / self.numel
+
+
 @dataclass(frozen=True)
-class WeightInfo:
+class WeightInfo(_Sparsity):
     """How one weight of a Core ML program is stored."""
 
     name: str  # the name of the value in the program (the output of its const / constexpr op)
@@ -84,13 +98,6 @@ class WeightInfo:
     nonzeros: int | None  # None where it cannot be read without decompressing (palettized, quantized)
     bytes: int  # data bytes in the weight file (or inline in the description), headers excluded
     consumers: tuple[str, ...] = ()  # op types that read it
-
-    @property
-    def sparsity(self) -> float | None:
-        """Fraction of zero elements (``None`` when the non-zeros are unknown)."""
-        if self.nonzeros is None or self.numel == 0:
-            return None
-        return 1.0 - self.nonzeros / self.numel
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "shape": list(self.shape), "consumers": list(self.consumers),
