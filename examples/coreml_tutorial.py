@@ -18,7 +18,7 @@ The flow, as in Core ML Tools' tutorial:
 The only change from Core ML Tools' code is the import line::
 
     # from coremltools.optimize.torch.pruning import MagnitudePruner, MagnitudePrunerConfig
-    from sparsify import MagnitudePruner, MagnitudePrunerConfig
+    from sparsify import MagnitudePruner, MagnitudePrunerConfig, Report
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sparsify import MagnitudePruner, MagnitudePrunerConfig
+from sparsify import MagnitudePruner, MagnitudePrunerConfig, Report
 from sparsify.datasets import DATASETS, load_dataset
 from sparsify.models import SmallCNN, train_epoch
 from sparsify.sensitivity import accuracy
@@ -102,13 +102,6 @@ def weight_stats(model: nn.Module) -> tuple[int, int]:
     return sum(w.numel() for w in weights), sum(int(w.count_nonzero()) for w in weights)
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [" | ".join(str(c).rjust(w) for c, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
-    lines += [" | ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
-
-
 def export(model: nn.Module, example: torch.Tensor, path: Path):
     """Export to ``path`` (Core ML, fp16, iOS16+) and read the saved package back with
     :func:`~sparsify.mlpackage.inspect_mlpackage`; returns ``(ExportReport, PackageReport)``."""
@@ -166,38 +159,33 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             path = args.out / f"{label.replace(' ', '').replace('/', '-').replace('%', '')}.mlpackage"
             exports[label] = export(net, example, path)
 
-    header = ["model", "test accuracy", "sparsity", "non-zero weights", "fp32 non-zeros"]
-    if exports:
-        header += ["weight.bin bytes", "smaller by"]
-    rows = []
+    summary = Report()  # prints as Core ML Tools' table
     for label, net, acc in variants:
         numel, nnz = weight_stats(net)
-        row = [label, f"{acc:.2%}", f"{1 - nnz / numel:.1%}", f"{nnz:,} / {numel:,}",
-               f"{nnz * 4 / 1024:.1f} KiB"]
+        row = {"test accuracy": f"{acc:.2%}", "sparsity": f"{1 - nnz / numel:.1%}",
+               "non-zero weights": f"{nnz:,} / {numel:,}", "fp32 non-zeros": f"{nnz * 4 / 1024:.1f} KiB"}
         if exports:
             # export_coreml converts the model dense first: dense_bytes is that dense export's weight file
             export_report = exports.get(label, exports[variants[1][0]])[0]
             size = export_report.total_bytes if label in exports else export_report.dense_bytes
-            row += [f"{size:,}", f"{export_report.dense_bytes / size:.2f}x"]
-        rows.append(row)
+            row |= {"weight.bin bytes": f"{size:,}", "smaller by": f"{export_report.dense_bytes / size:.2f}x"}
+        summary[label] = row
     print("\nsummary (conv + linear weights; weight.bin of the fp16 Core ML export):")
-    print(table(header, rows))
+    print(summary)
 
     if exports:
         label = variants[1][0]
         print(f"\nexport of the {label} model, read back from the saved package:")
         print(exports[label][0].to_text())
         print("\nverification with inspect_mlpackage (the saved files only):")
-        verify_rows = []
+        verification = Report()
         for _, package in exports.values():
-            counts = package.storage_counts()
-            verify_rows.append([
-                package.path, str(package.op_counts.get("constexpr_sparse_to_dense", 0)),
-                f"{counts.get('sparse', 0)} of {len(package.rows)}", f"{package.total_bytes:,}",
-                f"{1 / package.ratio:.2f}x",
-            ])
-        print(table(["package", "sparse ops", "weights stored sparse", "weight.bin bytes", "smaller by"],
-                    verify_rows))
+            verification[package.path] = {
+                "sparse ops": package.op_counts.get("constexpr_sparse_to_dense", 0),
+                "weights stored sparse": f"{package.storage_counts().get('sparse', 0)} of {len(package.rows)}",
+                "weight.bin bytes": f"{package.total_bytes:,}", "smaller by": f"{1 / package.ratio:.2f}x",
+            }
+        print(verification)
 
     print("\nwritten:")
     for label, (export_report, _) in exports.items():

@@ -31,7 +31,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sparsify import ConstantSparsityScheduler, MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
+from sparsify import (
+    ConstantSparsityScheduler,
+    MagnitudePruner,
+    MagnitudePrunerConfig,
+    ModuleMagnitudePrunerConfig,
+    Report,
+)
 from sparsify.datasets import DATASETS, load_dataset
 from sparsify.model_report import model_report
 from sparsify.models import SmallCNN, train_epoch
@@ -78,13 +84,6 @@ def one_shot_pruner(model: nn.Module, sparsity: float) -> MagnitudePruner:
 def model_size_bits(model: nn.Module, count_nonzero_only: bool = False) -> int:
     """The lab's ``get_model_size``: parameters (or only the non-zero ones) × 32 bits."""
     return BITS * sum(int(p.count_nonzero()) if count_nonzero_only else p.numel() for p in model.parameters())
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [" | ".join(str(c).rjust(w) for c, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
-    lines += [" | ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,13 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     # 6. sizes and pictures of the pruned model
     sparse_bits = model_size_bits(model, count_nonzero_only=True)
     print("\nsummary:")
-    print(table(
-        ["model", "accuracy", "non-zero parameters", "size (non-zeros × 32 bits)", "smaller by"],
-        [["dense", f"{dense_accuracy:.2%}", f"{dense_bits // BITS:,}", f"{dense_bits / 8 / 1024:.1f} KiB", "1.00x"],
-         [f"pruned {args.sparsity:.0%}, no fine-tune", f"{pruned_accuracy:.2%}", "", "", ""],
-         [f"pruned {args.sparsity:.0%} + fine-tune", f"{recovered:.2%}", f"{sparse_bits // BITS:,}",
-          f"{sparse_bits / 8 / 1024:.1f} KiB", f"{dense_bits / sparse_bits:.2f}x"]],
-    ))
+    summary = Report({  # prints as Core ML Tools' table
+        "dense": {"accuracy": f"{dense_accuracy:.2%}", "non-zero parameters": f"{dense_bits // BITS:,}",
+                  "size (non-zeros × 32 bits)": f"{dense_bits / 8 / 1024:.1f} KiB", "smaller by": "1.00x"},
+        f"pruned {args.sparsity:.0%}, no fine-tune": {"accuracy": f"{pruned_accuracy:.2%}", "non-zero parameters": "",
+                                                     "size (non-zeros × 32 bits)": "", "smaller by": ""},
+        f"pruned {args.sparsity:.0%} + fine-tune": {
+            "accuracy": f"{recovered:.2%}", "non-zero parameters": f"{sparse_bits // BITS:,}",
+            "size (non-zeros × 32 bits)": f"{sparse_bits / 8 / 1024:.1f} KiB",
+            "smaller by": f"{dense_bits / sparse_bits:.2f}x",
+        },
+    })
+    print(summary)
     report = model_report(model, requested=args.sparsity)
     print("\nper layer, with the Core ML storage estimate:")
     print(report.to_text())

@@ -26,7 +26,9 @@ import torch
 from .checkpoints import load_checkpoint_file
 from .sizing import RULES, TARGETS
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser", "load_model", "main"]
+__all__ = [
+    "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser", "load_model", "main",
+]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -60,21 +62,18 @@ class CommandError(Exception):
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives are zip files with a ``<name>/code/`` folder (torch.save files have none)."""
+def _archive_kind(path: Path) -> str | None:
+    """``"torchscript"`` (a zip with a ``<name>/code/`` folder), ``"exported"`` (``torch.export.save``'s
+    ``.pt2``, with an ``archive_format`` record), or ``None`` (anything else, e.g. a ``torch.save`` file)."""
     if not zipfile.is_zipfile(path):
-        return False
+        return None
     with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist())
-
-
-def _is_exported_program(path: Path) -> bool:
-    """``torch.export.save`` archives (``.pt2``) hold an ``archive_format`` record."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith(("/archive_format", "serialized_exported_program.json"))
-                   for name in archive.namelist())
+        names = archive.namelist()
+    if any("/code/" in name for name in names):
+        return "torchscript"
+    if any(name.endswith(("/archive_format", "serialized_exported_program.json")) for name in names):
+        return "exported"
+    return None
 
 
 def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -105,11 +104,12 @@ def load_model(path: str | Path) -> tuple[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CommandError(f"model path {str(path)!r} is not a file")
-    if _is_torchscript(path):
+    kind = _archive_kind(path)
+    if kind == "torchscript":
         with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated; loading still works
             warnings.simplefilter("ignore", FutureWarning)
             return "torchscript", torch.jit.load(str(path), map_location="cpu")
-    if _is_exported_program(path):
+    if kind == "exported":
         return "exported", torch.export.load(str(path))
     try:
         obj = load_checkpoint_file(path)
@@ -187,8 +187,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     if args.input_shape is not None:
         example = (torch.rand(*args.input_shape),)
-    elif kind == "exported":
-        example = tuple(_example_inputs_of(model))
+    elif kind == "exported":  # torch.export.save keeps the example inputs the program was exported with
+        args_, kwargs_ = model.example_inputs or ((), {})
+        if not args_ or kwargs_:
+            raise CommandError(f"{args.model} holds no positional example inputs: pass --input-shape")
+        example = tuple(args_)
     else:
         raise CommandError(f"{args.model} is TorchScript: give the input's shape with --input-shape, e.g. 1,1,28,28")
     out = Path(args.output)
@@ -207,27 +210,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _example_inputs_of(program: Any) -> list[torch.Tensor]:
-    """Random inputs shaped like a torch.export program's user inputs (static shapes only)."""
-    inputs = []
-    for spec in program.graph_signature.input_specs:
-        if spec.kind.name != "USER_INPUT":
-            continue
-        value = program.graph.find_nodes(op="placeholder", target=spec.arg.name)[0].meta.get("val")
-        if value is None or not all(isinstance(d, int) for d in value.shape):
-            raise CommandError("the exported program has dynamic or unknown input shapes: pass --input-shape")
-        inputs.append(torch.rand(*value.shape, dtype=value.dtype) if value.is_floating_point()
-                      else torch.zeros(*value.shape, dtype=value.dtype))
-    return inputs
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .mlpackage import inspect_mlpackage
 
-    path = Path(args.package)
-    if not path.exists():
-        raise CommandError(f"package path {str(path)!r} does not exist")
-    report = inspect_mlpackage(path)
+    report = inspect_mlpackage(args.package)
     print(json.dumps(report.as_dict(), indent=2) if args.format == "json" else report.to_text())
     return EXIT_OK
 

@@ -96,7 +96,8 @@ class DatasetSplits:
         )
 
     def loaders(self, batch_size: int = 64, *, seed: int = 0) -> tuple[DataLoader, DataLoader]:
-        """``(train, test)`` DataLoaders; the train loader shuffles with a generator seeded by ``seed``."""
+        """``(train, test)`` DataLoaders; the train loader shuffles with a generator seeded by ``seed``,
+        the test loader keeps the order in batches of at least 256."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is invalid: allowed an integer >= 1")
         generator = torch.Generator().manual_seed(seed)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "SmallCNN", "build_model", "train_epoch"]
+__all__ = ["MLP", "SmallCNN", "train_epoch"]
 
 
 def _positive(name: str, value: int) -> int:
@@ -89,16 +89,6 @@ class MLP(nn.Sequential):
             width = h
         layers.append(nn.Linear(width, _positive("num_classes", num_classes)))
         super().__init__(*layers)
-
-
-_MODELS = {"cnn": SmallCNN, "mlp": MLP}
-
-
-def build_model(kind: str, image_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """``"cnn"`` → :class:`SmallCNN`, ``"mlp"`` → :class:`MLP`, sized for ``image_shape``."""
-    if kind not in _MODELS:
-        raise ValueError(f"model={kind!r} is unknown: allowed values are {', '.join(map(repr, _MODELS))}")
-    return _MODELS[kind](image_shape, num_classes)
 
 
 # -- the training loop shared by the examples ----------------------------------------------------

@@ -52,6 +52,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "state_dict": folder / "model.pt",
         "checkpoint": folder / "checkpoint.pt",
         "torchscript": folder / "traced.pt",
+        "dense_torchscript": folder / "dense.pt",
         "exported": folder / "program.pt2",
         "pickled": folder / "pickled.pt",
         "not_a_model": folder / "numbers.pt",
@@ -62,6 +63,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.trace(model, example).save(str(paths["torchscript"]))
+        torch.jit.trace(SmallCNN(SHAPE[1:]).eval(), example).save(str(paths["dense_torchscript"]))
     torch.export.save(torch.export.export(model, (example,)), paths["exported"])
     torch.save(model, paths["pickled"])
     torch.save({"lr": 0.1, "epoch": 3}, paths["not_a_model"])
@@ -215,9 +217,21 @@ def test_export_failures_exit_1(capsys: pytest.CaptureFixture[str], saved: dict[
     assert not out_path.exists()
 
 
+def test_export_strict_fails_on_warnings(capsys: pytest.CaptureFixture[str], saved: dict[str, Path],
+                                         tmp_path: Path) -> None:
+    """An unpruned model exports dense with a warning: fine normally, a failure with --strict."""
+    argv = ["export", saved["dense_torchscript"], tmp_path / "dense.mlpackage", "--input-shape", "1x1x8x8",
+            "--precision", "float32"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert "compute_precision=float32" in out and "warning: no pruned weight found" in out
+    code, _, err = run(capsys, *argv, "--force", "--strict")
+    assert code == 1 and "error: --strict: the export has 1 warning(s)" in err
+
+
 def test_inspect_missing_package_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "inspect", tmp_path / "none.mlpackage")
-    assert code == 1 and "does not exist" in err
+    assert code == 1 and "no such .mlpackage" in err
 
 
 # -- demo -------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Datasets: scikit-learn digits offline, IDX parsing (plain and gzip), the MNIST source chain. Never downloads."""
+"""Datasets (scikit-learn digits offline, IDX parsing, the MNIST source chain) and the example models. No downloads."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 
 from sparsify import datasets
 from sparsify.datasets import DatasetNotFoundError, load_dataset, load_digits, load_idx_dataset, read_idx
+from sparsify.models import MLP, SmallCNN, train_epoch
 
 # -- IDX files written here --------------------------------------------------------------------
 
@@ -205,3 +206,35 @@ def test_real_debian_fashion_mnist() -> None:
     data = load_dataset("fashion-mnist", root="/nonexistent")
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
     assert data.num_classes == 10 and float(data.train_x.max()) == 1.0
+
+
+# -- the example models ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 5, 6)])
+def test_example_models_fit_the_image_size(shape: tuple[int, int, int]) -> None:
+    images = torch.rand(4, *shape)
+    for model in (SmallCNN(shape, num_classes=7), MLP(shape, num_classes=7, hidden=(16,))):
+        assert model(images).shape == (4, 7)
+
+
+def test_example_models_reject_bad_sizes() -> None:
+    with pytest.raises(ValueError, match=r"image_shape=\(1, 3, 8\) is invalid: height and width must be >= 4"):
+        SmallCNN((1, 3, 8))
+    with pytest.raises(ValueError, match=r"image_shape=\(8, 8\) is invalid: allowed \(channels, height, width\)"):
+        SmallCNN((8, 8))
+    with pytest.raises(ValueError, match="hidden=0 is invalid: allowed an integer >= 1"):
+        MLP(hidden=(0,))
+
+
+def test_train_epoch_learns_and_calls_after_step() -> None:
+    data = load_digits().subset(train=128, test=64)
+    train, _ = data.loaders(batch_size=32)
+    model = MLP(data.image_shape, hidden=(32,))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    calls = []
+    first = train_epoch(model, train, optimizer, after_step=lambda: calls.append(1))
+    for _ in range(5):
+        last = train_epoch(model, train, optimizer)
+    assert len(calls) == 4, "once per batch"
+    assert last < first
