@@ -243,3 +243,9 @@ def test_demo_runs_the_tutorial(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert code == 0, err
     assert "pruning report (Core ML Tools' format):" in out
     assert "summary (conv + linear weights" in out and "pruned 70/80 %" in out
+
+
+def test_demo_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "demo", "--dataset", "mnist", "--data-root", tmp_path, "--out", tmp_path)
+    assert code == 1 and "error: DatasetNotFoundError: cannot load dataset 'mnist'; tried:" in err
+    assert "invalid choice: 'cifar'" in usage_error(capsys, "demo", "--dataset", "cifar")
