@@ -173,11 +173,14 @@ def plot_weight_histogram(
         weights = {name: weights[name] for name in layers}
     fig = _figure(figsize, dpi)
     ax = fig.subplots()
-    for name, tensor in weights.items():
-        values = tensor.detach().float().cpu().reshape(-1)
-        values = values[values != 0]
-        if values.numel():
-            ax.hist(values.numpy(), bins=bins, histtype="step", linewidth=1.5,
+    nonzero = {name: t.detach().float().cpu().reshape(-1) for name, t in weights.items()}
+    nonzero = {name: v[v != 0] for name, v in nonzero.items() if bool((v != 0).any())}
+    if nonzero:
+        low = min(float(v.min()) for v in nonzero.values())
+        high = max(float(v.max()) for v in nonzero.values())
+        edges = torch.linspace(low, high if high > low else low + 1, bins + 1).numpy()  # shared by all layers
+        for name, values in nonzero.items():
+            ax.hist(values.numpy(), bins=edges, histtype="step", linewidth=1.5,
                     label=f"{name} ({values.numel():,} non-zero)")
     ax.set_yscale("log")
     ax.set_xlabel("weight value")
