@@ -337,17 +337,17 @@ class _Weight:
     amount: float | None = None
     pattern: str | None = None
     kind: str = ""
+    state_key: str = ""  # where the tensor is in the state dict (``<key>_orig`` when masked)
 
     @property
     def key(self) -> str:
-        """The state-dict key of the (unmasked) tensor."""
+        """The parameter's name in the model (``<module>.<param>``)."""
         return f"{self.module}.{self.param}" if self.module else self.param
 
     @property
     def name(self) -> str:
-        if self.param == "weight" or not self.module:
-            return self.module or self.param
-        return f"{self.module}.{self.param}"
+        """The row's name: the module's, or ``<module>.<param>`` for a parameter other than ``weight``."""
+        return self.module if self.param == "weight" and self.module else self.key
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -383,7 +383,8 @@ def _read_state(state: Mapping[str, torch.Tensor]) -> tuple[list[_Weight], dict[
             module, param = _split(base)
             effective = torch.where(state[base + "_mask"].bool(), value.detach(), value.new_zeros(()))
             amount = state.get(base + "_amount")
-            weights.append(_Weight(module, param, effective, True, amount=None if amount is None else float(amount)))
+            weights.append(_Weight(module, param, effective, True, amount=None if amount is None else float(amount),
+                                   state_key=key))
     others: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key in used or not isinstance(value, torch.Tensor) or not value.is_floating_point():
@@ -394,13 +395,13 @@ def _read_state(state: Mapping[str, torch.Tensor]) -> tuple[list[_Weight], dict[
         seen.add(storage)
         module, param = _split(key)
         if value.dim() >= 2 or (module, param) in metadata:
-            weights.append(_Weight(module, param, value.detach(), False))
+            weights.append(_Weight(module, param, value.detach(), False, state_key=key))
         else:
             others[key] = value.detach()
     for weight in weights:
         weight.metadata = weight.masked or (weight.module, weight.param) in metadata
     order = {key: i for i, key in enumerate(state)}
-    weights.sort(key=lambda w: order.get(w.key, order.get(w.key + "_orig", 0)))
+    weights.sort(key=lambda w: order[w.state_key])
     return weights, others
 
 
@@ -447,7 +448,7 @@ def _batchnorms_after_convs(
     """``(index of the conv weight, batch-norm prefix)`` for each batch norm that directly follows a
     conv with as many output channels (in the state dict's order: the converter fuses such pairs)."""
     position = {key: i for i, key in enumerate(keys)}
-    where = [position.get(w.key, position.get(w.key + "_orig", -1)) for w in weights]
+    where = [position[w.state_key] for w in weights]
     pairs = []
     for key in others:
         if not key.endswith("running_mean") or key[: -len("running_mean")] + "running_var" not in others:
