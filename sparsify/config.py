@@ -198,15 +198,20 @@ def _check_module_config(values: Mapping[str, Any]) -> None:
         )
 
 
-def _revalidate(instance: Any, attribute: attrs.Attribute, value: Any) -> Any:
-    """on_setattr hook: re-run the cross-field checks with the new value in place."""
-    values = {a.name: getattr(instance, a.name) for a in attrs.fields(type(instance))}
-    values[attribute.name] = value
-    _check_module_config(values)
-    return value
+def revalidate_with(check: Callable[[Mapping[str, Any]], None]) -> Callable[[Any, attrs.Attribute, Any], Any]:
+    """An attrs ``on_setattr`` hook that re-runs a config's cross-field ``check`` with the new value
+    in place, so an assignment that would make the config inconsistent is refused (and not applied)."""
+
+    def hook(instance: Any, attribute: attrs.Attribute, value: Any) -> Any:
+        values = {a.name: getattr(instance, a.name) for a in attrs.fields(type(instance))}
+        values[attribute.name] = value
+        check(values)
+        return value
+
+    return hook
 
 
-@attrs.define(on_setattr=[attrs.setters.convert, attrs.setters.validate, _revalidate])
+@attrs.define(on_setattr=[attrs.setters.convert, attrs.setters.validate, revalidate_with(_check_module_config)])
 class ModuleMagnitudePrunerConfig(ModuleOptimizationConfig):
     """How one module is magnitude-pruned. Same fields, order and defaults as Core ML Tools.
 

@@ -52,7 +52,13 @@ from torch import nn
 
 from . import decay as _decay  # noqa: F401  (registers the step-range schedulers)
 from ._checks import as_float, as_int, check_in, check_range, field_error
-from .config import _SUPPORTED_MAGNITUDE_MODULES, ModuleKey, ModuleOptimizationConfig, OptimizationConfig
+from .config import (
+    _SUPPORTED_MAGNITUDE_MODULES,
+    ModuleKey,
+    ModuleOptimizationConfig,
+    OptimizationConfig,
+    revalidate_with,
+)
 from .criteria import Criterion, MagnitudeCriterion, criterion_from_dict
 from .masking import masked_weight
 from .pruner import BasePruner, PrunedModuleInfo
@@ -154,14 +160,7 @@ def _check_module_config(values: Mapping[str, Any]) -> None:
         )
 
 
-def _revalidate(instance: Any, attribute: attrs.Attribute, value: Any) -> Any:
-    values = {a.name: getattr(instance, a.name) for a in attrs.fields(type(instance))}
-    values[attribute.name] = value
-    _check_module_config(values)
-    return value
-
-
-@attrs.define(on_setattr=[attrs.setters.convert, attrs.setters.validate, _revalidate])
+@attrs.define(on_setattr=[attrs.setters.convert, attrs.setters.validate, revalidate_with(_check_module_config)])
 class ModuleGradualPrunerConfig(ModuleOptimizationConfig):
     """How one module is pruned by :class:`GradualPruner`.
 
