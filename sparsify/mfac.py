@@ -450,9 +450,11 @@ class MFACPruner(BasePruner):
 
     def finalize(self, model: nn.Module | None = None, inplace: bool = False) -> nn.Module:
         """Bake masks and add Core ML metadata (see :meth:`BasePruner.finalize`); stops gradient recording."""
-        if model is None or model is self._model:
+        own = model is None or model is self._model
+        finalized = super().finalize(model, inplace)
+        if own:
             self._stop_recording()
-        return super().finalize(model, inplace)
+        return finalized
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
@@ -614,7 +616,7 @@ class MFACPruner(BasePruner):
         missing = [n for n in names if n not in recording.layout]
         if missing:
             raise RuntimeError(f"M-FAC: no gradients were recorded for module(s) {missing}")
-        return recording.take(names).clone()
+        return recording.take(names)  # the recording is dropped: the Fisher may overwrite its buffer
 
     def _obs_update(self, masks: dict[str, torch.Tensor]) -> None:
         """``w ← w − F⁻¹e``, ``e_q = w_q/[F⁻¹]_qq`` over the newly pruned ``q`` (SparseML's update)."""
