@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 __all__ = ["GradSampler", "NotEnoughDataError", "as_grad_sampler", "split_batch"]
 
@@ -135,8 +136,6 @@ class GradSampler:
         The model is in ``eval()`` mode while sampling and goes back to its previous mode afterwards.
         Raises :class:`NotEnoughDataError` if the data ends first.
         """
-        from tqdm.auto import tqdm
-
         if isinstance(num_grads, bool) or not isinstance(num_grads, int) or num_grads < 1:
             raise ValueError(f"num_grads={num_grads!r} is invalid: allowed an integer >= 1")
         params = list(params)

@@ -315,10 +315,10 @@ class _TrainingGradients:
     def take(self, names: list[str]) -> torch.Tensor:
         """The recorded rows for ``names`` (columns in that order), removing the hooks."""
         self.remove()
-        columns = [torch.arange(o, o + n) for o, n in (self.layout[name] for name in names)]
         rows = self.buffer[: self.rows]
         if [*self.layout] == names:
             return rows
+        columns = [torch.arange(o, o + n) for o, n in (self.layout[name] for name in names)]
         return rows[:, torch.cat(columns).to(rows.device)]
 
     def remove(self) -> None:

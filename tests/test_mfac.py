@@ -314,3 +314,16 @@ def test_config_round_trip_and_field_errors() -> None:
         config.num_grads = -3
     with pytest.raises(ValueError, match="unknown key\\(s\\) 'available_gpus'"):
         MFACPrunerConfig.from_dict({"available_gpus": ["cuda:0"]})
+
+
+def test_gradual_modules_on_different_schedules_use_their_own_columns() -> None:
+    config = MFACPrunerConfig(module_name_configs={
+        "0": ModuleMagnitudePrunerConfig(target_sparsity=0.5, scheduler=ConstantSparsityScheduler(begin_step=8)),
+        "2": ModuleMagnitudePrunerConfig(target_sparsity=0.25, scheduler=ConstantSparsityScheduler(begin_step=12)),
+    }, num_grads=3)
+    pruner = MFACPruner(_mlp(), config)
+    model = pruner.prepare(inplace=True)
+    _train(pruner, model, 13)
+    assert [(e["step"], e["dim"]) for e in pruner.fisher_log] == [(8, 128), (12, 64)]  # one module each
+    report = pruner.report()
+    assert report["0"]["unstructured_weight_sparsity"] == 0.5 and report["2"]["unstructured_weight_sparsity"] == 0.25
