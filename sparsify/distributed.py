@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["check_masks_consistent", "mask_checksums", "refuse_fsdp"]
+__all__ = ["check_masks_consistent", "gather_rows", "mask_checksums", "refuse_fsdp"]
 
 
 def mask_checksums(model: nn.Module) -> dict[str, int]:
@@ -49,6 +49,20 @@ def check_masks_consistent(model: nn.Module, group: dist.ProcessGroup | None = N
                 f"pruning masks differ between rank {dist.get_rank(group)} and rank {rank}: {differing[:5]}; "
                 f"prepare the model before wrapping it in DDP and call pruner.step() on every rank"
             )
+
+
+def gather_rows(rows: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Concatenate every rank's ``rows`` (same shape on every rank), in rank order.
+
+    Data-dependent criteria call this on locally collected gradients so that every rank ranks the
+    same scores: M-FAC's gradient rows are gathered from all ranks (each rank's local gradients are
+    extra samples of the Fisher). Returns ``rows`` unchanged outside a multi-process group.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        return rows
+    parts = [torch.empty_like(rows) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, rows.contiguous(), group=group)
+    return torch.cat(parts)
 
 
 def refuse_fsdp(model: nn.Module) -> None:

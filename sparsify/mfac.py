@@ -63,6 +63,7 @@ from .config import (
     OptimizationConfig,
 )
 from .data import GradSampler, as_grad_sampler
+from .distributed import gather_rows
 from .fisher import DAMP_MODES, FisherInverse, plan_memory
 from .pruner import BasePruner, PrunedModuleInfo
 from .scope import NORMALIZATIONS, global_keep_masks, pruned_count
@@ -567,6 +568,7 @@ class MFACPruner(BasePruner):
         else:
             plan = None
             grads = self._recorded(names, num_grads)
+        grads = gather_rows(grads)  # under DDP every rank builds the same Fisher from all ranks' gradients
         gathered = time.perf_counter()
         self._fisher = FisherInverse(
             grads, config.damp, damp_mode=config.damp_mode, block_size=config.fisher_block_size, devices=config.devices

@@ -57,6 +57,12 @@ def test_ddp_two_processes_identical_masks_equal_to_single_process(tmp_path: Pat
             assert torch.equal(value, single["state"][key]), key
         else:
             assert torch.allclose(value.float(), single["state"][key].float(), atol=1e-6), key
+    # M-FAC records local gradients: ranks gather each other's rows, so masks and OBS-updated weights
+    # agree even with DDP's buffer broadcast switched off
+    for key, value in rank0["mfac_state"].items():
+        assert torch.equal(value, rank1["mfac_state"][key]), key
+    masks = [rank0["mfac_state"][f"{i}.weight_mask"] for i in (0, 2)]
+    assert sum(int((m == 0).sum()) for m in masks) == 270  # global ranking: 75 % of all 360 weights
     assert "pruning masks differ between rank" in rank0["divergence_caught"]
     assert "0.weight_mask" in rank1["divergence_caught"]
 

@@ -2,8 +2,8 @@
 
     python ddp_job.py OUT_DIR
 
-Each rank trains on its half of every batch; the result (masks, weights, checksums seen by each rank)
-is saved per rank, plus a single-process run on the full batches for comparison.
+Each rank trains on its half of every batch, with magnitude and with M-FAC pruning; the results
+(masks, weights, checksums) are saved per rank, plus a single-process run on the full batches.
 """
 
 import os
@@ -15,18 +15,30 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig, PolynomialDecayScheduler
+from sparsify import (
+    MagnitudePruner,
+    MagnitudePrunerConfig,
+    MFACPruner,
+    MFACPrunerConfig,
+    ModuleMagnitudePrunerConfig,
+    PolynomialDecayScheduler,
+)
 from sparsify.distributed import check_masks_consistent, mask_checksums
 
 STEPS = 6
 
 
-def build() -> tuple[nn.Module, MagnitudePruner]:
+def build(second_order: bool = False) -> tuple[nn.Module, MagnitudePruner]:
+    """Magnitude pruning, or M-FAC with its weight update (gradients recorded from the training steps:
+    local on each rank, so every rank must gather all ranks' rows to build the same Fisher)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 3))
-    config = MagnitudePrunerConfig().set_global(ModuleMagnitudePrunerConfig(
-        target_sparsity=0.75, scheduler=PolynomialDecayScheduler(update_steps=[2, 4, 6])))
-    pruner = MagnitudePruner(model, config)
+    module_config = ModuleMagnitudePrunerConfig(
+        target_sparsity=0.75, scheduler=PolynomialDecayScheduler(update_steps=[2, 4, 6]))
+    if second_order:
+        pruner = MFACPruner(model, MFACPrunerConfig(global_config=module_config, num_grads=2))
+    else:
+        pruner = MagnitudePruner(model, MagnitudePrunerConfig().set_global(module_config))
     return pruner.prepare(inplace=True), pruner
 
 
@@ -55,6 +67,10 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
         train(ddp, pruner, rank)
         check_masks_consistent(model)
         result = {"state": {k: v.clone() for k, v in model.state_dict().items()}, "checksums": mask_checksums(model)}
+        mfac_model, mfac_pruner = build(second_order=True)
+        train(nn.parallel.DistributedDataParallel(mfac_model, broadcast_buffers=False), mfac_pruner, rank)
+        check_masks_consistent(mfac_model)
+        result["mfac_state"] = {k: v.clone() for k, v in mfac_model.state_dict().items()}
         # a deliberate divergence must be caught by the check
         if rank == 1:
             model[0].weight_mask[0, 0] = ~model[0].weight_mask[0, 0]
