@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -112,8 +114,17 @@ def export(model: nn.Module, example: torch.Tensor, path: Path):
     return report, inspect_mlpackage(path)
 
 
+def _quiet_coremltools() -> None:
+    """Keep the tables readable: coremltools logs its import-time notices (untested torch version, no
+    Core ML runtime on Linux), per-pass progress bars and renaming warnings at levels the example
+    does not need."""
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"coremltools\..*")
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
+    _quiet_coremltools()
     torch.manual_seed(args.seed)
     started = time.perf_counter()
 
