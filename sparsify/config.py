@@ -29,8 +29,9 @@ import attrs
 import yaml
 from torch import nn
 
-from ._checks import as_float, as_int, check_in, check_range, field_error
-from .schedules import ConstantSparsityScheduler, PruningScheduler, scheduler_from_dict
+from . import _fields
+from ._checks import as_int, check_in, check_range, field_error
+from .schedules import ConstantSparsityScheduler, PruningScheduler
 
 __all__ = [
     "MagnitudePrunerConfig",
@@ -111,25 +112,6 @@ class ModuleOptimizationConfig(_Dictable):
 _MODULE_CFG = "ModuleMagnitudePrunerConfig"
 
 
-def _to_scheduler(value: Any) -> PruningScheduler:
-    if isinstance(value, Mapping):
-        return scheduler_from_dict(value)
-    if not isinstance(value, PruningScheduler):
-        raise field_error(
-            _MODULE_CFG, "scheduler", value, "expected a PruningScheduler (or a dict describing one)", TypeError
-        )
-    return value
-
-
-def _to_sparsity(field: str) -> Callable[[Any], float]:
-    def convert(value: Any) -> float:
-        value = as_float(_MODULE_CFG, field, value)
-        check_range(_MODULE_CFG, field, value, 0.0, 1.0)
-        return value
-
-    return convert
-
-
 def _to_granularity(value: Any) -> str:
     if value == "per_layer":
         raise field_error(
@@ -144,35 +126,6 @@ def _to_granularity(value: Any) -> str:
 def _to_block_size(value: Any) -> int:
     value = as_int(_MODULE_CFG, "block_size", value)
     check_range(_MODULE_CFG, "block_size", value, 1)
-    return value
-
-
-def _to_n_m_ratio(value: Any) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise field_error(_MODULE_CFG, "n_m_ratio", value, "expected None or a pair (n, m) of integers", TypeError)
-    n, m = (as_int(_MODULE_CFG, "n_m_ratio", v) for v in value)
-    if not 1 <= n < m:
-        raise field_error(
-            _MODULE_CFG, "n_m_ratio", value,
-            "allowed 1 <= n < m, where n is the number of ZEROS in every run of m weights "
-            "(e.g. (2, 4) prunes 2 of every 4 = 50 %)",
-        )
-    return (n, m)
-
-
-def _to_dim(value: Any) -> int:
-    value = as_int(_MODULE_CFG, "dim", value)
-    check_in(_MODULE_CFG, "dim", value, (0, 1))
-    return value
-
-
-def _to_param_name(value: Any) -> str:
-    if not isinstance(value, str) or not value.isidentifier():
-        raise field_error(
-            _MODULE_CFG, "param_name", value, "expected the name of a parameter, e.g. 'weight'", TypeError
-        )
     return value
 
 
@@ -232,15 +185,15 @@ class ModuleMagnitudePrunerConfig(ModuleOptimizationConfig):
     """
 
     scheduler: PruningScheduler = attrs.field(
-        factory=lambda: ConstantSparsityScheduler(begin_step=0), converter=_to_scheduler
+        factory=lambda: ConstantSparsityScheduler(begin_step=0), converter=_fields.scheduler(_MODULE_CFG)
     )
-    initial_sparsity: float = attrs.field(default=0.0, converter=_to_sparsity("initial_sparsity"))
-    target_sparsity: float = attrs.field(default=0.5, converter=_to_sparsity("target_sparsity"))
+    initial_sparsity: float = attrs.field(default=0.0, converter=_fields.fraction(_MODULE_CFG, "initial_sparsity"))
+    target_sparsity: float = attrs.field(default=0.5, converter=_fields.fraction(_MODULE_CFG, "target_sparsity"))
     granularity: str = attrs.field(default="per_scalar", converter=_to_granularity)
     block_size: int = attrs.field(default=1, converter=_to_block_size)
-    n_m_ratio: tuple[int, int] | None = attrs.field(default=None, converter=_to_n_m_ratio)
-    dim: int = attrs.field(default=1, converter=_to_dim)
-    param_name: str = attrs.field(default="weight", converter=_to_param_name)
+    n_m_ratio: tuple[int, int] | None = attrs.field(default=None, converter=_fields.n_m_ratio(_MODULE_CFG))
+    dim: int = attrs.field(default=1, converter=_fields.dim(_MODULE_CFG))
+    param_name: str = attrs.field(default="weight", converter=_fields.param_name(_MODULE_CFG))
 
     def __attrs_post_init__(self) -> None:
         _check_module_config(attrs.asdict(self, recurse=False))

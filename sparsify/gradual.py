@@ -50,8 +50,9 @@ import attrs
 import torch
 from torch import nn
 
+from . import _fields
 from . import decay as _decay  # noqa: F401  (registers the step-range schedulers)
-from ._checks import as_float, as_int, check_in, check_range, field_error
+from ._checks import check_in, field_error
 from .config import (
     _SUPPORTED_MAGNITUDE_MODULES,
     ModuleKey,
@@ -62,7 +63,7 @@ from .config import (
 from .criteria import Criterion, MagnitudeCriterion, criterion_from_dict
 from .masking import masked_weight
 from .pruner import BasePruner, PrunedModuleInfo
-from .schedules import ConstantSparsityScheduler, PruningScheduler, scheduler_from_dict
+from .schedules import ConstantSparsityScheduler, PruningScheduler
 from .scope import NORMALIZATIONS, global_keep_masks
 from .selection import classifier_head_name
 from .tiles import NMPattern, Pattern, TilePattern, parse_pattern
@@ -73,23 +74,6 @@ logger = logging.getLogger(__name__)
 
 _OWNER = "ModuleGradualPrunerConfig"
 SCOPES = ("local", "global")
-
-
-def _to_scheduler(value: Any) -> PruningScheduler:
-    if isinstance(value, Mapping):
-        return scheduler_from_dict(value)
-    if not isinstance(value, PruningScheduler):
-        raise field_error(_OWNER, "scheduler", value, "expected a PruningScheduler or a dict describing one", TypeError)
-    return value
-
-
-def _fraction(field: str):
-    def convert(value: Any) -> float:
-        value = as_float(_OWNER, field, value)
-        check_range(_OWNER, field, value, 0.0, 1.0)
-        return value
-
-    return convert
 
 
 def _to_criterion(value: Any) -> Criterion:
@@ -106,37 +90,8 @@ def _to_pattern(value: Any) -> TilePattern:
         raise type(exc)(f"{_OWNER}.{exc}") from exc
 
 
-def _to_n_m_ratio(value: Any) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        raise field_error(
-            _OWNER, "n_m_ratio", value,
-            "expected a pair (n, m) with n = number of zeros; convert INC's 'N:M' strings with "
-            "sparsify.tiles.n_m_from_string", TypeError,
-        )
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise field_error(_OWNER, "n_m_ratio", value, "expected None or a pair (n, m) of integers", TypeError)
-    n, m = (as_int(_OWNER, "n_m_ratio", v) for v in value)
-    if not 1 <= n < m:
-        raise field_error(_OWNER, "n_m_ratio", value, "allowed 1 <= n < m, n being the number of ZEROS in every m")
-    return (n, m)
-
-
-def _to_dim(value: Any) -> int:
-    value = as_int(_OWNER, "dim", value)
-    check_in(_OWNER, "dim", value, (0, 1))
-    return value
-
-
 def _to_scope(value: Any) -> str:
     check_in(_OWNER, "scope", value, SCOPES)
-    return value
-
-
-def _to_param_name(value: Any) -> str:
-    if not isinstance(value, str) or not value.isidentifier():
-        raise field_error(_OWNER, "param_name", value, "expected the name of a parameter, e.g. 'weight'", TypeError)
     return value
 
 
@@ -184,18 +139,18 @@ class ModuleGradualPrunerConfig(ModuleOptimizationConfig):
     """
 
     scheduler: PruningScheduler = attrs.field(
-        factory=lambda: ConstantSparsityScheduler(begin_step=0), converter=_to_scheduler
+        factory=lambda: ConstantSparsityScheduler(begin_step=0), converter=_fields.scheduler(_OWNER)
     )
-    initial_sparsity: float = attrs.field(default=0.0, converter=_fraction("initial_sparsity"))
-    target_sparsity: float = attrs.field(default=0.5, converter=_fraction("target_sparsity"))
+    initial_sparsity: float = attrs.field(default=0.0, converter=_fields.fraction(_OWNER, "initial_sparsity"))
+    target_sparsity: float = attrs.field(default=0.5, converter=_fields.fraction(_OWNER, "target_sparsity"))
     criterion: Criterion = attrs.field(factory=MagnitudeCriterion, converter=_to_criterion)
     pattern: TilePattern = attrs.field(default="1x1", converter=_to_pattern)
-    n_m_ratio: tuple[int, int] | None = attrs.field(default=None, converter=_to_n_m_ratio)
-    dim: int = attrs.field(default=1, converter=_to_dim)
+    n_m_ratio: tuple[int, int] | None = attrs.field(default=None, converter=_fields.n_m_ratio(_OWNER))
+    dim: int = attrs.field(default=1, converter=_fields.dim(_OWNER))
     scope: str = attrs.field(default="local", converter=_to_scope)
-    min_sparsity: float = attrs.field(default=0.0, converter=_fraction("min_sparsity"))
-    max_sparsity: float = attrs.field(default=1.0, converter=_fraction("max_sparsity"))
-    param_name: str = attrs.field(default="weight", converter=_to_param_name)
+    min_sparsity: float = attrs.field(default=0.0, converter=_fields.fraction(_OWNER, "min_sparsity"))
+    max_sparsity: float = attrs.field(default=1.0, converter=_fields.fraction(_OWNER, "max_sparsity"))
+    param_name: str = attrs.field(default="weight", converter=_fields.param_name(_OWNER))
 
     def __attrs_post_init__(self) -> None:
         _check_module_config(attrs.asdict(self, recurse=False))
@@ -247,12 +202,6 @@ def _to_normalize(value: Any) -> str | None:
     return value
 
 
-def _to_bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise field_error("GradualPrunerConfig", "keep_classifier_dense", value, "expected True or False", TypeError)
-    return value
-
-
 @attrs.define(on_setattr=[attrs.setters.convert, attrs.setters.validate])
 class GradualPrunerConfig(OptimizationConfig):
     """Which modules :class:`GradualPruner` prunes, and how (global / type / name configs, as in the engine).
@@ -281,7 +230,9 @@ class GradualPrunerConfig(OptimizationConfig):
         factory=OrderedDict, converter=lambda v: GradualPrunerConfig._to_name_configs(v)
     )
     module_types: tuple[str, ...] | None = attrs.field(default=None, converter=_to_module_types)
-    keep_classifier_dense: bool = attrs.field(default=False, converter=_to_bool)
+    keep_classifier_dense: bool = attrs.field(
+        default=False, converter=_fields.boolean("GradualPrunerConfig", "keep_classifier_dense")
+    )
     normalize: str | None = attrs.field(default=None, converter=_to_normalize)
 
     def __attrs_post_init__(self) -> None:

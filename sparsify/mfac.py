@@ -54,6 +54,7 @@ import attrs
 import torch
 from torch import nn
 
+from . import _fields
 from ._checks import as_float, as_int, check_in, check_range, field_error
 from .config import (
     _SUPPORTED_MAGNITUDE_MODULES,
@@ -79,24 +80,6 @@ CRITERIA = ("mfac", "magnitude")
 # ----------------------------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------------------------
-
-
-def _to_bool(field: str):
-    def convert(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise field_error(_OWNER, field, value, "expected True or False", TypeError)
-        return value
-
-    return convert
-
-
-def _to_fraction(field: str):
-    def convert(value: Any) -> float:
-        value = as_float(_OWNER, field, value)
-        check_range(_OWNER, field, value, 0.0, 1.0)
-        return value
-
-    return convert
 
 
 def _to_num_grads(value: Any) -> int | dict[float, int]:
@@ -238,19 +221,19 @@ class MFACPrunerConfig(OptimizationConfig):
     module_name_configs: dict[str, ModuleMagnitudePrunerConfig | None] = attrs.field(
         factory=OrderedDict, converter=lambda v: MFACPrunerConfig._to_name_configs(v)
     )
-    global_sparsity: bool = attrs.field(default=True, converter=_to_bool("global_sparsity"))
+    global_sparsity: bool = attrs.field(default=True, converter=_fields.boolean(_OWNER, "global_sparsity"))
     min_layer_sparsity: float = attrs.field(
-        default=0.0, converter=_to_fraction("min_layer_sparsity"), validator=_check_caps
+        default=0.0, converter=_fields.fraction(_OWNER, "min_layer_sparsity"), validator=_check_caps
     )
     max_layer_sparsity: float = attrs.field(
-        default=1.0, converter=_to_fraction("max_layer_sparsity"), validator=_check_caps
+        default=1.0, converter=_fields.fraction(_OWNER, "max_layer_sparsity"), validator=_check_caps
     )
     normalize: str | None = attrs.field(default=None, converter=_to_normalize)
     num_grads: int | dict[float, int] = attrs.field(default=64, converter=_to_num_grads)
     damp: float = attrs.field(default=0.01, converter=_to_damp)
     damp_mode: str = attrs.field(default="relative", converter=_to_damp_mode)
     fisher_block_size: int | None = attrs.field(default=2000, converter=_to_block_size)
-    obs_update: bool = attrs.field(default=True, converter=_to_bool("obs_update"))
+    obs_update: bool = attrs.field(default=True, converter=_fields.boolean(_OWNER, "obs_update"))
     num_recomputations: int = attrs.field(default=1, converter=_to_recomputations)
     grads_device: str = attrs.field(default="cpu", converter=_to_device("grads_device"))
     devices: tuple[str, ...] | None = attrs.field(default=None, converter=_to_devices)
