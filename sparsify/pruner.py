@@ -118,10 +118,10 @@ class BasePruner:
             if config is None:
                 continue
             self._check_module(name, module, config)
-            if getattr(module, config.param_name).numel() == 0:
+            param = getattr(module, config.param_name)
+            if param.numel() == 0:
                 logger.warning("module %r: %s has no elements, nothing to prune; skipped", name, config.param_name)
                 continue
-            param = getattr(module, config.param_name)
             owner = owners.setdefault(id(param), name)
             if owner != name:
                 owner_config = next(p.config for p in plans if p.name == owner)
@@ -373,11 +373,9 @@ class BasePruner:
 
 def _reading_parent(model: nn.Module, name: str, module: nn.Module) -> str | None:
     """The parent that reads ``module``'s weight in its own forward, if any (MHA ``out_proj``)."""
-    if "." not in name and name != "out_proj":
-        return None
-    parent_name = name.rsplit(".", 1)[0] if "." in name else ""
+    parent_name = name.rpartition(".")[0]
     parent = model.get_submodule(parent_name)
-    if isinstance(parent, nn.MultiheadAttention) and parent.out_proj is module:
+    if parent is not module and isinstance(parent, nn.MultiheadAttention) and parent.out_proj is module:
         return parent_name
     return None
 
