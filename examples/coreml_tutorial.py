@@ -106,7 +106,7 @@ def weight_stats(model: nn.Module) -> tuple[int, int]:
 
 def export(model: nn.Module, example: torch.Tensor, path: Path):
     """Export to ``path`` (Core ML, fp16, iOS16+) and read the saved package back with
-    :func:`~sparsify.mlpackage.inspect_mlpackage`; returns ``(ExportReport, PackageReport)``."""
+    `sparsify.mlpackage.inspect_mlpackage`; returns ``(ExportReport, PackageReport)``."""
     from sparsify.export import export_coreml
     from sparsify.mlpackage import inspect_mlpackage
 

@@ -13,8 +13,8 @@ The lab's steps:
 6. model size after pruning, counting only non-zeros (non-zeros × 32 bits), and the pruned weights (PNG).
 
 The lab's helpers map onto sparsify's: ``fine_grained_prune`` → ``MagnitudePruner`` with a constant
-schedule, ``sensitivity_scan`` → :func:`sparsify.sensitivity.sensitivity_scan`, the weight plots →
-:mod:`sparsify.plots`; the model-size count stays here, it is the point of the exercise.
+schedule, ``sensitivity_scan`` → `sparsify.sensitivity.sensitivity_scan`, the weight plots →
+`sparsify.plots`; the model-size count stays here, it is the point of the exercise.
 
 In the lab a ``FineGrainedPruner`` re-applies masks after every optimizer step; with sparsify the
 masks are forward pre-hooks installed by ``prepare()``, so the training loop stays untouched.

@@ -5,10 +5,10 @@ The pruning API is a drop-in for ``coremltools.optimize.torch.pruning``::
     # from coremltools.optimize.torch.pruning import MagnitudePruner, MagnitudePrunerConfig
     from sparsify import MagnitudePruner, MagnitudePrunerConfig
 
-On top of it: gradual pruning with gradient criteria, tiles and global scope (:class:`GradualPruner`),
-second-order pruning (:class:`MFACPruner`, :func:`oneshot_prune`, :class:`Recipe`), reports and
-budgets (:func:`model_report`, :func:`sensitivity_scan`, :func:`allocate_budget`) and a verified Core ML
-export (:func:`export_coreml`, :func:`inspect_mlpackage`). coremltools and matplotlib are imported only
+On top of it: gradual pruning with gradient criteria, tiles and global scope (`GradualPruner`),
+second-order pruning (`MFACPruner`, `oneshot_prune`, `Recipe`), reports and
+budgets (`model_report`, `sensitivity_scan`, `allocate_budget`) and a verified Core ML
+export (`export_coreml`, `inspect_mlpackage`). coremltools and matplotlib are imported only
 when an export, an inspection or a plot needs them.
 """
 

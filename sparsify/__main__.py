@@ -1,4 +1,4 @@
-"""``python -m sparsify`` — the same as the ``sparsify`` command (see :mod:`sparsify.cli`)."""
+"""``python -m sparsify`` — the same as the ``sparsify`` command (see `sparsify.cli`)."""
 
 import sys
 

@@ -16,7 +16,7 @@ __all__ = ["boolean", "dim", "fraction", "n_m_ratio", "param_name", "scheduler"]
 
 
 def scheduler(owner: str) -> Callable[[Any], PruningScheduler]:
-    """A :class:`PruningScheduler`, or a dict describing one (see :func:`scheduler_from_dict`)."""
+    """A `PruningScheduler`, or a dict describing one (see `scheduler_from_dict`)."""
 
     def convert(value: Any) -> PruningScheduler:
         if isinstance(value, Mapping):

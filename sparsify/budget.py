@@ -1,15 +1,15 @@
 """Per-layer sparsity budgets: one global target, split unevenly where it hurts least.
 
-:func:`allocate_budget` returns a :class:`Budget` — one sparsity per layer — whose count-weighted
+`allocate_budget` returns a `Budget` — one sparsity per layer — whose count-weighted
 global sparsity is *exactly* the target: the per-layer numbers of zeros are integers that add up to
-``pruned_count(total weights, target)`` (the engine's counting rule, :func:`sparsify.scope.pruned_count`),
-and each layer's sparsity is chosen so that :class:`~sparsify.MagnitudePruner` prunes exactly that many
+``pruned_count(total weights, target)`` (the engine's counting rule, `sparsify.scope.pruned_count`),
+and each layer's sparsity is chosen so that `sparsify.MagnitudePruner` prunes exactly that many
 weights of it (unstructured pattern; block / channel patterns round each layer to whole groups).
-:meth:`Budget.to_config` turns it into a ready :class:`~sparsify.MagnitudePrunerConfig`.
+`Budget.to_config` turns it into a ready `sparsify.MagnitudePrunerConfig`.
 
 Methods:
 
-* ``"scan"`` (the default when a :class:`~sparsify.sensitivity.SensitivityScan` is given) — minimise the
+* ``"scan"`` (the default when a `sparsify.sensitivity.SensitivityScan` is given) — minimise the
   predicted loss ``Σ drop_l(s_l)``, where ``drop_l`` is the scan's metric drop for layer ``l`` pruned
   alone (piecewise linear between the scanned sparsities, made non-decreasing). Exactly: take the
   lower convex hull of each layer's curve in (zeros, drop) and spend the global number of zeros on the
@@ -18,7 +18,7 @@ Methods:
   convexified curves; layers never go beyond the largest scanned sparsity.
 * ``"erk"`` (the default without a scan) — Erdős–Rényi-Kernel (Evci et al., RigL 2020): density
   proportional to ``sum(shape) / prod(shape)``, so big layers are pruned more; costs nothing.
-* ``"magnitude"`` — one global magnitude ranking (:func:`sparsify.scope.global_keep_masks`); costs one
+* ``"magnitude"`` — one global magnitude ranking (`sparsify.scope.global_keep_masks`); costs one
   sort.
 * ``"uniform"`` — every layer at the target (the baseline the others are measured against).
 
@@ -80,7 +80,7 @@ class Budget:
 
     @property
     def zeros(self) -> dict[str, int]:
-        """Weights each layer loses under :class:`~sparsify.MagnitudePruner`."""
+        """Weights each layer loses under `sparsify.MagnitudePruner`."""
         return {name: pruned_count(self.params[name], s) for name, s in self.sparsities.items()}
 
     @property
@@ -95,7 +95,7 @@ class Budget:
         A layer whose budget is 0 gets ``None`` (not pruned), so it carries no mask and no Core ML
         pruning metadata, and is exported dense.
 
-        ``module_config`` is passed to every :class:`~sparsify.ModuleMagnitudePrunerConfig` (a
+        ``module_config`` is passed to every `sparsify.ModuleMagnitudePrunerConfig` (a
         ``scheduler``, ``granularity``, ``block_size``...; each layer gets its own copy); names are
         ``re.escape``'d, since config keys are regular expressions.
         """
@@ -295,9 +295,9 @@ def allocate_budget(
     Args:
         model: the model (needed for ``"erk"``, ``"magnitude"`` and ``"uniform"``; ``None`` is fine with a scan).
         target_sparsity: the count-weighted sparsity over the budgeted layers, in ``[0, 1]``.
-        scan: a :class:`~sparsify.sensitivity.SensitivityScan`; its layers are the ones budgeted.
-        method: one of :data:`METHODS`; default ``"scan"`` with a scan, else ``"erk"``.
-        layers: which layers without a scan (see :func:`sparsify.sensitivity.prunable_layers`).
+        scan: a `sparsify.sensitivity.SensitivityScan`; its layers are the ones budgeted.
+        method: one of `METHODS`; default ``"scan"`` with a scan, else ``"erk"``.
+        layers: which layers without a scan (see `sparsify.sensitivity.prunable_layers`).
         min_sparsity, max_sparsity: bounds for every layer (float, or dict by layer name).
 
     Raises:

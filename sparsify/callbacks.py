@@ -30,7 +30,7 @@ callback                        sparsify
 ==============================  ==========================================================================
 
 Nothing is monkey-patched: no optimizer wrapper, no global ``torch.save`` patch. Gradients are seen
-through hooks on the pruned parameters (:mod:`sparsify.gradual`).
+through hooks on the pruned parameters (`sparsify.gradual`).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class PruningCallbacks:
         """No-op (INC compatibility)."""
 
     def on_step_begin(self, local_step: int | None = None) -> None:
-        """No-op: masks are updated in :meth:`on_after_optimizer_step` (see the module docs)."""
+        """No-op: masks are updated in `on_after_optimizer_step` (see the module docs)."""
 
     def on_before_optimizer_step(self) -> None:
         """Let gradient criteria fold in this step's gradients."""
@@ -103,7 +103,7 @@ class PruningCallbacks:
 
 
 class CompressionManager:
-    """What :func:`prepare_compression` returns: ``.callbacks``, ``.model`` and ``.pruner``, as in INC."""
+    """What `prepare_compression` returns: ``.callbacks``, ``.model`` and ``.pruner``, as in INC."""
 
     def __init__(self, callbacks: PruningCallbacks) -> None:
         self.callbacks = callbacks
@@ -123,10 +123,10 @@ def prepare_compression(
     *,
     finalize_on_train_end: bool = True,
 ) -> CompressionManager:
-    """INC's ``prepare_compression``: a manager whose ``.callbacks`` drive a :class:`GradualPruner`.
+    """INC's ``prepare_compression``: a manager whose ``.callbacks`` drive a `GradualPruner`.
 
-    ``config`` is a :class:`GradualPrunerConfig`, or an INC pruning config (dict or YAML path) read
-    with :func:`sparsify.inc_config.from_inc_config`. The model is prepared in ``on_train_begin``.
+    ``config`` is a `GradualPrunerConfig`, or an INC pruning config (dict or YAML path) read
+    with `sparsify.inc_config.from_inc_config`. The model is prepared in ``on_train_begin``.
     """
     if not isinstance(config, GradualPrunerConfig):
         from .inc_config import from_inc_config

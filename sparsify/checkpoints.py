@@ -6,7 +6,7 @@
   (``_COREML_/metadata_version``, ``fc._COREML_/weight/compression_type``).
 
 ``model.load_state_dict`` refuses every cross-layout load with a list of missing and unexpected keys.
-:func:`load_state_dict` recognises the layout of the checkpoint and of the model and converts:
+`load_state_dict` recognises the layout of the checkpoint and of the model and converts:
 
 * dense or finalized → prepared: weights go to ``weight_orig``; the masks become "keep the non-zeros"
   of the loaded weights (so a finalized model resumes with its masks) unless the checkpoint is dense

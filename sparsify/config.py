@@ -1,7 +1,7 @@
 """Configuration classes: which modules to prune, and how.
 
 Mirrors Core ML Tools' ``OptimizationConfig`` design: a *module config* says how one module is pruned
-(:class:`ModuleMagnitudePrunerConfig`), and a *model config* (:class:`MagnitudePrunerConfig`) maps
+(`ModuleMagnitudePrunerConfig`), and a *model config* (`MagnitudePrunerConfig`) maps
 modules to module configs at three levels:
 
 1. ``module_name_configs`` — regular expressions matched with ``re.fullmatch`` against the module's
@@ -94,7 +94,7 @@ class _Dictable:
         raise NotImplementedError
 
     def to_yaml(self, path: str | Path | None = None) -> str:
-        """Serialise :meth:`as_dict` as YAML; also write it to ``path`` when given."""
+        """Serialise `as_dict` as YAML; also write it to ``path`` when given."""
         text = yaml.safe_dump(self.as_dict(), sort_keys=False)
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
@@ -358,10 +358,10 @@ class OptimizationConfig(_Dictable):
 
 @attrs.define(on_setattr=[attrs.setters.convert, attrs.setters.validate])
 class MagnitudePrunerConfig(OptimizationConfig):
-    """Which modules :class:`~sparsify.MagnitudePruner` prunes, and how.
+    """Which modules `sparsify.MagnitudePruner` prunes, and how.
 
     ``MagnitudePrunerConfig()`` prunes every supported module (``Linear``, ``Conv1d/2d/3d``) with
-    the default :class:`ModuleMagnitudePrunerConfig`. As soon as a type or name config is given, the
+    the default `ModuleMagnitudePrunerConfig`. As soon as a type or name config is given, the
     global config stays ``None`` unless set, so only the listed modules are pruned (as in Core ML
     Tools).
     """

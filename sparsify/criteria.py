@@ -2,14 +2,14 @@ r"""Criteria: how important is each weight?
 
 A criterion is a small attrs class (a *spec*: its parameters only) with two pure methods:
 
-* :meth:`Criterion.update` ``(state, weight, grad) -> state`` — called once per optimizer step with
+* `Criterion.update` ``(state, weight, grad) -> state`` — called once per optimizer step with
   the weight the model used (``weight_orig`` with the mask applied) and its gradient;
-* :meth:`Criterion.scores` ``(state, weight) -> scores`` — element scores, higher = keep.
+* `Criterion.scores` ``(state, weight) -> scores`` — element scores, higher = keep.
 
 The state (a tensor per module, or ``None``) is owned by the pruner and saved in its
 ``state_dict()``, so a resumed run continues the moving averages exactly. Criteria are registered
 by ``kind`` and built from a string (``"snip_momentum"``) or a dict (``{"kind": "snip_momentum",
-"decay": 0.9}``) with :func:`criterion_from_dict`.
+"decay": 0.9}``) with `criterion_from_dict`.
 
 =================  =======================================  ===========================================
 ``kind``           score                                    notes
@@ -66,13 +66,13 @@ def register_criterion(cls: type[Criterion]) -> type[Criterion]:
 
 
 def criterion_kinds() -> tuple[str, ...]:
-    """The ``kind`` names :func:`criterion_from_dict` understands."""
+    """The ``kind`` names `criterion_from_dict` understands."""
     return tuple(sorted(_CRITERIA))
 
 
 @attrs.define(eq=True, frozen=True)
 class Criterion(abc.ABC):
-    """Base class: subclasses set ``kind`` and implement :meth:`scores` (and :meth:`update`)."""
+    """Base class: subclasses set ``kind`` and implement `scores` (and `update`)."""
 
     kind: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = False
@@ -86,7 +86,7 @@ class Criterion(abc.ABC):
         """Element scores of ``weight``'s shape (higher = keep)."""
 
     def as_dict(self) -> dict[str, Any]:
-        """``{"kind": ..., **parameters}``; :func:`criterion_from_dict` reverses it."""
+        """``{"kind": ..., **parameters}``; `criterion_from_dict` reverses it."""
         return {"kind": self.kind, **attrs.asdict(self, recurse=False)}
 
 

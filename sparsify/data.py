@@ -1,9 +1,9 @@
 """The calibration-data contract shared by every data-dependent pruning method.
 
-A :class:`GradSampler` is built from *data* and a *loss function*:
+A `GradSampler` is built from *data* and a *loss function*:
 
 * ``data`` — an iterable, or a zero-argument callable returning one (called afresh for every
-  :meth:`GradSampler.gradients` pass), that yields either
+  `GradSampler.gradients` pass), that yields either
 
   - SparseML's triple ``(forward_args, forward_kwargs, loss_target)``: the model is called as
     ``model(*forward_args, **forward_kwargs)`` (a single tensor counts as one positional argument), or
@@ -17,11 +17,11 @@ A :class:`GradSampler` is built from *data* and a *loss function*:
 Each item gives one gradient (the mini-batch gradient of that item's loss). Tensors are moved to the
 device of the model's first parameter. While sampling the model is in ``eval()`` mode (dropout off,
 batch-norm statistics frozen, as SparseML's one-shot sampling does) and its ``.grad`` fields are left
-untouched: gradients are taken with :func:`torch.autograd.grad` for the requested parameters only.
+untouched: gradients are taken with `torch.autograd.grad` for the requested parameters only.
 
-If the data runs out before the requested number of gradients, :class:`NotEnoughDataError` says how
+If the data runs out before the requested number of gradients, `NotEnoughDataError` says how
 many were collected and how to get more. SparseML's ``grad_sampler`` dictionary
-(``{"data_loader_builder": f, "loss_function": fn}``) is accepted by :func:`as_grad_sampler`.
+(``{"data_loader_builder": f, "loss_function": fn}``) is accepted by `as_grad_sampler`.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class GradSampler:
         """Yield ``num_grads`` tuples of gradients (one tensor per entry of ``params``).
 
         The model is in ``eval()`` mode while sampling and goes back to its previous mode afterwards.
-        Raises :class:`NotEnoughDataError` if the data ends first.
+        Raises `NotEnoughDataError` if the data ends first.
         """
         if isinstance(num_grads, bool) or not isinstance(num_grads, int) or num_grads < 1:
             raise ValueError(f"num_grads={num_grads!r} is invalid: allowed an integer >= 1")
@@ -169,7 +169,7 @@ def _first_device(model: nn.Module) -> torch.device | None:
 
 
 def as_grad_sampler(sampler: Any, **builder_kwargs: Any) -> GradSampler:
-    """A :class:`GradSampler` from one, or from SparseML's ``grad_sampler`` dictionary.
+    """A `GradSampler` from one, or from SparseML's ``grad_sampler`` dictionary.
 
     The dictionary form is ``{"data_loader_builder": f, "loss_function": fn}``: ``f(**builder_kwargs)``
     must return the iterable (SparseML passes the recipe's ``grad_sampler_kwargs`` there).

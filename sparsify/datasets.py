@@ -1,7 +1,7 @@
 """Small image-classification datasets for the examples, the CLI and the tests — offline first.
 
-:func:`load_dataset` returns a :class:`DatasetSplits` of float tensors ``[N, 1, H, W]`` scaled to
-``[0, 1]`` with ``int64`` labels; :meth:`DatasetSplits.loaders` wraps them in DataLoaders.
+`load_dataset` returns a `DatasetSplits` of float tensors ``[N, 1, H, W]`` scaled to
+``[0, 1]`` with ``int64`` labels; `DatasetSplits.loaders` wraps them in DataLoaders.
 
 * ``"digits"`` (the default) — scikit-learn's 8×8 handwritten digits (1 797 images, 10 classes). The
   data ships inside scikit-learn, so it never touches the network. Split 80/20 with a fixed seed.
@@ -15,7 +15,7 @@
   3. a torchvision download into ``root``, only when ``download=True``.
 
 ``root`` defaults to ``$SPARSIFY_DATA`` or ``~/.cache/sparsify/data``. IDX files are parsed here
-(:func:`read_idx`), so only the download needs torchvision.
+(`read_idx`), so only the download needs torchvision.
 """
 
 from __future__ import annotations
@@ -118,10 +118,10 @@ def default_root() -> Path:
 
 
 def load_dataset(name: str = "digits", *, root: str | Path | None = None, download: bool = False) -> DatasetSplits:
-    """Load ``name`` (one of :data:`DATASETS`) as tensors; see the module docstring for the sources.
+    """Load ``name`` (one of `DATASETS`) as tensors; see the module docstring for the sources.
 
     Raises:
-        ValueError: ``name`` is not one of :data:`DATASETS`.
+        ValueError: ``name`` is not one of `DATASETS`.
         DatasetNotFoundError: no source could provide the data (the message lists what was tried).
     """
     if name == "digits":

@@ -1,7 +1,7 @@
 r"""Step-range schedules: ``start_step`` / ``end_step`` / ``frequency`` with a named curve.
 
 Intel Neural Compressor's ``sparsity_decay_type`` schedules, plus Zhu & Gupta's cubic, as schedulers
-registered with :func:`sparsify.schedules.register_scheduler` (so a config dict or YAML names them by
+registered with `sparsify.schedules.register_scheduler` (so a config dict or YAML names them by
 ``kind``). They keep the engine's contract ``compute_sparsity(step_count, prev_sparsity, config)``
 with the first ``step()`` being 1.
 
@@ -34,7 +34,7 @@ The curves (``u = t / T``):
 =====================  ==========================================  ======================================
 
 INC's ``cube`` is deliberately not a kind here: the name hides that it curves the other way from
-the cubic schedule everyone else means. :mod:`sparsify.inc_config` maps ``cube`` to
+the cubic schedule everyone else means. `sparsify.inc_config` maps ``cube`` to
 ``cubic_slow_start`` and ``exp`` / ``cos`` to ``exponential`` / ``cosine``.
 """
 
@@ -84,7 +84,7 @@ def _positive_int(value: Any) -> int:
 
 @attrs.define(eq=True)
 class StepRangeScheduler(PruningScheduler):
-    """Base of the step-range schedules: subclasses define :meth:`curve`.
+    """Base of the step-range schedules: subclasses define `curve`.
 
     Args:
         start_step: the first pruning step (≥ 0); the sparsity there is ``initial_sparsity``

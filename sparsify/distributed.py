@@ -7,11 +7,11 @@ rank 0's buffers — the masks are buffers — to every rank before each forward
 
 Recipe: ``pruner.prepare(inplace=True)`` *before* wrapping with ``DistributedDataParallel`` (so
 module names in configs match, and the optimizer sees the prepared parameters), call
-``pruner.step()`` on every rank, and optionally :func:`check_masks_consistent` now and then: it costs
+``pruner.step()`` on every rank, and optionally `check_masks_consistent` now and then: it costs
 one small all-gather.
 
 FSDP is not supported: FSDP flattens or shards parameters, so a whole-tensor ranking cannot be
-computed on one rank without gathering. :func:`refuse_fsdp` raises a clear error and is called by
+computed on one rank without gathering. `refuse_fsdp` raises a clear error and is called by
 ``prepare()``.
 """
 

@@ -1,9 +1,9 @@
 """Export a pruned PyTorch model to Core ML with its pruned weights stored sparse, and verify it.
 
-:func:`export_coreml` takes a model pruned by sparsify (finalized, or still prepared), converts it to
+`export_coreml` takes a model pruned by sparsify (finalized, or still prepared), converts it to
 an ML Program ``.mlpackage`` in which every pruned weight that gets smaller that way is a sparse
-``constexpr_sparse_to_dense`` constant, reads the saved package back (:mod:`sparsify.mlpackage`) and
-returns an :class:`ExportReport` of what was actually stored.
+``constexpr_sparse_to_dense`` constant, reads the saved package back (`sparsify.mlpackage`) and
+returns an `ExportReport` of what was actually stored.
 
 How, and why not just ``coremltools.convert`` on the finalized model (Core ML Tools' own route):
 
@@ -33,10 +33,10 @@ How, and why not just ``coremltools.convert`` on the finalized model (Core ML To
    ``OpThresholdPrunerConfig(threshold=0.0)`` set per constant name: only values that are *exactly*
    zero are dropped, so nothing that was not pruned is ever zeroed. A pruned weight is stored sparse
    only if that takes fewer bytes (``nnz × element + numel / 8`` bits of mask, plus blob headers,
-   against ``numel × element``, from :mod:`sparsify.sizing`); otherwise it stays dense, with a warning.
+   against ``numel × element``, from `sparsify.sizing`); otherwise it stays dense, with a warning.
 7. **Save and verify**: the saved package is read back; every row of the report comes from the file.
    A pruned weight that ended up dense, or that lost non-zeros (values below the float16 range), is
-   reported by a warning (``logging``, and in :attr:`ExportReport.warnings`).
+   reported by a warning (``logging``, and in `ExportReport.warnings`).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class ExportRow(_Sparsity):
 
 @dataclass
 class ExportReport:
-    """What :func:`export_coreml` wrote, read back from the saved package."""
+    """What `export_coreml` wrote, read back from the saved package."""
 
     path: str
     minimum_deployment_target: str
@@ -197,7 +197,7 @@ def export_coreml(
             ``compute_units``, ...), except the three this function sets.
 
     Returns:
-        an :class:`ExportReport`, read back from the saved package.
+        an `ExportReport`, read back from the saved package.
     """
     import coremltools as ct
 

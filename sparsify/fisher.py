@@ -35,7 +35,7 @@ shared out over the listed ``devices`` in contiguous runs.
 be ~1e-11, so ``[F⁻¹]ᵢᵢ ≈ 1/damp`` everywhere, the saliency becomes ``w²·damp/2`` and M-FAC silently
 *is* magnitude pruning (study §6.4). The default here is relative damping (as SparseGPT's
 ``percdamp``): ``λ = damp × mean(diag(GᵀG/m))``. Absolute damping stays available, and either way a
-warning says when ``λ`` dwarfs the data (:data:`DAMP_WARN_RATIO`).
+warning says when ``λ`` dwarfs the data (`DAMP_WARN_RATIO`).
 """
 
 from __future__ import annotations
@@ -411,7 +411,7 @@ class MemoryPlan:
         return low
 
     def check(self) -> None:
-        """Raise :class:`MemoryBudgetError`, with what would fit, when the plan exceeds the budget."""
+        """Raise `MemoryBudgetError`, with what would fit, when the plan exceeds the budget."""
         if self.fits:
             return
         suggestions = []
@@ -445,10 +445,10 @@ def plan_memory(
     dtype: torch.dtype = torch.float32,
     budget: float | int | None = 0.5,
 ) -> MemoryPlan:
-    """The :class:`MemoryPlan` for ``num_grads`` gradients of ``dim`` coordinates.
+    """The `MemoryPlan` for ``num_grads`` gradients of ``dim`` coordinates.
 
     ``budget``: ``None`` for no limit, a float in ``(0, 1]`` for that fraction of the RAM available
-    now (:func:`available_memory`), or an int > 1 for a number of bytes.
+    now (`available_memory`), or an int > 1 for a number of bytes.
     """
     element = torch.empty((), dtype=dtype).element_size()
     if budget is None:

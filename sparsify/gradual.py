@@ -1,28 +1,28 @@
 """Gradual pruning with pluggable criteria, tile / n:m patterns and local or global scope.
 
-:class:`GradualPruner` is the engine's :class:`~sparsify.pruner.BasePruner` with three parts
+`GradualPruner` is the engine's `sparsify.pruner.BasePruner` with three parts
 swapped in — nothing else changes (masks, lifecycle, finalize, Core ML metadata, report, resume):
 
-* **criterion** (:mod:`sparsify.criteria`): ``magnitude``, ``gradient``, ``snip``,
+* **criterion** (`sparsify.criteria`): ``magnitude``, ``gradient``, ``snip``,
   ``snip_momentum``; gradient criteria fold in one gradient per optimizer step;
-* **pattern** (:mod:`sparsify.tiles`): ``"NxM"`` tiles (``"4x1"``, ``"1x1"``, ``"1xchannel"``,
+* **pattern** (`sparsify.tiles`): ``"NxM"`` tiles (``"4x1"``, ``"1x1"``, ``"1xchannel"``,
   ``"channelx1"``) or ``n_m_ratio=(n, m)`` (n zeros of m), ramped gradually;
-* **scope** (:mod:`sparsify.scope`): ``"local"`` (each layer at the scheduled sparsity, capped at
+* **scope** (`sparsify.scope`): ``"local"`` (each layer at the scheduled sparsity, capped at
   ``max_sparsity``) or ``"global"`` (one ranking across layers, with ``min_sparsity`` /
   ``max_sparsity`` caps per layer and the exact global count). Global scope ranks together the
   modules whose configs share scheduler, initial and final sparsity and criterion — usually all of
   them; ``normalize`` on the model config chooses raw or per-layer-normalised scores.
 
-Any registered scheduler drives it, including the step-range ones of :mod:`sparsify.decay`
+Any registered scheduler drives it, including the step-range ones of `sparsify.decay`
 (``exponential``, ``cubic_fast_start``, …).
 
 Gradients. ``prepare()`` puts a ``register_post_accumulate_grad_hook`` on every pruned
 ``weight_orig`` (no optimizer or ``torch.save`` patching; the hooks do not follow deep copies or
 pickles). After each backward pass the hook notes the gradient; the criterion folds it into its state
-once per optimizer step — in :meth:`GradualPruner.observe_gradients` (what the
+once per optimizer step — in `GradualPruner.observe_gradients` (what the
 ``on_before_optimizer_step`` callback calls, before the weights move, as INC does) or, if that was
-not called, at the start of :meth:`GradualPruner.step`. With gradient accumulation, the gradient
-folded in is the accumulated one. The criterion state is part of :meth:`GradualPruner.state_dict`.
+not called, at the start of `GradualPruner.step`. With gradient accumulation, the gradient
+folded in is the accumulated one. The criterion state is part of `GradualPruner.state_dict`.
 
 Example::
 
@@ -117,7 +117,7 @@ def _check_module_config(values: Mapping[str, Any]) -> None:
 
 @attrs.define(on_setattr=[attrs.setters.convert, attrs.setters.validate, revalidate_with(_check_module_config)])
 class ModuleGradualPrunerConfig(ModuleOptimizationConfig):
-    """How one module is pruned by :class:`GradualPruner`.
+    """How one module is pruned by `GradualPruner`.
 
     Args:
         scheduler: when and how fast to prune (any registered scheduler, or a dict with ``kind``);
@@ -127,11 +127,11 @@ class ModuleGradualPrunerConfig(ModuleOptimizationConfig):
         criterion: ``"magnitude"`` (default), ``"gradient"``, ``"snip"``, ``"snip_momentum"``, a dict
             such as ``{"kind": "snip_momentum", "decay": 0.9, "gain": 1.0}``, or a Criterion.
         pattern: tile shape ``"NxM"`` — N output × M input channels (``"1x1"`` unstructured,
-            ``"4x1"``, ``"1xchannel"``, ``"channelx1"``); see :mod:`sparsify.tiles`.
+            ``"4x1"``, ``"1xchannel"``, ``"channelx1"``); see `sparsify.tiles`.
         n_m_ratio: ``(n, m)``: ``n`` ZEROS in every ``m`` consecutive weights along ``dim``, ramped
             gradually; needs ``pattern="1x1"``.
         dim: the n:m axis: ``1`` input channels (default), ``0`` output channels.
-        scope: ``"local"`` or ``"global"`` (see :mod:`sparsify.scope`).
+        scope: ``"local"`` or ``"global"`` (see `sparsify.scope`).
         min_sparsity: in global scope, the least sparsity of this layer.
         max_sparsity: the most sparsity of this layer (INC's ``max_sparsity_ratio_per_op``; it also
             caps the scheduled sparsity in local scope).
@@ -176,7 +176,7 @@ class ModuleGradualPrunerConfig(ModuleOptimizationConfig):
 
 
 def pattern_of(config: ModuleGradualPrunerConfig) -> Pattern:
-    """The :class:`~sparsify.tiles.Pattern` a module config asks for."""
+    """The `sparsify.tiles.Pattern` a module config asks for."""
     if config.n_m_ratio is not None:
         return NMPattern(*config.n_m_ratio, dim=config.dim)
     return config.pattern
@@ -204,17 +204,17 @@ def _to_normalize(value: Any) -> str | None:
 
 @attrs.define(on_setattr=[attrs.setters.convert, attrs.setters.validate])
 class GradualPrunerConfig(OptimizationConfig):
-    """Which modules :class:`GradualPruner` prunes, and how (global / type / name configs, as in the engine).
+    """Which modules `GradualPruner` prunes, and how (global / type / name configs, as in the engine).
 
     Args:
         global_config, module_type_configs, module_name_configs: as in
-            :class:`~sparsify.MagnitudePrunerConfig`, with :class:`ModuleGradualPrunerConfig` values
+            `sparsify.MagnitudePrunerConfig`, with `ModuleGradualPrunerConfig` values
             (or dicts); name keys are regular expressions matched with ``re.fullmatch``.
         module_types: if given, only modules of these classes (names or classes, subclasses
             included) are pruned, whatever the other rules say.
         keep_classifier_dense: never prune the classifier head (the last ``nn.Linear``).
         normalize: how global scope compares layers: ``None`` (raw scores), ``"mean"``, ``"l2"``,
-            ``"max"`` (see :mod:`sparsify.scope`).
+            ``"max"`` (see `sparsify.scope`).
     """
 
     module_config_class: ClassVar[type[ModuleOptimizationConfig]] = ModuleGradualPrunerConfig
@@ -300,7 +300,7 @@ class GradualPruner(BasePruner):
     # -- lifecycle -------------------------------------------------------------------------
 
     def prepare(self, inplace: bool = False) -> nn.Module:
-        """Install masks (and gradient hooks for gradient criteria); see :meth:`BasePruner.prepare`."""
+        """Install masks (and gradient hooks for gradient criteria); see `BasePruner.prepare`."""
         if self._pruner_info:
             return super().prepare(inplace)
         self._preparing = True
@@ -324,7 +324,7 @@ class GradualPruner(BasePruner):
     def observe_gradients(self) -> int:
         """Fold the gradients of the backward passes since the last call into the criteria (once per
         optimizer step); returns how many modules were updated. Called by the
-        ``on_before_optimizer_step`` callback, or by :meth:`step` if it was not called."""
+        ``on_before_optimizer_step`` callback, or by `step` if it was not called."""
         self._observed = True
         if not self._pruner_info or self._finalized:
             return 0
@@ -342,14 +342,14 @@ class GradualPruner(BasePruner):
         return updated
 
     def step(self) -> None:
-        """Fold in new gradients (if :meth:`observe_gradients` was not called), then advance the schedules."""
+        """Fold in new gradients (if `observe_gradients` was not called), then advance the schedules."""
         if not self._observed:
             self.observe_gradients()
         self._observed = False
         super().step()
 
     def finalize(self, model: nn.Module | None = None, inplace: bool = False) -> nn.Module:
-        """Bake masks, remove the gradient hooks, add Core ML metadata (see :meth:`BasePruner.finalize`)."""
+        """Bake masks, remove the gradient hooks, add Core ML metadata (see `BasePruner.finalize`)."""
         own = model is None or model is self._model
         finalized = super().finalize(model, inplace)
         if own:

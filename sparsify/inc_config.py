@@ -1,4 +1,4 @@
-"""Read an Intel Neural Compressor pruning config and turn it into a :class:`~sparsify.gradual.GradualPrunerConfig`.
+"""Read an Intel Neural Compressor pruning config and turn it into a `sparsify.gradual.GradualPrunerConfig`.
 
 Accepted inputs: a dict (or a YAML file) in INC 2.x ``WeightPruningConfig`` form — global keys plus an
 optional ``pruning_configs`` list whose dicts override them, one per pruner — or in the 1.x YAML form
@@ -237,7 +237,7 @@ def _module_types(op_types: Any, where: str) -> tuple[str, ...]:
 
 
 def from_inc_config(source: Mapping[str, Any] | str | Path | IO[str]) -> GradualPrunerConfig:
-    """Translate an INC pruning config (dict, YAML path or stream) into a :class:`GradualPrunerConfig`.
+    """Translate an INC pruning config (dict, YAML path or stream) into a `GradualPrunerConfig`.
 
     See the module docstring for the mapping; keys that cannot be honoured raise ``ValueError``.
     """

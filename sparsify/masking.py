@@ -8,7 +8,7 @@ those names keep working:
   ``[Co, 1, 1, 1]`` for per-channel pruning of a conv weight; it broadcasts against the weight;
 * ``<name>_amount`` — a 0-d float buffer with the scheduled sparsity;
 * ``<name>`` — a plain tensor attribute ``where(mask, orig, 0)``, refreshed by a forward pre-hook;
-* ``module.pruning_method`` — the hook object, a :class:`torch.nn.utils.prune.BasePruningMethod`,
+* ``module.pruning_method`` — the hook object, a `torch.nn.utils.prune.BasePruningMethod`,
   so ``torch.nn.utils.prune.is_pruned`` and ``torch.nn.utils.prune.remove`` work on it.
 
 Differences from Core ML Tools, each for a reason:
@@ -92,7 +92,7 @@ class MaskHook(prune.BasePruningMethod):
         self.refresh(module)
 
     def remove(self, module: nn.Module, bake: bool = True) -> nn.Module:
-        """Remove everything :func:`install_mask` added, leaving a plain parameter.
+        """Remove everything `install_mask` added, leaving a plain parameter.
 
         With ``bake=True`` (what ``torch.nn.utils.prune.remove`` calls) the masked entries of the
         parameter are set to zero; with ``bake=False`` the parameter is restored untouched. The
@@ -143,7 +143,7 @@ def _find_hook(module: nn.Module, name: str) -> MaskHook | None:
 
 
 def is_masked(module: nn.Module, name: str = "weight") -> bool:
-    """Whether :func:`install_mask` has been applied to ``module.<name>``."""
+    """Whether `install_mask` has been applied to ``module.<name>``."""
     return _find_hook(module, name) is not None
 
 
@@ -218,7 +218,7 @@ def bake_mask(module: nn.Module, name: str = "weight") -> None:
 
 
 def uninstall_mask(module: nn.Module, name: str = "weight") -> None:
-    """Undo :func:`install_mask`, restoring the parameter exactly as it was (used to roll back)."""
+    """Undo `install_mask`, restoring the parameter exactly as it was (used to roll back)."""
     _take_hook(module, name).remove(module, bake=False)
 
 

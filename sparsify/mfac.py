@@ -1,17 +1,17 @@
 r"""Second-order pruning (M-FAC / WoodFisher): ``w²/(2[F⁻¹]ᵢᵢ)`` saliency, global ranking, OBS update.
 
-:class:`MFACPruner` is the engine's :class:`~sparsify.pruner.BasePruner` with the second-order
+`MFACPruner` is the engine's `sparsify.pruner.BasePruner` with the second-order
 criterion and global scope plugged in; configs, masks, schedules, ``finalize()`` (Core ML metadata)
 and ``report()`` are the engine's. At every mask update it
 
 1. takes ``m`` gradients of the loss with respect to the still-unpruned weights of all the modules
-   being updated — from a :class:`~sparsify.data.GradSampler` (one-shot, or gradual with calibration
+   being updated — from a `sparsify.data.GradSampler` (one-shot, or gradual with calibration
    data), or recorded from the live training steps just before the update (gradual, no sampler);
-2. builds the inverse empirical Fisher over those ``d`` coordinates (:class:`~sparsify.fisher.FisherInverse`,
+2. builds the inverse empirical Fisher over those ``d`` coordinates (`sparsify.fisher.FisherInverse`,
    dense or block-diagonal, relative damping by default);
 3. scores every weight by the OBS saliency ``ρᵢ = wᵢ² / (2 [F⁻¹]ᵢᵢ)`` — the estimated loss increase
    of removing it — and ranks **all modules together** (``global_sparsity=True``, via
-   :func:`sparsify.scope.global_keep_masks`, with optional per-layer caps) or each module alone;
+   `sparsify.scope.global_keep_masks`, with optional per-layer caps) or each module alone;
 4. optionally applies SparseML's OBS weight update to the weights that survive:
    ``δw = −F⁻¹ e`` with ``e_q = w_q / [F⁻¹]_qq`` for every newly pruned ``q`` (the sum of the
    single-weight OBS corrections, ignoring interactions between pruned weights).
@@ -174,11 +174,11 @@ def _check_caps(instance: Any, attribute: attrs.Attribute, value: float) -> None
 
 @attrs.define(on_setattr=[attrs.setters.convert, attrs.setters.validate])
 class MFACPrunerConfig(OptimizationConfig):
-    """Which modules :class:`MFACPruner` prunes, and its second-order options.
+    """Which modules `MFACPruner` prunes, and its second-order options.
 
     Module selection (``global_config`` / ``module_type_configs`` / ``module_name_configs``, with
-    :class:`~sparsify.ModuleMagnitudePrunerConfig` values: scheduler, initial/target sparsity,
-    pattern) works exactly as in :class:`~sparsify.MagnitudePrunerConfig`.
+    `sparsify.ModuleMagnitudePrunerConfig` values: scheduler, initial/target sparsity,
+    pattern) works exactly as in `sparsify.MagnitudePrunerConfig`.
 
     Args:
         global_sparsity: rank the scores of all pruned modules together (default) — the budget is
@@ -186,7 +186,7 @@ class MFACPrunerConfig(OptimizationConfig):
             default, which allows the Core ML patterns: blocks, channels, n:m).
         min_layer_sparsity, max_layer_sparsity: per-layer caps in global ranking (default 0 and 1,
             i.e. none, as in SparseML).
-        normalize: how global ranking compares layers (:mod:`sparsify.scope`); ``None`` (default)
+        normalize: how global ranking compares layers (`sparsify.scope`); ``None`` (default)
             compares raw saliencies, which are all in loss units.
         num_grads: gradients per Fisher estimate, ``m``. An int, or a mapping ``{sparsity: m}``:
             the entry with the largest key ``<=`` the sparsity the modules have *before* the update
@@ -195,7 +195,7 @@ class MFACPrunerConfig(OptimizationConfig):
             ("when that sparsity level is reached"; its code rounds the other way).
         damp: Fisher damping; with ``damp_mode="relative"`` (default) ``λ = damp × mean Fisher
             diagonal``, with ``"absolute"`` ``λ = damp`` (SparseML uses 1e-5; see
-            :mod:`sparsify.fisher` for why that collapses to magnitude pruning on converged models).
+            `sparsify.fisher` for why that collapses to magnitude pruning on converged models).
         damp_mode: ``"relative"`` or ``"absolute"``.
         fisher_block_size: block-diagonal Fisher with blocks of this many coordinates (SparseML's
             default 2000), or ``None`` for one dense block.
@@ -327,8 +327,8 @@ class MFACPruner(BasePruner):
 
     Args:
         model: the model to prune.
-        config: an :class:`MFACPrunerConfig` (default: every Linear/Conv, 50 %, global).
-        sampler: calibration data, a :class:`~sparsify.data.GradSampler` (or SparseML's
+        config: an `MFACPrunerConfig` (default: every Linear/Conv, 50 %, global).
+        sampler: calibration data, a `sparsify.data.GradSampler` (or SparseML's
             ``grad_sampler`` dict). Required for one-shot pruning and for ``num_recomputations > 1``;
             without it, gradual pruning records the gradients of the training steps before each update.
         criterion: ``"mfac"`` (default) or ``"magnitude"`` — the same scope, schedule, caps and
@@ -391,7 +391,7 @@ class MFACPruner(BasePruner):
     # -- lifecycle -------------------------------------------------------------------------
 
     def prepare(self, inplace: bool = False) -> nn.Module:
-        """Install masks (see :meth:`BasePruner.prepare`); ``initial_sparsity`` is applied by magnitude."""
+        """Install masks (see `BasePruner.prepare`); ``initial_sparsity`` is applied by magnitude."""
         if self._second_order and self._config.num_recomputations > 1 and self._sampler is None:
             raise ValueError(
                 f"{_OWNER}.num_recomputations={self._config.num_recomputations} needs fresh gradients for every "
@@ -408,7 +408,7 @@ class MFACPruner(BasePruner):
         return model
 
     def step(self) -> None:
-        """Advance the schedules (see :meth:`BasePruner.step`); record training gradients ahead of updates."""
+        """Advance the schedules (see `BasePruner.step`); record training gradients ahead of updates."""
         super().step()
         self._watch_schedule()
 
@@ -433,7 +433,7 @@ class MFACPruner(BasePruner):
         })
 
     def finalize(self, model: nn.Module | None = None, inplace: bool = False) -> nn.Module:
-        """Bake masks and add Core ML metadata (see :meth:`BasePruner.finalize`); stops gradient recording."""
+        """Bake masks and add Core ML metadata (see `BasePruner.finalize`); stops gradient recording."""
         own = model is None or model is self._model
         finalized = super().finalize(model, inplace)
         if own:

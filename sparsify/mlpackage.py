@@ -1,21 +1,21 @@
 """Read a saved Core ML ``.mlpackage`` on any platform: which ops it runs, how each weight is stored.
 
-:func:`inspect_mlpackage` needs no Core ML runtime (none exists on Linux): it reads the model
+`inspect_mlpackage` needs no Core ML runtime (none exists on Linux): it reads the model
 description with ``coremltools.models.MLModel(path, skip_model_load=True)`` and the weight values
 straight from ``Data/com.apple.CoreML/weights/*.bin``. It works on any ML Program package, whoever
-made it (plain ``coremltools``, :func:`sparsify.export.export_coreml`, Xcode).
+made it (plain ``coremltools``, `sparsify.export.export_coreml`, Xcode).
 
-What it reports (:class:`PackageReport`):
+What it reports (`PackageReport`):
 
 * ``op_counts`` — how many ops of each type the program holds (all functions, nested blocks
   included), e.g. ``{"const": 12, "constexpr_sparse_to_dense": 4, "conv": 2, ...}``;
-* ``rows`` — one :class:`WeightInfo` per weight: every ``const`` stored in the weight file, and every
+* ``rows`` — one `WeightInfo` per weight: every ``const`` stored in the weight file, and every
   compressed weight (a ``constexpr_*`` op that a compute op reads). For each: shape, storage
   (``"dense"``, ``"sparse"``, ``"palettized"``, ``"quantized"``, ``"sparse+quantized"``, ...), the
   number of non-zeros (for sparse weights: the set bits of the mask), and its bytes in the weight file;
 * ``total_bytes`` — the size of the weight file(s), measured;
 * ``dense_bytes`` — what the same weights would take stored dense, computed from
-  :mod:`sparsify.sizing` (exact up to the last blob's padding, at most 63 bytes over).
+  `sparsify.sizing` (exact up to the last blob's padding, at most 63 bytes over).
 
 How weights are stored (the public MIL blob format, version 2): a 64-byte file header, then one blob
 per constant: a 64-byte header (``uint32`` sentinel ``0xDEADBEEF``, ``uint32`` data type, ``uint64``
@@ -106,7 +106,7 @@ class WeightInfo(_Sparsity):
 
 @dataclass
 class PackageReport:
-    """What :func:`inspect_mlpackage` found in one package."""
+    """What `inspect_mlpackage` found in one package."""
 
     path: str
     specification_version: int
@@ -195,7 +195,7 @@ def _check_program(spec: Any, path: str) -> None:
 
 
 def read_program(spec: Any, weights_dir: str | os.PathLike[str] | None, path: str = "") -> PackageReport:
-    """:func:`inspect_mlpackage` for a model description already in memory (``MLModel.get_spec()``)
+    """`inspect_mlpackage` for a model description already in memory (``MLModel.get_spec()``)
     whose weight files are in ``weights_dir``."""
     _check_program(spec, path)
     with _WeightFiles(weights_dir) as files:

@@ -1,6 +1,6 @@
 """Know your sparse model: per-layer sparsity, pattern and Core ML storage size of any model.
 
-:func:`model_report` reads a model in any of its lives —
+`model_report` reads a model in any of its lives —
 
 * **prepared** by a pruner (``weight_orig`` × ``weight_mask`` with a ``pruning_method`` hook: sparsify,
   Core ML Tools or ``torch.nn.utils.prune``): the masked weight is reported, the requested sparsity
@@ -8,15 +8,15 @@
 * **finalized** (plain weights with ``_COREML_/<param>/compression_type`` metadata);
 * **plain** (any ``nn.Module``), or just a **state dict** (e.g. ``torch.load("model.pt")``) —
 
-and returns a :class:`ModelReport`: for every weight of rank ≥ 2 its parameters, non-zeros,
+and returns a `ModelReport`: for every weight of rank ≥ 2 its parameters, non-zeros,
 requested vs achieved sparsity, pattern (read, or inferred from the zeros), the fraction of output
-channels that are entirely zero (measured on magnitudes, see :mod:`sparsify.report`), and its size
-dense vs as Core ML will store it, in fp16 and fp32 (:mod:`sparsify.sizing` has the formula and the
+channels that are entirely zero (measured on magnitudes, see `sparsify.report`), and its size
+dense vs as Core ML will store it, in fp16 and fp32 (`sparsify.sizing` has the formula and the
 rule deciding which weights Core ML stores sparse). The whole-model line estimates the exported
 ``weight.bin``, other tensors (biases, norms) included.
 
-Print it with :meth:`ModelReport.to_text` (also ``str()``), or export :meth:`~ModelReport.to_markdown`,
-:meth:`~ModelReport.to_csv`, :meth:`~ModelReport.to_json`.
+Print it with `ModelReport.to_text` (also ``str()``), or export `ModelReport.to_markdown`,
+`ModelReport.to_csv`, `ModelReport.to_json`.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class LayerReport:
 
 @attrs.frozen
 class ModelReport:
-    """Per-layer rows plus whole-model totals; print with :meth:`to_text` or ``str()``."""
+    """Per-layer rows plus whole-model totals; print with `to_text` or ``str()``."""
 
     layers: tuple[LayerReport, ...]
     other_params: int  # elements of the other floating-point tensors (biases, norms, ...)
@@ -524,7 +524,7 @@ def model_report(
             hook's ``amount``): one number for every layer, a ``{layer name: sparsity}`` dict, or the
             ``MagnitudePrunerConfig`` the model was pruned with (its pattern is then reported too).
         rule: how the model will be exported, which decides the weights stored sparse
-            (:mod:`sparsify.sizing`): ``"sparsify"`` (default: :func:`sparsify.export.export_coreml`,
+            (`sparsify.sizing`): ``"sparsify"`` (default: `sparsify.export.export_coreml`,
             ``sparsify export``), ``"sparsify_all"`` (the same with ``sparse_weights="all"``),
             ``"metadata"`` (plain ``coremltools.convert``) or ``"default_pruning"`` (``coremltools.convert``
             with ``pass_pipeline=ct.PassPipeline.DEFAULT_PRUNING``).

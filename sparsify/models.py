@@ -1,11 +1,11 @@
 """Small example networks for the examples, the CLI demo and the tests.
 
-* :class:`SmallCNN` — the Core ML Tools pruning tutorial's network shape (two conv/BN/ReLU/max-pool
+* `SmallCNN` — the Core ML Tools pruning tutorial's network shape (two conv/BN/ReLU/max-pool
   blocks, then two linear layers), sized by the input image so it works on 8×8 digits and 28×28 MNIST.
-* :class:`MLP` — flatten, then fully connected layers with ReLU.
+* `MLP` — flatten, then fully connected layers with ReLU.
 
-Both take ``[N, C, H, W]`` float images and return ``[N, num_classes]`` logits. :func:`train_epoch`
-is the plain training loop the examples share (for accuracy, see :func:`sparsify.sensitivity.accuracy`).
+Both take ``[N, C, H, W]`` float images and return ``[N, num_classes]`` logits. `train_epoch`
+is the plain training loop the examples share (for accuracy, see `sparsify.sensitivity.accuracy`).
 """
 
 from __future__ import annotations

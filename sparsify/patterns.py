@@ -97,7 +97,7 @@ def group_scores(scores: torch.Tensor, granularity: str = "per_scalar", block_si
 
 
 def mask_shape(shape: torch.Size | tuple[int, ...], granularity: str = "per_scalar") -> tuple[int, ...]:
-    """Shape of the mask :func:`ranked_mask` returns for a weight of ``shape`` (see :func:`group_scores`)."""
+    """Shape of the mask `ranked_mask` returns for a weight of ``shape`` (see `group_scores`)."""
     rank = len(shape)
     if granularity == "per_kernel" and rank >= 3:
         return (shape[0], shape[1], *[1] * (rank - 2))
@@ -123,7 +123,7 @@ def ranked_mask(
 ) -> torch.Tensor:
     """Mask that prunes the lowest-scoring ``sparsity`` fraction of groups.
 
-    The mask has the shape of :func:`group_scores` (e.g. ``[Co, 1, 1, 1]`` for a per-channel conv
+    The mask has the shape of `group_scores` (e.g. ``[Co, 1, 1, 1]`` for a per-channel conv
     weight) and broadcasts against the weight.
     """
     grouped = group_scores(scores, granularity, block_size)
@@ -133,7 +133,7 @@ def ranked_mask(
 def magnitude_ranked_mask(
     weights: torch.Tensor, sparsity_fraction: float, block_size: int = 1, granularity: str = "per_scalar"
 ) -> torch.Tensor:
-    """Core ML Tools' ``magnitude_ranked_mask``: :func:`ranked_mask` on ``|weights|``."""
+    """Core ML Tools' ``magnitude_ranked_mask``: `ranked_mask` on ``|weights|``."""
     return ranked_mask(weights.detach().abs(), sparsity_fraction, block_size, granularity)
 
 
@@ -143,7 +143,7 @@ def n_m_mask(scores: torch.Tensor, n_m_ratio: tuple[int, int], dim: int = 1) -> 
     ``dim=1`` runs along input channels, ``dim=0`` along output channels. A trailing partial run is
     padded with zeros, which count as the lowest scores, so it loses fewer real weights: the
     achieved sparsity is below ``n/m`` unless the channel count is a multiple of ``m``
-    (see :func:`n_m_zero_count`). Returns a ``bool`` mask of the weight's shape.
+    (see `n_m_zero_count`). Returns a ``bool`` mask of the weight's shape.
     """
     n, m = n_m_ratio
     if not 0 <= n < m:
@@ -167,7 +167,7 @@ def n_m_mask(scores: torch.Tensor, n_m_ratio: tuple[int, int], dim: int = 1) -> 
 
 
 def n_m_zero_count(shape: torch.Size | tuple[int, ...], n_m_ratio: tuple[int, int], dim: int = 1) -> int:
-    """How many weights :func:`n_m_mask` zeroes for a weight of ``shape`` (ignoring ties).
+    """How many weights `n_m_mask` zeroes for a weight of ``shape`` (ignoring ties).
 
     Each full run of ``m`` loses ``n`` weights; a trailing run of ``r < m`` real weights is padded
     with ``m - r`` zeros and loses only ``max(0, n - (m - r))``.

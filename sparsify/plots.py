@@ -1,10 +1,10 @@
 """Pictures of a sparse model, saved as PNG (needs the optional ``matplotlib``: ``pip install 'sparsify[plot]'``).
 
-* :func:`plot_weight_heatmap` — a layer's weights (``|w|``, zeros in white), before and after pruning;
-* :func:`plot_layer_sparsity` — requested vs achieved sparsity of every layer, from a model report;
-* :func:`plot_weight_histogram` — distribution of the non-zero weights of each layer;
-* :func:`plot_sensitivity` — a sensitivity scan's curves, metric against sparsity per layer;
-* :func:`plot_mask_layout` — kept / pruned positions of masks, with the block or n:m grid drawn.
+* `plot_weight_heatmap` — a layer's weights (``|w|``, zeros in white), before and after pruning;
+* `plot_layer_sparsity` — requested vs achieved sparsity of every layer, from a model report;
+* `plot_weight_histogram` — distribution of the non-zero weights of each layer;
+* `plot_sensitivity` — a sensitivity scan's curves, metric against sparsity per layer;
+* `plot_mask_layout` — kept / pruned positions of masks, with the block or n:m grid drawn.
 
 matplotlib is imported only when a function here runs, and only its object-oriented API is used
 (``matplotlib.figure.Figure``, drawn with the Agg renderer): no pyplot, no global backend switch, no
@@ -118,7 +118,7 @@ def plot_layer_sparsity(
     dpi: int = 100,
 ) -> Path:
     """Bars of achieved sparsity per layer (requested shown as a black tick; each label gives the
-    layer's parameter count), from :func:`sparsify.model_report.model_report` or from a model
+    layer's parameter count), from `sparsify.model_report.model_report` or from a model
     (reported on the fly)."""
     if isinstance(report, nn.Module):
         from .model_report import model_report
@@ -226,7 +226,7 @@ def plot_mask_layout(
     """Kept (dark) and pruned (light) positions of one mask or of ``{label: mask}`` side by side.
 
     A mask is a ``bool`` keep-mask or a weight (non-zero = kept). The top-left ``max_rows ×
-    max_cols`` of the 2-D view is drawn, and the grid of the pattern (:func:`infer_pattern`) over it:
+    max_cols`` of the 2-D view is drawn, and the grid of the pattern (`infer_pattern`) over it:
     horizontal lines between blocks of output channels, vertical lines between n:m runs.
     """
     from .model_report import infer_pattern

@@ -1,12 +1,12 @@
 """The pruning lifecycle shared by every pruner: ``prepare()`` → ``step()`` … → ``finalize()``.
 
-:class:`BasePruner` owns everything that does not depend on *how* weights are scored: choosing the
+`BasePruner` owns everything that does not depend on *how* weights are scored: choosing the
 modules from the config (validating all of them before touching the model), installing and rolling
 back masks, advancing schedules, baking masks and writing Core ML compression metadata, reports, and
-checkpointable state. A concrete pruner supplies :meth:`BasePruner.scores` (importance per weight)
-and, if it ranks layers jointly, :meth:`BasePruner.compute_masks`.
+checkpointable state. A concrete pruner supplies `BasePruner.scores` (importance per weight)
+and, if it ranks layers jointly, `BasePruner.compute_masks`.
 
-:class:`MagnitudePruner` is Core ML Tools' pruner: ``|w|`` scores, per-layer ranking, the Core ML
+`MagnitudePruner` is Core ML Tools' pruner: ``|w|`` scores, per-layer ranking, the Core ML
 patterns, any scheduler.
 """
 
@@ -69,7 +69,7 @@ class _Plan:
 
 
 class BasePruner:
-    """Shared lifecycle. Subclasses define :meth:`scores` and may override :meth:`compute_masks`."""
+    """Shared lifecycle. Subclasses define `scores` and may override `compute_masks`."""
 
     config_class: ClassVar[type[OptimizationConfig]] = MagnitudePrunerConfig
 
@@ -275,7 +275,7 @@ class BasePruner:
         """Bake the masks into plain parameters, remove every hook and buffer, add Core ML metadata.
 
         Returns the finalized model (a deep copy unless ``inplace``). When ``model`` is omitted the
-        pruner's own model is finalized and becomes :attr:`model`.
+        pruner's own model is finalized and becomes `model`.
 
         If ``step()`` was never called, every layer is first brought to its final sparsity (with a
         warning) — Core ML Tools would silently export an unpruned model in that case.
@@ -338,7 +338,7 @@ class BasePruner:
         """The pruner's own progress: step count and each module's scheduled sparsity.
 
         Save it next to ``model.state_dict()`` (which holds the masks); after preparing a fresh pruner
-        the same way, ``model.load_state_dict(...)`` + :meth:`load_state_dict` resume the schedule
+        the same way, ``model.load_state_dict(...)`` + `load_state_dict` resume the schedule
         exactly where it stopped.
         """
         return {
@@ -349,7 +349,7 @@ class BasePruner:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` into a pruner prepared with the same config."""
+        """Restore `state_dict` into a pruner prepared with the same config."""
         if not self._pruner_info:
             raise RuntimeError("load_state_dict(): call prepare() first, with the same config as the saved run")
         missing = {"step_count", "sparsity_levels"} - set(state_dict)

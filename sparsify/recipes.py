@@ -32,11 +32,11 @@ Modifiers (tag → sparsify):
 
 * ``!GMPruningModifier`` / ``!MagnitudePruningModifier`` — magnitude, layer-wise
   (``GMPruningModifier`` honours ``global_sparsity``); ``!GlobalMagnitudePruningModifier`` — magnitude,
-  one global ranking; ``!MFACPruningModifier`` — :class:`~sparsify.mfac.MFACPruner`. All three run as an
+  one global ranking; ``!MFACPruningModifier`` — `sparsify.mfac.MFACPruner`. All three run as an
   ``MFACPruner`` (``criterion="magnitude"`` or ``"mfac"``), so masks only grow.
 * ``!ConstantPruningModifier`` — freeze the zeros the weights have when it starts (mask = ``w != 0``).
 * Training modifiers (``EpochRangeModifier``, learning-rate and weight-decay modifiers) are not pruning:
-  they are listed in :attr:`Recipe.ignored` with a warning. Any other tag is an error.
+  they are listed in `Recipe.ignored` with a warning. Any other tag is an error.
 
 Fields, as SparseML names them: ``params`` (``__ALL_PRUNABLE__`` = the weights of every ``Linear`` and
 ``Conv1d/2d/3d``; exact parameter names such as ``"features.0.weight"``; ``"re:<regex>"`` matched with
@@ -51,12 +51,12 @@ with ``params: []``), ``start_epoch``, ``end_epoch``, ``update_frequency``, ``in
 ``mfac_options:`` form; and sparsify's own ``damp_mode``, ``obs_update``, ``num_recomputations``,
 ``memory_budget``, ``min_layer_sparsity``, ``max_layer_sparsity``. ``damp`` keeps sparsify's meaning —
 *relative* to the Fisher's scale unless ``damp_mode: absolute`` (SparseML's absolute ``1e-5`` turns M-FAC
-into magnitude pruning on converged models; see :mod:`sparsify.fisher`).
+into magnitude pruning on converged models; see `sparsify.fisher`).
 
 Epochs become steps with ``steps_per_epoch``: the masks are updated at ``n + 1`` evenly spaced steps from
 ``round(start_epoch·spe)`` to ``round(end_epoch·spe)``, ``n = round((end − start) / update_frequency)``,
 with sparsity ``final + (init − final)(1 − i/n)^p`` (``p = 3`` cubic, ``1`` linear) — SparseML's
-interpolation — as a :class:`~sparsify.PolynomialDecayScheduler`. As everywhere in sparsify,
+interpolation — as a `sparsify.PolynomialDecayScheduler`. As everywhere in sparsify,
 ``init_sparsity`` itself is applied (by magnitude) when the pruner is prepared.
 """
 
@@ -131,7 +131,7 @@ class _Tagged:
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that also reads local ``!Tag`` mappings as plain :class:`_Tagged` data."""
+    """SafeLoader that also reads local ``!Tag`` mappings as plain `_Tagged` data."""
 
 
 def _construct_tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> _Tagged:
@@ -183,7 +183,7 @@ def _number(where: str, value: Any) -> float:
 
 @attrs.define
 class Modifier:
-    """One pruning modifier of a recipe, validated; :meth:`Recipe.attach` / :meth:`Recipe.oneshot` apply it."""
+    """One pruning modifier of a recipe, validated; `Recipe.attach` / `Recipe.oneshot` apply it."""
 
     tag: str
     params: list[str]
@@ -422,7 +422,7 @@ class ConstantMaskPruner(BasePruner):
 
 @attrs.define
 class Recipe:
-    """The pruning modifiers of a recipe (see the module docstring); :attr:`ignored` lists the others."""
+    """The pruning modifiers of a recipe (see the module docstring); `ignored` lists the others."""
 
     modifiers: list[Modifier]
     ignored: list[str] = attrs.field(factory=list)

@@ -1,6 +1,6 @@
 """Sparsity reports in Core ML Tools' format.
 
-:class:`Report` is a dict ``{module name: {metric: value}}`` plus a ``"global"`` row, printed as the
+`Report` is a dict ``{module name: {metric: value}}`` plus a ``"global"`` row, printed as the
 same right-aligned table Core ML Tools prints. The metrics keep Core ML Tools' names:
 
 * ``#params`` — number of elements of the pruned parameter;

@@ -1,6 +1,6 @@
 """Pruning schedules: how sparse should a layer be at a given training step?
 
-A scheduler is a small attrs class with one job, :meth:`PruningScheduler.compute_sparsity`, whose
+A scheduler is a small attrs class with one job, `PruningScheduler.compute_sparsity`, whose
 contract is Core ML Tools' ``compute_sparsity(step_count, prev_sparsity, config)``: the pruner counts
 its ``step()`` calls from 1 and asks the scheduler for each layer's sparsity; returning
 ``prev_sparsity`` means "no change at this step", and the pruner only recomputes masks when the
@@ -45,7 +45,7 @@ def register_scheduler(cls: type[PruningScheduler]) -> type[PruningScheduler]:
 
 
 def scheduler_kinds() -> tuple[str, ...]:
-    """The ``kind`` names that :func:`scheduler_from_dict` understands."""
+    """The ``kind`` names that `scheduler_from_dict` understands."""
     return tuple(sorted(_SCHEDULERS))
 
 
@@ -62,7 +62,7 @@ def _target_and_initial(config: Any) -> tuple[float, float]:
 class PruningScheduler(abc.ABC):
     """Base class of all schedulers.
 
-    Subclasses implement :meth:`compute_sparsity` and may override :meth:`last_step` so the pruner
+    Subclasses implement `compute_sparsity` and may override `last_step` so the pruner
     can tell whether a schedule has finished.
     """
 
@@ -77,7 +77,7 @@ class PruningScheduler(abc.ABC):
         return None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON/YAML-serialisable form; :func:`scheduler_from_dict` reverses it."""
+        """JSON/YAML-serialisable form; `scheduler_from_dict` reverses it."""
         return {"kind": self.kind, **attrs.asdict(self, recurse=False)}
 
 
@@ -227,8 +227,8 @@ def scheduler_from_dict(data: Mapping[str, Any] | PruningScheduler) -> PruningSc
     """Build a scheduler from a dict.
 
     ``{"kind": name, ...}`` picks a registered scheduler by name. Without ``kind`` the Core ML Tools
-    rule applies: ``update_steps`` (+ optional ``power``) → :class:`PolynomialDecayScheduler`,
-    ``begin_step`` → :class:`ConstantSparsityScheduler`. Unknown keys are an error that names them.
+    rule applies: ``update_steps`` (+ optional ``power``) → `PolynomialDecayScheduler`,
+    ``begin_step`` → `ConstantSparsityScheduler`. Unknown keys are an error that names them.
     """
     if isinstance(data, PruningScheduler):
         return data

@@ -1,10 +1,10 @@
 """Scope: one sparsity budget per layer (local), or one ranking across the whole model (global).
 
 Both functions here are pure: they take **group scores** (one importance value per prunable group,
-as :func:`sparsify.patterns.group_scores` or :func:`sparsify.tiles.tile_scores` return them; higher
+as `sparsify.patterns.group_scores` or `sparsify.tiles.tile_scores` return them; higher
 means keep) and return ``bool`` keep-masks of the same shapes. Nothing here knows about modules.
 
-Counting rule (the same as the engine's :func:`sparsify.patterns.keep_count`): out of ``W`` weights
+Counting rule (the same as the engine's `sparsify.patterns.keep_count`): out of ``W`` weights
 at sparsity ``s`` the number kept is ``ceil(W * (1 - s))`` computed in float32, so the number pruned
 is ``floor(W * s)`` up to float32 rounding, and one layer ranked "globally" prunes exactly as many
 weights as the same layer ranked alone.

@@ -1,18 +1,18 @@
 """Which modules get pruned, and with what — visible before anything changes.
 
 Matching rule (one rule, the engine's): names in ``module_name_configs`` are regular expressions
-matched with :func:`re.fullmatch` against the module's qualified name from ``named_modules()``, so
+matched with `re.fullmatch` against the module's qualified name from ``named_modules()``, so
 ``"fc"`` matches only ``fc`` — not ``fc2`` nor ``head.fc``; write ``".*fc.*"`` for a substring
 (Intel Neural Compressor's ``re.search`` rule) or ``"features\\.\\d+"`` for a family. The first
 matching name pattern wins, then the module's type (exact class, then class name, then base
 classes), then ``global_config``. A config of ``None`` at any level excludes the module.
 
-:class:`~sparsify.gradual.GradualPrunerConfig` adds two filters applied before those rules:
+`sparsify.gradual.GradualPrunerConfig` adds two filters applied before those rules:
 ``module_types`` (only these classes, or subclasses, are pruned) and ``keep_classifier_dense``
 (the classifier head — the **last** ``nn.Linear`` in ``named_modules()`` order, the module that
 produces the logits in ordinary networks — is never pruned, as Intel Neural Compressor does).
 
-:func:`dry_run` applies exactly the pruner's own selection and validation to a model without
+`dry_run` applies exactly the pruner's own selection and validation to a model without
 touching it and lists every module with the decision, the rule that made it and the config it
 will get::
 
@@ -89,7 +89,7 @@ _COLUMNS = ("name", "type", "shape", "action", "reason", "pattern", "criterion",
 
 
 class DryRunTable(list):
-    """A list of :class:`DryRunRow` that prints as a table."""
+    """A list of `DryRunRow` that prints as a table."""
 
     def selected(self) -> list[str]:
         """Names of the modules that would be pruned."""

@@ -1,16 +1,16 @@
 """Sensitivity scan: how much does the metric suffer when one layer alone is pruned?
 
-:func:`sensitivity_scan` prunes each prunable layer in turn to each sparsity of a sweep (magnitude,
-optionally in blocks or whole kernels/channels, :func:`sparsify.patterns.ranked_mask`), calls
+`sensitivity_scan` prunes each prunable layer in turn to each sparsity of a sweep (magnitude,
+optionally in blocks or whole kernels/channels, `sparsify.patterns.ranked_mask`), calls
 ``evaluate(model)`` and restores the layer's weights bit for bit before moving on, so the model is
 left exactly as it was — no copy of the model is made. It works on plain, prepared (masked) and
 finalized models: a masked layer is pruned on top of its current mask.
 
-The result, :class:`SensitivityScan`, prints as a table (:meth:`~SensitivityScan.to_text`, Markdown,
-CSV, JSON), draws as curves (:meth:`~SensitivityScan.plot`) and feeds
-:func:`sparsify.budget.allocate_budget`, which turns it into per-layer sparsities.
+The result, `SensitivityScan`, prints as a table (`SensitivityScan.to_text`, Markdown,
+CSV, JSON), draws as curves (`SensitivityScan.plot`) and feeds
+`sparsify.budget.allocate_budget`, which turns it into per-layer sparsities.
 
-``evaluate`` is any ``model -> float``; :func:`accuracy` builds one from data. Say
+``evaluate`` is any ``model -> float``; `accuracy` builds one from data. Say
 ``higher_is_better=False`` for a loss.
 """
 
@@ -75,7 +75,7 @@ def accuracy(data: Any, batch_size: int = 512) -> Evaluate:
 def prunable_layers(model: nn.Module, layers: Sequence[str] | str | None = None) -> list[str]:
     """Names of the modules a scan or budget covers.
 
-    ``None``: every module :class:`~sparsify.MagnitudePruner` supports (``Linear``, ``Conv1d/2d/3d``).
+    ``None``: every module `sparsify.MagnitudePruner` supports (``Linear``, ``Conv1d/2d/3d``).
     A string is a regular expression matched in full against module names; a list names them exactly.
     """
     supported = MagnitudePrunerConfig.supported_modules
@@ -150,7 +150,7 @@ class SensitivityScan:
 
     @classmethod
     def from_json(cls, text: str | Path) -> SensitivityScan:
-        """Read :meth:`to_json` output, from a string or a file path."""
+        """Read `to_json` output, from a string or a file path."""
         if isinstance(text, Path) or not text.lstrip().startswith("{"):
             text = Path(text).read_text(encoding="utf-8")
         return cls.from_dict(json.loads(text))
@@ -188,7 +188,7 @@ class SensitivityScan:
         return self.to_text()
 
     def plot(self, path: str | Path, **kwargs: Any) -> Path:
-        """Draw the curves to a PNG (:func:`sparsify.plots.plot_sensitivity`; needs matplotlib)."""
+        """Draw the curves to a PNG (`sparsify.plots.plot_sensitivity`; needs matplotlib)."""
         from .plots import plot_sensitivity
 
         return plot_sensitivity(self, path, **kwargs)
@@ -212,9 +212,9 @@ def sensitivity_scan(
     Args:
         model: the model to probe; it is changed during the scan and restored exactly afterwards
             (also when ``evaluate`` raises).
-        evaluate: ``model -> float``, e.g. :func:`accuracy`; called ``1 + layers × sparsities`` times.
+        evaluate: ``model -> float``, e.g. `accuracy`; called ``1 + layers × sparsities`` times.
         sparsities: the sweep, each in ``[0, 1]``.
-        layers: which layers (see :func:`prunable_layers`); default every supported one.
+        layers: which layers (see `prunable_layers`); default every supported one.
         granularity, block_size: the pattern to prune with, as in ``ModuleMagnitudePrunerConfig``.
         param_name: the parameter to prune.
         higher_is_better: ``False`` when ``evaluate`` returns a loss.

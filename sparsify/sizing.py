@@ -13,27 +13,27 @@ so a layer of ``N`` weights at sparsity ``s`` costs ``(1 - s) + 1/16`` of its de
 Constants live in ``Data/com.apple.CoreML/weights/weight.bin``: a 64-byte file header, then one blob
 per constant, each a 64-byte header followed by the data, every blob starting on a 64-byte boundary.
 Constants with fewer than 10 elements are written inline in the model description instead (a bias of
-8 values, the mask of a weight with at most 72 elements on iOS16). :func:`weight_file_bytes` adds this
+8 values, the mask of a weight with at most 72 elements on iOS16). `weight_file_bytes` adds this
 up; it pads every blob, so it overestimates the real file by at most 63 bytes (the last blob is not
 padded).
 
 Which weights are stored sparse depends on how the model is exported (``rule``). A *pruned* weight is
 one with a mask (prepared model) or with Core ML compression metadata (the
-``_COREML_/<param>/compression_type`` buffer that :meth:`sparsify.MagnitudePruner.finalize` writes):
+``_COREML_/<param>/compression_type`` buffer that `sparsify.MagnitudePruner.finalize` writes):
 
-* ``"sparsify"`` — :func:`sparsify.export.export_coreml` (``sparsify export``): every pruned weight of
+* ``"sparsify"`` — `sparsify.export.export_coreml` (``sparsify export``): every pruned weight of
   rank ≥ 2 whose sparse blobs are smaller than its dense blob (headers included), counting exact
   zeros only. The model is converted dense first, so every conv → batch norm pair is fused.
 * ``"sparsify_all"`` — the same with ``sparse_weights="all"``: any weight of rank ≥ 2, pruned or not.
 * ``"metadata"`` — plain ``coremltools.convert`` (default pipeline): exactly the weights that carry
   metadata, whatever their sparsity — even a 0 %-sparse one, which then costs 1/16 more than dense.
-  Every value with ``|w| <= 2**-10`` (fp16 epsilon, :data:`METADATA_ZERO_THRESHOLD`) becomes zero, and
+  Every value with ``|w| <= 2**-10`` (fp16 epsilon, `METADATA_ZERO_THRESHOLD`) becomes zero, and
   a batch norm after a pruned conv stays unfused.
 * ``"default_pruning"`` — ``coremltools.convert(..., pass_pipeline=ct.PassPipeline.DEFAULT_PRUNING)``:
   weights with metadata as above, plus every other constant of rank ≥ 2 with more than 2048 elements
   whose fraction of ``|w| <= 1e-12`` is at least 0.5; a batch norm after a sparse conv stays unfused.
 
-A fused batch norm disappears from the file and its conv gains a bias (:func:`fuses_batchnorm`).
+A fused batch norm disappears from the file and its conv gains a bias (`fuses_batchnorm`).
 
 The byte counts and rules were measured against real ``.mlpackage`` exports (``tests/test_sizing.py``
 converts models and compares).
@@ -111,7 +111,7 @@ def stores_sparse(
 ) -> bool:
     """Whether this weight is exported as a sparse constant under ``rule`` (module docstring).
 
-    ``nnz`` counts the values above :func:`zero_threshold`; ``metadata`` says whether the weight is
+    ``nnz`` counts the values above `zero_threshold`; ``metadata`` says whether the weight is
     pruned (carries Core ML compression metadata, or a mask that ``finalize()`` turns into metadata).
     ``precision`` and ``target`` matter for the ``"sparsify"`` rules, which store sparse only when
     that is smaller.

@@ -7,7 +7,7 @@ input channels. A ``Linear`` weight ``[Co, Ci]`` has ``K = 1``; a conv weight ``
 is permuted to ``[Co, kh, kw, Ci]`` and flattened to ``[Co, kh·kw, Ci]`` — *per kernel position*,
 input channels innermost, which is Intel Neural Compressor's ``[Co, kh·kw·Ci]`` reshape. A tile or
 an n:m run therefore covers consecutive input channels **at one kernel position**, the layout that
-channels-last sparse kernels use (and what the engine's :func:`sparsify.patterns.n_m_mask` does).
+channels-last sparse kernels use (and what the engine's `sparsify.patterns.n_m_mask` does).
 
 Tiles: ``"NxM"``
 ----------------
@@ -25,7 +25,7 @@ n:m
 ``n_m_ratio=(n, m)`` zeroes ``n`` of every ``m`` consecutive weights along input channels
 (``dim=1``) or output channels (``dim=0``) — **n is the number of zeros**, as in the engine and Core
 ML Tools (``(2, 4)`` = 50 %, ``(3, 4)`` = 75 %). INC's ``"2:4"`` strings mean the same thing (n
-pruned); SparseML's ``"3:4"`` would mean 3 *kept*. :func:`n_m_from_string` reads the INC spelling
+pruned); SparseML's ``"3:4"`` would mean 3 *kept*. `n_m_from_string` reads the INC spelling
 and logs the sparsity it means.
 
 The n:m pattern ramps gradually the way INC does: each run of ``m`` is a group that is either dense
@@ -69,7 +69,7 @@ def as_3d(weight: torch.Tensor) -> torch.Tensor:
 
 
 def from_3d(view: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """Inverse of :func:`as_3d` for a weight of ``shape``."""
+    """Inverse of `as_3d` for a weight of ``shape``."""
     if len(shape) == 2:
         return view.reshape(shape)
     return view.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
@@ -99,7 +99,7 @@ class Pattern:
         raise NotImplementedError
 
     def expand(self, keep: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """Element keep-mask (the weight's shape) from a group keep-mask of :meth:`group_scores`' shape."""
+        """Element keep-mask (the weight's shape) from a group keep-mask of `group_scores`' shape."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -251,7 +251,7 @@ def parse_pattern(text: str | TilePattern) -> TilePattern:
     """Read a tile pattern: ``"NxM"``, ``"channelxM"``, ``"Nxchannel"`` (INC 1.x ``"tile_pattern_4x1"`` too).
 
     n:m is not a tile: write it as ``n_m_ratio=(n, m)`` (n zeros of m), or convert INC's ``"2:4"``
-    with :func:`n_m_from_string`.
+    with `n_m_from_string`.
     """
     if isinstance(text, TilePattern):
         return text
