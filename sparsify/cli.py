@@ -1,4 +1,5 @@
-"""The ``sparsify`` command: run the demo, report on a saved model, export it to Core ML, inspect a package.
+"""The ``sparsify`` command: run the demo, report on a saved model, export it to Core ML, inspect a package,
+and list what a pruning config would do to a model (dry run).
 
 Also reachable as ``python -m sparsify``. Logging is configured here and only here (the library
 itself only creates loggers), so importing sparsify never changes an application's logging.
@@ -10,6 +11,7 @@ Exit codes: 0 success, 1 failure (the error is printed on stderr), 2 bad usage (
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import logging
@@ -47,6 +49,7 @@ examples:
   sparsify export traced.pt model.mlpackage --input-shape 1,1,28,28
   sparsify export program.pt2 model.mlpackage     # a torch.export.save'd program: shapes are known
   sparsify inspect model.mlpackage --format json
+  sparsify dry-run torchvision.models:resnet18 prune.yaml   # what prepare() would do, changing nothing
 
 exit codes: 0 success, 1 failure (message on stderr), 2 bad usage, 130 interrupted.
 Use -v for progress details, -q for errors only. Run 'sparsify COMMAND --help' for a command's options.
@@ -210,6 +213,52 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_PRUNERS = ("magnitude", "gradual", "mfac", "inc")
+
+
+def _build_model(spec: str) -> torch.nn.Module:
+    """Call a model factory named ``package.module:callable`` (e.g. ``torchvision.models:resnet18``)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise CommandError(f"model={spec!r}: expected 'package.module:factory', e.g. sparsify.models:SmallCNN")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise CommandError(f"model={spec!r}: cannot import it ({exc})") from exc
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise CommandError(f"model={spec!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _load_config(path: str | None, pruner: str) -> Any:
+    from .config import MagnitudePrunerConfig
+    from .gradual import GradualPrunerConfig
+    from .inc_config import from_inc_config
+    from .mfac import MFACPrunerConfig
+
+    if pruner == "inc":
+        if path is None:
+            raise CommandError("--pruner inc needs a config file (an Intel Neural Compressor pruning YAML)")
+        return from_inc_config(path)
+    config_class = {"magnitude": MagnitudePrunerConfig, "gradual": GradualPrunerConfig,
+                    "mfac": MFACPrunerConfig}[pruner]
+    return config_class() if path is None else config_class.from_yaml(path)
+
+
+def cmd_dry_run(args: argparse.Namespace) -> int:
+    from .selection import dry_run
+
+    model = _build_model(args.model)
+    try:
+        config = _load_config(args.config, args.pruner)
+    except (ValueError, TypeError) as exc:  # config errors name the field; no traceback needed
+        raise CommandError(f"{args.config}: {exc}") from exc
+    table = dry_run(model, config)
+    print(table)
+    return EXIT_FAILURE if any(row.action == "error" for row in table) else EXIT_OK
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .mlpackage import inspect_mlpackage
 
@@ -282,6 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--strict", action="store_true",
                         help="exit with 1 if the verification found a problem (a pruned weight not stored sparse, ...)")
 
+    dry = commands.add_parser(
+        "dry-run", formatter_class=formatter,
+        help="list every module of a model with the pruning config it would get, changing nothing",
+        description="Build the model from a factory, read the pruning config, and print for every module "
+        "whether it would be pruned (with its settings), skipped (and by which rule) or refused (and why). "
+        "Exits with 1 if prepare() would refuse a module.",
+        epilog="examples:\n  sparsify dry-run sparsify.models:SmallCNN\n"
+        "  sparsify dry-run torchvision.models:resnet18 prune.yaml\n"
+        "  sparsify dry-run torchvision.models:mobilenet_v2 inc.yaml --pruner inc",
+    )
+    dry.add_argument("model", help="a model factory 'package.module:callable', called without arguments")
+    dry.add_argument("config", nargs="?", default=None,
+                     help="a YAML config for the pruner (default: the pruner's default config)")
+    dry.add_argument("--pruner", choices=_PRUNERS, default="magnitude",
+                     help="which config the YAML holds: MagnitudePrunerConfig (default), GradualPrunerConfig, "
+                     "MFACPrunerConfig, or an Intel Neural Compressor pruning config")
+
     inspect = commands.add_parser(
         "inspect", formatter_class=formatter, help="show the ops and how every weight of an .mlpackage is stored",
         description="Read a saved .mlpackage without a Core ML runtime: op counts, how every weight is stored "
@@ -309,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "demo":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _configure_logging(args.verbose, args.quiet)
-    commands = {"report": cmd_report, "export": cmd_export, "inspect": cmd_inspect}
+    commands = {"report": cmd_report, "export": cmd_export, "inspect": cmd_inspect, "dry-run": cmd_dry_run}
     try:
         if args.command == "demo":
             return cmd_demo(args, extra)

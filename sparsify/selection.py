@@ -154,12 +154,12 @@ def _settings(module_config: Any) -> dict[str, Any]:
 def _pruner_class(config: Any) -> type:
     from .pruner import BasePruner
 
-    stack = [BasePruner]
-    while stack:
-        cls = stack.pop()
+    queue = [BasePruner]  # breadth first: the most general pruner for the config wins over its subclasses
+    while queue:
+        cls = queue.pop(0)
         if getattr(cls, "config_class", None) is type(config) and cls is not BasePruner:
             return cls
-        stack.extend(cls.__subclasses__())
+        queue.extend(cls.__subclasses__())
     if type(config) is BasePruner.config_class:
         return BasePruner
     raise TypeError(f"no pruner is registered for a config of type {type(config).__name__}")
