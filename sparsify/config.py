@@ -45,13 +45,17 @@ _SUPPORTED_MAGNITUDE_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1
 T = TypeVar("T")
 
 
-def _load_yaml(source: str | Path | IO[str]) -> dict[str, Any]:
-    """Parse YAML from a path or a stream with the safe loader; an empty document is ``{}``."""
+def safe_load_yaml(source: str | Path | IO[str]) -> Any:
+    """``yaml.safe_load`` of a file path or a stream: plain data only, never objects or code."""
     if isinstance(source, (str, Path)):
         with open(source, encoding="utf-8") as stream:
-            data = yaml.safe_load(stream)
-    else:
-        data = yaml.safe_load(source)
+            return yaml.safe_load(stream)
+    return yaml.safe_load(source)
+
+
+def _load_yaml(source: str | Path | IO[str]) -> dict[str, Any]:
+    """Parse a config document; an empty document is ``{}``."""
+    data = safe_load_yaml(source)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 import attrs
 
 from ._checks import as_int, check_range, field_error
-from .schedules import PruningScheduler, register_scheduler
+from .schedules import PruningScheduler, initial_and_target, register_scheduler
 
 __all__ = [
     "CosineScheduler",
@@ -67,13 +67,6 @@ def _non_negative_int(owner_field: str):
         return value
 
     return convert
-
-
-def _target_and_initial(config: Any) -> tuple[float, float]:
-    target = getattr(config, "target_sparsity", None)
-    if target is None:
-        raise ValueError(f"{type(config).__name__} has no target_sparsity: schedulers need a config that defines it.")
-    return float(getattr(config, "initial_sparsity", 0.0)), float(target)
 
 
 def _positive_int(value: Any) -> int:
@@ -121,7 +114,7 @@ class StepRangeScheduler(PruningScheduler):
         return [s for s in range(self.start_step, self.end_step + 1, self.frequency) if s >= 1]
 
     def compute_sparsity(self, step_count: int, prev_sparsity: float, config: Any) -> float:
-        initial, target = _target_and_initial(config)
+        initial, target = initial_and_target(config)
         if self.intervals == 0:
             return target if step_count == max(self.start_step, 1) else prev_sparsity
         offset = step_count - self.start_step

@@ -48,9 +48,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import yaml
-
-from .config import _SUPPORTED_MAGNITUDE_MODULES
+from .config import _SUPPORTED_MAGNITUDE_MODULES, safe_load_yaml
 from .gradual import GradualPrunerConfig, ModuleGradualPrunerConfig
 from .tiles import n_m_from_string, parse_pattern
 
@@ -110,11 +108,7 @@ _EPOCH_KEYS = ("start_epoch", "end_epoch", "update_frequency")
 
 def load_inc_config(source: str | Path | IO[str]) -> dict[str, Any]:
     """Parse an INC YAML file or stream with ``yaml.safe_load``."""
-    if isinstance(source, (str, Path)):
-        with open(source, encoding="utf-8") as stream:
-            data = yaml.safe_load(stream)
-    else:
-        data = yaml.safe_load(source)
+    data = safe_load_yaml(source)
     if not isinstance(data, dict):
         raise ValueError(f"an INC pruning config must be a mapping at the top level, got {type(data).__name__}")
     return data

@@ -44,7 +44,7 @@ __all__ = [
 
 def masked_weight(orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``orig`` with the entries where ``mask`` is ``False`` set to zero (gradients masked too)."""
-    return torch.where(mask, orig, orig.new_zeros(()))
+    return torch.where(mask, orig, 0.0)  # a Python scalar: no tensor allocated, dtype follows orig
 
 
 class MaskHook(prune.BasePruningMethod):

@@ -28,6 +28,7 @@ __all__ = [
     "ConstantSparsityScheduler",
     "PolynomialDecayScheduler",
     "PruningScheduler",
+    "initial_and_target",
     "register_scheduler",
     "scheduler_from_dict",
     "scheduler_kinds",
@@ -49,7 +50,8 @@ def scheduler_kinds() -> tuple[str, ...]:
     return tuple(sorted(_SCHEDULERS))
 
 
-def _target_and_initial(config: Any) -> tuple[float, float]:
+def initial_and_target(config: Any) -> tuple[float, float]:
+    """``(initial_sparsity, target_sparsity)`` of a config; initial defaults to 0."""
     target = getattr(config, "target_sparsity", None)
     if target is None:
         raise ValueError(
@@ -167,7 +169,7 @@ class PolynomialDecayScheduler(PruningScheduler):
         matches = (self.update_steps == step_count).nonzero()
         if matches.numel() == 0:
             return prev_sparsity
-        initial, target = _target_and_initial(config)
+        initial, target = initial_and_target(config)
         n = self.update_steps.numel()
         t = 1.0 if n == 1 else matches[0].item() / (n - 1)
         return target + (initial - target) * (1.0 - t) ** self.power
@@ -208,7 +210,7 @@ class ConstantSparsityScheduler(PruningScheduler):
 
     def compute_sparsity(self, step_count: int, prev_sparsity: float, config: Any) -> float:
         if step_count >= self.begin_step:
-            return _target_and_initial(config)[1]
+            return initial_and_target(config)[1]
         return prev_sparsity
 
     def last_step(self) -> int | None:
