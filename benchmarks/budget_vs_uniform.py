@@ -2,7 +2,7 @@
 
     python benchmarks/budget_vs_uniform.py --seeds 3 --figures docs/img
 
-For each seed: train the example CNN (``sparsify.models.SmallCNN``: conv 32 → conv 64 → fc 256 → fc 10,
+For each seed: train the example CNN (``sparsify.demo.models.SmallCNN``: conv 32 → conv 64 → fc 256 → fc 10,
 with batch norm) on scikit-learn's 8×8 digits (offline; 1 400 train / 397 test images), run a
 sensitivity scan (each layer pruned alone, metric = minus the cross-entropy on 600 training images),
 then for every global target and every budget method — ``uniform`` (every layer at the target),
@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from sparsify import MagnitudePruner
-from sparsify.budget import allocate_budget
+from sparsify.analysis.budget import allocate_budget
+from sparsify.analysis.sensitivity import accuracy, sensitivity_scan
 from sparsify.scope import pruned_count
-from sparsify.sensitivity import accuracy, sensitivity_scan
 
 METHODS = ("uniform", "scan", "erk", "magnitude")
 SWEEP = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -47,7 +47,7 @@ def load_digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 def build_model() -> nn.Module:
     try:
-        from sparsify.models import SmallCNN
+        from sparsify.demo.models import SmallCNN
     except ImportError:  # the example networks are not installed: the same shape, defined here
         return nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
@@ -107,8 +107,8 @@ def run_seed(seed: int, targets: list[float], finetune: int, figures: Path | Non
 
 
 def _layer_figures(model: nn.Module, pruned: nn.Module, budget, figures: Path) -> None:
-    from sparsify.model_report import model_report
-    from sparsify.plots import plot_layer_sparsity, plot_weight_heatmap, plot_weight_histogram
+    from sparsify.analysis.model_report import model_report
+    from sparsify.analysis.plots import plot_layer_sparsity, plot_weight_heatmap, plot_weight_histogram
 
     plot_layer_sparsity(model_report(pruned), figures / "budget_layers_digits.png",
                         title="digits CNN, scan budget at 90 %")

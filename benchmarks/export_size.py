@@ -78,7 +78,7 @@ def _limit(model: nn.Module) -> int:
 def sizes(folder: str) -> None:
     import coremltools as ct
 
-    from sparsify.export import export_coreml
+    from sparsify.export.coreml import export_coreml
 
     example = torch.randn(1, 64, 16, 16)
     print("| sparsity | export_coreml bytes | / dense | theory (1-s)+1/16 | limit bytes | / limit "
@@ -102,7 +102,7 @@ def times(folder: str, rounds: int) -> None:
     import coremltools as ct
     import torchvision
 
-    from sparsify.export import export_coreml
+    from sparsify.export.coreml import export_coreml
 
     torch.manual_seed(0)
     model = _finalized(torchvision.models.resnet18(weights=None).eval(), 0.75)

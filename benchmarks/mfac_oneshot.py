@@ -1,6 +1,6 @@
 """One-shot second-order pruning on scikit-learn digits: accuracy without fine-tuning, and what the Fisher costs.
 
-Part ``accuracy``. ``sparsify.models.SmallCNN`` (two conv/BN blocks, 87 k conv+linear weights) is trained
+Part ``accuracy``. ``sparsify.demo.models.SmallCNN`` (two conv/BN blocks, 87 k conv+linear weights) is trained
 to convergence on the 8×8 digits (1 437 train / 360 test images, offline), once per seed. Each trained
 model is then pruned in one shot — no fine-tuning — to 35/50/70/80/90 % of all its conv and linear
 weights by:
@@ -45,9 +45,9 @@ from torch import nn
 
 from sparsify import ModuleMagnitudePrunerConfig
 from sparsify.data import GradSampler
-from sparsify.datasets import load_digits
+from sparsify.demo.datasets import load_digits
+from sparsify.demo.models import SmallCNN, train_epoch
 from sparsify.mfac import MFACPrunerConfig, oneshot_prune
-from sparsify.models import SmallCNN, train_epoch
 
 
 def _load() -> str:

@@ -36,9 +36,9 @@ from torch import nn
 from tqdm import tqdm
 
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, Report
-from sparsify.datasets import DATASETS, load_dataset
-from sparsify.models import SmallCNN, train_epoch
-from sparsify.sensitivity import accuracy
+from sparsify.analysis.sensitivity import accuracy
+from sparsify.demo.datasets import DATASETS, load_dataset
+from sparsify.demo.models import SmallCNN, train_epoch
 
 # Default epochs (dense, pruning fine-tune, 90 % fine-tune) per dataset: a few minutes on 2 cores.
 EPOCHS = {"digits": (10, 10, 6), "mnist": (2, 2, 1), "fashion-mnist": (3, 3, 2)}
@@ -106,9 +106,9 @@ def weight_stats(model: nn.Module) -> tuple[int, int]:
 
 def export(model: nn.Module, example: torch.Tensor, path: Path):
     """Export to ``path`` (Core ML, fp16, iOS16+) and read the saved package back with
-    `sparsify.mlpackage.inspect_mlpackage`; returns ``(ExportReport, PackageReport)``."""
-    from sparsify.export import export_coreml
-    from sparsify.mlpackage import inspect_mlpackage
+    `sparsify.export.mlpackage.inspect_mlpackage`; returns ``(ExportReport, PackageReport)``."""
+    from sparsify.export.coreml import export_coreml
+    from sparsify.export.mlpackage import inspect_mlpackage
 
     report = export_coreml(model.eval(), (example,), path)
     return report, inspect_mlpackage(path)

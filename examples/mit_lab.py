@@ -13,8 +13,8 @@ The lab's steps:
 6. model size after pruning, counting only non-zeros (non-zeros × 32 bits), and the pruned weights (PNG).
 
 The lab's helpers map onto sparsify's: ``fine_grained_prune`` → ``MagnitudePruner`` with a constant
-schedule, ``sensitivity_scan`` → `sparsify.sensitivity.sensitivity_scan`, the weight plots →
-`sparsify.plots`; the model-size count stays here, it is the point of the exercise.
+schedule, ``sensitivity_scan`` → `sparsify.analysis.sensitivity.sensitivity_scan`, the weight plots →
+`sparsify.analysis.plots`; the model-size count stays here, it is the point of the exercise.
 
 In the lab a ``FineGrainedPruner`` re-applies masks after every optimizer step; with sparsify the
 masks are forward pre-hooks installed by ``prepare()``, so the training loop stays untouched.
@@ -38,11 +38,11 @@ from sparsify import (
     ModuleMagnitudePrunerConfig,
     Report,
 )
-from sparsify.datasets import DATASETS, load_dataset
-from sparsify.model_report import model_report
-from sparsify.models import SmallCNN, train_epoch
-from sparsify.plots import plot_layer_sparsity, plot_weight_heatmap, plot_weight_histogram
-from sparsify.sensitivity import accuracy, sensitivity_scan
+from sparsify.analysis.model_report import model_report
+from sparsify.analysis.plots import plot_layer_sparsity, plot_weight_heatmap, plot_weight_histogram
+from sparsify.analysis.sensitivity import accuracy, sensitivity_scan
+from sparsify.demo.datasets import DATASETS, load_dataset
+from sparsify.demo.models import SmallCNN, train_epoch
 
 BITS = 32  # fp32 weights, as in the lab
 SCAN_SPARSITIES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

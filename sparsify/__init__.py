@@ -15,8 +15,13 @@ when an export, an inspection or a plot needs them.
 from __future__ import annotations
 
 from . import decay, magnitude_pruner, patterns, pruning_scheduler, schedules
-from .budget import allocate_budget
-from .callbacks import prepare_compression
+from .analysis.budget import allocate_budget
+from .analysis.model_report import model_report
+from .analysis.report import Report
+from .analysis.sensitivity import sensitivity_scan
+from .compat.inc import from_inc_config
+from .compat.inc_callbacks import prepare_compression
+from .compat.sparseml import Recipe
 from .config import (
     MagnitudePrunerConfig,
     ModuleMagnitudePrunerConfig,
@@ -31,18 +36,13 @@ from .decay import (
     ExponentialScheduler,
     LinearScheduler,
 )
-from .export import export_coreml
+from .export.coreml import export_coreml
+from .export.mlpackage import inspect_mlpackage
 from .gradual import GradualPruner, GradualPrunerConfig, ModuleGradualPrunerConfig
-from .inc_config import from_inc_config
 from .mfac import MFACPruner, MFACPrunerConfig, oneshot_prune
-from .mlpackage import inspect_mlpackage
-from .model_report import model_report
 from .pruner import BasePruner, MagnitudePruner
-from .recipes import Recipe
-from .report import Report
 from .schedules import ConstantSparsityScheduler, PolynomialDecayScheduler, PruningScheduler
 from .selection import dry_run
-from .sensitivity import sensitivity_scan
 
 __version__ = "0.1.0"
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from .analysis.sizing import RULES, TARGETS
 from .checkpoints import load_checkpoint_file
-from .sizing import RULES, TARGETS
 
 __all__ = [
     "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser", "load_model", "main",
@@ -161,7 +161,7 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .model_report import model_report
+    from .analysis.model_report import model_report
 
     kind, model = load_model(args.model)
     logger.info("%s: loaded a %s", args.model, kind)
@@ -179,7 +179,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_coreml
+    from .export.coreml import export_coreml
 
     kind, model = load_model(args.model)
     if kind == "state_dict":
@@ -220,7 +220,7 @@ def _build_model(spec: str) -> torch.nn.Module:
     """Call a model factory named ``package.module:callable`` (e.g. ``torchvision.models:resnet18``)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise CommandError(f"model={spec!r}: expected 'package.module:factory', e.g. sparsify.models:SmallCNN")
+        raise CommandError(f"model={spec!r}: expected 'package.module:factory', e.g. sparsify.demo.models:SmallCNN")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
@@ -232,9 +232,9 @@ def _build_model(spec: str) -> torch.nn.Module:
 
 
 def _load_config(path: str | None, pruner: str) -> Any:
+    from .compat.inc import from_inc_config
     from .config import MagnitudePrunerConfig
     from .gradual import GradualPrunerConfig
-    from .inc_config import from_inc_config
     from .mfac import MFACPrunerConfig
 
     if pruner == "inc":
@@ -260,7 +260,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .mlpackage import inspect_mlpackage
+    from .export.mlpackage import inspect_mlpackage
 
     report = inspect_mlpackage(args.package)
     print(json.dumps(report.as_dict(), indent=2) if args.format == "json" else report.to_text())
@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build the model from a factory, read the pruning config, and print for every module "
         "whether it would be pruned (with its settings), skipped (and by which rule) or refused (and why). "
         "Exits with 1 if prepare() would refuse a module.",
-        epilog="examples:\n  sparsify dry-run sparsify.models:SmallCNN\n"
+        epilog="examples:\n  sparsify dry-run sparsify.demo.models:SmallCNN\n"
         "  sparsify dry-run torchvision.models:resnet18 prune.yaml\n"
         "  sparsify dry-run torchvision.models:mobilenet_v2 inc.yaml --pruner inc",
     )

@@ -34,7 +34,7 @@ The curves (``u = t / T``):
 =====================  ==========================================  ======================================
 
 INC's ``cube`` is deliberately not a kind here: the name hides that it curves the other way from
-the cubic schedule everyone else means. `sparsify.inc_config` maps ``cube`` to
+the cubic schedule everyone else means. `sparsify.compat.inc` maps ``cube`` to
 ``cubic_slow_start`` and ``exp`` / ``cos`` to ``exponential`` / ``cosine``.
 """
 

@@ -21,11 +21,11 @@ import attrs
 import torch
 from torch import nn
 
+from .analysis.report import Report, global_summary, sparsity_summary
 from .config import MagnitudePrunerConfig, ModuleMagnitudePrunerConfig, OptimizationConfig
 from .distributed import refuse_fsdp
 from .masking import bake_mask, install_mask, is_masked, set_mask, uninstall_mask
 from .patterns import mask_shape, n_m_zero_count, ranked_mask, scheduled_n_m_mask
-from .report import Report, global_summary, sparsity_summary
 
 __all__ = ["BasePruner", "MagnitudePruner", "PrunedModuleInfo", "register_coreml_metadata"]
 

@@ -261,7 +261,7 @@ def parse_pattern(text: str | TilePattern) -> TilePattern:
     if _N_M_RE.match(cleaned):
         raise ValueError(
             f"pattern={text!r} is an n:m ratio, not a tile: write n_m_ratio=({cleaned.replace(':', ', ')}) "
-            f"(n = number of zeros in every m weights), or read INC configs with sparsify.inc_config"
+            f"(n = number of zeros in every m weights), or read INC configs with sparsify.compat.inc"
         )
     match = _TILE_RE.match(cleaned)
     if match is None:

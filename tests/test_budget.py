@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from sparsify import MagnitudePruner, PolynomialDecayScheduler
-from sparsify.budget import allocate_budget, sparsity_for_count
+from sparsify.analysis.budget import allocate_budget, sparsity_for_count
+from sparsify.analysis.sensitivity import SensitivityScan, accuracy, sensitivity_scan
 from sparsify.scope import pruned_count
-from sparsify.sensitivity import SensitivityScan, accuracy, sensitivity_scan
 
 
 def _zeros_after_pruning(model: nn.Module, config) -> dict[str, int]:

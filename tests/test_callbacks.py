@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
-from sparsify.callbacks import CompressionManager, PruningCallbacks, prepare_compression
+from sparsify.compat.inc import from_inc_config
+from sparsify.compat.inc_callbacks import CompressionManager, PruningCallbacks, prepare_compression
 from sparsify.gradual import GradualPruner
-from sparsify.inc_config import from_inc_config
 from sparsify.scope import pruned_count
 
 INC_CONFIG = {
@@ -93,9 +93,9 @@ def test_inc_style_run_hits_exact_target_and_exports(tmp_path) -> None:
         assert not hasattr(module, "weight_orig") and not hasattr(module, "weight_mask")
     assert "_COREML_/metadata_version" in final._buffers
 
-    if importlib.util.find_spec("sparsify.export") is None:
-        pytest.skip("sparsify.export is not available")
-    from sparsify.export import export_coreml
+    if importlib.util.find_spec("sparsify.export.coreml") is None:
+        pytest.skip("sparsify.export.coreml is not available")
+    from sparsify.export.coreml import export_coreml
 
     report = export_coreml(final, torch.randn(1, 1, 16, 16), tmp_path / "inc.mlpackage")
     storage = {row.name: row.storage for row in report.rows}

@@ -19,7 +19,7 @@ import torch
 
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
 from sparsify.cli import main
-from sparsify.models import SmallCNN
+from sparsify.demo.models import SmallCNN
 
 SHAPE = (1, 1, 8, 8)
 
@@ -257,7 +257,7 @@ def test_demo_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
 def test_dry_run_lists_every_module_and_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = tmp_path / "prune.yaml"
     config.write_text('global_config:\n  target_sparsity: 0.8\nmodule_name_configs:\n  "9": null\n')
-    assert main(["dry-run", "sparsify.models:SmallCNN", str(config)]) == 0
+    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(config)]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split() for line in lines[2:-1]}
     assert rows["0"][3] == "prune" and rows["4"][3] == "prune" and rows["12"][3] == "prune"
@@ -269,22 +269,22 @@ def test_dry_run_lists_every_module_and_changes_nothing(tmp_path: Path, capsys: 
 def test_dry_run_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     refused = tmp_path / "refused.yaml"
     refused.write_text("global_config:\n  granularity: per_kernel\n")
-    assert main(["dry-run", "sparsify.models:SmallCNN", str(refused)]) == 1  # prepare() would refuse the Linears
+    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(refused)]) == 1  # prepare() would refuse the Linears
     assert "granularity='per_kernel' needs a weight with kernels" in capsys.readouterr().out
     invalid = tmp_path / "invalid.yaml"
     invalid.write_text("global_config:\n  target_sparsity: 7\n")
-    assert main(["dry-run", "sparsify.models:SmallCNN", str(invalid)]) == 1
+    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(invalid)]) == 1
     assert "target_sparsity=7.0 is invalid: allowed 0.0 <= target_sparsity <= 1.0" in capsys.readouterr().err
     assert main(["dry-run", "no.such.module:Model"]) == 1
     assert "cannot import it" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:
-        main(["dry-run", "sparsify.models:SmallCNN", "--pruner", "obs"])
+        main(["dry-run", "sparsify.demo.models:SmallCNN", "--pruner", "obs"])
     assert usage.value.code == 2
 
 
 def test_dry_run_reads_gradual_and_inc_configs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     inc = tmp_path / "inc.yaml"
     inc.write_text("pruning_type: snip_momentum\npattern: 4x1\ntarget_sparsity: 0.9\npruning_scope: global\n")
-    assert main(["dry-run", "sparsify.models:SmallCNN", str(inc), "--pruner", "inc"]) == 0
+    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(inc), "--pruner", "inc"]) == 0
     out = capsys.readouterr().out
     assert "snip_momentum" in out and "4x1" in out and "not supported by GradualPruner" in out

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from sparsify import datasets
-from sparsify.datasets import DatasetNotFoundError, load_dataset, load_digits, load_idx_dataset, read_idx
-from sparsify.models import MLP, SmallCNN, train_epoch
+from sparsify.demo import datasets
+from sparsify.demo.datasets import DatasetNotFoundError, load_dataset, load_digits, load_idx_dataset, read_idx
+from sparsify.demo.models import MLP, SmallCNN, train_epoch
 
 # -- IDX files written here --------------------------------------------------------------------
 

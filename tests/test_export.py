@@ -21,9 +21,9 @@ from torch import nn
 ct = pytest.importorskip("coremltools")
 
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig  # noqa: E402
-from sparsify.export import export_coreml  # noqa: E402
+from sparsify.export.coreml import export_coreml  # noqa: E402
+from sparsify.export.mlpackage import inspect_mlpackage, read_weights  # noqa: E402
 from sparsify.masking import is_masked  # noqa: E402
-from sparsify.mlpackage import inspect_mlpackage, read_weights  # noqa: E402
 
 Cfg = ModuleMagnitudePrunerConfig
 

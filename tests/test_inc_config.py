@@ -9,9 +9,9 @@ import re
 import pytest
 from torch import nn
 
+from sparsify.compat.inc import from_inc_config
 from sparsify.criteria import SnipMomentumCriterion
 from sparsify.decay import CubicSlowStartScheduler, ExponentialScheduler
-from sparsify.inc_config import from_inc_config
 from sparsify.selection import dry_run
 from sparsify.tiles import TilePattern
 

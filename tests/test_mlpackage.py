@@ -17,7 +17,7 @@ from torch import nn
 ct = pytest.importorskip("coremltools")
 cto = pytest.importorskip("coremltools.optimize.coreml")
 
-from sparsify.mlpackage import inspect_mlpackage, read_weights  # noqa: E402
+from sparsify.export.mlpackage import inspect_mlpackage, read_weights  # noqa: E402
 
 
 class _Net(nn.Module):

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
-from sparsify.model_report import infer_pattern, model_report
+from sparsify.analysis.model_report import infer_pattern, model_report
 from sparsify.patterns import n_m_mask
 
 

@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
-from sparsify.model_report import model_report
+from sparsify.analysis.model_report import model_report
+from sparsify.analysis.sensitivity import SensitivityScan
 from sparsify.patterns import n_m_mask, ranked_mask
-from sparsify.sensitivity import SensitivityScan
 
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
-from sparsify import plots  # noqa: E402
+from sparsify.analysis import plots  # noqa: E402
 
 
 def _check_png(path: Path, size: tuple[int, int]) -> None:

@@ -11,9 +11,9 @@ import yaml
 from torch import nn
 
 from sparsify import ConstantSparsityScheduler, PolynomialDecayScheduler
+from sparsify.compat.sparseml import ConstantMaskPruner, Recipe, epochs_to_scheduler, load_recipe_text
 from sparsify.data import GradSampler
 from sparsify.mfac import MFACPruner
-from sparsify.recipes import ConstantMaskPruner, Recipe, epochs_to_scheduler, load_recipe_text
 
 LICENSE = "<!--\nCopyright (c) 2021 - present / Neuralmagic, Inc. All Rights Reserved.\n-->\n\n"
 MNIST_MFAC = LICENSE + """---

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
-from sparsify.sensitivity import SensitivityScan, accuracy, prunable_layers, sensitivity_scan
+from sparsify.analysis.sensitivity import SensitivityScan, accuracy, prunable_layers, sensitivity_scan
 
 
 def _model() -> nn.Module:

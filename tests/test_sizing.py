@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
-from sparsify.model_report import model_report
-from sparsify.sizing import (
+from sparsify.analysis.model_report import model_report
+from sparsify.analysis.sizing import (
     METADATA_ZERO_THRESHOLD,
     StoredTensor,
     dense_bytes,
@@ -218,7 +218,7 @@ def test_batch_norms_with_coremltools_convert(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("sparsity", "precision"), [(0.9, "float16"), (0.05, "float32"), (0.05, "float16")])
 def test_estimate_matches_sparsify_export(tmp_path: Path, sparsity: float, precision: str) -> None:
-    export = pytest.importorskip("sparsify.export")
+    export = pytest.importorskip("sparsify.export.coreml")
     prepared, finalized = _prune(_bn_cnn(), target_sparsity=sparsity)
     path = tmp_path / "m.mlpackage"
     with warnings.catch_warnings():

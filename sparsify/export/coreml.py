@@ -2,7 +2,7 @@
 
 `export_coreml` takes a model pruned by sparsify (finalized, or still prepared), converts it to
 an ML Program ``.mlpackage`` in which every pruned weight that gets smaller that way is a sparse
-``constexpr_sparse_to_dense`` constant, reads the saved package back (`sparsify.mlpackage`) and
+``constexpr_sparse_to_dense`` constant, reads the saved package back (`sparsify.export.mlpackage`) and
 returns an `ExportReport` of what was actually stored.
 
 How, and why not just ``coremltools.convert`` on the finalized model (Core ML Tools' own route):
@@ -33,7 +33,7 @@ How, and why not just ``coremltools.convert`` on the finalized model (Core ML To
    ``OpThresholdPrunerConfig(threshold=0.0)`` set per constant name: only values that are *exactly*
    zero are dropped, so nothing that was not pruned is ever zeroed. A pruned weight is stored sparse
    only if that takes fewer bytes (``nnz × element + numel / 8`` bits of mask, plus blob headers,
-   against ``numel × element``, from `sparsify.sizing`); otherwise it stays dense, with a warning.
+   against ``numel × element``, from `sparsify.analysis.sizing`); otherwise it stays dense, with a warning.
 7. **Save and verify**: the saved package is read back; every row of the report comes from the file.
    A pruned weight that ended up dense, or that lost non-zeros (values below the float16 range), is
    reported by a warning (``logging``, and in `ExportReport.warnings`).
@@ -54,12 +54,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import field_error
-from .masking import bake_mask, is_masked
+from .._checks import field_error
+from ..analysis.report import Report
+from ..analysis.sizing import ELEMENT_BYTES, StoredTensor
+from ..masking import bake_mask, is_masked
+from ..pruner import register_coreml_metadata
 from .mlpackage import PackageReport, WeightInfo, _Sparsity, inspect_mlpackage, read_constants, weight_file_sizes
-from .pruner import register_coreml_metadata
-from .report import Report
-from .sizing import ELEMENT_BYTES, StoredTensor
 
 __all__ = ["ExportReport", "ExportRow", "export_coreml"]
 
@@ -69,7 +69,7 @@ _OWNER = "export_coreml"
 _METADATA_PREFIX = "_COREML_/"
 _PRUNING = 1  # Core ML Tools' CompressionType.pruning
 _PRECISIONS = {"float16": "float16", "float32": "float32", "fp16": "float16", "fp32": "float32"}
-_SIZING_PRECISION = {"float16": "fp16", "float32": "fp32"}  # sparsify.sizing's names
+_SIZING_PRECISION = {"float16": "fp16", "float32": "fp32"}  # sparsify.analysis.sizing's names
 _TRACES = ("jit", "export")
 _SPARSE_WEIGHTS = ("pruned", "all")
 _RESERVED_KWARGS = ("minimum_deployment_target", "compute_precision", "convert_to")

@@ -10,8 +10,8 @@
 
 and returns a `ModelReport`: for every weight of rank ≥ 2 its parameters, non-zeros,
 requested vs achieved sparsity, pattern (read, or inferred from the zeros), the fraction of output
-channels that are entirely zero (measured on magnitudes, see `sparsify.report`), and its size
-dense vs as Core ML will store it, in fp16 and fp32 (`sparsify.sizing` has the formula and the
+channels that are entirely zero (measured on magnitudes, see `sparsify.analysis.report`), and its size
+dense vs as Core ML will store it, in fp16 and fp32 (`sparsify.analysis.sizing` has the formula and the
 rule deciding which weights Core ML stores sparse). The whole-model line estimates the exported
 ``weight.bin``, other tensors (biases, norms) included.
 
@@ -32,7 +32,7 @@ import attrs
 import torch
 from torch import nn
 
-from .config import OptimizationConfig
+from ..config import OptimizationConfig
 from .report import sparsity_summary
 from .sizing import (
     RULES,
@@ -167,7 +167,7 @@ class ModelReport:
 
     layers: tuple[LayerReport, ...]
     other_params: int  # elements of the other floating-point tensors (biases, norms, ...)
-    rule: str  # which weights Core ML stores sparse, see sparsify.sizing
+    rule: str  # which weights Core ML stores sparse, see sparsify.analysis.sizing
     target: str  # deployment target the weight.bin estimate is for
     file_fp16: int  # estimated weight.bin bytes, fp16 model
     file_fp32: int
@@ -524,7 +524,7 @@ def model_report(
             hook's ``amount``): one number for every layer, a ``{layer name: sparsity}`` dict, or the
             ``MagnitudePrunerConfig`` the model was pruned with (its pattern is then reported too).
         rule: how the model will be exported, which decides the weights stored sparse
-            (`sparsify.sizing`): ``"sparsify"`` (default: `sparsify.export.export_coreml`,
+            (`sparsify.analysis.sizing`): ``"sparsify"`` (default: `sparsify.export.coreml.export_coreml`,
             ``sparsify export``), ``"sparsify_all"`` (the same with ``sparse_weights="all"``),
             ``"metadata"`` (plain ``coremltools.convert``) or ``"default_pruning"`` (``coremltools.convert``
             with ``pass_pipeline=ct.PassPipeline.DEFAULT_PRUNING``).

@@ -2,7 +2,7 @@
 
 For code written against INC's ``prepare_compression(model, config).callbacks``::
 
-    manager = sparsify.callbacks.prepare_compression(model, inc_config_dict)   # or a GradualPrunerConfig
+    manager = sparsify.compat.inc_callbacks.prepare_compression(model, inc_config_dict)   # or a GradualPrunerConfig
     manager.callbacks.on_train_begin()
     for step, (x, y) in enumerate(data):
         manager.callbacks.on_step_begin(step)
@@ -42,8 +42,8 @@ from typing import Any
 
 from torch import nn
 
-from .gradual import GradualPruner, GradualPrunerConfig
-from .pruner import BasePruner
+from ..gradual import GradualPruner, GradualPrunerConfig
+from ..pruner import BasePruner
 
 __all__ = ["CompressionManager", "PruningCallbacks", "prepare_compression"]
 
@@ -126,10 +126,10 @@ def prepare_compression(
     """INC's ``prepare_compression``: a manager whose ``.callbacks`` drive a `GradualPruner`.
 
     ``config`` is a `GradualPrunerConfig`, or an INC pruning config (dict or YAML path) read
-    with `sparsify.inc_config.from_inc_config`. The model is prepared in ``on_train_begin``.
+    with `sparsify.compat.inc.from_inc_config`. The model is prepared in ``on_train_begin``.
     """
     if not isinstance(config, GradualPrunerConfig):
-        from .inc_config import from_inc_config
+        from .inc import from_inc_config
 
         config = from_inc_config(config)
     pruner = GradualPruner(model, config)

@@ -40,7 +40,7 @@ def _figure(figsize: Size, dpi: int) -> Any:
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "sparsify.plots needs matplotlib, which is not installed: pip install 'sparsify[plot]' "
+            "sparsify.analysis.plots needs matplotlib, which is not installed: pip install 'sparsify[plot]' "
             "(or pip install matplotlib)"
         ) from exc
     return Figure(figsize=figsize, dpi=dpi, layout="constrained")
@@ -118,7 +118,7 @@ def plot_layer_sparsity(
     dpi: int = 100,
 ) -> Path:
     """Bars of achieved sparsity per layer (requested shown as a black tick; each label gives the
-    layer's parameter count), from `sparsify.model_report.model_report` or from a model
+    layer's parameter count), from `sparsify.analysis.model_report.model_report` or from a model
     (reported on the fly)."""
     if isinstance(report, nn.Module):
         from .model_report import model_report

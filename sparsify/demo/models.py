@@ -5,7 +5,7 @@
 * `MLP` — flatten, then fully connected layers with ReLU.
 
 Both take ``[N, C, H, W]`` float images and return ``[N, num_classes]`` logits. `train_epoch`
-is the plain training loop the examples share (for accuracy, see `sparsify.sensitivity.accuracy`).
+is the plain training loop the examples share (for accuracy, see `sparsify.analysis.sensitivity.accuracy`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `inspect_mlpackage` needs no Core ML runtime (none exists on Linux): it reads the model
 description with ``coremltools.models.MLModel(path, skip_model_load=True)`` and the weight values
 straight from ``Data/com.apple.CoreML/weights/*.bin``. It works on any ML Program package, whoever
-made it (plain ``coremltools``, `sparsify.export.export_coreml`, Xcode).
+made it (plain ``coremltools``, `sparsify.export.coreml.export_coreml`, Xcode).
 
 What it reports (`PackageReport`):
 
@@ -15,7 +15,7 @@ What it reports (`PackageReport`):
   number of non-zeros (for sparse weights: the set bits of the mask), and its bytes in the weight file;
 * ``total_bytes`` — the size of the weight file(s), measured;
 * ``dense_bytes`` — what the same weights would take stored dense, computed from
-  `sparsify.sizing` (exact up to the last blob's padding, at most 63 bytes over).
+  `sparsify.analysis.sizing` (exact up to the last blob's padding, at most 63 bytes over).
 
 How weights are stored (the public MIL blob format, version 2): a 64-byte file header, then one blob
 per constant: a 64-byte header (``uint32`` sentinel ``0xDEADBEEF``, ``uint32`` data type, ``uint64``
@@ -39,8 +39,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .report import Report
-from .sizing import StoredTensor, weight_file_bytes
+from ..analysis.report import Report
+from ..analysis.sizing import StoredTensor, weight_file_bytes
 
 __all__ = [
     "PackageReport",
@@ -66,7 +66,7 @@ _NUMPY = {
     "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16,
     "UINT32": np.uint32, "UINT64": np.uint64,
 }
-_PRECISION = {"float16": "fp16", "float32": "fp32"}  # dtype name → sparsify.sizing precision
+_PRECISION = {"float16": "fp16", "float32": "fp32"}  # dtype name → sparsify.analysis.sizing precision
 
 
 class _Sparsity:

@@ -9,7 +9,7 @@ weights of it (unstructured pattern; block / channel patterns round each layer t
 
 Methods:
 
-* ``"scan"`` (the default when a `sparsify.sensitivity.SensitivityScan` is given) — minimise the
+* ``"scan"`` (the default when a `sparsify.analysis.sensitivity.SensitivityScan` is given) — minimise the
   predicted loss ``Σ drop_l(s_l)``, where ``drop_l`` is the scan's metric drop for layer ``l`` pruned
   alone (piecewise linear between the scanned sparsities, made non-decreasing). Exactly: take the
   lower convex hull of each layer's curve in (zeros, drop) and spend the global number of zeros on the
@@ -38,8 +38,8 @@ from typing import Any
 import attrs
 from torch import nn
 
-from .config import MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
-from .scope import global_keep_masks, pruned_count
+from ..config import MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
+from ..scope import global_keep_masks, pruned_count
 from .sensitivity import SensitivityScan, prunable_layers
 
 __all__ = ["METHODS", "Budget", "allocate_budget", "sparsity_for_count"]
@@ -295,9 +295,9 @@ def allocate_budget(
     Args:
         model: the model (needed for ``"erk"``, ``"magnitude"`` and ``"uniform"``; ``None`` is fine with a scan).
         target_sparsity: the count-weighted sparsity over the budgeted layers, in ``[0, 1]``.
-        scan: a `sparsify.sensitivity.SensitivityScan`; its layers are the ones budgeted.
+        scan: a `sparsify.analysis.sensitivity.SensitivityScan`; its layers are the ones budgeted.
         method: one of `METHODS`; default ``"scan"`` with a scan, else ``"erk"``.
-        layers: which layers without a scan (see `sparsify.sensitivity.prunable_layers`).
+        layers: which layers without a scan (see `sparsify.analysis.sensitivity.prunable_layers`).
         min_sparsity, max_sparsity: bounds for every layer (float, or dict by layer name).
 
     Raises:

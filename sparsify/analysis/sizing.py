@@ -21,7 +21,7 @@ Which weights are stored sparse depends on how the model is exported (``rule``).
 one with a mask (prepared model) or with Core ML compression metadata (the
 ``_COREML_/<param>/compression_type`` buffer that `sparsify.MagnitudePruner.finalize` writes):
 
-* ``"sparsify"`` — `sparsify.export.export_coreml` (``sparsify export``): every pruned weight of
+* ``"sparsify"`` — `sparsify.export.coreml.export_coreml` (``sparsify export``): every pruned weight of
   rank ≥ 2 whose sparse blobs are smaller than its dense blob (headers included), counting exact
   zeros only. The model is converted dense first, so every conv → batch norm pair is fused.
 * ``"sparsify_all"`` — the same with ``sparse_weights="all"``: any weight of rank ≥ 2, pruned or not.

@@ -8,7 +8,7 @@ finalized models: a masked layer is pruned on top of its current mask.
 
 The result, `SensitivityScan`, prints as a table (`SensitivityScan.to_text`, Markdown,
 CSV, JSON), draws as curves (`SensitivityScan.plot`) and feeds
-`sparsify.budget.allocate_budget`, which turns it into per-layer sparsities.
+`sparsify.analysis.budget.allocate_budget`, which turns it into per-layer sparsities.
 
 ``evaluate`` is any ``model -> float``; `accuracy` builds one from data. Say
 ``higher_is_better=False`` for a loss.
@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import MagnitudePrunerConfig
-from .patterns import ranked_mask
+from ..config import MagnitudePrunerConfig
+from ..patterns import ranked_mask
 
 __all__ = ["DEFAULT_SPARSITIES", "SensitivityScan", "accuracy", "prunable_layers", "sensitivity_scan"]
 
@@ -188,7 +188,7 @@ class SensitivityScan:
         return self.to_text()
 
     def plot(self, path: str | Path, **kwargs: Any) -> Path:
-        """Draw the curves to a PNG (`sparsify.plots.plot_sensitivity`; needs matplotlib)."""
+        """Draw the curves to a PNG (`sparsify.analysis.plots.plot_sensitivity`; needs matplotlib)."""
         from .plots import plot_sensitivity
 
         return plot_sensitivity(self, path, **kwargs)

@@ -1,0 +1,1 @@
+"""Analysis: sparsity and size reports, sensitivity scans, per-layer budgets and pictures."""
