@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig, PolynomialDecayScheduler
-from sparsify.decay import ExponentialScheduler
+from sparsify.schedules.step_range import ExponentialScheduler
 from sparsify.gradual import GradualPruner, GradualPrunerConfig, ModuleGradualPrunerConfig
 
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsify import ModuleMagnitudePrunerConfig
-from sparsify.data import GradSampler
+from sparsify.criteria.sampler import GradSampler
 from sparsify.demo.datasets import load_digits
 from sparsify.demo.models import SmallCNN, train_epoch
 from sparsify.mfac import MFACPrunerConfig, oneshot_prune
@@ -167,7 +167,7 @@ def _rss() -> int:
 
 def fisher_point(m: int, d: int, block: int | None) -> dict:
     """Run in a subprocess: time and peak memory of FisherInverse on an m × d buffer."""
-    from sparsify.fisher import FisherInverse
+    from sparsify.criteria.fisher import FisherInverse
 
     torch.manual_seed(0)
     before = _rss()

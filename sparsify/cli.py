@@ -213,7 +213,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_PRUNERS = ("magnitude", "gradual", "mfac", "inc")
+_CONFIG_FORMATS = ("sparsify", "coreml", "inc")
 
 
 def _build_model(spec: str) -> torch.nn.Module:
@@ -233,25 +233,22 @@ def _build_model(spec: str) -> torch.nn.Module:
 
 def _load_config(path: str | None, pruner: str) -> Any:
     from .compat.inc import from_inc_config
-    from .config import MagnitudePrunerConfig
-    from .gradual import GradualPrunerConfig
-    from .mfac import MFACPrunerConfig
+    from .config import MagnitudePrunerConfig, PrunerConfig
 
     if pruner == "inc":
         if path is None:
-            raise CommandError("--pruner inc needs a config file (an Intel Neural Compressor pruning YAML)")
+            raise CommandError("--format inc needs a config file (an Intel Neural Compressor pruning YAML)")
         return from_inc_config(path)
-    config_class = {"magnitude": MagnitudePrunerConfig, "gradual": GradualPrunerConfig,
-                    "mfac": MFACPrunerConfig}[pruner]
+    config_class = {"sparsify": PrunerConfig, "coreml": MagnitudePrunerConfig}[pruner]
     return config_class() if path is None else config_class.from_yaml(path)
 
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
-    from .selection import dry_run
+    from .pruning import dry_run
 
     model = _build_model(args.model)
     try:
-        config = _load_config(args.config, args.pruner)
+        config = _load_config(args.config, args.config_format)
     except (ValueError, TypeError) as exc:  # config errors name the field; no traceback needed
         raise CommandError(f"{args.config}: {exc}") from exc
     table = dry_run(model, config)
@@ -339,14 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Exits with 1 if prepare() would refuse a module.",
         epilog="examples:\n  sparsify dry-run sparsify.demo.models:SmallCNN\n"
         "  sparsify dry-run torchvision.models:resnet18 prune.yaml\n"
-        "  sparsify dry-run torchvision.models:mobilenet_v2 inc.yaml --pruner inc",
+        "  sparsify dry-run torchvision.models:mobilenet_v2 inc.yaml --format inc",
     )
     dry.add_argument("model", help="a model factory 'package.module:callable', called without arguments")
     dry.add_argument("config", nargs="?", default=None,
                      help="a YAML config for the pruner (default: the pruner's default config)")
-    dry.add_argument("--pruner", choices=_PRUNERS, default="magnitude",
-                     help="which config the YAML holds: MagnitudePrunerConfig (default), GradualPrunerConfig, "
-                     "MFACPrunerConfig, or an Intel Neural Compressor pruning config")
+    dry.add_argument("--format", dest="config_format", choices=_CONFIG_FORMATS, default="sparsify",
+                     help="what the YAML holds: a sparsify PrunerConfig (default), Core ML Tools' "
+                     "MagnitudePrunerConfig, or an Intel Neural Compressor pruning config")
 
     inspect = commands.add_parser(
         "inspect", formatter_class=formatter, help="show the ops and how every weight of an .mlpackage is stored",

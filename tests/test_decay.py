@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from sparsify.decay import (
+from sparsify.schedules.step_range import (
     CosineScheduler,
     CubicFastStartScheduler,
     CubicSlowStartScheduler,

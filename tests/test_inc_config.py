@@ -11,7 +11,7 @@ from torch import nn
 
 from sparsify.compat.inc import from_inc_config
 from sparsify.criteria import SnipMomentumCriterion
-from sparsify.decay import CubicSlowStartScheduler, ExponentialScheduler
+from sparsify.schedules.step_range import CubicSlowStartScheduler, ExponentialScheduler
 from sparsify.selection import dry_run
 from sparsify.tiles import TilePattern
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsify import ConstantSparsityScheduler, ModuleMagnitudePrunerConfig, PolynomialDecayScheduler
-from sparsify.data import GradSampler
-from sparsify.fisher import MemoryBudgetError
+from sparsify.criteria.sampler import GradSampler
+from sparsify.criteria.fisher import MemoryBudgetError
 from sparsify.mfac import MFACPruner, MFACPrunerConfig, oneshot_prune
 from sparsify.scope import global_keep_masks
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from sparsify import ConstantSparsityScheduler, PolynomialDecayScheduler
 from sparsify.compat.sparseml import ConstantMaskPruner, Recipe, epochs_to_scheduler, load_recipe_text
-from sparsify.data import GradSampler
+from sparsify.criteria.sampler import GradSampler
 from sparsify.mfac import MFACPruner
 
 LICENSE = "<!--\nCopyright (c) 2021 - present / Neuralmagic, Inc. All Rights Reserved.\n-->\n\n"
