@@ -262,15 +262,15 @@ def test_dry_run_lists_every_module_and_changes_nothing(tmp_path: Path, capsys: 
     rows = {line.split()[0]: line.split() for line in lines[2:-1]}
     assert rows["0"][3] == "prune" and rows["4"][3] == "prune" and rows["12"][3] == "prune"
     assert rows["9"][3] == "skip" and "excluded by name rule '9'" in " ".join(rows["9"])
-    assert rows["1"][1] == "BatchNorm2d" and "not supported by MagnitudePruner" in " ".join(rows["1"])
+    assert rows["1"][1] == "BatchNorm2d" and "type BatchNorm2d is not supported" in " ".join(rows["1"])
     assert lines[-1] == "3 of 6 modules pruned, covering 21280 of 86912 listed weights"
 
 
 def test_dry_run_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     refused = tmp_path / "refused.yaml"
-    refused.write_text("global_config:\n  granularity: per_kernel\n")
-    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(refused)]) == 1  # prepare() would refuse the Linears
-    assert "granularity='per_kernel' needs a weight with kernels" in capsys.readouterr().out
+    refused.write_text("global_config:\n  n_m_ratio: [1, 2]\n  param_name: bias\n")
+    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(refused)]) == 1  # prepare() would refuse the biases
+    assert "n_m_ratio needs a weight of rank >= 2" in capsys.readouterr().out
     invalid = tmp_path / "invalid.yaml"
     invalid.write_text("global_config:\n  target_sparsity: 7\n")
     assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(invalid)]) == 1
@@ -278,13 +278,13 @@ def test_dry_run_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert main(["dry-run", "no.such.module:Model"]) == 1
     assert "cannot import it" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:
-        main(["dry-run", "sparsify.demo.models:SmallCNN", "--pruner", "obs"])
+        main(["dry-run", "sparsify.demo.models:SmallCNN", "--format", "obs"])
     assert usage.value.code == 2
 
 
 def test_dry_run_reads_gradual_and_inc_configs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     inc = tmp_path / "inc.yaml"
     inc.write_text("pruning_type: snip_momentum\npattern: 4x1\ntarget_sparsity: 0.9\npruning_scope: global\n")
-    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(inc), "--pruner", "inc"]) == 0
+    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(inc), "--format", "inc"]) == 0
     out = capsys.readouterr().out
-    assert "snip_momentum" in out and "4x1" in out and "not supported by GradualPruner" in out
+    assert "snip_momentum" in out and "4x1" in out and "is not supported" in out
