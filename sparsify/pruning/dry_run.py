@@ -91,9 +91,21 @@ def _schedule_text(scheduler: Any) -> str:
     return f"{kind}(" + ", ".join(f"{k}={v}" for k, v in data.items()) + ")"
 
 
+def _pattern_text(module_config: Any, pattern: Any) -> str:
+    """Short: ``4x1``, ``n:m 2:4 (dim 1)``, ``per_channel, block 4`` — the pattern as it will be applied."""
+    if module_config.pattern is not None:
+        return module_config.pattern
+    if module_config.n_m_ratio is not None:
+        n, m = module_config.n_m_ratio
+        return f"n:m {n}:{m} (dim {module_config.dim})"
+    granularity = getattr(pattern, "granularity", module_config.granularity)
+    block = module_config.block_size
+    return granularity + (f", block {block}" if block > 1 else "")
+
+
 def _settings(module_config: Any, pattern: Any) -> dict[str, Any]:
     settings: dict[str, Any] = {
-        "pattern": pattern.describe() if pattern is not None else "",
+        "pattern": _pattern_text(module_config, pattern),
         "criterion": module_config.criterion.describe(),
         "final": f"{module_config.final_sparsity:.4f}",
         "scope": module_config.scope,

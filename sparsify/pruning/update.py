@@ -83,7 +83,11 @@ def _global_masks(
         low[name] = min(target.config.min_sparsity, cap)
         high[name] = min(target.config.max_sparsity, cap)
     total = sum(weights.values())
-    sparsity = sum(pruned_count(weights[n], levels[n]) for n in weights) / max(total, 1)
+    distinct = {levels[n] for n in weights}
+    if len(distinct) == 1:  # the usual case: one schedule, so the global count is exact
+        sparsity = distinct.pop()
+    else:
+        sparsity = sum(pruned_count(weights[n], levels[n]) for n in weights) / max(total, 1)
     keep = global_keep_masks(
         grouped, sparsity, weights_per_group=sizes, layer_weights=weights, min_sparsity=low, max_sparsity=high,
         normalize=members[0].config.normalize,
