@@ -21,6 +21,7 @@ from .analysis.budget import allocate_budget
 from .analysis.model_report import model_report
 from .analysis.report import Report
 from .analysis.sensitivity import sensitivity_scan
+from .compat.coremltools import CompressionMetadata, CompressionType, n_m_mask
 from .compat.inc import from_inc_config
 from .compat.inc_callbacks import prepare_compression
 from .compat.sparseml import Recipe
@@ -51,6 +52,8 @@ from .schedules import (
 __version__ = "0.2.0"
 
 __all__ = [
+    "CompressionMetadata",
+    "CompressionType",
     "ConstantSparsityScheduler",
     "CosineScheduler",
     "Criterion",
@@ -79,6 +82,7 @@ __all__ = [
     "inspect_mlpackage",
     "magnitude_pruner",
     "model_report",
+    "n_m_mask",
     "patterns",
     "prepare_compression",
     "prune",

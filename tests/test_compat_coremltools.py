@@ -131,11 +131,7 @@ def test_bad_metadata() -> None:
         CompressionMetadata.from_state_dict({"_COREML_/a/b/compression_type": torch.tensor([1])})
 
 
-# Engine behaviour that must equal Core ML Tools' (issue 10). Strict xfails: each names the engine fix it waits for and
-# fails as XPASS once that fix lands, so the marker is removed with it.
-_LINEAR_FALLBACK = pytest.mark.xfail(
-    strict=True, reason="engine: Core ML Tools prunes a rank-2 weight per-scalar whatever the granularity "
-                        "(magnitude_ranked_mask: `granularity == 'per_scalar' or rank == 2`)")
+# Engine behaviour that must equal Core ML Tools' (issue 10): masks on a conv + linear model, and empty schedules.
 
 
 def _conv_linear() -> nn.Module:
@@ -159,10 +155,10 @@ def _masks(pruner_cls: type, config_cls: type, config: dict, steps: int = 1) -> 
         {"granularity": "per_scalar", "block_size": 2},
         {"n_m_ratio": (2, 4)},
         {"n_m_ratio": (3, 4), "dim": 0},
-        pytest.param({"granularity": "per_channel"}, marks=_LINEAR_FALLBACK),
-        pytest.param({"granularity": "per_channel", "block_size": 2}, marks=_LINEAR_FALLBACK),
-        pytest.param({"granularity": "per_kernel"}, marks=_LINEAR_FALLBACK),
-        pytest.param({"granularity": "per_kernel", "block_size": 2}, marks=_LINEAR_FALLBACK),
+        {"granularity": "per_channel"},
+        {"granularity": "per_channel", "block_size": 2},
+        {"granularity": "per_kernel"},
+        {"granularity": "per_kernel", "block_size": 2},
     ],
 )
 def test_masks_equal_coremltools_on_a_conv_linear_model(module_config: dict) -> None:
@@ -177,8 +173,6 @@ def test_masks_equal_coremltools_on_a_conv_linear_model(module_config: dict) -> 
         assert torch.equal(ours[name], theirs[name]), name
 
 
-@pytest.mark.xfail(strict=True, reason="engine: PolynomialDecayScheduler must accept update_steps=range(0) / [] "
-                                       "as Core ML Tools does (the sparsity then stays at initial_sparsity)")
 def test_empty_update_steps_keep_initial_sparsity_as_coremltools() -> None:
     from coremltools.optimize.torch.pruning import MagnitudePruner as TheirPruner
     from coremltools.optimize.torch.pruning import MagnitudePrunerConfig as TheirConfig

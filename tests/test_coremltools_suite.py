@@ -26,13 +26,7 @@ pytest.importorskip("filelock", reason="Core ML Tools' suite conftest imports fi
 
 # Tests that fail because of the engine, each with its root cause. Empty this as the engine is fixed:
 # a test listed here that passes fails this module, so the count below stays exact.
-KNOWN_ENGINE_FAILURES: dict[str, str] = {
-    "pruning/test_magnitude_pruner.py::test_polynomial_scheduler_range_str[range(0)]":
-        "PolynomialDecayScheduler refuses update_steps=range(0); Core ML Tools accepts an empty schedule",
-    "pruning/test_magnitude_pruner.py::test_sparsity_report_method[per_channel-2]":
-        "per_channel on a Linear prunes rows (2-row blocks: 2 of 5 blocks = 0.4); Core ML Tools prunes a "
-        "rank-2 weight per-scalar (2x1 blocks: 0.5)",
-}
+KNOWN_ENGINE_FAILURES: dict[str, str] = {}
 
 CMLTOOLS = f"coremltools {version('coremltools')}"
 

@@ -44,8 +44,12 @@ def scheduler_kinds() -> tuple[str, ...]:
 
 
 def initial_and_target(config: Any) -> tuple[float, float]:
-    """``(initial_sparsity, target_sparsity)`` of a config; initial defaults to 0."""
-    target = getattr(config, "target_sparsity", None)
+    """``(initial_sparsity, final sparsity)`` of a config; initial defaults to 0.
+
+    The final sparsity is the config's ``final_sparsity`` where it has one (``n / m`` with an n:m ratio, as
+    in Core ML Tools), else its ``target_sparsity``.
+    """
+    target = getattr(config, "final_sparsity", getattr(config, "target_sparsity", None))
     if target is None:
         raise ValueError(
             f"{type(config).__name__} has no target_sparsity: schedulers need a config that defines it."
