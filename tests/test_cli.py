@@ -288,3 +288,31 @@ def test_dry_run_reads_gradual_and_inc_configs(tmp_path: Path, capsys: pytest.Ca
     assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(inc), "--format", "inc"]) == 0
     out = capsys.readouterr().out
     assert "snip_momentum" in out and "4x1" in out and "is not supported" in out
+
+
+def test_prune_a_saved_model_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from sparsify.demo.models import SmallCNN
+
+    weights = tmp_path / "model.pt"
+    torch.save(SmallCNN().state_dict(), weights)
+    out = tmp_path / "pruned.pt"
+    args = ["prune", "sparsify.demo.models:SmallCNN", "--weights", str(weights), "-o", str(out)]
+    assert main([*args, "--sparsity", "0.75", "--granularity", "per_channel"]) == 0
+    state = torch.load(out, weights_only=True)
+    conv = state["4.weight"]
+    assert int((conv.flatten(1).abs().sum(1) == 0).sum()) == 48  # 48 of 64 output channels, whole
+    assert int((state["12.weight"] == 0).sum()) == 1920  # 75 % of 2560: the Linear falls back to per-scalar
+    assert state["4._COREML_/weight/compression_type"].tolist() == [1]
+    assert "saved the pruned model (state dict" in capsys.readouterr().out
+    assert main([*args, "--sparsity", "0.5"]) == 1  # exists
+    assert "pass --force" in capsys.readouterr().err
+    traced = tmp_path / "pruned.ts"
+    two_of_four = ["prune", "sparsify.demo.models:SmallCNN", "--n-m", "2:4", "--trace", "1,1,8,8", "-o", str(traced)]
+    assert main(two_of_four) == 0
+    program = torch.jit.load(str(traced))
+    assert all(int((run == 0).sum()) == 2 for run in program.state_dict()["9.weight"].reshape(-1, 4))
+    assert main(["prune", "sparsify.demo.models:SmallCNN", "--sparsity", "0.5", "--criterion", "snip",
+                 "-o", str(tmp_path / "x.pt")]) == 1
+    assert "criterion snip needs data" in capsys.readouterr().err
+    assert main(["prune", "sparsify.demo.models:SmallCNN", "-o", str(tmp_path / "y.pt")]) == 1
+    assert "give --sparsity" in capsys.readouterr().err
