@@ -89,3 +89,85 @@ def test_every_combination_lands_on_its_target(criterion, caplog):
         elif abs(total - TARGET) > 0.02:
             failures.append(f"{case}: {total:.4f} sparsity overall")
     assert not failures, "\n".join(failures)
+
+
+class TiedLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(16, 8)
+        self.head = nn.Linear(8, 16, bias=False)
+        self.head.weight = self.emb.weight  # weight tying, as in GPT-style LMs
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(tokens))
+
+
+def test_a_tied_embedding_gets_the_heads_mask_so_validated_and_shipped_logits_agree():
+    model = TiedLM()
+    pruner = Pruner(model, PrunerConfig(global_config=ModulePrunerConfig(target_sparsity=0.5)))
+    pruner.prepare(inplace=True)
+    pruner.step()
+    tokens = torch.arange(16)
+    validated = model(tokens).detach()
+    assert model.emb.weight_mask is model.head.weight_mask  # one mask for the shared parameter
+    assert int((model.emb.weight == 0).sum()) == 64
+    final = pruner.finalize(inplace=True)
+    assert torch.equal(final(tokens), validated)
+    assert final.emb.weight is final.head.weight
+
+
+def test_two_config_entries_rank_globally_on_their_own():
+    model = small_model()
+    with torch.no_grad():
+        model.fc1.weight.mul_(100)  # one global ranking over everything would spare fc1 entirely
+    conv = ModulePrunerConfig(target_sparsity=0.6, scope="global")
+    linear = ModulePrunerConfig(target_sparsity=0.6, scope="global")
+    pruner = Pruner(model, PrunerConfig(module_type_configs={nn.Conv2d: conv, nn.Linear: linear}))
+    pruner.prepare(inplace=True)
+    pruner.step()
+    zeros = {n: int((~t.mask).sum()) for n, t in pruner.targets.items()}
+    sizes = {n: t.orig.numel() for n, t in pruner.targets.items()}
+    assert zeros["conv1"] + zeros["conv2"] == int(0.6 * (sizes["conv1"] + sizes["conv2"]))
+    assert zeros["fc1"] + zeros["fc2"] == int(0.6 * (sizes["fc1"] + sizes["fc2"]))
+    assert zeros["fc1"] > 0
+
+
+def test_constant_weights_reach_their_target_and_nan_weights_are_reported(caplog):
+    layer = nn.Linear(10, 10)
+    with torch.no_grad():
+        layer.weight.fill_(0.5)
+        layer.weight[0, :6] = float("nan")
+    pruner = Pruner(layer, PrunerConfig(global_config=ModulePrunerConfig(target_sparsity=0.5)))
+    pruner.prepare(inplace=True)
+    pruner.step()
+    mask = layer.weight_mask
+    assert int((~mask).sum()) == 50
+    assert not mask[0, :6].any()  # NaN ranks lowest
+    assert "6 of 100 scores are NaN or infinite" in caplog.text
+
+
+def test_finalize_before_the_schedule_ends_says_how_far_it_got(caplog):
+    model = small_model()
+    config = PrunerConfig(global_config=ModulePrunerConfig(
+        target_sparsity=0.8, scheduler={"update_steps": list(range(1, 9))}))
+    pruner = Pruner(model, config)
+    pruner.prepare(inplace=True)
+    for _ in range(3):
+        pruner.step()
+    pruner.finalize(inplace=True)
+    assert "finalize() at step 3, before the schedule ended: 4 module(s) below their target sparsity" in caplog.text
+
+
+def test_prune_in_one_call():
+    import sparsify
+
+    model = small_model()
+    pruned = sparsify.prune(model, 0.75, pattern="4x1", scope="global", max_sparsity=0.9)
+    assert pruned is not model and not hasattr(pruned.conv1, "weight_orig")
+    weights = [m.weight for m in pruned.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert zeros == int(0.75 * sum(w.numel() for w in weights)) // 4 * 4
+    assert max(float((w == 0).float().mean()) for w in weights) <= 0.9
+    assert "_COREML_/weight/compression_type" in dict(pruned.conv1.named_buffers())
+    with pytest.raises(TypeError, match="do not pass scheduler"):
+        sparsify.prune(model, 0.5, scheduler={"begin_step": 3})
