@@ -129,7 +129,8 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], saved: dict[str, Path]) -> None:
     assert "required: COMMAND" in usage_error(capsys)
-    assert "invalid choice: 'prune'" in usage_error(capsys, "prune")
+    assert "invalid choice: 'shrink'" in usage_error(capsys, "shrink")
+    assert "required: model, -o/--output" in usage_error(capsys, "prune")
     assert "required: model" in usage_error(capsys, "report")
     assert "unrecognized arguments: --bogus" in usage_error(capsys, "report", saved["state_dict"], "--bogus")
     assert "invalid choice: 'xml'" in usage_error(capsys, "report", saved["state_dict"], "--format", "xml")

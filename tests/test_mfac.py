@@ -455,8 +455,6 @@ def test_gradual_resume_between_recordings_is_exact() -> None:
         torch.testing.assert_close(value, model.state_dict()[key], msg=key)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: Pruner.load_state_dict does not let the M-FAC scorer reopen its "
-                   "recording (no after_step / attach call), so step 7's gradient is lost too: (8, 1)")
 def test_gradual_resume_inside_a_recording_window_records_from_the_next_step() -> None:
     """Resumed after step 6, inside the window for the update at step 8: step 6's gradient is lost with the
     checkpoint, but steps 7 and 8 must still be recorded (the old MFACPruner reopened the recording in

@@ -345,6 +345,11 @@ class _MFACScorer(Scorer):
     def end(self) -> None:
         self.fisher, self.diag, self.slots = None, None, {}
 
+    def load_state_dict(self, state: Mapping[str, Any], pruner: PrunerView) -> None:
+        """A resumed run starts a fresh recording (the gradients of the steps before the checkpoint are gone)."""
+        super().load_state_dict(state, pruner)
+        self._stop_recording()
+
     # -- gradients ---------------------------------------------------------------------------
 
     def _plan(self, num_grads: int, dim: int) -> Any:

@@ -27,7 +27,8 @@ import attrs
 import torch
 from torch import nn
 
-from .plan import check_target, classifier_head_name
+from ..config import OptimizationConfig
+from .plan import SkipModule, check_target, classifier_head_name
 
 __all__ = ["DryRunRow", "DryRunTable", "dry_run"]
 
@@ -123,6 +124,10 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
     out). ``action`` is ``"prune"`` (with the settings it will get), ``"skip"`` (with the rule that excluded
     it, or why the pattern cannot apply) or ``"error"`` (with the message ``prepare()`` would raise).
     """
+    if not isinstance(config, OptimizationConfig):
+        raise TypeError(
+            f"config must be a PrunerConfig (or Core ML Tools' MagnitudePrunerConfig), got {type(config).__name__}"
+        )
     supported = config.supported_modules
     head = classifier_head_name(model) if getattr(config, "keep_classifier_dense", False) else None
     rows = DryRunTable()
@@ -143,13 +148,12 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
             else:
                 try:
                     pattern = check_target(name, module, module_config)
+                except SkipModule as skip:
+                    row.reason = f"skipped: {skip}"
                 except (ValueError, TypeError) as exc:
                     row.action, row.reason = "error", str(exc)
                 else:
                     row.settings = _settings(module_config, pattern)
-                    if pattern is None:
-                        row.reason = "the pattern cannot apply to this weight"
-                    else:
-                        row.action = "prune"
+                    row.action = "prune"
         rows.append(row)
     return rows

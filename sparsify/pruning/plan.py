@@ -16,9 +16,14 @@ from ..config import ModulePrunerConfig, OptimizationConfig
 from ..masking import is_masked
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, n_m_zero_count
 
-__all__ = ["Plan", "Target", "classifier_head_name", "plan_model", "reading_parent"]
+__all__ = ["Plan", "SkipModule", "Target", "check_target", "classifier_head_name", "plan_model", "reading_parent"]
 
 logger = logging.getLogger(__name__)
+
+
+class SkipModule(Exception):
+    """A selected module that cannot be pruned as configured and is skipped (with a warning), as Core ML
+    Tools and Neural Compressor skip such modules; the message says why."""
 
 
 @attrs.define(eq=False)
@@ -76,10 +81,11 @@ def reading_parent(model: nn.Module, name: str, module: nn.Module) -> str | None
     return None
 
 
-def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pattern | None:
-    """Validate one module against its config; the pattern to use, or ``None`` to skip it (logged).
+def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pattern:
+    """Validate one module against its config and return the pattern to apply to it.
 
-    Raises ``ValueError`` / ``TypeError`` naming the module for what cannot be pruned as asked.
+    Raises `SkipModule` (with the reason) for a module to leave dense, and ``ValueError`` / ``TypeError``
+    naming the module for what cannot be pruned as asked.
     """
     param = getattr(module, config.param_name, None)
     where = f"module {name!r} ({type(module).__name__})"
@@ -90,8 +96,7 @@ def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pa
     if not param.is_floating_point():
         raise TypeError(f"{where}.{config.param_name} has dtype {param.dtype}: only floating-point weights prune")
     if param.numel() == 0:
-        logger.warning("%s: %s has no elements, nothing to prune; skipped", where, config.param_name)
-        return None
+        raise SkipModule(f"{where}: {config.param_name} has no elements, nothing to prune")
     shape = tuple(param.shape)
     pattern = config.pattern_spec()
     if isinstance(pattern, CoreMLPattern):
@@ -120,8 +125,7 @@ def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pa
         try:
             pattern.check(shape, where)
         except ValueError as exc:
-            logger.warning("%s; skipped (Neural Compressor skips such layers too)", exc)
-            return None
+            raise SkipModule(str(exc)) from exc  # Neural Compressor skips such layers too
     return pattern
 
 
@@ -138,8 +142,10 @@ def plan_model(model: nn.Module, config: OptimizationConfig) -> list[Plan]:
         if module_config is None:
             continue
         assert isinstance(module_config, ModulePrunerConfig)
-        pattern = check_target(name, module, module_config)
-        if pattern is None:
+        try:
+            pattern = check_target(name, module, module_config)
+        except SkipModule as skip:
+            logger.warning("%s; skipped", skip)
             continue
         param = getattr(module, module_config.param_name)
         owner = by_param.get(id(param))

@@ -453,6 +453,8 @@ class Pruner:
             hook = getattr(target.module, "pruning_method", None)
             if hook is not None:
                 hook.amount = float(level)
+        for _, scorer, _ in self._scorers:  # e.g. M-FAC reopens its gradient recording for the next update
+            scorer.after_step(self)
 
 
 def _hook_fields(plan: Plan) -> dict[str, Any]:
