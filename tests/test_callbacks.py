@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
+from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig, Pruner
 from sparsify.compat.inc import from_inc_config
 from sparsify.compat.inc_callbacks import CompressionManager, PruningCallbacks, prepare_compression
-from sparsify import Pruner
 from sparsify.scope import pruned_count
 
 INC_CONFIG = {

@@ -63,7 +63,8 @@ def test_default_model_config_prunes_everything_until_something_specific_is_set(
         ({"n_m_ratio": (1, 2), "block_size": 2}, ValueError, "mutually exclusive"),
         ({"n_m_ratio": (1, 2), "granularity": "per_channel"}, ValueError, "mutually exclusive"),
         ({"initial_sparsity": 0.6, "target_sparsity": 0.5}, ValueError, "initial_sparsity <= the final sparsity"),
-        ({"initial_sparsity": 0.6, "n_m_ratio": (1, 2)}, ValueError, "initial_sparsity <= the final sparsity \\(0.5\\)"),
+        ({"initial_sparsity": 0.6, "n_m_ratio": (1, 2)}, ValueError,
+         "initial_sparsity <= the final sparsity \\(0.5\\)"),
     ],
 )
 def test_module_config_validation(kwargs: dict, error: type, message: str) -> None:

@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+from sparsify import ModulePrunerConfig
+from sparsify.schedules import scheduler_from_dict, scheduler_kinds
 from sparsify.schedules.step_range import (
     CosineScheduler,
     CubicFastStartScheduler,
@@ -14,8 +16,6 @@ from sparsify.schedules.step_range import (
     ExponentialScheduler,
     LinearScheduler,
 )
-from sparsify import ModulePrunerConfig
-from sparsify.schedules import scheduler_from_dict, scheduler_kinds
 
 S0, S = 0.1, 0.9
 CONFIG = ModulePrunerConfig(initial_sparsity=S0, target_sparsity=S)

@@ -9,10 +9,10 @@ import re
 import pytest
 from torch import nn
 
+from sparsify import dry_run
 from sparsify.compat.inc import from_inc_config
 from sparsify.criteria import SnipMomentumCriterion
 from sparsify.schedules.step_range import CubicSlowStartScheduler, ExponentialScheduler
-from sparsify import dry_run
 
 
 def test_inc_defaults() -> None:

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from sparsify import ConstantSparsityScheduler, PolynomialDecayScheduler
+from sparsify import ConstantSparsityScheduler, PolynomialDecayScheduler, Pruner
 from sparsify.compat.sparseml import Recipe, epochs_to_scheduler, load_recipe_text
 from sparsify.criteria.sampler import GradSampler
-from sparsify import Pruner
 
 LICENSE = "<!--\nCopyright (c) 2021 - present / Neuralmagic, Inc. All Rights Reserved.\n-->\n\n"
 MNIST_MFAC = LICENSE + """---
