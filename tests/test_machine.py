@@ -171,3 +171,24 @@ def test_prune_in_one_call():
     assert "_COREML_/weight/compression_type" in dict(pruned.conv1.named_buffers())
     with pytest.raises(TypeError, match="do not pass scheduler"):
         sparsify.prune(model, 0.5, scheduler={"begin_step": 3})
+
+
+def test_a_one_shot_call_that_fails_leaves_the_model_as_it_was():
+    import sparsify
+
+    model = small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="criterion 'snip' needs calibration data"):
+        sparsify.prune(model, 0.5, criterion="snip", inplace=True)  # refused before anything changes
+    budget = {"kind": "mfac", "num_grads": 4, "memory_budget": 2}  # 2 bytes: refused at the first update
+
+    def batches():
+        return [(torch.randn(2, 4, 8, 8), torch.randint(0, 4, (2,))) for _ in range(4)]
+
+    sampler = sparsify.GradSampler(batches, nn.functional.cross_entropy, progress=False)
+    with pytest.raises(MemoryError, match="memory"):
+        sparsify.prune(model, 0.5, criterion=budget, sampler=sampler, inplace=True)
+    assert not any(hasattr(m, "weight_orig") for m in model.modules())
+    assert all(isinstance(m.weight, nn.Parameter) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert list(model.state_dict()) == list(before)  # parameter order restored too

@@ -63,7 +63,16 @@ def prune(
     config = PrunerConfig(
         global_config=module_config, module_types=module_types, keep_classifier_dense=keep_classifier_dense
     )
+    if module_config.criterion.needs_data and sampler is None:
+        raise ValueError(
+            f"criterion {module_config.criterion.kind!r} needs calibration data for one-shot pruning: "
+            f"prune(model, {sparsity}, criterion=..., sampler=GradSampler(data, loss_fn))"
+        )
     pruner = Pruner(model, config, sampler)
-    pruner.prepare(inplace=inplace)
-    pruner.prune_now()
-    return pruner.finalize(inplace=True)
+    pruned = pruner.prepare(inplace=inplace)
+    try:
+        pruner.prune_now()
+    except BaseException:
+        pruner.abandon()  # nothing half-done is left in the user's model (inplace=True)
+        raise
+    return pruner.finalize(pruned, inplace=True)

@@ -150,18 +150,32 @@ class Pruner:
                 self._apply_levels(initial, fresh_scores=False)
             self._attach_scorers()
         except BaseException:
-            for _, scorer, _ in self._scorers:
-                scorer.detach()
-            self._scorers.clear()
-            for module, param_name in reversed(installed):
-                uninstall_mask(module, param_name)
-            self._pruner_info.clear()
+            self._uninstall(installed)
             self._model = original
             raise
         for name, target in self._pruner_info.items():
             logger.info("%s: %s, criterion %s, %s scope", name, target.pattern.describe(),
                         target.config.criterion.describe(), target.config.scope)
         return model
+
+    def _uninstall(self, installed: list[tuple[nn.Module, str]]) -> None:
+        """Remove the masks and hooks in ``installed`` (newest first), leaving the parameters as they are."""
+        for _, scorer, _ in self._scorers:
+            scorer.detach()
+        self._scorers.clear()
+        for module, param_name in reversed(installed):
+            uninstall_mask(module, param_name)
+        self._pruner_info.clear()
+
+    def abandon(self) -> nn.Module:
+        """Undo ``prepare()``: remove every mask and hook, restoring plain parameters (their values as they are
+        now — masked entries are not zeroed). Returns the model. For a one-shot call that failed part-way."""
+        installed = []
+        for name, target in self._pruner_info.items():
+            for module_name in (name, *target.tied_to):
+                installed.append((self._model.get_submodule(module_name), target.param_name))
+        self._uninstall(installed)
+        return self._model
 
     def _install(self, model: nn.Module, plan: Plan) -> tuple[nn.Module, str]:
         config = copy.deepcopy(plan.config)
