@@ -37,7 +37,8 @@ A fused batch norm disappears from the file and its conv gains a bias (`fuses_ba
 
 Joint compression (``export_coreml(..., palettize_bits=N)`` or ``quantize="int8"``, iOS18 only, the
 ``"sparsify"`` rules only) adds two storages per kind, each chosen only where it is the smallest
-(`stored_tensor` compares every allowed form; ties go to the simpler one):
+(`stored_tensor` compares every allowed form; ties go to the simpler one, except that a compressed
+pruned weight keeps its mask):
 
 * palettized, one look-up table per tensor: ``numel`` indices of ``N`` bits, packed, plus a table of
   ``2**N`` values (``constexpr_lut_to_dense``); sparse + palettized (``constexpr_lut_to_sparse``): the
@@ -65,12 +66,15 @@ __all__ = [
     "DEFAULT_PRUNING_MIN_SPARSITY",
     "DEFAULT_PRUNING_ZERO_THRESHOLD",
     "ELEMENT_BYTES",
+    "JOINT_TARGET",
     "METADATA_ZERO_THRESHOLD",
     "PALETTIZE_BITS",
     "QUANTIZE_DTYPES",
     "RULES",
     "TARGETS",
     "StoredTensor",
+    "check_compression",
+    "compression_name",
     "dense_bytes",
     "fuses_batchnorm",
     "sparse_bytes",
@@ -151,7 +155,7 @@ def stored_tensor(
     of output channels (one ``int8`` scale each). The other rules follow Core ML Tools' converter.
     """
     _check_rule(rule)
-    _check_compression(palettize_bits, quantize, target, rule)
+    check_compression(palettize_bits, quantize, target, rule)
     dense = StoredTensor(numel, nnz, False)
     if not rule.startswith("sparsify"):
         if metadata:
@@ -164,8 +168,9 @@ def stored_tensor(
     may_be_sparse = metadata or rule == "sparsify_all"
     options = [dense, *([StoredTensor(numel, nnz, True)] if may_be_sparse else [])]
     if palettize_bits is not None or quantize is not None:
+        # sparse first: on a tie, a pruned weight keeps its exact zeros rather than a palette entry for them
         options += [attrs.evolve(o, palettize_bits=palettize_bits, quantize=quantize, channels=channels)
-                    for o in list(options)]
+                    for o in reversed(options)]
     return min(options, key=lambda o: o.file_bytes(precision, target))  # min keeps the first of equals
 
 
@@ -184,7 +189,15 @@ def _check_rule(rule: str) -> None:
         raise ValueError(f"rule={rule!r} is invalid: allowed values are {', '.join(map(repr, RULES))}")
 
 
-def _check_compression(palettize_bits: int | None, quantize: str | None, target: str, rule: str) -> None:
+def compression_name(palettize_bits: int | None, quantize: str | None) -> str | None:
+    """``"palettize N bits"``, ``"quantize int8"`` or ``None``: how reports name the joint compression."""
+    if palettize_bits is not None:
+        return f"palettize {palettize_bits} bits"
+    return None if quantize is None else f"quantize {quantize}"
+
+
+def check_compression(palettize_bits: int | None, quantize: str | None, target: str, rule: str) -> None:
+    """Raise ``ValueError`` naming the field unless the joint-compression settings can be estimated."""
     if palettize_bits is None and quantize is None:
         return
     if palettize_bits is not None and quantize is not None:
@@ -243,7 +256,7 @@ class StoredTensor:
         mask = [(self.numel if target == "iOS18" else mask_bytes, mask_bytes)] if self.sparse else []
         kept = self.nnz if self.sparse else self.numel
         if self.palettize_bits or self.quantize:
-            _check_compression(self.palettize_bits, self.quantize, target, "sparsify")
+            check_compression(self.palettize_bits, self.quantize, target, "sparsify")
             if self.palettize_bits:
                 entries = 2**self.palettize_bits
                 return [(kept, math.ceil(kept * self.palettize_bits / 8)), (entries, entries * element), *mask]

@@ -50,7 +50,7 @@ from torch import nn
 
 from .._checks import field_error
 from ..analysis.report import Report
-from ..analysis.sizing import PALETTIZE_BITS, QUANTIZE_DTYPES
+from ..analysis.sizing import PALETTIZE_BITS, QUANTIZE_DTYPES, compression_name
 from .destination import Destination
 from .mlpackage import PackageReport, _Sparsity, inspect_mlpackage, read_constants, read_weights, weight_file_sizes
 from .quiet import quiet
@@ -296,13 +296,11 @@ def _export(model: Any, inputs: tuple[torch.Tensor, ...], destination: Destinati
         ))
     _verify(rows, unplanned(package, plan, origin), origin, log)
     package.path = str(destination.path)
-    compression = f"palettize {palettize_bits} bits" if palettize_bits else None
-    compression = f"quantize {quantize}" if quantize else compression
     return ExportReport(
         path=str(destination.path), minimum_deployment_target=target.name, compute_precision=precision,
         trace=conversion.route, rows=rows, total_bytes=package.total_bytes, dense_bytes=dense_bytes,
         op_counts=package.op_counts, warnings=log.messages, package=package,
-        trace_failures=conversion.failures, compression=compression,
+        trace_failures=conversion.failures, compression=compression_name(palettize_bits, quantize),
     )
 
 
