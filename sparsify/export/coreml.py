@@ -311,8 +311,8 @@ def _verify(rows: list[ExportRow], not_as_planned: list[str], origin: dict[str, 
     for row in rows:
         if row.torch_nonzeros is None or row.nonzeros is None or row.nonzeros >= row.torch_nonzeros:
             continue
-        if row.error is not None and not row.storage.startswith("sparse"):
-            continue  # palettes and int8 round small values to zero; `error` says by how much
+        if row.error is not None:
+            continue  # palettes and int8 may round small kept values to zero; `error` says by how much
         lost = row.torch_nonzeros - row.nonzeros
         log.warn(f"{row.name}: {lost} of its {row.torch_nonzeros} non-zero weights are zero in Core ML "
                  "(below the float16 range, or multiplied by a zero batch-norm scale)")

@@ -12,8 +12,8 @@ What it reports (`PackageReport`):
 * ``rows`` — one `WeightInfo` per weight: every ``const`` stored in the weight file, and every
   compressed weight (a ``constexpr_*`` op that a compute op reads). For each: shape, storage
   (``"dense"``, ``"sparse"``, ``"palettized"``, ``"quantized"``, ``"sparse+palettized"``,
-  ``"sparse+quantized"``), the number of non-zeros (for sparse weights: the set bits of the mask;
-  for the iOS18 palettized / quantized ops: of the decoded values), and its bytes in the weight file
+  ``"sparse+quantized"``), the number of non-zeros of the decoded weight (`sparsify.export.decode`;
+  for a sparse weight that is not decoded, the set bits of its mask), and its bytes in the weight file
   (a blob that two ops share — the mask of sparse + quantized weights — is counted once);
 * ``total_bytes`` — the size of the weight file(s), measured;
 * ``dense_bytes`` — what the same weights would take stored dense, computed from
@@ -90,7 +90,7 @@ class WeightInfo(_Sparsity):
     shape: tuple[int, ...]
     dtype: str  # of the weight as the compute ops see it ("float16", "float32", ...)
     numel: int
-    nonzeros: int | None  # None where it cannot be read without a decoder (iOS16 palettized / quantized)
+    nonzeros: int | None  # of the decoded weight; None where no decoder applies (iOS16 palettized / quantized)
     bytes: int  # data bytes in the weight file (or inline in the description), headers excluded
     consumers: tuple[str, ...] = ()  # op types that read it
 
@@ -380,13 +380,11 @@ class _Program:
         op_types, values = self.parts(op)
         shape = shape_of(out.type)
         storage = _storage(op_types)
-        nonzeros: int | None = None
-        if storage.startswith("sparse"):
+        array = decode(op_types, values, shape, self.files)
+        nonzeros = None if array is None else int(np.count_nonzero(array))
+        if nonzeros is None and storage.startswith("sparse"):  # not decoded, but the mask is readable
             mask = mask_of(values, shape, self.files)
             nonzeros = None if mask is None else int(np.count_nonzero(mask))
-        else:
-            array = decode(op_types, values, shape, self.files)
-            nonzeros = None if array is None else int(np.count_nonzero(array))
         blobs: dict[Any, int] = {}  # a blob shared by two ops (a mask) is counted once
         for key, value in values.items():
             blobs[value.blob_key or key] = value.nbytes(self.files)
