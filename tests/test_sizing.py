@@ -288,3 +288,25 @@ def test_estimate_matches_sparsify_export(tmp_path: Path, sparsity: float, preci
         assert 0 <= dense - exported.dense_bytes <= 63
     fc = report["9"]  # 8 192 weights: at 5 % the mask pays in fp32 (above 1/32) but not in fp16 (below 1/16)
     assert (fc.sparse, fc.sparse_fp32) == ((True, True) if sparsity == 0.9 else (False, True))
+
+
+def test_equal_constants_are_stored_once(tmp_path: Path) -> None:
+    """Untrained batch norms fold into all-zero biases; the converter keeps one constant per distinct value of
+    >= 100 elements, and so does the estimate (it computes the folded biases)."""
+    export = pytest.importorskip("sparsify.export.coreml")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 128, 3, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
+                          nn.Conv2d(128, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
+                          nn.Conv2d(128, 128, 1, bias=False), nn.BatchNorm2d(128)).eval()
+    _, finalized = _prune(model, target_sparsity=0.75)
+    exported = export.export_coreml(finalized, torch.randn(1, 3, 8, 8), tmp_path / "m.mlpackage")
+    assert sum(1 for row in exported.rows if row.storage == "dense") == 1  # three zero biases, one constant
+    report = model_report(finalized)
+    assert 0 <= report.file_fp16 - exported.total_bytes <= 63
+    with torch.no_grad():  # trained-looking batch norms: three different biases, three constants
+        for bn in (model[1], model[4], model[7]):
+            bn.bias.normal_()
+    _, finalized = _prune(model, target_sparsity=0.75)
+    exported = export.export_coreml(finalized, torch.randn(1, 3, 8, 8), tmp_path / "m2.mlpackage")
+    assert sum(1 for row in exported.rows if row.storage == "dense") == 3
+    assert 0 <= model_report(finalized).file_fp16 - exported.total_bytes <= 63

@@ -194,6 +194,16 @@ def _batchnorms_after_convs(
     return pairs
 
 
+def _fused_bias(bias: torch.Tensor | None, bn: dict[str, torch.Tensor | None]) -> torch.Tensor:
+    """The bias of a conv with its batch norm folded in (eps = 1e-5, the default: it only matters for
+    telling equal biases apart)."""
+    mean, var = bn["running_mean"].float(), bn["running_var"].float()
+    gamma = bn["weight"].float() if bn["weight"] is not None else torch.ones_like(mean)
+    beta = bn["bias"].float() if bn["bias"] is not None else torch.zeros_like(mean)
+    base = bias.float() if bias is not None else torch.zeros_like(mean)
+    return (base - mean) * gamma / torch.sqrt(var + 1e-5) + beta
+
+
 # ----------------------------------------------------------------------------------------------
 # model_report
 # ----------------------------------------------------------------------------------------------
@@ -323,11 +333,15 @@ def model_report(
     for index, prefix in _batchnorms_after_convs(weights, others, keys):
         conv = weights[index]
         if fuses_batchnorm(rule, conv_metadata=conv.metadata, conv_sparse=layers[index].sparse):
-            for name in _BATCHNORM:
-                rest.pop(prefix + name, None)
             bias = f"{conv.module}.bias" if conv.module else "bias"
-            rest.setdefault(bias, conv.tensor.new_empty(conv.tensor.shape[0]))
-    dense_rest = [StoredTensor(t.numel(), t.numel(), False) for t in rest.values()]
+            rest[bias] = _fused_bias(rest.get(bias), {name: rest.pop(prefix + name, None) for name in _BATCHNORM})
+    # The converter stores equal constants of >= 100 elements once (its const_deduplication pass): the
+    # fused biases of an untrained model, all zero, are one constant per shape.
+    distinct: dict[Any, torch.Tensor] = {}
+    for key, tensor in rest.items():
+        value = tensor.detach().float().cpu()
+        distinct.setdefault((tuple(value.shape), value.numpy().tobytes()) if value.numel() >= 100 else key, value)
+    dense_rest = [StoredTensor(t.numel(), t.numel(), False) for t in distinct.values()]
     files = {
         (precision, is_dense): weight_file_bytes(
             [*(StoredTensor(e.numel, e.numel, False) if is_dense else e for e in entries), *dense_rest],
