@@ -145,6 +145,26 @@ def test_infer_pattern_tiles() -> None:
     assert infer_pattern(pointwise * n_m_mask(pointwise.abs(), (2, 4))) == "2:4"
 
 
+@pytest.mark.parametrize(("tiles", "name"), [("4x1", "block 4"), ("1x4", "1x4"), ("2x2", "2x2")])
+def test_tile_pruned_models_name_their_tiles(tiles: str, name: str) -> None:
+    """A conv and a linear pruned with the engine's tile pattern: named by their tiles, prepared (the hook
+    carries no tile fields, the zeros are read), finalized (inferred) or with the config (config)."""
+    import sparsify
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Flatten(), nn.Linear(16 * 6 * 6, 32))
+    config = sparsify.PrunerConfig(global_config=sparsify.ModulePrunerConfig(
+        target_sparsity=0.5, pattern=tiles, scheduler={"kind": "constant", "begin_step": 0}))
+    pruner = sparsify.Pruner(model, config)
+    prepared = pruner.prepare()
+    pruner.step()
+    assert [(r.pattern, r.pattern_source) for r in model_report(prepared).layers] == [(name, "inferred")] * 2
+    finalized = pruner.finalize()
+    assert [r.pattern for r in model_report(finalized).layers] == [name, name]
+    assert [(r.pattern, r.pattern_source) for r in model_report(finalized, requested=config).layers] == [
+        (name, "config")] * 2
+
+
 def test_pattern_from_the_engine_pattern_field() -> None:
     """A hook or config with the engine's ``pattern`` gets the name inference gives its zeros."""
     from sparsify.analysis.pattern_names import describe_pattern
@@ -154,7 +174,7 @@ def test_pattern_from_the_engine_pattern_field() -> None:
                      "channelx1": "channelx1", "1x1": "unstructured", "2:4": "2:4"}
     model = nn.Sequential(nn.Linear(8, 16))
     prune.l1_unstructured(model[0], "weight", amount=0.5)
-    next(iter(model[0]._forward_pre_hooks.values())).pattern = "1x4"  # as a tile-pattern hook would carry it
+    next(iter(model[0]._forward_pre_hooks.values())).tiles = "1x4"  # as a tile-pattern hook would carry it
     row = model_report(model)["0"]
     assert (row.pattern, row.pattern_source) == ("1x4", "hook")
 

@@ -4,7 +4,8 @@
 
 * **prepared** by a pruner (``weight_orig`` × ``weight_mask`` with a ``pruning_method`` hook: sparsify,
   Core ML Tools or ``torch.nn.utils.prune``): the masked weight is reported, the requested sparsity
-  is the hook's ``amount`` and the pattern the hook's ``n_m_ratio`` / ``block_size`` / ``granularity``;
+  is the hook's ``amount`` and the pattern the hook's ``n_m_ratio`` / ``block_size`` / ``granularity``
+  (or ``tiles``), or the zeros' when the hook only says "unstructured" (`sparsify.analysis.pattern_names`);
 * **finalized** (plain weights with ``_COREML_/<param>/compression_type`` metadata);
 * **plain** (any ``nn.Module``), or just a **state dict** (e.g. ``torch.load("model.pt")``) —
 
@@ -161,10 +162,10 @@ def _read_module(model: nn.Module) -> tuple[list[_Weight], dict[str, torch.Tenso
                 # torch.nn.utils.prune takes an int amount as a count of weights
                 weight.amount = float(amount) / weight.tensor.numel() if isinstance(amount, int) and amount > 1 \
                     else float(amount)
-            if any(hasattr(hook, key) for key in ("n_m_ratio", "block_size", "granularity", "pattern")):
+            if any(hasattr(hook, key) for key in ("n_m_ratio", "block_size", "granularity", "tiles")):
                 weight.pattern = describe_pattern(
                     getattr(hook, "n_m_ratio", None), getattr(hook, "block_size", 1) or 1,
-                    getattr(hook, "granularity", "per_scalar"), getattr(hook, "dim", 1), getattr(hook, "pattern", None),
+                    getattr(hook, "granularity", "per_scalar"), getattr(hook, "dim", 1), getattr(hook, "tiles", None),
                 )
         kept.append(weight)
     return kept, others
@@ -314,8 +315,11 @@ def model_report(
             pattern, source = w.pattern, "hook"
             if pattern is None and config_pattern is not None:
                 pattern, source = config_pattern, "config"
-            if pattern is None:
-                pattern, source = infer_pattern(tensor), "inferred"
+            if pattern in (None, "unstructured"):
+                # a hook without tile fields says "unstructured" for tiles too: the zeros tell more, once there
+                inferred = infer_pattern(tensor)
+                if pattern is None or inferred not in ("unstructured", "dense"):
+                    pattern, source = inferred, "inferred"
             summary = sparsity_summary(tensor)
             layers.append(LayerReport(
                 name=w.name, kind=w.kind, shape=tuple(tensor.shape), params=numel, nonzeros=nonzeros,
