@@ -48,9 +48,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from ..config import _SUPPORTED_MAGNITUDE_MODULES, safe_load_yaml
-from ..gradual import GradualPrunerConfig, ModuleGradualPrunerConfig
-from ..tiles import n_m_from_string, parse_pattern
+from ...config import _SUPPORTED_MAGNITUDE_MODULES, safe_load_yaml
+from ...gradual import GradualPrunerConfig, ModuleGradualPrunerConfig
+from ...tiles import n_m_from_string, parse_pattern
 
 __all__ = ["INC_DEFAULTS", "from_inc_config", "load_inc_config"]
 

@@ -74,12 +74,12 @@ import torch
 import yaml
 from torch import nn
 
-from ..analysis.report import Report, global_summary
-from ..config import _SUPPORTED_MAGNITUDE_MODULES, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
-from ..data import GradSampler, as_grad_sampler
-from ..mfac import MFACPruner, MFACPrunerConfig
-from ..pruner import BasePruner, PrunedModuleInfo
-from ..schedules import ConstantSparsityScheduler, PolynomialDecayScheduler, PruningScheduler
+from ...analysis.report import Report, global_summary
+from ...config import _SUPPORTED_MAGNITUDE_MODULES, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
+from ...data import GradSampler, as_grad_sampler
+from ...mfac import MFACPruner, MFACPrunerConfig
+from ...pruner import BasePruner, PrunedModuleInfo
+from ...schedules import ConstantSparsityScheduler, PolynomialDecayScheduler, PruningScheduler
 
 __all__ = [
     "ConstantMaskPruner",
