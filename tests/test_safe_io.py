@@ -11,7 +11,7 @@ from sparsify.safe_io import SourceError, Tagged, line_of, load_yaml, load_yaml_
 
 # the classic "billion laughs": 9 levels of 9 aliases, 10^9 strings once expanded
 BOMB = "\n".join(
-    [f'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     + [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")]
 )
 
