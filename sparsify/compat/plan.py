@@ -60,13 +60,18 @@ class Origin:
     path: str | None
     line: int | None
     entry: str
+    keys: Mapping[Any, int] = attrs.field(factory=dict, eq=False, repr=False)
 
     def __str__(self) -> str:
         return f"{where(self.path, self.line)}{self.entry}"
 
-    def error(self, reason: str) -> SourceError:
-        """A `SourceError` at this entry."""
-        return SourceError(f"{self.entry}: {reason}", self.path, self.line)
+    def at(self, key: str | None) -> int | None:
+        """The line of ``key`` in this entry (the entry's own line when unknown)."""
+        return self.keys.get(key, self.line) if key is not None else self.line
+
+    def error(self, reason: str, key: str | None = None) -> SourceError:
+        """A `SourceError` at this entry (at the line of ``key`` when given)."""
+        return SourceError(f"{self.entry}: {reason}", self.path, self.at(key))
 
 
 class UnsupportedFeatureError(SourceError):

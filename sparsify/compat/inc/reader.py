@@ -113,17 +113,18 @@ def _where(origin: Origin) -> tuple[str | None, int | None]:
 
 
 def _refuse(feature: str, reason: str, origin: Origin) -> UnsupportedFeatureError:
-    return UnsupportedFeatureError(f"{origin.entry}: {feature}", reason, *_where(origin))
+    key = feature.split("=")[0].split(":")[0].strip()
+    return UnsupportedFeatureError(f"{origin.entry}: {feature}", reason, origin.path, origin.at(key))
 
 
 def _num(value: Any, key: str, origin: Origin, *, integer: bool = False) -> float:
     if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", value):
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise origin.error(f"{key}={value!r} is invalid: expected a finite number")
+        raise origin.error(f"{key}={value!r} is invalid: expected a finite number", key=key)
     if integer:
         if float(value) != int(value):
-            raise origin.error(f"{key}={value!r} is invalid: expected an integer")
+            raise origin.error(f"{key}={value!r} is invalid: expected an integer", key=key)
         return int(value)
     return float(value)
 
@@ -135,13 +136,13 @@ def _names(value: Any, key: str, origin: Origin) -> tuple[str, ...]:
         return (value,)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise origin.error(f"{key}={value!r} is invalid: expected a list of strings")
+    raise origin.error(f"{key}={value!r} is invalid: expected a list of strings", key=key)
 
 
 def _pattern(text: Any, origin: Origin, target: float, method: str) -> tuple[Structure, float]:
     """INC's ``pattern`` (``"4x1"``, ``"channelx1"``, ``"2:4"``, 1.x ``"tile_pattern_4x1"``) → structure, target."""
     if not isinstance(text, str):
-        raise origin.error(f"pattern={text!r} is invalid: expected a string such as '4x1' or '2:4'")
+        raise origin.error(f"pattern={text!r} is invalid: expected a string such as '4x1' or '2:4'", key='pattern')
     core = text.strip().split("_")[-1].lower()
     if "mha" in text:
         raise _refuse(f"pattern={text!r}", _REFUSED_TYPES["mha"], origin)
@@ -149,14 +150,14 @@ def _pattern(text: Any, origin: Origin, target: float, method: str) -> tuple[Str
     if nm:
         n, m = int(nm.group(1)), int(nm.group(2))
         if not 0 < n < m:
-            raise origin.error(f"pattern={text!r} is invalid: N:M prunes N of every M, 0 < N < M")
+            raise origin.error(f"pattern={text!r} is invalid: N:M prunes N of every M, 0 < N < M", key='pattern')
         if method != "lock" and target > n / m + 1e-9:
             raise origin.error(f"target_sparsity={target:g} with pattern={text!r} is invalid: INC allows at most "
-                               f"N/M = {n / m:g}")
+                               f"N/M = {n / m:g}", key='target_sparsity')
         return Structure("n_m", n_m=(n, m), indivisible="skip"), target
     tile = re.fullmatch(r"(\d+|channel)x(\d+|channel)", core)
     if tile is None or "0" in (tile.group(1), tile.group(2)):
-        raise origin.error(f"pattern={text!r} is invalid: allowed 'NxM' (N, M > 0 or 'channel'), 'N:M'")
+        raise origin.error(f"pattern={text!r} is invalid: allowed 'NxM' (N, M > 0 or 'channel'), 'N:M'", key='pattern')
     if core == "1x1":
         return Structure(indivisible="skip"), target
     return Structure("tile", tile=core, indivisible="skip"), target
@@ -167,11 +168,13 @@ def _schedule_steps(cfg: Mapping[str, Any], origin: Origin, decay: str) -> Sched
     end = _num(cfg["end_step"], "end_step", origin, integer=True)
     frequency = _num(cfg["pruning_frequency"], "pruning_frequency", origin, integer=True)
     if start < 0 or end < start:
-        raise origin.error(f"start_step={start}, end_step={end} are invalid: allowed 0 <= start_step <= end_step")
+        raise origin.error(f"start_step={start}, end_step={end} are invalid: allowed 0 <= start_step <= end_step",
+                           key="start_step")
     if frequency <= 0:
-        raise origin.error(f"pruning_frequency={frequency} is invalid: allowed an integer > 0")
+        raise origin.error(f"pruning_frequency={frequency} is invalid: allowed an integer > 0", key='pruning_frequency')
     if decay not in _DECAY:
-        raise origin.error(f"sparsity_decay_type={decay!r} is invalid: allowed {', '.join(_DECAY)}")
+        raise origin.error(f"sparsity_decay_type={decay!r} is invalid: allowed {', '.join(_DECAY)}",
+                           key="sparsity_decay_type")
     return Schedule("step", start, end, frequency, "oneshot" if start == end else decay)
 
 
@@ -204,15 +207,16 @@ def _group(cfg: Mapping[str, Any], origin: Origin, *, v1: bool) -> PruningGroup:
         method = kind
     else:
         raise origin.error(f"pruning_type={cfg['pruning_type']!r} is invalid: allowed {', '.join(_CRITERIA)} (with "
-                           f"_progressive), pattern_lock, sparse_gpt")
+                           f"_progressive), pattern_lock, sparse_gpt", key='pruning_type')
     target = _num(cfg["target_sparsity"], "target_sparsity", origin)
     if not 0.0 <= target < 1.0:
-        raise origin.error(f"target_sparsity={target:g} is invalid: INC allows 0 <= target_sparsity < 1")
+        raise origin.error(f"target_sparsity={target:g} is invalid: INC allows 0 <= target_sparsity < 1",
+                           key="target_sparsity")
     low = _num(cfg["min_sparsity_ratio_per_op"], "min_sparsity_ratio_per_op", origin)
     high = _num(cfg["max_sparsity_ratio_per_op"], "max_sparsity_ratio_per_op", origin)
     if not 0.0 <= low <= high < 1.0:
         raise origin.error(f"min_sparsity_ratio_per_op={low:g}, max_sparsity_ratio_per_op={high:g} are invalid: "
-                           f"allowed 0 <= min <= max < 1")
+                           f"allowed 0 <= min <= max < 1", key='min_sparsity_ratio_per_op')
     structure, target = _pattern(cfg["pattern"], origin, target, method)
     if structure.kind == "n_m":
         assert structure.n_m is not None
@@ -222,16 +226,19 @@ def _group(cfg: Mapping[str, Any], origin: Origin, *, v1: bool) -> PruningGroup:
         target = high
     scope = cfg["pruning_scope"]
     if scope not in ("global", "local"):
-        raise origin.error(f"pruning_scope={scope!r} is invalid: allowed 'global' or 'local'")
+        raise origin.error(f"pruning_scope={scope!r} is invalid: allowed 'global' or 'local'", key='pruning_scope')
+    if method in ("sparsegpt", "wanda", "lock"):
+        scope = "local"  # one-shot reconstruction and pattern lock work layer by layer
     reduce = cfg.get("criterion_reduce_type", "mean")
     if reduce not in ("mean", "sum"):
-        raise origin.error(f"criterion_reduce_type={reduce!r} is invalid: allowed 'mean' or 'sum'")
+        raise origin.error(f"criterion_reduce_type={reduce!r} is invalid: allowed 'mean' or 'sum'",
+                           key="criterion_reduce_type")
     if reduce == "sum" and structure.kind == "tile" and "channel" in (structure.tile or "") and scope == "global":
         raise _refuse("criterion_reduce_type: sum with channel tiles in global scope", "sparsify ranks tiles by "
                       "their mean score", origin)
     schedule = _schedule_steps(cfg, origin, str(cfg["sparsity_decay_type"]))
     if method in ("sparsegpt", "wanda", "lock") and schedule.curve != "oneshot":
-        raise origin.error(f"pruning_type={kind!r} runs in one shot: give start_step == end_step")
+        raise origin.error(f"pruning_type={kind!r} runs in one shot: give start_step == end_step", key='pruning_type')
     if schedule.curve == "oneshot" and method in ("gradient", "snip", "snip_momentum"):
         notes.append("one shot with a gradient criterion: the scores come from the gradients of the step it runs at")
     op_types = _names(cfg["pruning_op_types"], "pruning_op_types", origin)
@@ -251,17 +258,21 @@ def _v2_pruners(top: Mapping[str, Any], locals_: list[Any], plan: RecipePlan, ba
     """INC 2.x: every pruner dict falls back to the global keys, then to `INC_DEFAULTS`."""
     path = plan.path
     for key in top:
+        if key in ("pruning_configs", "pruners"):
+            continue
         if key not in INC_DEFAULTS:
             logger.warning("%s: %r is not an INC pruning key; INC ignores it, and so does sparsify",
                            Origin(path, line_of(top, key), "INC config"), key)
-    globals_ = {**INC_DEFAULTS, **{k: v for k, v in top.items() if v is not None}}
+    globals_ = {**INC_DEFAULTS, **{k: v for k, v in top.items() if v is not None and k not in ("pruning_configs",
+                                                                                                "pruners")}}
     if isinstance(globals_.get("parameters"), Mapping):
         globals_.update(globals_["parameters"])
     for index, raw in enumerate(locals_ or [{}]):
         if isinstance(raw, Tagged):
             raw = raw.value
         line = line_of(locals_, index) if locals_ else base_line
-        origin = Origin(path, line, f"pruning_configs[{index}]" if locals_ else "INC config")
+        keys = {**getattr(top, "lines", {}), **getattr(raw, "lines", {})}
+        origin = Origin(path, line, f"pruning_configs[{index}]" if locals_ else "INC config", keys)
         if not isinstance(raw, Mapping):
             raise origin.error(f"a pruner is a mapping of INC keys, got {type(raw).__name__}")
         for key in raw:
@@ -284,8 +295,9 @@ def _v1_pytorch(section: Mapping[str, Any], plan: RecipePlan, line: int | None) 
         raise SourceError("weight_compression_pytorch has no pruners: INC 1.x prunes only what its pruners list",
                           plan.path, line)
     for index, item in enumerate(pruners):
-        origin = Origin(plan.path, line_of(pruners, index), f"pruners[{index}] (!Pruner)")
         fields = item.value if isinstance(item, Tagged) else item
+        keys = {**getattr(section, "lines", {}), **getattr(fields, "lines", {})}
+        origin = Origin(plan.path, line_of(pruners, index), f"pruners[{index}] (!Pruner)", keys)
         if not isinstance(fields, Mapping):
             raise origin.error("a pruner is a mapping of its fields")
         unknown = sorted(set(fields) - _PRUNER_KEYS)
@@ -312,8 +324,9 @@ def _v1_legacy(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -
         raise SourceError("weight_compression has no pruners: INC 1.x prunes only what its pruners list", plan.path,
                           line)
     for index, item in enumerate(pruners):
-        origin = Origin(plan.path, line_of(pruners, index), f"pruners[{index}] (!Pruner)")
         fields = item.value if isinstance(item, Tagged) else item
+        keys = {**getattr(section, "lines", {}), **getattr(fields, "lines", {})}
+        origin = Origin(plan.path, line_of(pruners, index), f"pruners[{index}] (!Pruner)", keys)
         if not isinstance(fields, Mapping):
             raise origin.error("a pruner is a mapping of its fields")
         unknown = sorted(set(fields) - _PRUNER_KEYS)
@@ -329,7 +342,7 @@ def _v1_legacy(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -
             raise _refuse(f"prune_type={kind!r}", _REFUSED_TYPES[kind], origin)
         if kind not in ("basic_magnitude", "pattern_lock"):
             raise origin.error(f"prune_type={kind!r} is invalid: INC 1.x's weight_compression has basic_magnitude, "
-                               f"pattern_lock, group_lasso and gradient_sensitivity")
+                               f"pattern_lock, group_lasso and gradient_sensitivity", key='prune_type')
         if local.get("method", "per_tensor") != "per_tensor":
             raise _refuse(f"method={local['method']!r}", "INC 1.x per-channel thresholds; use per_tensor", origin)
         if str(local["pattern"]).split("_")[-1] != "1x1":
@@ -345,13 +358,13 @@ def _v1_legacy(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -
         initial = _num(value("initial_sparsity") or 0.0, "initial_sparsity", origin)
         if not 0.0 <= initial <= target < 1.0:
             raise origin.error(f"initial_sparsity={initial:g}, target_sparsity={target:g} are invalid: INC 1.x allows "
-                               f"0 <= initial <= target < 1")
+                               f"0 <= initial <= target < 1", key='initial_sparsity')
         start = _num(value("start_epoch") or 0, "start_epoch", origin)
         end = _num(value("end_epoch") or 0, "end_epoch", origin)
         frequency = _num(value("update_frequency"), "update_frequency", origin)
         if end < start or frequency <= 0:
             raise origin.error(f"start_epoch={start:g}, end_epoch={end:g}, update_frequency={frequency:g} are invalid: "
-                               f"allowed start <= end, update_frequency > 0")
+                               f"allowed start <= end, update_frequency > 0", key='start_epoch')
         notes = ["INC 1.x updates masks at the start of whole epochs: sparsity "
                  "init + (target - init)·(e - start + 1)/(end - start + 1) at epoch e"]
         if frequency < 1:
@@ -394,8 +407,7 @@ def read_inc_data(data: Any, path: str | None = None) -> RecipePlan:
                 _v1_pytorch(section, plan, line)
             elif key == "weight_compression_v2":
                 plan.format = "inc2"
-                pruners = section.get("pruners") or []
-                _v2_pruners({k: v for k, v in section.items() if k != "pruners"}, pruners, plan, line)
+                _v2_pruners(section, section.get("pruners") or [], plan, line)
             else:
                 raise SourceError(f"pruning.approach.{key} is not an INC pruning approach (weight_compression, "
                                   f"weight_compression_pytorch, weight_compression_v2)", path, line)
@@ -408,8 +420,7 @@ def read_inc_data(data: Any, path: str | None = None) -> RecipePlan:
     if locals_ is not None and not isinstance(locals_, list):
         raise SourceError(f"pruning_configs={locals_!r} is invalid: expected a list of pruner dicts", path,
                           line_of(data, "pruning_configs"))
-    _v2_pruners({k: v for k, v in data.items() if k != "pruning_configs"}, list(locals_ or []), plan,
-                getattr(data, "line", None))
+    _v2_pruners(data, locals_ or [], plan, getattr(data, "line", None))
     return plan
 
 
