@@ -322,7 +322,7 @@ def resnet_sml(depths: tuple[int, ...] = (3, 4, 6, 3), bottleneck: bool = True, 
 
 
 def mobilenet_sml(width: int = 8) -> StandIn:
-    """SparseML's MobileNet v1 names (``sections.K.J.depth.conv`` / ``point.conv``), sections of 1, 2, 2, 6, 2 blocks."""
+    """SparseML's MobileNet v1 names (``sections.K.J.depth.conv`` / ``point.conv``), 1, 2, 2, 6, 2 blocks."""
     e: list[Entry] = _conv_bn("input", 3, width, 3)
     cin = width
     for stage, blocks in enumerate((1, 2, 2, 6, 2)):
