@@ -150,10 +150,14 @@ class SparseMLParams(Selection):
 
 
 def _keep_prunable(names: list[str], params: Mapping[str, tuple[str, nn.Module, str]], origin: Origin) -> list[str]:
+    """The module names of the selected Linear / Conv / Embedding weights (`RecipePlan.resolve` decides
+    about embeddings); any other parameter (a norm layer's weight a loose regex caught, a bias) stays
+    dense, with one warning."""
     kept, left = [], []
     for full in names:
         _, module, param_name = params[full]
-        (kept if _prunable(module, param_name) else left).append(full)
+        prunable = _prunable(module, param_name) or (isinstance(module, nn.Embedding) and param_name == "weight")
+        (kept if prunable else left).append(full)
     if left:
         kinds = sorted({type(params[p][1]).__name__ + "." + params[p][2] for p in left})
         logger.warning(
@@ -394,9 +398,16 @@ class RecipePlan:
         for group in self.groups:
             modules: dict[str, float | None] = {}
             skipped: dict[str, str] = {}
+            embeddings: list[str] = []
             for rule in group.targets:
                 for name in rule.selection.select(model, group.origin):
                     if any(name == d or name.startswith(d + ".") for d in dropped):
+                        continue
+                    module = model.get_submodule(name)
+                    if isinstance(module, nn.Embedding):
+                        if group.method == "lock" and not bool((module.weight == 0).any()):
+                            continue  # no zeros to keep
+                        embeddings.append(name)
                         continue
                     if name in modules and modules[name] != rule.sparsity:
                         raise group.origin.error(f"{name} is given two final sparsities, {modules[name]} and "
@@ -411,6 +422,11 @@ class RecipePlan:
                         raise group.origin.error(
                             f"{name} of shape {shape} is not divided by {group.structure.describe()}")
                     modules[name] = rule.sparsity
+            if embeddings:
+                raise UnsupportedFeatureError(
+                    f"{group.origin.entry}: pruning Embedding weights ({', '.join(embeddings[:3])}"
+                    f"{', ...' if len(embeddings) > 3 else ''})", "sparsify prunes the weights of Linear and Conv "
+                    "layers", group.origin.path, group.origin.line)
             for name in modules:
                 if name in owner:
                     raise group.origin.error(f"{name} is also pruned by {owner[name]}: one entry per layer")
