@@ -285,7 +285,13 @@ def _construct_local_tag(loader: _Loader, suffix: str, node: yaml.Node) -> Tagge
 
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
-_Loader.add_multi_constructor("!", _construct_local_tag)
+
+
+class _TaggedLoader(_Loader):
+    """`_Loader` that also reads local ``!Name`` tags, as plain `Tagged` data."""
+
+
+_TaggedLoader.add_multi_constructor("!", _construct_local_tag)
 
 
 def _scan(text: str, name: str | None, max_nodes: int, max_depth: int) -> None:
@@ -344,13 +350,17 @@ def load_yaml_text(
     *,
     max_nodes: int = DEFAULT_MAX_NODES,
     max_depth: int = DEFAULT_MAX_DEPTH,
+    local_tags: bool = True,
 ) -> LoadedYaml:
-    """Parse YAML text safely (see the module docstring); ``name`` is used in error messages only."""
+    """Parse YAML text safely (see the module docstring); ``name`` is used in error messages only.
+
+    ``local_tags=False`` refuses ``!Name`` tags too (a sparsify config has none).
+    """
     _check_limit("max_nodes", max_nodes)
     _check_limit("max_depth", max_depth)
     try:
         _scan(text, name, max_nodes, max_depth)
-        loader = _Loader(text)
+        loader = (_TaggedLoader if local_tags else _Loader)(text)
         try:
             node = loader.get_single_node()
             data = None if node is None else loader.construct_document(node)
@@ -361,8 +371,8 @@ def load_yaml_text(
         mark = exc.problem_mark or exc.context_mark
         reason = " ".join(part for part in (exc.context, exc.problem) if part) or str(exc)
         if isinstance(exc, yaml.constructor.ConstructorError) and "could not determine a constructor" in reason:
-            reason = (f"{reason}: only plain YAML data and local '!Name' tags are read; nothing is ever built "
-                      f"from a tag")
+            allowed = "plain YAML data and local '!Name' tags are" if local_tags else "plain YAML data is"
+            reason = f"{reason}: only {allowed} read; nothing is ever built from a tag"
         raise SourceError(f"invalid YAML: {reason}", name, mark.line + 1 if mark else None) from exc
     except yaml.YAMLError as exc:
         raise SourceError(f"invalid YAML: {exc}", name) from exc
@@ -378,11 +388,13 @@ def load_yaml(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_nodes: int = DEFAULT_MAX_NODES,
     max_depth: int = DEFAULT_MAX_DEPTH,
+    local_tags: bool = True,
 ) -> LoadedYaml:
     """Read and parse a YAML (or Markdown recipe) file path or stream with every limit above.
 
     ``markdown``: ``None`` decides from the file name (``.md`` / ``.markdown``); ``True`` takes the
-    front matter or the first ```yaml block; ``False`` parses the whole text.
+    front matter or the first ```yaml block; ``False`` parses the whole text. ``local_tags=False``
+    refuses ``!Name`` tags (for sparsify's own configs).
     """
     name = _name_of(source)
     text = read_text(source, max_bytes=max_bytes)
@@ -390,4 +402,4 @@ def load_yaml(
         markdown = bool(name) and name.lower().endswith(_MARKDOWN_SUFFIXES)
     if markdown:
         text = yaml_from_markdown(text, name)
-    return load_yaml_text(text, name, max_nodes=max_nodes, max_depth=max_depth)
+    return load_yaml_text(text, name, max_nodes=max_nodes, max_depth=max_depth, local_tags=local_tags)

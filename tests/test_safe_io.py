@@ -50,6 +50,9 @@ def test_no_python_objects_only_tagged_data() -> None:
     data = load_yaml_text("pruners:\n  - !Pruner\n      prune_type: basic_magnitude\n  - !Scalar 3\n").data
     assert data["pruners"][0] == Tagged("Pruner", {"prune_type": "basic_magnitude"})
     assert data["pruners"][0].line == 2 and data["pruners"][1] == Tagged("Scalar", "3")
+    with pytest.raises(SourceError, match=r"^c\.yaml:1: invalid YAML: could not determine a constructor for the tag "
+                                          r"'!Pruner': only plain YAML data is read"):
+        load_yaml_text("a: !Pruner {x: 1}", "c.yaml", local_tags=False)
 
 
 def test_lines_duplicates_and_syntax_errors_name_the_place(tmp_path) -> None:
