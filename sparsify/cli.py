@@ -213,7 +213,68 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_PRUNERS = ("magnitude", "gradual", "mfac", "inc")
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .config import ModulePrunerConfig, PrunerConfig
+    from .pruning import Pruner
+
+    model = _build_model(args.model)
+    if args.weights is not None:
+        kind, state = load_model(args.weights)
+        if kind != "state_dict":
+            raise CommandError(f"{args.weights} is a {kind}: --weights takes torch.save(model.state_dict())")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CommandError(f"{args.weights} does not fit {args.model}: {exc}") from exc
+    if args.config is not None:
+        config = _load_config(args.config, args.config_format)
+        if args.sparsity is not None:
+            raise CommandError("give the sparsity in the config file or with --sparsity, not both")
+    else:
+        if args.sparsity is None and args.n_m is None:
+            raise CommandError("give --sparsity (e.g. 0.8), --n-m (e.g. 2:4) or a config file with --config")
+        choices: dict[str, Any] = {"criterion": args.criterion, "scope": args.scope}
+        if args.sparsity is not None:
+            choices["target_sparsity"] = args.sparsity
+        if args.pattern is not None:
+            choices["pattern"] = args.pattern
+        if args.granularity is not None:
+            choices["granularity"] = args.granularity
+        if args.n_m is not None:
+            from .patterns import n_m_from_string
+
+            choices["n_m_ratio"] = n_m_from_string(args.n_m)
+        config = PrunerConfig(global_config=ModulePrunerConfig(**choices))
+    needs_data = sorted({c.criterion.kind for c in _module_configs(config) if c.criterion.needs_data})
+    if needs_data:
+        raise CommandError(
+            f"criterion {', '.join(needs_data)} needs data (gradients) that the command line does not have: use "
+            f"sparsify.prune(model, sparsity, criterion=..., sampler=GradSampler(data, loss_fn)) from Python"
+        )
+    pruner = Pruner(model, config)
+    pruner.prepare(inplace=True)
+    pruner.prune_now()
+    pruned = pruner.finalize(inplace=True)
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise CommandError(f"{out} exists; pass --force to overwrite it")
+    if args.trace is not None:
+        example = torch.rand(*args.trace)
+        torch.jit.trace(pruned.eval(), example).save(str(out))
+    else:
+        torch.save(pruned.state_dict(), out)
+    print(pruner.report())
+    what = "TorchScript" if args.trace is not None else "state dict"
+    print(f"\nsaved the pruned model ({what}, with Core ML pruning metadata) to {out}")
+    return EXIT_OK
+
+
+def _module_configs(config: Any) -> list[Any]:
+    configs = [config.global_config, *config.module_type_configs.values(), *config.module_name_configs.values()]
+    return [c for c in configs if c is not None]
+
+
+_CONFIG_FORMATS = ("sparsify", "coreml", "inc")
 
 
 def _build_model(spec: str) -> torch.nn.Module:
@@ -233,25 +294,22 @@ def _build_model(spec: str) -> torch.nn.Module:
 
 def _load_config(path: str | None, pruner: str) -> Any:
     from .compat.inc import from_inc_config
-    from .config import MagnitudePrunerConfig
-    from .gradual import GradualPrunerConfig
-    from .mfac import MFACPrunerConfig
+    from .config import MagnitudePrunerConfig, PrunerConfig
 
     if pruner == "inc":
         if path is None:
-            raise CommandError("--pruner inc needs a config file (an Intel Neural Compressor pruning YAML)")
+            raise CommandError("--format inc needs a config file (an Intel Neural Compressor pruning YAML)")
         return from_inc_config(path)
-    config_class = {"magnitude": MagnitudePrunerConfig, "gradual": GradualPrunerConfig,
-                    "mfac": MFACPrunerConfig}[pruner]
+    config_class = {"sparsify": PrunerConfig, "coreml": MagnitudePrunerConfig}[pruner]
     return config_class() if path is None else config_class.from_yaml(path)
 
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
-    from .selection import dry_run
+    from .pruning import dry_run
 
     model = _build_model(args.model)
     try:
-        config = _load_config(args.config, args.pruner)
+        config = _load_config(args.config, args.config_format)
     except (ValueError, TypeError) as exc:  # config errors name the field; no traceback needed
         raise CommandError(f"{args.config}: {exc}") from exc
     table = dry_run(model, config)
@@ -339,14 +397,40 @@ def build_parser() -> argparse.ArgumentParser:
         "Exits with 1 if prepare() would refuse a module.",
         epilog="examples:\n  sparsify dry-run sparsify.demo.models:SmallCNN\n"
         "  sparsify dry-run torchvision.models:resnet18 prune.yaml\n"
-        "  sparsify dry-run torchvision.models:mobilenet_v2 inc.yaml --pruner inc",
+        "  sparsify dry-run torchvision.models:mobilenet_v2 inc.yaml --format inc",
     )
     dry.add_argument("model", help="a model factory 'package.module:callable', called without arguments")
     dry.add_argument("config", nargs="?", default=None,
                      help="a YAML config for the pruner (default: the pruner's default config)")
-    dry.add_argument("--pruner", choices=_PRUNERS, default="magnitude",
-                     help="which config the YAML holds: MagnitudePrunerConfig (default), GradualPrunerConfig, "
-                     "MFACPrunerConfig, or an Intel Neural Compressor pruning config")
+    dry.add_argument("--format", dest="config_format", choices=_CONFIG_FORMATS, default="sparsify",
+                     help="what the YAML holds: a sparsify PrunerConfig (default), Core ML Tools' "
+                     "MagnitudePrunerConfig, or an Intel Neural Compressor pruning config")
+
+    prune_cmd = commands.add_parser(
+        "prune", formatter_class=formatter, help="prune a saved model in one shot and save the finalized model",
+        description="Rebuild a model from its factory, load its weights, prune it in one shot with sparsify.Pruner "
+        "(any data-free criterion, pattern and scope) and save it finalized, with Core ML pruning metadata, as a "
+        "state dict or (with --trace) as TorchScript ready for 'sparsify export'.",
+        epilog="examples:\n"
+        "  sparsify prune sparsify.demo.models:SmallCNN --weights model.pt --sparsity 0.8 -o pruned.pt\n"
+        "  sparsify prune torchvision.models:resnet18 --sparsity 0.5 --pattern 4x1 --scope global -o r18.pt\n"
+        "  sparsify prune my.models:Net --weights w.pt --config prune.yaml --trace 1,3,32,32 -o pruned.ts",
+    )
+    prune_cmd.add_argument("model", help="a model factory 'package.module:callable', called without arguments")
+    prune_cmd.add_argument("--weights", help="a torch.save'd state dict to load into the model (read weights_only)")
+    prune_cmd.add_argument("--sparsity", type=float, help="the fraction of weights to prune, in [0, 1]")
+    prune_cmd.add_argument("--criterion", default="magnitude", help="a data-free criterion (default: magnitude)")
+    prune_cmd.add_argument("--pattern", help="NxM tiles such as 4x1 or 1xchannel (default: unstructured)")
+    prune_cmd.add_argument("--granularity", choices=("per_scalar", "per_kernel", "per_channel"))
+    prune_cmd.add_argument("--n-m", help="N:M, N zeros in every M weights (e.g. 2:4)")
+    prune_cmd.add_argument("--scope", choices=("local", "global"), default="local")
+    prune_cmd.add_argument("--config", help="a YAML config instead of the options above")
+    prune_cmd.add_argument("--format", dest="config_format", choices=_CONFIG_FORMATS, default="sparsify",
+                           help="what --config holds (as in dry-run)")
+    prune_cmd.add_argument("--trace", type=_parse_shape, help="save TorchScript traced with a random input of this "
+                           "shape (e.g. 1,3,32,32) instead of a state dict")
+    prune_cmd.add_argument("-o", "--output", required=True, help="where to save the pruned model")
+    prune_cmd.add_argument("--force", action="store_true", help="overwrite --output if it exists")
 
     inspect = commands.add_parser(
         "inspect", formatter_class=formatter, help="show the ops and how every weight of an .mlpackage is stored",
@@ -375,7 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "demo":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _configure_logging(args.verbose, args.quiet)
-    commands = {"report": cmd_report, "export": cmd_export, "inspect": cmd_inspect, "dry-run": cmd_dry_run}
+    commands = {"report": cmd_report, "export": cmd_export, "inspect": cmd_inspect, "dry-run": cmd_dry_run,
+                "prune": cmd_prune}
     try:
         if args.command == "demo":
             return cmd_demo(args, extra)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 Entry = tuple[str, nn.Module]
-FEATURES = 8
+FEATURES = 64
 
 
 class StandIn(nn.Module):
@@ -76,7 +76,7 @@ def _input_shape(module: nn.Module) -> tuple[int, ...]:
     if isinstance(module, nn.Embedding):
         return (1,)
     kernel = module.kernel_size  # type: ignore[union-attr]
-    spatial = tuple(k + 1 for k in kernel)  # type: ignore[union-attr]
+    spatial = tuple(kernel)  # type: ignore[union-attr]
     return (module.in_channels, *spatial)  # type: ignore[union-attr]
 
 

@@ -28,6 +28,7 @@ Rules used (peer source read at the commits in the corpus README):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Callable
@@ -35,12 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from _standins import (
     BERT_ENCODER,
+    batches,
     bert,
     distilbert,
     inc_conv_model,
     llama,
+    loss,
     mnist_net,
     mobilenet_sml,
     mobilenet_v2_tv,
@@ -54,8 +58,11 @@ from _standins import (
 from torch import nn
 
 from sparsify.compat.inc.reader import read_inc_config
+from sparsify.compat.inc_callbacks import prepare_compression, prepare_pruning
 from sparsify.compat.plan import PRUNABLE_TYPES, RecipePlan, UnsupportedFeatureError
+from sparsify.compat.sparseml import Recipe, ScheduledModifierManager
 from sparsify.compat.sparseml.reader import read_recipe
+from sparsify.criteria import criterion_kinds
 
 ROOT = Path(os.environ.get("SPARSIFY_REAL_RECIPES", Path(__file__).resolve().parents[2] / "shared/real-recipes/files"))
 if not ROOT.is_dir():
@@ -569,3 +576,193 @@ def test_each_file_reads_into_the_plan_its_project_means(name: str, caplog: pyte
     assert sorted(targets) == sorted(expected)
     skipped = {name for r in resolved for name in r.skipped}
     assert skipped == {n for n in prunable if case.indivisible and re.fullmatch(case.indivisible, n)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Applied through the entry points the peers' users call, on the one machine
+# ----------------------------------------------------------------------------------------------
+
+ENGINE_LACKS = {
+    "sparsegpt": "SparseGPT" if "sparsegpt" not in criterion_kinds() else None,
+    "partial_n_m": "below",
+    "embedding": "Embedding" if nn.Embedding not in PRUNABLE_TYPES else None,
+}
+MFAC_GRADS = 40  # num_grads for the run (the files ask 256-1400): it decides which weights go, not how many
+
+
+def _expected_names(case: Case, model: nn.Module) -> dict[str, G]:
+    prunable = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    out: dict[str, G] = {}
+    for g in case.groups:
+        for n in prunable:
+            if re.fullmatch(g.modules, n) and n not in out and not any(n.startswith(d + ".") for d in case.dropped):
+                out[n] = g
+    return out
+
+
+def _unit(g: G, weight: torch.Tensor) -> int:
+    if g.unit == "row":
+        return weight[0].numel()
+    if g.unit == "col":
+        return weight.shape[0]
+    return int(g.unit)
+
+
+def _seed_zeros(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Zero 30 % of each weight a "keep the zeros" group covers; returns where."""
+    zeros = {}
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name in names:
+            weight = model.get_submodule(name).weight
+            where = torch.rand(weight.shape, generator=generator) < 0.3
+            weight[where] = 0.0
+            zeros[name] = where
+    return zeros
+
+
+def _apply(name: str, case: Case, model: nn.Module, plan: RecipePlan) -> nn.Module:
+    """One shot through the peer's entry point: SparseML ``manager.apply``, INC ``prepare_pruning``."""
+    for group in plan.groups:
+        if group.method == "mfac":
+            grads = group.options.get("num_grads")
+            group.options["num_grads"] = {0.0: MFAC_GRADS} if isinstance(grads, dict) else MFAC_GRADS
+    data = batches(max(MFAC_GRADS, 8))
+    if name.startswith("sparseml"):
+        manager = ScheduledModifierManager(Recipe(plan))
+        manager.apply(model, grad_sampler={"data_loader_builder": lambda **kwargs: data, "loss_function": loss})
+        return model
+    handle = prepare_pruning(model, plan, dataloader=data, loss_func=loss, steps_per_epoch=1)
+    return handle.model
+
+
+RUNNABLE = sorted(n for n, c in CASES.items() if not c.refused)
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_each_file_ends_on_the_sparsity_it_asks_for(name: str) -> None:
+    case = CASES[name]
+    plan = _read(ROOT / name)
+    model = case.model()
+    expected = _expected_names(case, model)
+    locked = _seed_zeros(model, [n for n, g in expected.items() if g.sparsity is None])
+    lacking = [ENGINE_LACKS[need] for need in case.needs if ENGINE_LACKS.get(need)]
+    if lacking:
+        with pytest.raises(UnsupportedFeatureError, match=re.escape(lacking[0])) as info:
+            _apply(name, case, model, plan)
+        assert str(info.value).startswith(f"{ROOT / name}:") and info.value.line
+        assert all(
+            not (m.weight == 0).any()
+            for n, m in model.named_modules()
+            if isinstance(m, PRUNABLE_TYPES) and n not in locked
+        ), "refused after touching the model"
+        return
+    model = _apply(name, case, model, plan)
+    for dropped in case.dropped:
+        assert type(model.get_submodule(dropped)).__name__ == "PassThrough"
+    totals: dict[G, list[int]] = {}
+    for module_name, module in model.named_modules():
+        if not isinstance(module, PRUNABLE_TYPES):
+            continue
+        weight = module.weight.detach()
+        zeros = int((weight == 0).sum())
+        g = expected.get(module_name)
+        if g is None:
+            assert zeros == 0, f"{module_name} was pruned but the file does not ask for it"
+            continue
+        if g.sparsity is None:
+            assert torch.equal(weight == 0, locked[module_name]), f"{module_name} did not keep exactly its zeros"
+            continue
+        unit, numel = _unit(g, weight), weight.numel()
+        if g.scope == "local":
+            level = min(g.sparsity, g.high)
+            low, high = (
+                math.floor(round(level * numel / unit, 6)) * unit,
+                math.ceil(round(level * numel / unit, 6)) * unit,
+            )
+            assert low <= zeros <= high, f"{module_name}: {zeros} zeros of {numel}, asked {level}"
+        else:
+            assert zeros <= (g.high * numel) + unit and zeros >= g.low * numel - unit, module_name
+            total = totals.setdefault(g, [0, 0, 0, 0])
+            total[0] += zeros
+            total[1] += numel
+            total[2] = max(total[2], unit)
+            total[3] += 1
+    for g, (zeros, numel, unit, layers) in totals.items():
+        # within one unit of the pooled count, plus the engine's budget: each layer's scheduled zeros rounded down
+        assert abs(zeros - g.sparsity * numel) <= unit + layers, f"{g.modules}: {zeros / numel:.4f}, asked {g.sparsity}"
+
+
+def _zero_fraction(model: nn.Module, name: str) -> float:
+    weight = model.get_submodule(name).weight
+    return float((weight == 0).float().mean())
+
+
+def test_inc_schedules_run_step_by_step_through_the_callbacks() -> None:
+    """test_pruning_schedulers: layer1 magnitude 4x1 global exp over steps 0-2, layer2 snip_momentum 32x1 local exp
+    over steps 1-10 every 2: INC prunes at the start of step g (after g optimizer steps) to
+    1 - (1 - s)^(t/T), T = (end - start + f) // f - 1."""
+    name = INC_TEST + "test_pruning_schedulers.py.config.yaml"
+    model = RESNET18()
+    manager = prepare_compression(model, ROOT / name)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    manager.callbacks.on_train_begin()
+    layer1 = [n for n, _ in model.named_modules() if re.fullmatch(r"layer1\..*conv\d", n)]
+    layer2 = [n for n, _ in model.named_modules() if re.fullmatch(r"layer2\..*(conv\d|downsample\.0)", n)]
+    expected1 = {1: 1 - 0.5 ** (1 / 2), 2: 0.5}
+    expected2 = {1: 0.0, 3: 1 - 0.25 ** (1 / 4), 5: 0.5, 7: 1 - 0.25 ** (3 / 4), 9: 0.75}
+    level1 = level2 = 0.0
+    for step, (x, _) in enumerate(batches(10), start=1):
+        manager.callbacks.on_step_begin(step - 1)
+        loss(model(x)).backward()
+        manager.callbacks.on_before_optimizer_step()
+        optimizer.step()
+        manager.callbacks.on_after_optimizer_step()
+        optimizer.zero_grad()
+        level1, level2 = expected1.get(step, level1), expected2.get(step, level2)
+        total = sum(model.get_submodule(n).weight.numel() for n in layer1)
+        zeros = sum(int((model.get_submodule(n).weight == 0).sum()) for n in layer1)
+        assert abs(zeros - level1 * total) <= 4 + len(layer1), (step, zeros / total, level1)
+        for n in layer2:  # 32x1 tiles: one per input channel and kernel position of 32 output channels
+            columns = model.get_submodule(n).weight[0].numel()
+            assert abs(_zero_fraction(model, n) * columns - level2 * columns) < 1, (step, n, level2)
+    manager.callbacks.on_train_end()
+    assert manager.model is model and not hasattr(model.get_submodule("layer2.0.conv1"), "weight_mask")
+
+
+def test_sparseml_epochs_run_step_by_step_through_the_manager() -> None:
+    """pruning-mobilenet-imagenette-magnitude-short-95: nothing before epoch 1, init_sparsity 0.35 at epoch 1,
+    the per-layer targets at epoch 2 (one update, update_frequency 1); 3 steps per epoch."""
+    name = SML + "research/mfac/recipes/pruning-mobilenet-imagenette-magnitude-short-95.md"
+    model = mobilenet_sml()
+    manager = ScheduledModifierManager.from_yaml(ROOT / name)
+    optimizer = manager.modify(model, torch.optim.SGD(model.parameters(), lr=1e-3), steps_per_epoch=3)
+    point = {"sections.1.0.point.conv": 0.9, "sections.3.0.point.conv": 0.95, "sections.4.1.point.conv": 0.97}
+    for step, (x, _) in enumerate(batches(9), start=1):
+        loss(model(x)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        for module, final in point.items():
+            level = 0.0 if step < 3 else 0.35 if step < 6 else final
+            numel = model.get_submodule(module).weight.numel()
+            assert abs(_zero_fraction(model, module) * numel - level * numel) <= 1, (step, module, level)
+    manager.finalize(model)
+    assert _zero_fraction(model, "sections.0.0.point.conv") == 0.0
+
+
+def test_inc_1x_epochs_update_at_each_epoch_start() -> None:
+    """prune_conf.yaml: basic_magnitude 0.3 over epochs 0-4 on layer1.0.conv1/conv2: at the start of epoch e
+    (e + 1)/5 of the way; 2 steps per epoch, so epoch e starts after step 2e (epoch 0: at prepare)."""
+    name = INC1 + "image_recognition/torchvision_models/optimization_pipeline/prune_and_ptq/eager/prune_conf.yaml"
+    model = RESNET18()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    handle = prepare_pruning(model, ROOT / name, optimizer, steps_per_epoch=2)
+    assert _zero_fraction(model, "layer1.0.conv1") == pytest.approx(0.06, abs=1 / 2304)
+    for step, (x, _) in enumerate(batches(9), start=1):
+        loss(model(x)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        level = 0.3 * (min(step // 2, 4) + 1) / 5
+        assert _zero_fraction(model, "layer1.0.conv2") == pytest.approx(level, abs=1 / 2304), step
+    handle.finalize()
+    assert type(optimizer).step is torch.optim.SGD.step and "step" not in vars(optimizer)

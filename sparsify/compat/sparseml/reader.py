@@ -55,7 +55,7 @@ from ..plan import (
 from .expressions import evaluate_recipe
 from .selection import LayerTargets
 
-__all__ = ["read_recipe", "read_recipe_text"]
+__all__ = ["read_recipe", "read_recipe_data", "read_recipe_text", "recipe_text_to_yaml"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ _COMMON = {"params", "start_epoch", "end_epoch", "update_frequency", "leave_enab
 _GRADUAL = {*_COMMON, "init_sparsity", "final_sparsity", "inter_func", "mask_type", "global_sparsity"}
 _GM_OLD = {"phased", "score_type"}
 _MFAC = {"num_grads", "damp", "fisher_block_size", "available_devices", "available_gpus", "grads_device",
-         "num_pages", "use_gradient_buffering", "grad_sampler_kwargs", "mfac_options"}
+         "num_pages", "use_gradient_buffering", "grad_sampler_kwargs", "mfac_options",
+         # sparsify's own M-FAC settings, accepted in a recipe
+         "damp_mode", "obs_update", "num_recomputations", "memory_budget"}
 _OBS = {"num_grads", "damp", "fisher_block_size", "grad_sampler_kwargs", "num_recomputations"}
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
@@ -286,6 +288,9 @@ def _mfac_options(fields: Mapping[str, Any], origin: Origin) -> dict[str, Any]:
         options["devices"] = _devices(devices, origin)
     if "grads_device" in fields:
         options["grads_device"] = str(fields["grads_device"])
+    for key in ("damp_mode", "obs_update", "num_recomputations", "memory_budget"):
+        if key in fields:
+            options[key] = fields[key]
     for key in ("num_pages", "use_gradient_buffering"):
         if key in fields:
             logger.info("%s: %s=%r is a SparseML memory setting with no meaning in sparsify", origin, key, fields[key])
@@ -372,14 +377,45 @@ def _modifiers(container: Mapping[str, Any], path: str | None, prefix: str = "")
     return found
 
 
-def read_recipe_data(data: Any, path: str | None = None) -> RecipePlan:
-    """A plan from parsed recipe data (see `read_recipe`)."""
+def _override(data: Mapping[str, Any], variables: Mapping[str, Any], path: str | None) -> Mapping[str, Any]:
+    """SparseML's ``recipe_variables``: replace existing top-level (or stage) variables; unknown ones are errors."""
+    out = dict(data)
+    for key, value in variables.items():
+        found = False
+        if key in out and not _is_group(key, out[key]):
+            out[key] = value
+            found = True
+        for stage, item in list(out.items()):
+            if isinstance(item, Mapping) and any(isinstance(k, str) and "modifiers" in k for k in item) and key in item:
+                out[stage] = {**item, key: value}
+                found = True
+        if not found:
+            raise SourceError(f"recipe_variables: {key!r} is not a variable of the recipe; a recipe variable must be "
+                              f"set in the recipe to be overridden", path)
+    return out
+
+
+def _is_group(key: Any, value: Any) -> bool:
+    return (isinstance(key, str) and "modifiers" in key) or isinstance(value, Tagged)
+
+
+def read_recipe_data(data: Any, path: str | None = None, variables: Mapping[str, Any] | None = None, *,
+                     duplicates: list[tuple[str, int]] | None = None) -> RecipePlan:
+    """A plan from parsed recipe data (see `read_recipe`); ``variables`` override the recipe's own."""
+    if duplicates:
+        _warn_duplicates(duplicates, path)
     if isinstance(data, Tagged):
         data = {"modifiers": [data]}
     elif isinstance(data, list):
         data = {"modifiers": data}
     if not isinstance(data, Mapping):
         raise SourceError(f"a recipe is a mapping of variables and modifier lists, got {type(data).__name__}", path)
+    if variables:
+        lines = getattr(data, "lines", {})
+        data = _override(data, variables, path)
+        overridden = YamlMap(data)
+        overridden.lines = dict(lines)
+        data = overridden
     data = evaluate_recipe(data, path)
     staged = not any(isinstance(k, str) and "modifiers" in k for k in data) and any(
         isinstance(v, Mapping) and any(isinstance(k, str) and "modifiers" in k for k in v) for v in data.values())
@@ -438,16 +474,21 @@ def read_recipe(source: str | Path | IO[str], *, max_bytes: int = DEFAULT_MAX_BY
     return read_recipe_text(read_text(source, max_bytes=max_bytes), name, **limits)
 
 
-def read_recipe_text(text: str, name: str | None = None, **limits: int) -> RecipePlan:
-    """Read recipe text (YAML, or Markdown with front matter / a ```yaml block); ``name`` is for messages."""
+def recipe_text_to_yaml(text: str, name: str | None = None) -> str:
+    """The YAML of recipe text: a Markdown card's front matter or ```yaml block; text of unknown type with two
+    ``---`` lines is read from its front matter, as SparseML reads it."""
     lowered = (name or "").lower()
     if lowered.endswith((".md", ".markdown")):
-        text = yaml_from_markdown(text, name)
-    elif not lowered.endswith((".yaml", ".yml")) and sum(line.strip() == "---" for line in text.splitlines()) >= 2:
-        text = yaml_from_markdown(text, name, require=False)
-    loaded = load_yaml_text(text, name, **limits)
-    _warn_duplicates(loaded.duplicates, name)
-    return read_recipe_data(loaded.data, name)
+        return yaml_from_markdown(text, name)
+    if not lowered.endswith((".yaml", ".yml")) and sum(line.strip() == "---" for line in text.splitlines()) >= 2:
+        return yaml_from_markdown(text, name, require=False)
+    return text
+
+
+def read_recipe_text(text: str, name: str | None = None, **limits: int) -> RecipePlan:
+    """Read recipe text (YAML, or Markdown with front matter / a ```yaml block); ``name`` is for messages."""
+    loaded = load_yaml_text(recipe_text_to_yaml(text, name), name, **limits)
+    return read_recipe_data(loaded.data, name, duplicates=loaded.duplicates)
 
 
 def _warn_duplicates(duplicates: list[tuple[str, int]], path: str | None) -> None:
