@@ -340,5 +340,5 @@ modifiers:
     assert Recipe.from_yaml(io.StringIO(MNIST_MFAC)).plan.groups[0].method == "mfac"  # a stream: front matter
     with pytest.raises(SourceError, match=r"^line 1: modifiers\[0\] is not a modifier \(expected '- !ModifierName'\)"):
         Recipe.from_string("- 1\n- 2\n")  # a top-level list is a list of modifiers, as in SparseML
-    with pytest.raises(SourceError, match="a recipe is a mapping of variables and modifier lists, got NoneType"):
+    with pytest.raises(SourceError, match="the recipe is empty"):
         Recipe.from_string("")

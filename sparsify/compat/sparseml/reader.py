@@ -404,6 +404,8 @@ def read_recipe_data(data: Any, path: str | None = None, variables: Mapping[str,
     """A plan from parsed recipe data (see `read_recipe`); ``variables`` override the recipe's own."""
     if duplicates:
         _warn_duplicates(duplicates, path)
+    if data is None:
+        raise SourceError("the recipe is empty: a recipe lists its modifiers under keys containing 'modifiers'", path)
     if isinstance(data, Tagged):
         data = {"modifiers": [data]}
     elif isinstance(data, list):
