@@ -36,7 +36,7 @@ from typing import Any
 
 from ...safe_io import SourceError, Tagged, YamlList, YamlMap, line_of
 
-__all__ = ["evaluate_expression", "evaluate_recipe", "is_eval_string"]
+__all__ = ["evaluate_expression", "evaluate_recipe", "is_eval_string", "override_variables"]
 
 MAX_EXPRESSION_CHARS = 500
 MAX_EXPRESSION_NODES = 200
@@ -249,3 +249,25 @@ def evaluate_recipe(data: Mapping[str, Any], path: str | None = None) -> Any:
         else:
             out[key] = variables.get(key, value)
     return out
+
+
+def override_variables(data: Mapping[str, Any], variables: Mapping[str, Any], path: str | None) -> Mapping[str, Any]:
+    """SparseML's ``recipe_variables``: replace existing top-level (or stage) variables; unknown ones are errors."""
+    out = dict(data)
+    for key, value in variables.items():
+        found = False
+        if key in out and not _is_group(key, out[key]):
+            out[key] = value
+            found = True
+        for stage, item in list(out.items()):
+            if isinstance(item, Mapping) and any(isinstance(k, str) and "modifiers" in k for k in item) and key in item:
+                out[stage] = {**item, key: value}
+                found = True
+        if not found:
+            raise SourceError(f"recipe_variables: {key!r} is not a variable of the recipe; a recipe variable must be "
+                              f"set in the recipe to be overridden", path)
+    return out
+
+
+def _is_group(key: Any, value: Any) -> bool:
+    return (isinstance(key, str) and "modifiers" in key) or isinstance(value, Tagged)

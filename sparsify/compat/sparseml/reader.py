@@ -52,7 +52,7 @@ from ..plan import (
     TargetRule,
     UnsupportedFeatureError,
 )
-from .expressions import evaluate_recipe
+from .expressions import evaluate_recipe, override_variables
 from .selection import LayerTargets
 
 __all__ = ["read_recipe", "read_recipe_data", "read_recipe_text", "recipe_text_to_yaml"]
@@ -87,7 +87,7 @@ REFUSED: dict[str, str] = {
 }
 _V1_PRUNING = ("GMPruningModifier", "MagnitudePruningModifier", "GlobalMagnitudePruningModifier",
                "MFACPruningModifier", "OBSPruningModifier")
-_CURVES = {"cubic": "cubic", "linear": "linear", "inverse_cubic": "inverse_cubic"}
+_CURVES = ("cubic", "linear", "inverse_cubic")
 _COMMON = {"params", "start_epoch", "end_epoch", "update_frequency", "leave_enabled", "log_types"}
 _GRADUAL = {*_COMMON, "init_sparsity", "final_sparsity", "inter_func", "mask_type", "global_sparsity"}
 _GM_OLD = {"phased", "score_type"}
@@ -264,7 +264,7 @@ def _gradual(tag: str, fields: Mapping[str, Any], origin: Origin) -> PruningGrou
                      f"{options['fisher_block_size']}, absolute damp {options['damp']:g}) with the OBS weight update"
                      + ("; a 1x4 block is scored by the mean of its weights' OBS scores, as SparseML's M-FAC "
                         "modifier scores block4" if structure.kind == "tile" else ""))
-    return PruningGroup(origin, method, targets, initial, _schedule(fields, origin, _CURVES[inter]), structure,
+    return PruningGroup(origin, method, targets, initial, _schedule(fields, origin, inter), structure,
                         "global" if global_sparsity else "local", options=options, notes=notes)
 
 
@@ -377,28 +377,6 @@ def _modifiers(container: Mapping[str, Any], path: str | None, prefix: str = "")
     return found
 
 
-def _override(data: Mapping[str, Any], variables: Mapping[str, Any], path: str | None) -> Mapping[str, Any]:
-    """SparseML's ``recipe_variables``: replace existing top-level (or stage) variables; unknown ones are errors."""
-    out = dict(data)
-    for key, value in variables.items():
-        found = False
-        if key in out and not _is_group(key, out[key]):
-            out[key] = value
-            found = True
-        for stage, item in list(out.items()):
-            if isinstance(item, Mapping) and any(isinstance(k, str) and "modifiers" in k for k in item) and key in item:
-                out[stage] = {**item, key: value}
-                found = True
-        if not found:
-            raise SourceError(f"recipe_variables: {key!r} is not a variable of the recipe; a recipe variable must be "
-                              f"set in the recipe to be overridden", path)
-    return out
-
-
-def _is_group(key: Any, value: Any) -> bool:
-    return (isinstance(key, str) and "modifiers" in key) or isinstance(value, Tagged)
-
-
 def read_recipe_data(data: Any, path: str | None = None, variables: Mapping[str, Any] | None = None, *,
                      duplicates: list[tuple[str, int]] | None = None) -> RecipePlan:
     """A plan from parsed recipe data (see `read_recipe`); ``variables`` override the recipe's own."""
@@ -414,7 +392,7 @@ def read_recipe_data(data: Any, path: str | None = None, variables: Mapping[str,
         raise SourceError(f"a recipe is a mapping of variables and modifier lists, got {type(data).__name__}", path)
     if variables:
         lines = getattr(data, "lines", {})
-        data = _override(data, variables, path)
+        data = override_variables(data, variables, path)
         overridden = YamlMap(data)
         overridden.lines = dict(lines)
         data = overridden
@@ -499,7 +477,3 @@ def _warn_duplicates(duplicates: list[tuple[str, int]], path: str | None) -> Non
         logger.warning("%s: %d duplicate key(s) (%s, first at line %d): the later value wins, as in SparseML",
                        path or "recipe", len(duplicates), ", ".join(keys), duplicates[0][1])
 
-
-def is_yaml_map(value: Any) -> bool:
-    """Whether ``value`` is a mapping read by `sparsify.safe_io` (kept for type narrowing in callers)."""
-    return isinstance(value, YamlMap)
