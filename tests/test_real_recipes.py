@@ -688,9 +688,9 @@ def test_each_file_ends_on_the_sparsity_it_asks_for(name: str) -> None:
             total[1] += numel
             total[2] = max(total[2], unit)
             total[3] += 1
-    for g, (zeros, numel, unit, layers) in totals.items():
-        # within one unit of the pooled count, plus the engine's budget: each layer's scheduled zeros rounded down
-        assert abs(zeros - g.sparsity * numel) <= unit + layers, f"{g.modules}: {zeros / numel:.4f}, asked {g.sparsity}"
+    for g, (zeros, numel, unit, _layers) in totals.items():
+        # within one pruning unit (a tile, a row) of the pooled count: INC prunes int(s · units) of them
+        assert abs(zeros - g.sparsity * numel) <= unit, f"{g.modules}: {zeros / numel:.4f}, asked {g.sparsity}"
 
 
 def _zero_fraction(model: nn.Module, name: str) -> float:
@@ -722,7 +722,7 @@ def test_inc_schedules_run_step_by_step_through_the_callbacks() -> None:
         level1, level2 = expected1.get(step, level1), expected2.get(step, level2)
         total = sum(model.get_submodule(n).weight.numel() for n in layer1)
         zeros = sum(int((model.get_submodule(n).weight == 0).sum()) for n in layer1)
-        assert abs(zeros - level1 * total) <= 4 + len(layer1), (step, zeros / total, level1)
+        assert abs(zeros - level1 * total) <= 4, (step, zeros / total, level1)
         for n in layer2:  # 32x1 tiles: one per input channel and kernel position of 32 output channels
             columns = model.get_submodule(n).weight[0].numel()
             assert abs(_zero_fraction(model, n) * columns - level2 * columns) < 1, (step, n, level2)
