@@ -227,7 +227,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             raise CommandError(f"{args.weights} does not fit {args.model}: {exc}") from exc
     if args.config is not None:
-        config = _load_config(args.config, args.config_format)
+        config = _load_config(args.config, args.config_format, model)
         if args.sparsity is not None:
             raise CommandError("give the sparsity in the config file or with --sparsity, not both")
     else:
@@ -292,14 +292,14 @@ def _build_model(spec: str) -> torch.nn.Module:
     return model
 
 
-def _load_config(path: str | None, pruner: str) -> Any:
+def _load_config(path: str | None, pruner: str, model: torch.nn.Module | None = None) -> Any:
     from .compat.inc import from_inc_config
     from .config import MagnitudePrunerConfig, PrunerConfig
 
     if pruner == "inc":
         if path is None:
             raise CommandError("--format inc needs a config file (an Intel Neural Compressor pruning YAML)")
-        return from_inc_config(path)
+        return from_inc_config(path, model)  # with the model, INC's own layer rules select the layers
     config_class = {"sparsify": PrunerConfig, "coreml": MagnitudePrunerConfig}[pruner]
     return config_class() if path is None else config_class.from_yaml(path)
 
@@ -309,7 +309,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
     model = _build_model(args.model)
     try:
-        config = _load_config(args.config, args.config_format)
+        config = _load_config(args.config, args.config_format, model)
     except (ValueError, TypeError) as exc:  # config errors name the field; no traceback needed
         raise CommandError(f"{args.config}: {exc}") from exc
     table = dry_run(model, config)
