@@ -25,7 +25,8 @@ Translations (see ``docs/recipes.md``):
 
 Refused here, before any work, with `UnsupportedFeatureError` naming the feature, file and line: a method
 this sparsify has no criterion for (``SparseGPTModifier`` / INC ``sparse_gpt`` → ``"sparsegpt"``, Wanda →
-``"wanda"``), an INC n:m target below N/M, an ``Embedding`` weight.
+``"wanda"``), an ``Embedding`` weight. An INC n:m target below N/M becomes ``pattern="n:m"`` (that share of
+whole runs made n:m-sparse, as INC does).
 """
 
 from __future__ import annotations
@@ -173,11 +174,8 @@ def _pattern_fields(group: PruningGroup, module: nn.Module | None, target: float
     if structure.kind == "n_m":
         assert structure.n_m is not None
         zeros, size = structure.n_m
-        if target < zeros / size - 1e-9:
-            raise UnsupportedFeatureError(
-                f"{group.origin.entry}: pattern '{zeros}:{size}' with target_sparsity {target:g} below "
-                f"{zeros}/{size}", "sparsify's n:m ends with every run n:m-sparse", group.origin.path,
-                group.origin.at("target_sparsity"))
+        if target < zeros / size - 1e-9:  # INC: that share of whole runs made n:m-sparse
+            return {"pattern": f"{zeros}:{size}"}
         return {"n_m_ratio": (zeros, size)}
     if structure.kind == "tile":
         assert structure.tile is not None

@@ -111,6 +111,11 @@ def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pa
         return applied
     if isinstance(pattern, NMPattern):
         pattern.check(shape, where)
+        if pattern.by_runs:  # Neural Compressor's "n:m" skips a layer whose runs do not divide, as it does
+            try:
+                pattern.check_whole_runs(shape, where)
+            except ValueError as exc:
+                raise SkipModule(str(exc)) from exc
         if config.scope == "global":
             pattern.check_whole_runs(shape, where)
         achieved = n_m_zero_count(shape, (pattern.n, pattern.m), pattern.dim) / param.numel()

@@ -126,11 +126,10 @@ def _group_config(group: PruningGroup) -> ModulePrunerConfig:
     if group.structure.kind == "n_m":
         assert group.structure.n_m is not None
         zeros, size = group.structure.n_m
-        if target < zeros / size - 1e-9:
-            raise UnsupportedFeatureError(
-                f"{group.origin.entry}: pattern '{zeros}:{size}' with target_sparsity {target:g} below {zeros}/{size}",
-                "sparsify's n:m ends with every run n:m-sparse", group.origin.path, group.origin.at("target_sparsity"))
-        fields["n_m_ratio"] = (zeros, size)
+        if target < zeros / size - 1e-9:  # INC: that share of whole runs made n:m-sparse
+            fields.update(pattern=f"{zeros}:{size}", target_sparsity=target)
+        else:
+            fields["n_m_ratio"] = (zeros, size)
     else:
         fields["target_sparsity"] = target
         if group.structure.kind == "tile":
