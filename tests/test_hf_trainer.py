@@ -13,7 +13,7 @@ from torch import nn
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # the Trainer needs it
 
-from transformers import (  # noqa: E402
+from transformers import (
     BertConfig,
     BertForSequenceClassification,
     GPT2Config,
@@ -21,10 +21,10 @@ from transformers import (  # noqa: E402
     Trainer,
     TrainingArguments,
 )
-from transformers.pytorch_utils import Conv1D  # noqa: E402
+from transformers.pytorch_utils import Conv1D
 
-from sparsify import ModulePrunerConfig, Pruner, PrunerConfig  # noqa: E402
-from sparsify.compat.hf import STATE_FILE, PruningCallback  # noqa: E402
+from sparsify import ModulePrunerConfig, Pruner, PrunerConfig
+from sparsify.compat.hf import STATE_FILE, PruningCallback
 
 
 class Tokens(torch.utils.data.Dataset):

@@ -25,6 +25,7 @@ __all__ = [
     "check_target",
     "classifier_head_name",
     "is_transposed",
+    "pattern_shape",
     "plan_model",
     "reading_parent",
 ]
