@@ -115,6 +115,29 @@ def test_conv1d_is_pruned_exactly_as_the_equivalent_linear(pattern):
     assert zeros == (3072 + 4096) // 2
 
 
+@pytest.mark.parametrize("pattern", ["unstructured", "1xchannel", "global"])
+def test_a_gradient_criterion_prunes_conv1d_as_the_equivalent_linear_while_training(pattern):
+    """snip_momentum is monotone (masks only grow): its kept-mask is read in the [out, in] view too."""
+    model = gpt2()
+    mlp = model.transformer.h[0].mlp
+    convs = nn.Sequential(copy.deepcopy(mlp.c_fc), copy.deepcopy(mlp.c_proj))  # [32, 128] and [128, 32]
+    twins = linear_twins(list(convs))
+    config = PrunerConfig(global_config=ModulePrunerConfig(
+        target_sparsity=0.5, criterion="snip_momentum", scheduler={"update_steps": [1, 2, 3]}, **PATTERNS[pattern]))
+    pruners = [Pruner(net, config) for net in (convs, twins)]
+    for pruner in pruners:
+        pruner.prepare(inplace=True)
+    x = torch.randn(4, 32)
+    for _ in range(3):
+        for net, pruner in zip((convs, twins), pruners):
+            net.zero_grad()
+            torch.relu(net(x)).pow(2).sum().backward()
+            pruner.step()
+    for i in ("0", "1"):
+        assert torch.equal(convs.get_submodule(i).weight_mask.t(), twins.get_submodule(i).weight_mask)
+    assert sum(int((~convs.get_submodule(i).weight_mask).sum()) for i in ("0", "1")) == 4096
+
+
 def test_gpt2_conv1d_sparsity_is_exact_per_layer_and_along_output_features():
     results = {}
     for name, fields in (("unstructured", PATTERNS["unstructured"]), ("2:4", PATTERNS["2:4"]),
@@ -241,15 +264,17 @@ def test_pruned_gpt2_and_bert_export_to_core_ml_with_sparse_weights(tmp_path):
     ids = torch.randint(0, 100, (1, 8))
     gpt = sparsify.prune(gpt2(), 0.5, module_types=["Conv1D"], n_m_ratio=(2, 4))
     # TorchScript tracing converts GPT-2 (torch.export fails in coremltools: "Unsupported fx node alias"),
-    # torch.export converts BERT (tracing fails in coremltools' 'int' op): the route is chosen explicitly here
-    report = sparsify.export_coreml(Logits(gpt), ids, tmp_path / "gpt2.mlpackage", trace="jit")
+    # torch.export converts BERT (tracing fails in coremltools' 'int' op): the default tries one, then the other
+    report = sparsify.export_coreml(Logits(gpt), ids, tmp_path / "gpt2.mlpackage")
+    assert report.trace == "jit"
     sparse = {r.name for r in report.rows if r.storage == "sparse"}
     assert sparse == {f"model.{n}.weight" for n in conv1d_names(gpt)}
     assert all(r.sparsity == 0.5 for r in report.rows if r.name in sparse)
     assert not report.warnings
 
     pruned_bert = sparsify.prune(bert(), 0.5, keep_classifier_dense=True)
-    report = sparsify.export_coreml(Logits(pruned_bert), ids, tmp_path / "bert.mlpackage", trace="export")
+    report = sparsify.export_coreml(Logits(pruned_bert), ids, tmp_path / "bert.mlpackage")
+    assert report.trace == "export"
     sparse = {r.name for r in report.rows if r.storage == "sparse"}
     linears = [n for n, m in pruned_bert.named_modules() if isinstance(m, nn.Linear) and n != "classifier"]
     assert sparse == {f"model.{n}.weight" for n in linears}
@@ -257,6 +282,6 @@ def test_pruned_gpt2_and_bert_export_to_core_ml_with_sparse_weights(tmp_path):
 
     gpt.save_pretrained(tmp_path / "gpt2")  # reloaded: no metadata, so the zeros are found by value
     reloaded = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").eval()
-    again = sparsify.export_coreml(Logits(reloaded), ids, tmp_path / "again.mlpackage", trace="jit",
+    again = sparsify.export_coreml(Logits(reloaded), ids, tmp_path / "again.mlpackage",
                                    sparse_weights="all")
     assert {r.name for r in again.rows if r.storage == "sparse"} >= {f"model.{n}.weight" for n in conv1d_names(gpt)}

@@ -51,7 +51,7 @@ def compute_masks(
                 entries[target.entry].append(name)
             else:
                 level = min(levels[name], target.config.max_sparsity, target.pattern.max_sparsity)
-                kept = target.mask.expand(scores[name].shape) if scorer.monotone else None
+                kept = _oriented(target, target.mask.expand(target.orig.shape)) if scorer.monotone else None
                 masks[name] = target.pattern.local_mask(scores[name], level, kept)
         for members in entries.values():
             masks.update(_global_masks([targets[n] for n in members], scores, levels))
