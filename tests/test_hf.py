@@ -167,6 +167,16 @@ def test_report_counts_conv1d_output_channels():
         assert report[name]["unstructured_weight_sparsity"] == 0.5
 
 
+def test_model_report_reads_conv1d_weights_as_out_by_in():
+    pruned = sparsify.prune(gpt2(), 0.5, pattern="1xchannel", module_types=["Conv1D"])
+    report = sparsify.model_report(pruned)
+    for name in conv1d_names(pruned):
+        row = report[name]
+        assert row.shape == tuple(pruned.get_submodule(name).weight.shape[::-1])  # [out, in]
+        assert row.structured_sparsity == 0.5  # half of the output features, whole
+        assert row.pattern != "channelx1"
+
+
 def test_a_tile_that_does_not_divide_conv1d_output_features_skips_it_naming_the_layout(caplog):
     model = nn.Sequential(Conv1D(6, 8))  # 6 output features, 8 input: weight stored [8, 6]
     caplog.set_level(logging.WARNING, logger="sparsify")
