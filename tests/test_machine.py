@@ -217,3 +217,24 @@ def test_neural_compressor_n_m_pattern_makes_whole_runs_sparse_up_to_its_target(
         ModulePrunerConfig(pattern="0:4")
     with pytest.raises(ValueError, match="mutually exclusive"):
         ModulePrunerConfig(pattern="2:4", n_m_ratio=(2, 4))
+
+
+def test_a_misspelled_module_type_and_a_name_rule_for_an_unsupported_layer_are_said(caplog):
+    with pytest.raises(ValueError, match=r"PrunerConfig.module_types='Conv2D' is invalid: .*Conv2d"):
+        PrunerConfig(module_types=["Conv2D"])
+    model = nn.Sequential(OrderedDict([("rnn", nn.LSTM(4, 4)), ("fc", nn.Linear(4, 4))]))
+    config = PrunerConfig(module_name_configs={"rnn": ModulePrunerConfig(), "fc": ModulePrunerConfig()})
+    Pruner(model, config).prepare()
+    assert "name rule 'rnn' matches only module(s) sparsify does not prune: rnn (LSTM)" in caplog.text
+
+
+def test_a_mostly_nan_layer_is_still_pruned_to_its_target_and_reported(caplog):
+    layer = nn.Linear(10, 10)
+    with torch.no_grad():
+        layer.weight.view(-1)[:60] = float("nan")
+    pruner = Pruner(layer, PrunerConfig(global_config=ModulePrunerConfig(target_sparsity=0.5)))
+    pruner.prepare(inplace=True)
+    pruner.step()
+    assert int((~layer.weight_mask).sum()) == 50
+    assert not layer.weight_mask.view(-1)[:50].any()
+    assert "60 of 100 scores are NaN or infinite" in caplog.text
