@@ -1,6 +1,12 @@
 """The ``sparsify`` command: run the demo, report on a saved model, export it to Core ML, inspect a package,
 and list what a pruning config would do to a model (dry run).
 
+Files come from anywhere, so nothing in them runs (`sparsify.safe_io`): ``report`` reads tensors with
+`read_tensor_file` (its own pickle reader: no ``torch.load``, ``torch.jit.load`` or ``torch.export.load``);
+``export`` of a ``torch.export`` program first checks every pickle in the archive with that reader; every
+file read has a size limit (``--max-file-size``; 1 MiB and an alias-expansion limit for YAML configs).
+Errors are one line on stderr (``-vv`` adds the traceback).
+
 Also reachable as ``python -m sparsify``. Logging is configured here and only here (the library
 itself only creates loggers), so importing sparsify never changes an application's logging.
 
@@ -12,31 +18,38 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
+import io
 import json
 import logging
+import re
 import sys
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 
 from .analysis.sizing import RULES, TARGETS
-from .checkpoints import load_checkpoint_file
+from .safe_io import (
+    DEFAULT_MAX_BYTES,
+    MAX_YAML_BYTES,
+    FileRefusedError,
+    check_exported_archive,
+    check_file_size,
+    read_tensor_file,
+    read_yaml_text,
+)
 
 __all__ = [
     "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser", "load_model", "main",
+    "read_state_dict",
 ]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 logger = logging.getLogger("sparsify.cli")
-
-_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 _DESCRIPTION = "Make PyTorch models sparse and ship them to Apple devices through Core ML."
 
@@ -44,7 +57,7 @@ _EPILOG = """\
 examples:
   sparsify demo                                   # the Core ML Tools tutorial flow, offline (8x8 digits)
   sparsify demo --quick --out /tmp/demo           # the same in seconds
-  sparsify report model.pt                        # a torch.save'd state_dict (loaded with weights_only=True)
+  sparsify report model.pt                        # a torch.save'd state_dict (read, never unpickled as code)
   sparsify report traced.pt --format markdown     # TorchScript; also csv, json
   sparsify export traced.pt model.mlpackage --input-shape 1,1,28,28
   sparsify export program.pt2 model.mlpackage     # a torch.export.save'd program: shapes are known
@@ -72,10 +85,10 @@ def _archive_kind(path: Path) -> str | None:
         return None
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
-    if any("/code/" in name for name in names):
-        return "torchscript"
     if any(name.endswith(("/archive_format", "serialized_exported_program.json")) for name in names):
         return "exported"
+    if any("/code/" in name for name in names):
+        return "torchscript"
     return None
 
 
@@ -96,33 +109,68 @@ def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     raise CommandError(f"{path} holds a {type(obj).__name__}, not a state dict (a dict of tensors)")
 
 
-def load_model(path: str | Path) -> tuple[str, Any]:
-    """Load a saved model: ``("torchscript", ScriptModule)``, ``("exported", ExportedProgram)`` or
-    ``("state_dict", dict)``.
-
-    State dicts and checkpoints are loaded with ``torch.load(..., weights_only=True)``, which runs no
-    pickled code; whole pickled ``nn.Module`` objects are therefore refused (save ``model.state_dict()``,
-    or a TorchScript / ``torch.export`` program, instead).
-    """
+def _existing_file(path: str | Path, max_bytes: int) -> Path:
     path = Path(path)
     if not path.is_file():
         raise CommandError(f"model path {str(path)!r} is not a file")
+    try:
+        check_file_size(path, max_bytes, "model file")
+    except FileRefusedError as error:
+        raise CommandError(f"{error} (raise it with --max-file-size)") from error
+    return path
+
+
+def read_state_dict(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str, dict[str, torch.Tensor]]:
+    """The tensors of a saved model, without running anything in the file: ``(kind, state dict)`` with kind
+    ``"torchscript"``, ``"exported"`` or ``"state_dict"`` (a ``torch.save`` file of a state dict or a
+    checkpoint dict holding one). Read by `sparsify.checkpoints.read_tensor_file`."""
+    path = _existing_file(path, max_bytes)
+    kind = _archive_kind(path) or "state_dict"
+    try:
+        obj = read_tensor_file(path, max_bytes=max_bytes)
+    except FileRefusedError as error:
+        raise CommandError(
+            f"{path} is refused: {error}. sparsify reads torch.save files of tensors (model.state_dict()), "
+            "TorchScript (torch.jit.save) and torch.export programs (torch.export.save)"
+        ) from error
+    return kind, _state_dict_from(obj, path)
+
+
+def load_model(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str, Any]:
+    """Load a saved model to export it: ``("torchscript", ScriptModule)``, ``("exported", ExportedProgram)``
+    or ``("state_dict", dict)``.
+
+    TorchScript is loaded with ``torch.jit.load`` (TorchScript code, not Python: exporting runs it);
+    a ``torch.export`` program with ``torch.export.load`` only after `check_exported_archive`; anything
+    else is read as tensors with `read_state_dict`.
+    """
+    path = _existing_file(path, max_bytes)
     kind = _archive_kind(path)
     if kind == "torchscript":
         with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated; loading still works
             warnings.simplefilter("ignore", FutureWarning)
             return "torchscript", torch.jit.load(str(path), map_location="cpu")
     if kind == "exported":
+        try:
+            check_exported_archive(path, max_bytes)
+        except FileRefusedError as error:
+            raise CommandError(f"{path} is refused: {error}") from error
         return "exported", torch.export.load(str(path))
-    try:
-        obj = load_checkpoint_file(path)
-    except Exception as error:  # unpickling refusals and corrupt files come in many types
-        raise CommandError(
-            f"cannot load {path} as a state dict with torch.load(weights_only=True): {type(error).__name__}: {error}\n"
-            "Save model.state_dict() with torch.save, or a TorchScript module (torch.jit.trace(...).save) "
-            "or a torch.export program (torch.export.save)."
-        ) from error
-    return "state_dict", _state_dict_from(obj, path)
+    return read_state_dict(path, max_bytes)
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
+
+
+def _parse_size(text: str) -> int:
+    """``"512MiB"``, ``"8G"``, ``"1000000"`` → bytes (K/M/G/T are powers of 1024)."""
+    match = _SIZE.fullmatch(text)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"--max-file-size {text!r} is invalid: allowed a positive number of bytes with an optional K, M, G or T "
+            "suffix, e.g. 512M or 16GiB"
+        )
+    return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -142,34 +190,17 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _load_example(name: str) -> ModuleType:
-    path = _EXAMPLES / f"{name}.py"
-    if not path.is_file():
-        raise CommandError(
-            f"'sparsify demo' runs examples/{name}.py from a source checkout of sparsify, and there is none at "
-            f"{path}; clone the repository and install it with pip install -e ."
-        )
-    spec = importlib.util.spec_from_file_location(f"_sparsify_example_{name}", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
-    tutorial = _load_example("coreml_tutorial")
-    return int(tutorial.main(extra, prog="sparsify demo") or 0)
+    from .demo.coreml_tutorial import main as tutorial
+
+    return int(tutorial(extra, prog="sparsify demo") or 0)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .analysis.model_report import model_report
 
-    kind, model = load_model(args.model)
-    logger.info("%s: loaded a %s", args.model, kind)
-    # Read the tensors: the modules of a loaded program are not the original classes.
-    if kind == "torchscript":
-        model = dict(model.state_dict())
-    elif kind == "exported":
-        model = dict(model.state_dict)
+    kind, model = read_state_dict(args.model, args.max_file_size)
+    logger.info("%s: read the tensors of a %s", args.model, kind)
     report = model_report(model, requested=args.requested, rule=args.rule, target=args.target)
     render = {"text": report.to_text, "markdown": report.to_markdown, "csv": report.to_csv,
               "json": report.to_json}[args.format]
@@ -181,7 +212,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export.coreml import export_coreml
 
-    kind, model = load_model(args.model)
+    kind, model = load_model(args.model, args.max_file_size)
     if kind == "state_dict":
         raise CommandError(
             f"{args.model} is a state dict: export needs the model's code too. Save it as TorchScript "
@@ -240,10 +271,20 @@ def _load_config(path: str | None, pruner: str) -> Any:
     if pruner == "inc":
         if path is None:
             raise CommandError("--pruner inc needs a config file (an Intel Neural Compressor pruning YAML)")
-        return from_inc_config(path)
+        return from_inc_config(io.StringIO(_read_config(path)))
     config_class = {"magnitude": MagnitudePrunerConfig, "gradual": GradualPrunerConfig,
                     "mfac": MFACPrunerConfig}[pruner]
-    return config_class() if path is None else config_class.from_yaml(path)
+    return config_class() if path is None else config_class.from_yaml(io.StringIO(_read_config(path)))
+
+
+def _read_config(path: str) -> str:
+    if not Path(path).is_file():
+        raise CommandError(f"config path {path!r} is not a file")
+    try:
+        return read_yaml_text(path, max_bytes=MAX_YAML_BYTES)
+    except FileRefusedError as error:
+        raise CommandError(str(error)) from error
+
 
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
@@ -262,7 +303,17 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .export.mlpackage import inspect_mlpackage
 
-    report = inspect_mlpackage(args.package)
+    package = Path(args.package)
+    if not package.exists():
+        raise CommandError(f"{package}: no such .mlpackage")
+    if not (package / "Manifest.json").is_file():
+        what = "a folder without Manifest.json" if package.is_dir() else "a file"
+        raise CommandError(f"{package} is {what}, not an .mlpackage")
+    total = sum(p.stat().st_size for p in package.rglob("*") if p.is_file())
+    if total > args.max_file_size:
+        raise CommandError(f"{package} holds {total:,} bytes, over the limit of {args.max_file_size:,} bytes "
+                           "(raise it with --max-file-size)")
+    report = inspect_mlpackage(package)
     print(json.dumps(report.as_dict(), indent=2) if args.format == "json" else report.to_text())
     return EXIT_OK
 
@@ -279,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"sparsify {__version__}")
+    parser.add_argument("--max-file-size", type=_parse_size, default=DEFAULT_MAX_BYTES, metavar="SIZE",
+                        help="refuse model files and packages larger than this (default 8GiB; e.g. 512M, 32G)")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors")
@@ -288,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", add_help=False, formatter_class=formatter,
         help="train a small CNN, prune it while fine-tuning, export and verify a sparse .mlpackage "
         "(the Core ML Tools tutorial flow; options: 'sparsify demo --help')",
-        description="Runs examples/coreml_tutorial.py; all options are the tutorial's.",
+        description="Runs sparsify.demo.coreml_tutorial (examples/coreml_tutorial.py); all options are the tutorial's.",
     )
 
     report = commands.add_parser(
@@ -384,11 +437,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except CommandError as error:
+        logger.debug("traceback", exc_info=True)
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    except (OSError, ValueError, TypeError, RuntimeError, ImportError) as error:
+    except Exception as error:  # one line for the user; the traceback with -vv
         logger.debug("traceback", exc_info=True)
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        message = " ".join(str(error).split()) or "(no message)"
+        print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
         return EXIT_FAILURE
 
 
