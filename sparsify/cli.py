@@ -272,8 +272,8 @@ def _load_config(path: str | None, pruner: str) -> Any:
         if path is None:
             raise CommandError("--pruner inc needs a config file (an Intel Neural Compressor pruning YAML)")
         return from_inc_config(io.StringIO(_read_config(path)))
-    config_class = {"magnitude": MagnitudePrunerConfig, "gradual": GradualPrunerConfig,
-                    "mfac": MFACPrunerConfig}[pruner]
+    config_class: Any = {"magnitude": MagnitudePrunerConfig, "gradual": GradualPrunerConfig,
+                         "mfac": MFACPrunerConfig}[pruner]
     return config_class() if path is None else config_class.from_yaml(io.StringIO(_read_config(path)))
 
 

@@ -20,9 +20,9 @@ import json
 import pickle
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import torch
 import yaml
@@ -159,10 +159,14 @@ _GLOBALS: dict[tuple[str, str], Any] = {
 _CONSTRUCTIBLE = (OrderedDict, set, frozenset)
 
 
-class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]  # the pure-Python one: every opcode seen
+class _Unpickler(pickle._Unpickler):  # the pure-Python one: every opcode goes through dispatch
     """Builds containers, numbers, strings, tensors and (TorchScript) attribute dicts; refuses anything else."""
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
+    # the pure-Python unpickler's working state (not in typeshed)
+    stack: list[Any]
+    append: Callable[[Any], None]
+    pop_mark: Callable[[], list[Any]]
 
     def __init__(self, data: bytes, records: Mapping[str, bytearray], script_objects: bool) -> None:
         super().__init__(io.BytesIO(data))
@@ -378,7 +382,7 @@ def check_exported_archive(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES)
                         raw.add(f"{folder}/{meta['path_name']}")
         for info in archive.infolist():
             name = info.filename
-            if info.is_dir() or name in raw or name.endswith(_PLAIN_RECORDS):
+            if info.is_dir() or name in raw or name.endswith(".json") or name.rsplit("/", 1)[-1] in _PLAIN_RECORDS:
                 continue
             try:
                 read_tensor_file(io.BytesIO(archive.read(info)), max_bytes=max_bytes)
@@ -386,9 +390,8 @@ def check_exported_archive(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES)
                 raise FileRefusedError(f"{name}: {error}") from error
 
 
-# Records of a torch.export archive that are JSON or a few bytes of text, never unpickled.
-_PLAIN_RECORDS = (".json", "/archive_format", "/archive_version", "/byteorder", "/.data/version",
-                  "/.data/serialization_id")
+# Records of a torch.export archive that are JSON or a few bytes of text, never unpickled (by file name).
+_PLAIN_RECORDS = {"archive_format", "archive_version", "byteorder", "version", "serialization_id"}
 
 
 def read_yaml_text(path: str | Path, *, max_bytes: int = MAX_YAML_BYTES, max_nodes: int = MAX_YAML_NODES) -> str:
@@ -432,7 +435,7 @@ def _expanded_nodes(events: Any, limit: int) -> int:
         elif isinstance(event, yaml.ScalarEvent):
             anchor, size = event.anchor, 1
         elif isinstance(event, yaml.AliasEvent):
-            anchor, size = None, sizes.get(event.anchor, 1)
+            anchor, size = None, sizes.get(event.anchor or "", 1)
         else:
             continue
         if anchor is not None:

@@ -48,7 +48,7 @@ __all__ = ["DEFAULT_THREADS", "main", "parse_args", "pruning_config", "schedule"
 
 # Default epochs (dense, pruning fine-tune, 90 % fine-tune) per dataset: a few minutes on 2 cores.
 EPOCHS = {"digits": (10, 10, 6), "mnist": (2, 2, 1), "fashion-mnist": (3, 3, 2)}
-QUICK = {"epochs": (1, 1, 1), "train": 256, "test": 128}
+QUICK_EPOCHS, QUICK_TRAIN, QUICK_TEST = (1, 1, 1), 256, 128
 # torch's default (one thread per core) makes this small model *slower* on a machine whose cores are busy:
 # the threads of every batch wait for each other. One thread is what README.md's time is measured with
 # (benchmarks/demo_threads.py compares 1 and 2).
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                         help=f"torch threads (default {DEFAULT_THREADS}, at most the number of CPUs)")
     args = parser.parse_args(argv)
     if args.epochs is None:
-        args.epochs = QUICK["epochs"] if args.quick else EPOCHS[args.dataset]
+        args.epochs = QUICK_EPOCHS if args.quick else EPOCHS[args.dataset]
     if min(args.epochs) < 1 or args.batch_size < 1:
         parser.error(f"--epochs {args.epochs} and --batch-size {args.batch_size} must all be >= 1")
     if args.threads is not None and args.threads < 1:
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     # -- 1. data and the dense model -----------------------------------------------------------
     data = load_dataset(args.dataset, root=args.data_root, download=args.download)
     if args.quick:
-        data = data.subset(QUICK["train"], QUICK["test"])
+        data = data.subset(QUICK_TRAIN, QUICK_TEST)
     print(f"data: {data.name}, train {tuple(data.train_x.shape)}, test {tuple(data.test_x.shape)}, "
           f"{data.num_classes} classes\n      from {data.source}")
     train_loader, test_loader = data.loaders(args.batch_size, seed=args.seed)
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     # -- 2./3. prune while fine-tuning: conv 70 %, linear 80 % --------------------------------
     steps = prune_epochs * len(train_loader)
-    config = pruning_config(conv=0.7, linear=0.8, update_steps=schedule(steps))
-    update_steps = config.module_type_configs["Conv2d"].scheduler.update_steps.tolist()
+    update_steps = schedule(steps)
+    config = pruning_config(conv=0.7, linear=0.8, update_steps=update_steps)
     print(f"\npruning over {steps} steps, masks updated at steps {update_steps}")
     pruned, pruner = prune_while_fine_tuning(model, config, train_loader, prune_epochs, args.lr, "pruning fine-tune")
     pruned_accuracy = test_accuracy(pruned)
