@@ -140,13 +140,15 @@ def load_model(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[st
     """Load a saved model to export it: ``("torchscript", ScriptModule)``, ``("exported", ExportedProgram)``
     or ``("state_dict", dict)``.
 
-    TorchScript is loaded with ``torch.jit.load`` (TorchScript code, not Python: exporting runs it);
+    TorchScript is loaded with ``torch.jit.load`` after its pickle passed `read_state_dict` (its TorchScript
+    code, not Python, runs when it is exported);
     a ``torch.export`` program with ``torch.export.load`` only after `check_exported_archive`; anything
     else is read as tensors with `read_state_dict`.
     """
     path = _existing_file(path, max_bytes)
     kind = _archive_kind(path)
     if kind == "torchscript":
+        read_state_dict(path, max_bytes)  # its pickle holds only tensors and module attributes, or it is refused
         with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated; loading still works
             warnings.simplefilter("ignore", FutureWarning)
             return "torchscript", torch.jit.load(str(path), map_location="cpu")

@@ -157,6 +157,12 @@ _GLOBALS: dict[tuple[str, str], Any] = {
     **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGES.items()},
 }
 _CONSTRUCTIBLE = (OrderedDict, set, frozenset)
+# what REDUCE may call (compared by identity: a tensor on the stack must not get a chance to compare itself)
+_CALLABLES = (*_CONSTRUCTIBLE, torch.Size, _rebuild_v2, _rebuild_v3, _parameter, _same)
+
+
+def _one_of(value: Any, allowed: tuple[Any, ...]) -> bool:
+    return any(value is candidate for candidate in allowed)
 
 
 class _Unpickler(pickle._Unpickler):  # the pure-Python one: every opcode goes through dispatch
@@ -231,7 +237,7 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python one: every opcode goes t
 
     def _newobj(self) -> None:
         args, cls = self.stack.pop(), self.stack.pop()
-        if not (cls in _CONSTRUCTIBLE or (isinstance(cls, type) and issubclass(cls, _ScriptObject))):
+        if not (_one_of(cls, _CONSTRUCTIBLE) or (isinstance(cls, type) and issubclass(cls, _ScriptObject))):
             raise FileRefusedError(f"the pickle creates a {getattr(cls, '__name__', type(cls).__name__)}")
         self.append(cls.__new__(cls, *args))
         if isinstance(self.stack[-1], _ScriptObject):
@@ -239,7 +245,7 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python one: every opcode goes t
 
     def _reduce(self) -> None:
         args, func = self.stack.pop(), self.stack[-1]
-        if not (func in _CONSTRUCTIBLE or func in _GLOBALS.values()) or isinstance(func, (_StorageType, torch.dtype)):
+        if not _one_of(func, _CALLABLES):
             raise FileRefusedError(f"the pickle calls a {type(func).__name__}")
         self.stack[-1] = func(*args)
 
@@ -262,17 +268,29 @@ def _unpickle(data: bytes, records: Mapping[str, bytearray], script_objects: boo
         raise FileRefusedError(f"the file is damaged: {type(error).__name__}: {error}") from error
 
 
-def _script_tensors(obj: Any, prefix: str = "", out: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """The tensors of a TorchScript module tree, named like its ``state_dict`` keys."""
-    out = {} if out is None else out
-    state = obj.state if isinstance(obj, _ScriptObject) else None
-    if isinstance(state, dict):
-        for name, value in state.items():
+def _script_tensors(root: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a TorchScript module tree, named and ordered like its ``state_dict`` keys (without
+    recursion: a crafted tree may be deep or cyclic)."""
+    out: dict[str, torch.Tensor] = {}
+    seen = {id(root)}
+    stack = [(iter(_attributes(root)), "")]
+    while stack:
+        items, prefix = stack[-1]
+        for name, value in items:
             if isinstance(value, torch.Tensor):
                 out[prefix + str(name)] = value
-            elif isinstance(value, _ScriptObject):
-                _script_tensors(value, f"{prefix}{name}.", out)
+            elif isinstance(value, _ScriptObject) and id(value) not in seen:
+                seen.add(id(value))
+                stack.append((iter(_attributes(value)), f"{prefix}{name}."))
+                break
+        else:
+            stack.pop()
     return out
+
+
+def _attributes(obj: Any) -> list[tuple[Any, Any]]:
+    state = obj.state if isinstance(obj, _ScriptObject) else None
+    return list(state.items()) if isinstance(state, dict) else []
 
 
 def _torch_save_archive(archive: zipfile.ZipFile, prefix: str, script: bool) -> Any:
@@ -347,19 +365,28 @@ def read_tensor_file(source: str | Path | IO[bytes], *, max_bytes: int = DEFAULT
     if isinstance(source, (str, Path)):
         check_file_size(source, max_bytes)
     with _open_zip(source, max_bytes) as archive:
-        names = archive.namelist()
-        exported = [n[: -len("archive_format")] for n in names if n.endswith("archive_format")]
-        exported += [n[: -len("serialized_exported_program.json")] for n in names
-                     if n.endswith("serialized_exported_program.json")]
-        if exported:
-            return _exported_tensors(archive, exported[0], max_bytes)
-        pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
-        if not pickles:
-            raise FileRefusedError("the archive has no data.pkl: not written by torch.save or torch.jit.save")
-        prefix = pickles[0][: -len("data.pkl")]
-        if any(n.startswith(prefix + "code/") for n in names):
-            return _script_tensors(_torch_save_archive(archive, prefix, script=True))
-        return _torch_save_archive(archive, prefix, script=False)
+        try:
+            return _read_archive(archive, max_bytes)
+        except FileRefusedError:
+            raise
+        except (KeyError, ValueError, TypeError, AttributeError, RuntimeError, zipfile.BadZipFile) as error:
+            raise FileRefusedError(f"the archive is damaged: {type(error).__name__}: {error}") from error
+
+
+def _read_archive(archive: zipfile.ZipFile, max_bytes: int) -> Any:
+    names = archive.namelist()
+    exported = [n[: -len("archive_format")] for n in names if n.endswith("archive_format")]
+    exported += [n[: -len("serialized_exported_program.json")] for n in names
+                 if n.endswith("serialized_exported_program.json")]
+    if exported:
+        return _exported_tensors(archive, exported[0], max_bytes)
+    pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
+    if not pickles:
+        raise FileRefusedError("the archive has no data.pkl: not written by torch.save or torch.jit.save")
+    prefix = pickles[0][: -len("data.pkl")]
+    if any(n.startswith(prefix + "code/") for n in names):
+        return _script_tensors(_torch_save_archive(archive, prefix, script=True))
+    return _torch_save_archive(archive, prefix, script=False)
 
 
 def check_exported_archive(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
