@@ -7,11 +7,11 @@ Every run trains the same small CNN with the same budget, from the same dense ch
    step 0 to 2/3 of this phase (every ``--frequency`` steps), then stays at the target while the
    network recovers.
 
-Methods (all prune every conv and linear layer except the classifier head, which stays dense):
-``GradualPruner`` with ``magnitude`` and ``snip_momentum`` criteria, each in ``local`` scope and in
-``global`` scope (one ranking, per-layer cap 0.98), with ``1x1`` (unstructured) and ``4x1`` tiles;
-the engine's Core ML-style ``MagnitudePruner`` (polynomial schedule, same steps) as the reference; and
-M-FAC gradual pruning (``sparsify.mfac``, global, same exp schedule and cap) when that module is there.
+Methods (all prune every conv and linear layer except the classifier head, which stays dense), all one
+machine, `sparsify.Pruner`: the ``magnitude`` and ``snip_momentum`` criteria, each in ``local`` scope and in
+``global`` scope (one ranking, per-layer cap 0.98), with ``1x1`` (unstructured) and ``4x1`` tiles; Core ML
+Tools' ``MagnitudePruner`` preset (polynomial schedule, same steps) as the reference; and the ``mfac``
+criterion (global, same exp schedule and cap, gradients recorded from the training steps).
 The dense baseline continues training for the same ``--prune-epochs`` without pruning. Accuracy is
 the test accuracy after the last step, mean ± std over ``--seeds`` seeds.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import statistics
 import time
 from collections.abc import Callable
@@ -31,9 +30,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig, PolynomialDecayScheduler
-from sparsify.decay import ExponentialScheduler
-from sparsify.gradual import GradualPruner, GradualPrunerConfig, ModuleGradualPrunerConfig
+from sparsify import (
+    MagnitudePruner,
+    MagnitudePrunerConfig,
+    ModuleMagnitudePrunerConfig,
+    ModulePrunerConfig,
+    PolynomialDecayScheduler,
+    Pruner,
+    PrunerConfig,
+)
 
 
 def digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,52 +81,36 @@ def train(model, x, y, epochs, seed, optimizer, on_step: Callable[[], None] | No
                 on_step()
 
 
-def gradual_config(criterion: str, scope: str, pattern: str, end_step: int, frequency: int, target: float):
-    module = ModuleGradualPrunerConfig(
+def exp_schedule(end_step: int, frequency: int) -> dict:
+    return {"kind": "exponential", "start_step": 0, "end_step": end_step, "frequency": frequency}
+
+
+def gradual_config(criterion, scope: str, pattern: str, end_step: int, frequency: int, target: float) -> PrunerConfig:
+    module = ModulePrunerConfig(
         criterion=criterion, scope=scope, pattern=pattern, target_sparsity=target, max_sparsity=0.98,
-        scheduler={"kind": "exponential", "start_step": 0, "end_step": end_step, "frequency": frequency},
+        scheduler=exp_schedule(end_step, frequency),
     )
-    return GradualPrunerConfig(global_config=module, keep_classifier_dense=True)
+    return PrunerConfig(global_config=module, keep_classifier_dense=True)
 
 
-def methods(end_step: int, frequency: int, target: float) -> dict[str, Callable[[nn.Module], object]]:
-    table: dict[str, Callable[[nn.Module], object]] = {}
+def methods(end_step: int, frequency: int, target: float) -> dict[str, Callable[[nn.Module], Pruner]]:
+    table: dict[str, Callable[[nn.Module], Pruner]] = {}
     for pattern in ("1x1", "4x1"):
         for criterion in ("magnitude", "snip_momentum"):
             for scope in ("local", "global"):
                 config = gradual_config(criterion, scope, pattern, end_step, frequency, target)
-                table[f"{criterion} {scope} {pattern}"] = lambda m, c=config: GradualPruner(m, c)
+                table[f"{criterion} {scope} {pattern}"] = lambda m, c=config: Pruner(m, c)
     steps = list(range(0, end_step + 1, frequency))
     engine = MagnitudePrunerConfig(
         global_config=ModuleMagnitudePrunerConfig(target_sparsity=target,
                                                   scheduler=PolynomialDecayScheduler(update_steps=steps)),
         module_name_configs={"9": None},  # the classifier head stays dense, as for the others
     )
-    table["engine MagnitudePruner (Core ML, cubic)"] = lambda m: MagnitudePruner(m, engine)
-    mfac = _mfac(end_step, frequency, target)
-    if mfac is not None:
-        table["M-FAC global (max 0.98)"] = mfac
+    table["Core ML MagnitudePruner preset (local, cubic)"] = lambda m: MagnitudePruner(m, engine)
+    mfac = gradual_config({"kind": "mfac", "num_grads": min(16, frequency)}, "global", "1x1", end_step, frequency,
+                          target)
+    table["M-FAC global (max 0.98)"] = lambda m: Pruner(m, mfac)
     return table
-
-
-def _mfac(end_step: int, frequency: int, target: float) -> Callable[[nn.Module], object] | None:
-    """M-FAC gradual pruning (sparsify.mfac), same exp schedule and caps, gradients from the training steps."""
-    if importlib.util.find_spec("sparsify.mfac") is None:
-        return None
-    try:
-        from sparsify.mfac import MFACPruner, MFACPrunerConfig
-
-        config = MFACPrunerConfig(
-            global_config=ModuleMagnitudePrunerConfig(
-                target_sparsity=target,
-                scheduler=ExponentialScheduler(start_step=0, end_step=end_step, frequency=frequency),
-            ),
-            module_name_configs={"9": None}, max_layer_sparsity=0.98, num_grads=min(16, frequency),
-        )
-    except (ImportError, TypeError, ValueError) as error:  # the M-FAC module's API is not the one expected
-        print(f"M-FAC skipped: {error}")
-        return None
-    return lambda m: MFACPruner(m, config)
 
 
 def main() -> None:

@@ -12,14 +12,16 @@ weights by:
 
 M-FAC takes ``--num-grads`` (512) gradients of batches of 16 training images and a block-diagonal
 Fisher with blocks of ``--block-size`` (2000) — the values of SparseML's MNIST recipe — and relative
-damping ``0.01 × mean Fisher diagonal`` unless stated. All runs are ``oneshot_prune(..., method=...)``.
+damping ``0.01 × mean Fisher diagonal`` unless stated. All runs are one `sparsify.Pruner` with the criterion
+``"magnitude"`` or ``{"kind": "mfac", ...}`` and ``scope="global"`` or ``"local"``: ``prepare()``, ``prune_now()``,
+``finalize()``.
 
 Part ``cost``. ``FisherInverse`` set-up + diagonal + one product on random ``m × d`` float32 gradients,
 each in a fresh subprocess: wall time, CPU time, and peak RSS above the process before the buffer
 existed (so buffer + workspace), for growing ``d`` (m = 256) and growing ``m`` (d = 1.2 M).
 
 Part ``e2e``. ``SmallCNN(channels=(64, 128), hidden=2048)`` — 1.14 M conv+linear weights — trained
-briefly, then ``oneshot_prune`` to 70 % with ``num_grads=256`` (batches of 16): the whole call, split
+briefly, then pruned in one shot to 70 % with ``num_grads=256`` (batches of 16): the whole call, split
 into gradient collection and Fisher work. The machine's load average is printed next to every timing,
 since other processes may share the cores.
 
@@ -43,15 +45,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsify import ModuleMagnitudePrunerConfig
-from sparsify.data import GradSampler
+from sparsify import ModulePrunerConfig, Pruner, PrunerConfig
+from sparsify.criteria.sampler import GradSampler
 from sparsify.demo.datasets import load_digits
 from sparsify.demo.models import SmallCNN, train_epoch
-from sparsify.mfac import MFACPrunerConfig, oneshot_prune
 
 
 def _load() -> str:
     return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def oneshot(model: nn.Module, sparsity: float, criterion: dict, scope: str = "global",
+            sampler: GradSampler | None = None) -> Pruner:
+    """Prune a copy of ``model`` in one shot to ``sparsity`` of its conv and linear weights; the finalized
+    model is ``pruner.model``, M-FAC's timings are in ``pruner.scorer_of(name).log``."""
+    config = PrunerConfig(global_config=ModulePrunerConfig(target_sparsity=sparsity, criterion=criterion, scope=scope))
+    pruner = Pruner(model, config, sampler)
+    pruner.prepare()
+    pruner.prune_now()
+    pruner.finalize(inplace=True)
+    return pruner
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,14 +110,16 @@ def test_accuracy(model: nn.Module) -> float:
     return test_metrics(model)[0]
 
 
-METHODS: dict[str, tuple[str, dict]] = {
-    "magnitude, global": ("magnitude", {}),
-    "magnitude, layer-wise": ("magnitude", {"global_sparsity": False}),
-    "M-FAC global, score only": ("mfac", {"obs_update": False}),
-    "M-FAC global, + OBS update": ("mfac", {}),
-    "M-FAC global, + update, 4 recomputations": ("mfac", {"num_recomputations": 4}),
-    "M-FAC global, SparseML damp 1e-5 (absolute), + update": ("mfac", {"damp": 1e-5, "damp_mode": "absolute"}),
-    "M-FAC layer-wise, + update": ("mfac", {"global_sparsity": False}),
+#: name -> (criterion kind, scope, criterion settings)
+METHODS: dict[str, tuple[str, str, dict]] = {
+    "magnitude, global": ("magnitude", "global", {}),
+    "magnitude, layer-wise": ("magnitude", "local", {}),
+    "M-FAC global, score only": ("mfac", "global", {"obs_update": False}),
+    "M-FAC global, + OBS update": ("mfac", "global", {}),
+    "M-FAC global, + update, 4 recomputations": ("mfac", "global", {"num_recomputations": 4}),
+    "M-FAC global, SparseML damp 1e-5 (absolute), + update": (
+        "mfac", "global", {"damp": 1e-5, "damp_mode": "absolute"}),
+    "M-FAC layer-wise, + update": ("mfac", "local", {}),
 }
 
 
@@ -119,14 +134,13 @@ def accuracy_part(args: argparse.Namespace) -> dict:
         dense.append(accuracy)
         dense_loss.append(loss)
         print(f"seed {seed}: dense test accuracy {dense[-1]:.2f} %", flush=True)
-        for name, (method, options) in METHODS.items():
+        for name, (kind, scope, options) in METHODS.items():
+            criterion = {"kind": kind}
+            if kind == "mfac":
+                criterion.update(num_grads=args.num_grads, fisher_block_size=args.block_size, **options)
             for sparsity in args.sparsities:
-                config = MFACPrunerConfig(
-                    global_config=ModuleMagnitudePrunerConfig(target_sparsity=sparsity),
-                    num_grads=args.num_grads, fisher_block_size=args.block_size, **options,
-                )
                 started = time.perf_counter()
-                pruner = oneshot_prune(model, config, calibration(seed), method=method)
+                pruner = oneshot(model, sparsity, criterion, scope, calibration(seed) if kind == "mfac" else None)
                 times.append((name, time.perf_counter() - started))
                 accuracy, loss = test_metrics(pruner.model)
                 results[name][sparsity].append(accuracy)
@@ -167,7 +181,7 @@ def _rss() -> int:
 
 def fisher_point(m: int, d: int, block: int | None) -> dict:
     """Run in a subprocess: time and peak memory of FisherInverse on an m × d buffer."""
-    from sparsify.fisher import FisherInverse
+    from sparsify.criteria.fisher import FisherInverse
 
     torch.manual_seed(0)
     before = _rss()
@@ -217,18 +231,17 @@ def e2e_part(args: argparse.Namespace) -> list[dict]:
     print(f"\n1.2 M model: {weights:,} conv+linear weights, dense test accuracy {dense:.2f} %, "
           f"{torch.get_num_threads()} threads")
     for block in (args.block_size, None):
-        config = MFACPrunerConfig(global_config=ModuleMagnitudePrunerConfig(target_sparsity=0.7),
-                                  num_grads=256, fisher_block_size=block)
         started = time.perf_counter()
-        pruner = oneshot_prune(model, config, calibration(0))
+        pruner = oneshot(model, 0.7, {"kind": "mfac", "num_grads": 256, "fisher_block_size": block},
+                         sampler=calibration(0))
         total = time.perf_counter() - started
-        log = pruner.fisher_log[0]
-        magnitude = oneshot_prune(model, config, method="magnitude")
+        log = pruner.scorer_of(next(iter(pruner.targets))).log[0]
+        magnitude = oneshot(model, 0.7, {"kind": "magnitude"})
         row = {"block": block, "total_s": total, "gradients_s": log["seconds_gradients"],
                "fisher_s": log["seconds_fisher"], "accuracy": test_accuracy(pruner.model),
                "magnitude_accuracy": test_accuracy(magnitude.model), "load": _load()}
         rows.append(row)
-        print(f"  fisher_block_size={block}: oneshot_prune {total:.1f} s (gradients {row['gradients_s']:.1f} s, "
+        print(f"  fisher_block_size={block}: one shot {total:.1f} s (gradients {row['gradients_s']:.1f} s, "
               f"Fisher + scores {row['fisher_s']:.1f} s); 70 %: M-FAC {row['accuracy']:.2f} % vs magnitude "
               f"{row['magnitude_accuracy']:.2f} % ({row['load']})", flush=True)
     return rows

@@ -5,20 +5,23 @@ The pruning API is a drop-in for ``coremltools.optimize.torch.pruning``::
     # from coremltools.optimize.torch.pruning import MagnitudePruner, MagnitudePrunerConfig
     from sparsify import MagnitudePruner, MagnitudePrunerConfig
 
-On top of it: gradual pruning with gradient criteria, tiles and global scope (`GradualPruner`),
-second-order pruning (`MFACPruner`, `oneshot_prune`, `Recipe`), reports and
-budgets (`model_report`, `sensitivity_scan`, `allocate_budget`) and a verified Core ML
-export (`export_coreml`, `inspect_mlpackage`). coremltools and matplotlib are imported only
+Underneath is one machine, `Pruner`, configured per module by `ModulePrunerConfig`: a schedule, a
+criterion (magnitude, gradient, snip, snip-momentum, M-FAC), a pattern (Core ML Tools' granularities and
+blocks, n:m, NxM tiles) and a scope (local, or global with per-layer caps) — every combination works.
+`prune` does it in one call. Around it: reports and budgets (`model_report`, `sensitivity_scan`,
+`allocate_budget`), SparseML recipes and Neural Compressor configs (`Recipe`, `from_inc_config`), and a
+verified Core ML export (`export_coreml`, `inspect_mlpackage`). coremltools and matplotlib are imported only
 when an export, an inspection or a plot needs them.
 """
 
 from __future__ import annotations
 
-from . import decay, magnitude_pruner, patterns, pruning_scheduler, schedules
+from . import magnitude_pruner, patterns, pruning_scheduler, schedules
 from .analysis.budget import allocate_budget
 from .analysis.model_report import model_report
 from .analysis.report import Report
 from .analysis.sensitivity import sensitivity_scan
+from .compat.coremltools import CompressionMetadata, CompressionType, n_m_mask
 from .compat.inc import from_inc_config
 from .compat.inc_callbacks import prepare_compression
 from .compat.sparseml import Recipe
@@ -26,61 +29,66 @@ from .config import (
     MagnitudePrunerConfig,
     ModuleMagnitudePrunerConfig,
     ModuleOptimizationConfig,
+    ModulePrunerConfig,
     OptimizationConfig,
+    PrunerConfig,
 )
-from .data import GradSampler
-from .decay import (
+from .criteria import Criterion, GradSampler, register_criterion
+from .export import export_coreml, inspect_mlpackage
+from .patterns import Pattern
+from .pruning import MagnitudePruner, Pruner, dry_run, prune
+from .schedules import (
+    ConstantSparsityScheduler,
     CosineScheduler,
     CubicFastStartScheduler,
     CubicSlowStartScheduler,
     ExponentialScheduler,
     LinearScheduler,
+    PolynomialDecayScheduler,
+    PruningScheduler,
+    register_scheduler,
 )
-from .export.coreml import export_coreml
-from .export.mlpackage import inspect_mlpackage
-from .gradual import GradualPruner, GradualPrunerConfig, ModuleGradualPrunerConfig
-from .mfac import MFACPruner, MFACPrunerConfig, oneshot_prune
-from .pruner import BasePruner, MagnitudePruner
-from .schedules import ConstantSparsityScheduler, PolynomialDecayScheduler, PruningScheduler
-from .selection import dry_run
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "BasePruner",
+    "CompressionMetadata",
+    "CompressionType",
     "ConstantSparsityScheduler",
     "CosineScheduler",
+    "Criterion",
     "CubicFastStartScheduler",
     "CubicSlowStartScheduler",
     "ExponentialScheduler",
     "GradSampler",
-    "GradualPruner",
-    "GradualPrunerConfig",
     "LinearScheduler",
-    "MFACPruner",
-    "MFACPrunerConfig",
     "MagnitudePruner",
     "MagnitudePrunerConfig",
-    "ModuleGradualPrunerConfig",
     "ModuleMagnitudePrunerConfig",
     "ModuleOptimizationConfig",
+    "ModulePrunerConfig",
     "OptimizationConfig",
+    "Pattern",
     "PolynomialDecayScheduler",
+    "Pruner",
+    "PrunerConfig",
     "PruningScheduler",
     "Recipe",
     "Report",
     "allocate_budget",
-    "decay",
     "dry_run",
     "export_coreml",
     "from_inc_config",
     "inspect_mlpackage",
     "magnitude_pruner",
     "model_report",
-    "oneshot_prune",
+    "n_m_mask",
     "patterns",
     "prepare_compression",
+    "prune",
     "pruning_scheduler",
+    "register_criterion",
+    "register_scheduler",
     "schedules",
     "sensitivity_scan",
 ]

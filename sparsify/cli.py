@@ -17,30 +17,19 @@ Exit codes: 0 success, 1 failure (the error is printed on stderr), 2 bad usage (
 from __future__ import annotations
 
 import argparse
-import importlib
-import io
 import json
 import logging
 import re
 import sys
-import warnings
-import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .analysis.sizing import RULES, TARGETS
-from .safe_io import (
-    DEFAULT_MAX_BYTES,
-    MAX_YAML_BYTES,
-    FileRefusedError,
-    check_exported_archive,
-    check_file_size,
-    read_tensor_file,
-    read_yaml_text,
-)
+from .cli_files import CommandError, build_model, load_config, load_model, read_state_dict
+from .safe_io import DEFAULT_MAX_BYTES
 
 __all__ = [
     "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser", "load_model", "main",
@@ -67,98 +56,6 @@ examples:
 exit codes: 0 success, 1 failure (message on stderr), 2 bad usage, 130 interrupted.
 Use -v for progress details, -q for errors only. Run 'sparsify COMMAND --help' for a command's options.
 """
-
-
-class CommandError(Exception):
-    """A failure to report as ``error: <message>`` with exit code 1 (no traceback)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading saved models
-# ----------------------------------------------------------------------------------------------
-
-
-def _archive_kind(path: Path) -> str | None:
-    """``"torchscript"`` (a zip with a ``<name>/code/`` folder), ``"exported"`` (``torch.export.save``'s
-    ``.pt2``, with an ``archive_format`` record), or ``None`` (anything else, e.g. a ``torch.save`` file)."""
-    if not zipfile.is_zipfile(path):
-        return None
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    if any(name.endswith(("/archive_format", "serialized_exported_program.json")) for name in names):
-        return "exported"
-    if any("/code/" in name for name in names):
-        return "torchscript"
-    return None
-
-
-def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """A state dict, or a checkpoint dict holding one under a usual key."""
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return dict(obj)
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model_state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                logger.info("%s: using the state dict under key %r", path, key)
-                return dict(inner)
-        raise CommandError(
-            f"{path} holds a dict with keys {sorted(map(str, obj))[:12]} but no state dict: expected tensors as "
-            f"values, or a state dict under 'state_dict', 'model_state_dict' or 'model'"
-        )
-    raise CommandError(f"{path} holds a {type(obj).__name__}, not a state dict (a dict of tensors)")
-
-
-def _existing_file(path: str | Path, max_bytes: int) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise CommandError(f"model path {str(path)!r} is not a file")
-    try:
-        check_file_size(path, max_bytes, "model file")
-    except FileRefusedError as error:
-        raise CommandError(f"{error} (raise it with --max-file-size)") from error
-    return path
-
-
-def read_state_dict(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str, dict[str, torch.Tensor]]:
-    """The tensors of a saved model, without running anything in the file: ``(kind, state dict)`` with kind
-    ``"torchscript"``, ``"exported"`` or ``"state_dict"`` (a ``torch.save`` file of a state dict or a
-    checkpoint dict holding one). Read by `sparsify.checkpoints.read_tensor_file`."""
-    path = _existing_file(path, max_bytes)
-    kind = _archive_kind(path) or "state_dict"
-    try:
-        obj = read_tensor_file(path, max_bytes=max_bytes)
-    except FileRefusedError as error:
-        raise CommandError(
-            f"{path} is refused: {error}. sparsify reads torch.save files of tensors (model.state_dict()), "
-            "TorchScript (torch.jit.save) and torch.export programs (torch.export.save)"
-        ) from error
-    return kind, _state_dict_from(obj, path)
-
-
-def load_model(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str, Any]:
-    """Load a saved model to export it: ``("torchscript", ScriptModule)``, ``("exported", ExportedProgram)``
-    or ``("state_dict", dict)``.
-
-    TorchScript is loaded with ``torch.jit.load`` after its pickle passed `read_state_dict` (its TorchScript
-    code, not Python, runs when it is exported);
-    a ``torch.export`` program with ``torch.export.load`` only after `check_exported_archive`; anything
-    else is read as tensors with `read_state_dict`.
-    """
-    path = _existing_file(path, max_bytes)
-    kind = _archive_kind(path)
-    if kind == "torchscript":
-        read_state_dict(path, max_bytes)  # its pickle holds only tensors and module attributes, or it is refused
-        with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated; loading still works
-            warnings.simplefilter("ignore", FutureWarning)
-            return "torchscript", torch.jit.load(str(path), map_location="cpu")
-    if kind == "exported":
-        try:
-            check_exported_archive(path, max_bytes)
-        except FileRefusedError as error:
-            raise CommandError(f"{path} is refused: {error}") from error
-        return "exported", torch.export.load(str(path))
-    return read_state_dict(path, max_bytes)
 
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
@@ -246,55 +143,76 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_PRUNERS = ("magnitude", "gradual", "mfac", "inc")
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .config import ModulePrunerConfig, PrunerConfig
+    from .pruning import Pruner
+
+    model = build_model(args.model)
+    if args.weights is not None:
+        kind, state = load_model(args.weights, args.max_file_size)
+        if kind != "state_dict":
+            raise CommandError(f"{args.weights} is a {kind}: --weights takes torch.save(model.state_dict())")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CommandError(f"{args.weights} does not fit {args.model}: {exc}") from exc
+    if args.config is not None:
+        config = load_config(args.config, args.config_format)
+        if args.sparsity is not None:
+            raise CommandError("give the sparsity in the config file or with --sparsity, not both")
+    else:
+        if args.sparsity is None and args.n_m is None:
+            raise CommandError("give --sparsity (e.g. 0.8), --n-m (e.g. 2:4) or a config file with --config")
+        choices: dict[str, Any] = {"criterion": args.criterion, "scope": args.scope}
+        if args.sparsity is not None:
+            choices["target_sparsity"] = args.sparsity
+        if args.pattern is not None:
+            choices["pattern"] = args.pattern
+        if args.granularity is not None:
+            choices["granularity"] = args.granularity
+        if args.n_m is not None:
+            from .patterns import n_m_from_string
+
+            choices["n_m_ratio"] = n_m_from_string(args.n_m)
+        config = PrunerConfig(global_config=ModulePrunerConfig(**choices))
+    needs_data = sorted({c.criterion.kind for c in _module_configs(config) if c.criterion.needs_data})
+    if needs_data:
+        raise CommandError(
+            f"criterion {', '.join(needs_data)} needs data (gradients) that the command line does not have: use "
+            f"sparsify.prune(model, sparsity, criterion=..., sampler=GradSampler(data, loss_fn)) from Python"
+        )
+    pruner = Pruner(model, config)
+    pruner.prepare(inplace=True)
+    pruner.prune_now()
+    pruned = pruner.finalize(inplace=True)
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise CommandError(f"{out} exists; pass --force to overwrite it")
+    if args.trace is not None:
+        example = torch.rand(*args.trace)
+        torch.jit.trace(pruned.eval(), example).save(str(out))
+    else:
+        torch.save(pruned.state_dict(), out)
+    print(pruner.report())
+    what = "TorchScript" if args.trace is not None else "state dict"
+    print(f"\nsaved the pruned model ({what}, with Core ML pruning metadata) to {out}")
+    return EXIT_OK
 
 
-def _build_model(spec: str) -> torch.nn.Module:
-    """Call a model factory named ``package.module:callable`` (e.g. ``torchvision.models:resnet18``)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise CommandError(f"model={spec!r}: expected 'package.module:factory', e.g. sparsify.demo.models:SmallCNN")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise CommandError(f"model={spec!r}: cannot import it ({exc})") from exc
-    model = factory()
-    if not isinstance(model, torch.nn.Module):
-        raise CommandError(f"model={spec!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
-    return model
+def _module_configs(config: Any) -> list[Any]:
+    configs = [config.global_config, *config.module_type_configs.values(), *config.module_name_configs.values()]
+    return [c for c in configs if c is not None]
 
 
-def _load_config(path: str | None, pruner: str) -> Any:
-    from .compat.inc import from_inc_config
-    from .config import MagnitudePrunerConfig
-    from .gradual import GradualPrunerConfig
-    from .mfac import MFACPrunerConfig
-
-    if pruner == "inc":
-        if path is None:
-            raise CommandError("--pruner inc needs a config file (an Intel Neural Compressor pruning YAML)")
-        return from_inc_config(io.StringIO(_read_config(path)))
-    config_class: Any = {"magnitude": MagnitudePrunerConfig, "gradual": GradualPrunerConfig,
-                         "mfac": MFACPrunerConfig}[pruner]
-    return config_class() if path is None else config_class.from_yaml(io.StringIO(_read_config(path)))
-
-
-def _read_config(path: str) -> str:
-    if not Path(path).is_file():
-        raise CommandError(f"config path {path!r} is not a file")
-    try:
-        return read_yaml_text(path, max_bytes=MAX_YAML_BYTES)
-    except FileRefusedError as error:
-        raise CommandError(str(error)) from error
-
+_CONFIG_FORMATS = ("sparsify", "coreml", "inc")
 
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
-    from .selection import dry_run
+    from .pruning import dry_run
 
-    model = _build_model(args.model)
+    model = build_model(args.model)
     try:
-        config = _load_config(args.config, args.pruner)
+        config = load_config(args.config, args.config_format)
     except (ValueError, TypeError) as exc:  # config errors name the field; no traceback needed
         raise CommandError(f"{args.config}: {exc}") from exc
     table = dry_run(model, config)
@@ -394,14 +312,40 @@ def build_parser() -> argparse.ArgumentParser:
         "Exits with 1 if prepare() would refuse a module.",
         epilog="examples:\n  sparsify dry-run sparsify.demo.models:SmallCNN\n"
         "  sparsify dry-run torchvision.models:resnet18 prune.yaml\n"
-        "  sparsify dry-run torchvision.models:mobilenet_v2 inc.yaml --pruner inc",
+        "  sparsify dry-run torchvision.models:mobilenet_v2 inc.yaml --format inc",
     )
     dry.add_argument("model", help="a model factory 'package.module:callable', called without arguments")
     dry.add_argument("config", nargs="?", default=None,
                      help="a YAML config for the pruner (default: the pruner's default config)")
-    dry.add_argument("--pruner", choices=_PRUNERS, default="magnitude",
-                     help="which config the YAML holds: MagnitudePrunerConfig (default), GradualPrunerConfig, "
-                     "MFACPrunerConfig, or an Intel Neural Compressor pruning config")
+    dry.add_argument("--format", dest="config_format", choices=_CONFIG_FORMATS, default="sparsify",
+                     help="what the YAML holds: a sparsify PrunerConfig (default), Core ML Tools' "
+                     "MagnitudePrunerConfig, or an Intel Neural Compressor pruning config")
+
+    prune_cmd = commands.add_parser(
+        "prune", formatter_class=formatter, help="prune a saved model in one shot and save the finalized model",
+        description="Rebuild a model from its factory, load its weights, prune it in one shot with sparsify.Pruner "
+        "(any data-free criterion, pattern and scope) and save it finalized, with Core ML pruning metadata, as a "
+        "state dict or (with --trace) as TorchScript ready for 'sparsify export'.",
+        epilog="examples:\n"
+        "  sparsify prune sparsify.demo.models:SmallCNN --weights model.pt --sparsity 0.8 -o pruned.pt\n"
+        "  sparsify prune torchvision.models:resnet18 --sparsity 0.5 --pattern 4x1 --scope global -o r18.pt\n"
+        "  sparsify prune my.models:Net --weights w.pt --config prune.yaml --trace 1,3,32,32 -o pruned.ts",
+    )
+    prune_cmd.add_argument("model", help="a model factory 'package.module:callable', called without arguments")
+    prune_cmd.add_argument("--weights", help="a torch.save'd state dict to load into the model (read weights_only)")
+    prune_cmd.add_argument("--sparsity", type=float, help="the fraction of weights to prune, in [0, 1]")
+    prune_cmd.add_argument("--criterion", default="magnitude", help="a data-free criterion (default: magnitude)")
+    prune_cmd.add_argument("--pattern", help="NxM tiles such as 4x1 or 1xchannel (default: unstructured)")
+    prune_cmd.add_argument("--granularity", choices=("per_scalar", "per_kernel", "per_channel"))
+    prune_cmd.add_argument("--n-m", help="N:M, N zeros in every M weights (e.g. 2:4)")
+    prune_cmd.add_argument("--scope", choices=("local", "global"), default="local")
+    prune_cmd.add_argument("--config", help="a YAML config instead of the options above")
+    prune_cmd.add_argument("--format", dest="config_format", choices=_CONFIG_FORMATS, default="sparsify",
+                           help="what --config holds (as in dry-run)")
+    prune_cmd.add_argument("--trace", type=_parse_shape, help="save TorchScript traced with a random input of this "
+                           "shape (e.g. 1,3,32,32) instead of a state dict")
+    prune_cmd.add_argument("-o", "--output", required=True, help="where to save the pruned model")
+    prune_cmd.add_argument("--force", action="store_true", help="overwrite --output if it exists")
 
     inspect = commands.add_parser(
         "inspect", formatter_class=formatter, help="show the ops and how every weight of an .mlpackage is stored",
@@ -430,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "demo":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _configure_logging(args.verbose, args.quiet)
-    commands = {"report": cmd_report, "export": cmd_export, "inspect": cmd_inspect, "dry-run": cmd_dry_run}
+    commands = {"report": cmd_report, "export": cmd_export, "inspect": cmd_inspect, "dry-run": cmd_dry_run,
+                "prune": cmd_prune}
     try:
         if args.command == "demo":
             return cmd_demo(args, extra)

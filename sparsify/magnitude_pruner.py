@@ -5,6 +5,6 @@ Lets ``from coremltools.optimize.torch.pruning.magnitude_pruner import Magnitude
 """
 
 from .config import MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
-from .pruner import MagnitudePruner
+from .pruning import MagnitudePruner
 
 __all__ = ["MagnitudePruner", "MagnitudePrunerConfig", "ModuleMagnitudePrunerConfig"]

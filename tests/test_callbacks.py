@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
+from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig, Pruner
 from sparsify.compat.inc import from_inc_config
 from sparsify.compat.inc_callbacks import CompressionManager, PruningCallbacks, prepare_compression
-from sparsify.gradual import GradualPruner
 from sparsify.scope import pruned_count
 
 INC_CONFIG = {
@@ -105,7 +104,7 @@ def test_inc_style_run_hits_exact_target_and_exports(tmp_path) -> None:
 
 def test_callbacks_map_onto_the_lifecycle() -> None:
     model = SmallCNN()
-    pruner = GradualPruner(model, from_inc_config({**INC_CONFIG, "pruning_type": "magnitude"}))
+    pruner = Pruner(model, from_inc_config({**INC_CONFIG, "pruning_type": "magnitude"}))
     callbacks = PruningCallbacks(pruner, finalize_on_train_end=False)
     callbacks.on_train_begin(dataloader=None)
     assert hasattr(model.fc, "weight_orig") and callbacks.model is model

@@ -134,7 +134,8 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], saved: dict[str, Path]) -> None:
     assert "required: COMMAND" in usage_error(capsys)
-    assert "invalid choice: 'prune'" in usage_error(capsys, "prune")
+    assert "invalid choice: 'shrink'" in usage_error(capsys, "shrink")
+    assert "required: model, -o/--output" in usage_error(capsys, "prune")
     assert "required: model" in usage_error(capsys, "report")
     assert "unrecognized arguments: --bogus" in usage_error(capsys, "report", saved["state_dict"], "--bogus")
     assert "invalid choice: 'xml'" in usage_error(capsys, "report", saved["state_dict"], "--format", "xml")
@@ -351,7 +352,7 @@ def test_yaml_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(bomb)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bomb}: its aliases expand it to over 100,000 YAML nodes") and err.count("\n") == 1
-    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(tmp_path / "none.yaml"), "--pruner", "inc"]) == 1
+    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(tmp_path / "none.yaml"), "--format", "inc"]) == 1
     assert "config path" in capsys.readouterr().err
 
 
@@ -450,15 +451,15 @@ def test_dry_run_lists_every_module_and_changes_nothing(tmp_path: Path, capsys: 
     rows = {line.split()[0]: line.split() for line in lines[2:-1]}
     assert rows["0"][3] == "prune" and rows["4"][3] == "prune" and rows["12"][3] == "prune"
     assert rows["9"][3] == "skip" and "excluded by name rule '9'" in " ".join(rows["9"])
-    assert rows["1"][1] == "BatchNorm2d" and "not supported by MagnitudePruner" in " ".join(rows["1"])
+    assert rows["1"][1] == "BatchNorm2d" and "type BatchNorm2d is not supported" in " ".join(rows["1"])
     assert lines[-1] == "3 of 6 modules pruned, covering 21280 of 86912 listed weights"
 
 
 def test_dry_run_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     refused = tmp_path / "refused.yaml"
-    refused.write_text("global_config:\n  granularity: per_kernel\n")
-    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(refused)]) == 1  # prepare() would refuse the Linears
-    assert "granularity='per_kernel' needs a weight with kernels" in capsys.readouterr().out
+    refused.write_text("global_config:\n  n_m_ratio: [1, 2]\n  param_name: bias\n")
+    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(refused)]) == 1  # prepare() would refuse the biases
+    assert "n_m_ratio needs a weight of rank >= 2" in capsys.readouterr().out
     invalid = tmp_path / "invalid.yaml"
     invalid.write_text("global_config:\n  target_sparsity: 7\n")
     assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(invalid)]) == 1
@@ -466,13 +467,41 @@ def test_dry_run_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert main(["dry-run", "no.such.module:Model"]) == 1
     assert "cannot import it" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:
-        main(["dry-run", "sparsify.demo.models:SmallCNN", "--pruner", "obs"])
+        main(["dry-run", "sparsify.demo.models:SmallCNN", "--format", "obs"])
     assert usage.value.code == 2
 
 
 def test_dry_run_reads_gradual_and_inc_configs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     inc = tmp_path / "inc.yaml"
     inc.write_text("pruning_type: snip_momentum\npattern: 4x1\ntarget_sparsity: 0.9\npruning_scope: global\n")
-    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(inc), "--pruner", "inc"]) == 0
+    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(inc), "--format", "inc"]) == 0
     out = capsys.readouterr().out
-    assert "snip_momentum" in out and "4x1" in out and "not supported by GradualPruner" in out
+    assert "snip_momentum" in out and "4x1" in out and "is not supported" in out
+
+
+def test_prune_a_saved_model_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from sparsify.demo.models import SmallCNN
+
+    weights = tmp_path / "model.pt"
+    torch.save(SmallCNN().state_dict(), weights)
+    out = tmp_path / "pruned.pt"
+    args = ["prune", "sparsify.demo.models:SmallCNN", "--weights", str(weights), "-o", str(out)]
+    assert main([*args, "--sparsity", "0.75", "--granularity", "per_channel"]) == 0
+    state = torch.load(out, weights_only=True)
+    conv = state["4.weight"]
+    assert int((conv.flatten(1).abs().sum(1) == 0).sum()) == 48  # 48 of 64 output channels, whole
+    assert int((state["12.weight"] == 0).sum()) == 1920  # 75 % of 2560: the Linear falls back to per-scalar
+    assert state["4._COREML_/weight/compression_type"].tolist() == [1]
+    assert "saved the pruned model (state dict" in capsys.readouterr().out
+    assert main([*args, "--sparsity", "0.5"]) == 1  # exists
+    assert "pass --force" in capsys.readouterr().err
+    traced = tmp_path / "pruned.ts"
+    two_of_four = ["prune", "sparsify.demo.models:SmallCNN", "--n-m", "2:4", "--trace", "1,1,8,8", "-o", str(traced)]
+    assert main(two_of_four) == 0
+    program = torch.jit.load(str(traced))
+    assert all(int((run == 0).sum()) == 2 for run in program.state_dict()["9.weight"].reshape(-1, 4))
+    assert main(["prune", "sparsify.demo.models:SmallCNN", "--sparsity", "0.5", "--criterion", "snip",
+                 "-o", str(tmp_path / "x.pt")]) == 1
+    assert "criterion snip needs data" in capsys.readouterr().err
+    assert main(["prune", "sparsify.demo.models:SmallCNN", "-o", str(tmp_path / "y.pt")]) == 1
+    assert "give --sparsity" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from sparsify import (
 
 
 def test_fields_order_and_defaults_match_core_ml() -> None:
-    names = [a.name for a in attrs.fields(ModuleMagnitudePrunerConfig)]
+    names = [a.name for a in attrs.fields(ModuleMagnitudePrunerConfig) if a.init]
     assert names == ["scheduler", "initial_sparsity", "target_sparsity", "granularity", "block_size",
                      "n_m_ratio", "dim", "param_name"]
     cfg = ModuleMagnitudePrunerConfig()
@@ -29,6 +29,10 @@ def test_fields_order_and_defaults_match_core_ml() -> None:
     assert ModuleMagnitudePrunerConfig().scheduler is not cfg.scheduler
     assert [a.name for a in attrs.fields(MagnitudePrunerConfig)] == [
         "global_config", "module_type_configs", "module_name_configs"]
+    # the preset of the one machine: magnitude criterion, Core ML patterns, local scope, no caps
+    assert (cfg.criterion.kind, cfg.pattern, cfg.scope, cfg.max_sparsity) == ("magnitude", None, "local", 1.0)
+    with pytest.raises(TypeError):
+        ModuleMagnitudePrunerConfig(criterion="snip")  # not a Core ML Tools field
 
 
 def test_default_model_config_prunes_everything_until_something_specific_is_set() -> None:
@@ -58,8 +62,9 @@ def test_default_model_config_prunes_everything_until_something_specific_is_set(
         ({"scheduler": 3}, TypeError, "scheduler=3 is invalid: expected a PruningScheduler"),
         ({"n_m_ratio": (1, 2), "block_size": 2}, ValueError, "mutually exclusive"),
         ({"n_m_ratio": (1, 2), "granularity": "per_channel"}, ValueError, "mutually exclusive"),
-        ({"initial_sparsity": 0.6, "target_sparsity": 0.5}, ValueError, "initial_sparsity <= target sparsity"),
-        ({"initial_sparsity": 0.6, "n_m_ratio": (1, 2)}, ValueError, "initial_sparsity <= target sparsity \\(0.5\\)"),
+        ({"initial_sparsity": 0.6, "target_sparsity": 0.5}, ValueError, "initial_sparsity <= the final sparsity"),
+        ({"initial_sparsity": 0.6, "n_m_ratio": (1, 2)}, ValueError,
+         "initial_sparsity <= the final sparsity \\(0.5\\)"),
     ],
 )
 def test_module_config_validation(kwargs: dict, error: type, message: str) -> None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from sparsify.data import GradSampler, NotEnoughDataError, as_grad_sampler, split_batch
+from sparsify.criteria.sampler import GradSampler, NotEnoughDataError, as_grad_sampler, split_batch
 
 
 class _Net(nn.Module):

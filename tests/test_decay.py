@@ -7,18 +7,18 @@ import math
 
 import pytest
 
-from sparsify.decay import (
+from sparsify import ModulePrunerConfig
+from sparsify.schedules import scheduler_from_dict, scheduler_kinds
+from sparsify.schedules.step_range import (
     CosineScheduler,
     CubicFastStartScheduler,
     CubicSlowStartScheduler,
     ExponentialScheduler,
     LinearScheduler,
 )
-from sparsify.gradual import ModuleGradualPrunerConfig
-from sparsify.schedules import scheduler_from_dict, scheduler_kinds
 
 S0, S = 0.1, 0.9
-CONFIG = ModuleGradualPrunerConfig(initial_sparsity=S0, target_sparsity=S)
+CONFIG = ModulePrunerConfig(initial_sparsity=S0, target_sparsity=S)
 
 FORMULAS = {
     # INC compression/pruner/schedulers.py, s0 = init ratio, s = target, u = t / T
@@ -106,7 +106,7 @@ def test_registered_and_round_trip() -> None:
     scheduler = CubicFastStartScheduler(start_step=2, end_step=20, frequency=3)
     assert scheduler.as_dict() == {"kind": "cubic_fast_start", "start_step": 2, "end_step": 20, "frequency": 3}
     assert scheduler_from_dict(scheduler.as_dict()) == scheduler
-    config = ModuleGradualPrunerConfig.from_dict({"scheduler": {"kind": "exponential", "end_step": 9}})
+    config = ModulePrunerConfig.from_dict({"scheduler": {"kind": "exponential", "end_step": 9}})
     assert config.scheduler == ExponentialScheduler(end_step=9)
 
 

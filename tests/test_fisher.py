@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparsify import fisher
-from sparsify.fisher import FisherInverse, MemoryBudgetError, available_memory, plan_memory
+from sparsify.criteria import fisher
+from sparsify.criteria.fisher import FisherInverse, MemoryBudgetError, available_memory, plan_memory
 
 
 def _grads(m: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:

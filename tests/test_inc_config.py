@@ -9,25 +9,24 @@ import re
 import pytest
 from torch import nn
 
+from sparsify import dry_run
 from sparsify.compat.inc import from_inc_config
 from sparsify.criteria import SnipMomentumCriterion
-from sparsify.decay import CubicSlowStartScheduler, ExponentialScheduler
-from sparsify.selection import dry_run
-from sparsify.tiles import TilePattern
+from sparsify.schedules.step_range import CubicSlowStartScheduler, ExponentialScheduler
 
 
 def test_inc_defaults() -> None:
     config = from_inc_config({})
     module = config.global_config
     assert module.criterion == SnipMomentumCriterion(decay=0.9, gain=1.0)
-    assert module.pattern == TilePattern(4, 1)
+    assert module.pattern == '4x1'
     assert module.target_sparsity == 0.9
     assert module.scope == "global"
     assert (module.min_sparsity, module.max_sparsity) == (0.0, 0.98)
     assert module.scheduler == ExponentialScheduler(start_step=0, end_step=0, frequency=1)
     assert config.keep_classifier_dense
     assert config.module_types == ("Linear", "Conv1d", "Conv2d", "Conv3d")  # INC's "Conv" substring rule
-    assert config.normalize is None
+    assert config.global_config.normalize is None
 
 
 def test_key_mapping() -> None:
@@ -37,7 +36,7 @@ def test_key_mapping() -> None:
         "min_sparsity_ratio_per_op": 0.1, "max_sparsity_ratio_per_op": 0.95, "pruning_op_types": ["Linear"],
     })
     module = config.global_config
-    assert module.criterion.kind == "snip" and module.pattern == TilePattern(1, None)
+    assert module.criterion.kind == "snip" and module.pattern == '1xchannel'
     assert module.scheduler == CubicSlowStartScheduler(start_step=10, end_step=100, frequency=5)  # INC cube
     assert (module.scope, module.min_sparsity, module.max_sparsity) == ("local", 0.1, 0.95)
     assert config.module_types == ("Linear",)
@@ -47,7 +46,7 @@ def test_n_m_string_means_n_pruned(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="sparsify"):
         module = from_inc_config({"pattern": "2:4", "target_sparsity": 0.5}).global_config
     assert module.n_m_ratio == (2, 4) and module.final_sparsity == 0.5
-    assert "2 zeros in every 4" in caplog.text
+    assert "2 zeros of every 4" in caplog.text
     assert from_inc_config({"pattern": "3:4", "target_sparsity": 0.9}).global_config.final_sparsity == 0.75
     with pytest.raises(ValueError, match="target_sparsity=0.3 with pattern='2:4' cannot be honoured"):
         from_inc_config({"pattern": "2:4", "target_sparsity": 0.3})
@@ -76,14 +75,14 @@ def test_several_pruners() -> None:
     assert rules[".*(?:fc).*"].criterion.kind == "magnitude"
     guarded = next(k for k in rules if k.startswith("(?!"))
     assert re.fullmatch(guarded, "conv1") and not re.fullmatch(guarded, "conv0")
-    assert rules[guarded].pattern == TilePattern(2, 1)
+    assert rules[guarded].pattern == '2x1'
     model = nn.Sequential()
     model.add_module("conv0", nn.Conv2d(2, 4, 1))
     model.add_module("conv1", nn.Conv2d(4, 4, 1))
     model.add_module("fc", nn.Linear(4, 8))
     model.add_module("head", nn.Linear(8, 2))
     actions = {row.name: (row.action, row.settings.get("pattern")) for row in dry_run(model, config)}
-    assert actions == {"conv0": ("skip", None), "conv1": ("prune", "2x1"), "fc": ("prune", "1x1"),
+    assert actions == {"conv0": ("skip", None), "conv1": ("prune", "2x1"), "fc": ("prune", "per_scalar"),
                        "head": ("skip", None)}
 
 
@@ -114,7 +113,7 @@ pruning:
     config = from_inc_config(io.StringIO(text.replace("!!python/dict", "")))
     module = config.module_name_configs[".*(?:layer.*).*"]
     assert module.criterion.kind == "magnitude" and module.scope == "local" and module.target_sparsity == 0.7
-    assert module.scheduler.frequency == 4 and module.pattern == TilePattern(1, 1)
+    assert module.scheduler.frequency == 4 and module.pattern is None
     assert config.module_name_configs[".*(?:classifier).*"] is None
     assert config.module_name_configs[".*(?:layer3).*"] is None
 

@@ -37,7 +37,8 @@ def test_numbers_by_hand() -> None:
     row = model_report(model)["0"]
     assert (row.params, row.nonzeros, row.achieved) == (16, 9, 7 / 16)
     assert row.structured_sparsity == 0.25
-    assert row.block2_sparsity == 0.0
+    # 2x1 blocks (rows 2i, 2i+1 at one column): only (w[0,2], w[1,2]) = (0, 0) is zero, 1 of 8
+    assert row.block2_sparsity == 0.125
     assert row.requested is None and row.pattern == "unstructured" and row.pattern_source == "inferred"
     assert (row.dense_fp16, row.dense_fp32) == (32, 64)
     # nothing is pruned (no mask, no metadata), so an export stores it dense

@@ -63,11 +63,12 @@ def test_unstructured_rounding_matches_core_ml(sparsity: float, zeros: int) -> N
     assert int((~magnitude_ranked_mask(w, sparsity)).sum()) == zeros
 
 
-def test_ties_are_kept_together() -> None:
+def test_ties_are_broken_by_position_so_counts_are_exact() -> None:
+    # Core ML Tools keeps every weight tied with the threshold: constant weights would stay dense at 50 %.
     w = torch.ones(10)
-    assert magnitude_ranked_mask(w, 0.5).all()  # all equal: nothing below the threshold
+    assert magnitude_ranked_mask(w, 0.5).tolist() == [False] * 5 + [True] * 5
     w = torch.tensor([1.0, 2, 2, 2, 3])
-    assert magnitude_ranked_mask(w, 0.4).tolist() == [False, True, True, True, True]
+    assert magnitude_ranked_mask(w, 0.4).tolist() == [False, False, True, True, True]
 
 
 def test_block_pads_output_channels() -> None:

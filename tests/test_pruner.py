@@ -172,15 +172,31 @@ def test_errors_are_early_and_leave_model_untouched() -> None:
     model = SmallCNN()
     with pytest.raises(TypeError, match="config must be a MagnitudePrunerConfig"):
         MagnitudePruner(model, {"global_config": {}})
-    bad = MagnitudePrunerConfig().set_global(ModuleMagnitudePrunerConfig(granularity="per_kernel"))
+    bad = MagnitudePrunerConfig().set_global(ModuleMagnitudePrunerConfig()).set_module_name(
+        "fc1", ModuleMagnitudePrunerConfig(param_name="bias", n_m_ratio=(1, 2)))
     pruner = MagnitudePruner(model, bad)
-    with pytest.raises(ValueError, match=r"module 'fc1' \(Linear\): granularity='per_kernel' needs a weight"):
+    with pytest.raises(ValueError, match=r"module 'fc1' \(Linear\): n_m_ratio needs a weight of rank >= 2"):
         pruner.prepare(inplace=True)
     assert not prune.is_pruned(model) and isinstance(model.conv1.weight, nn.Parameter)
     missing = MagnitudePrunerConfig().set_global(ModuleMagnitudePrunerConfig(param_name="scale"))
     with pytest.raises(ValueError, match="has no parameter param_name='scale'"):
         MagnitudePruner(model, missing).prepare(inplace=True)
     assert not prune.is_pruned(model)
+
+
+@pytest.mark.parametrize("granularity", ["per_kernel", "per_channel"])
+def test_kernel_and_channel_granularity_on_a_linear_fall_back_to_per_scalar_as_core_ml_tools(
+    granularity, sparsify_logs
+) -> None:
+    sparsify_logs.set_level(logging.INFO, logger="sparsify")
+    cfg = MagnitudePrunerConfig().set_global(ModuleMagnitudePrunerConfig(granularity=granularity))
+    pruner = MagnitudePruner(SmallCNN(), cfg)
+    model = pruner.prepare()
+    pruner.step()
+    assert tuple(model.fc1.weight_mask.shape) == tuple(model.fc1.weight_orig.shape)  # per-scalar mask
+    assert int((~model.fc1.weight_mask).sum()) == model.fc1.weight_orig.numel() // 2
+    assert f"granularity='{granularity}' does not apply to a weight of shape" in sparsify_logs.text
+    assert model.conv1.weight_mask.shape[2:] == (1, 1)  # convs keep the granularity
 
 
 def test_n_m_that_does_not_fit_warns_with_achieved_sparsity_b7(sparsify_logs) -> None:

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from sparsify import ConstantSparsityScheduler, PolynomialDecayScheduler
-from sparsify.compat.sparseml import ConstantMaskPruner, Recipe, epochs_to_scheduler, load_recipe_text
-from sparsify.data import GradSampler
-from sparsify.mfac import MFACPruner
+from sparsify import ConstantSparsityScheduler, PolynomialDecayScheduler, Pruner
+from sparsify.compat.sparseml import Recipe, epochs_to_scheduler, load_recipe_text
+from sparsify.criteria.sampler import GradSampler
 
 LICENSE = "<!--\nCopyright (c) 2021 - present / Neuralmagic, Inc. All Rights Reserved.\n-->\n\n"
 MNIST_MFAC = LICENSE + """---
@@ -73,14 +72,14 @@ def test_mnist_tutorial_recipe_runs_one_shot_in_a_few_lines(tmp_path) -> None:
     session = recipe.oneshot(model, _sampler())
     pruned = session.model
 
-    assert pruned is not model and isinstance(session.pruners[0], MFACPruner)
+    assert pruned is not model and isinstance(session.pruner, Pruner)
     for name, level in _sparsities(session).items():
         assert level == pytest.approx(0.35, abs=0.02), name  # layer-wise: SparseML's default scope
-    log = session.pruners[0].fisher_log
+    log = session.pruner.scorer_of("classifier").log
     assert log[0]["num_grads"] == 512 and log[0]["damp_ratio"] == pytest.approx(0.01)
     assert "_COREML_/weight/compression_type" in dict(pruned.classifier.named_buffers())
     magnitude = Recipe.from_string(MNIST_MAGNITUDE).oneshot(model)
-    assert magnitude.pruners[0].criterion == "magnitude"
+    assert magnitude.pruner.targets["classifier"].config.criterion.kind == "magnitude"
     assert _sparsities(magnitude) == _sparsities(session)
     layers = ("classifier", "features.0", "features.2")
     assert any(not torch.equal(pruned.get_submodule(n).weight == 0, magnitude.model.get_submodule(n).weight == 0)
@@ -166,8 +165,8 @@ pruning_modifiers:
     session = recipe.oneshot(Net(), _sampler())
     levels = _sparsities(session)
     assert levels["features.0"] == pytest.approx(0.3, abs=0.03) and levels["classifier"] == pytest.approx(0.6, abs=0.01)
-    pruner = session.pruners[0]
-    assert pruner._config.devices == ("cpu",) and pruner._config.fisher_block_size == 50
+    criterion = session.pruner.targets["features.0"].config.criterion
+    assert criterion.devices == ("cpu",) and criterion.fisher_block_size == 50
     with pytest.raises(ValueError, match="set params: \\[\\]"):
         Recipe.from_string(text.replace("params: []", "params: __ALL_PRUNABLE__"))
 
@@ -177,7 +176,7 @@ def test_mask_types() -> None:
     session = Recipe.from_string(base.format(s=0.5, t="2:4")).oneshot(Net(), _sampler(64))
     weight = session.model.classifier.weight
     assert all(int(run.sum()) == 2 for run in (weight.reshape(-1, 4) == 0))  # 2 kept of every 4
-    config = session.pruners[0]._config.module_name_configs["classifier"]
+    config = session.pruner.config.module_name_configs["classifier"]
     assert config.n_m_ratio == (2, 4)
     three_of_four = Recipe.from_string(base.format(s=0.25, t="3:4")).modifiers[0]
     assert three_of_four._pattern() == {"n_m_ratio": (1, 4)}  # SparseML's "3:4" keeps 3: 25 % sparsity
@@ -241,8 +240,8 @@ modifiers:
     _train(session, 16)
     levels = _sparsities(session)
     assert levels["features.2"] == pytest.approx(0.6, abs=0.01) and levels["classifier"] == pytest.approx(0.5)
-    mfac = session.pruners[1]
-    assert [(e["step"], e["num_grads"]) for e in mfac.fisher_log] == [(10, 4)]  # recorded from training steps
+    mfac = session.pruner.scorer_of("classifier")
+    assert [(e["step"], e["num_grads"]) for e in mfac.log] == [(10, 4)]  # recorded from training steps
     finalized = session.finalize()
     assert not hasattr(finalized.classifier, "weight_orig")
 
@@ -256,7 +255,8 @@ def test_constant_modifier_freezes_existing_zeros() -> None:
     oneshot = Recipe.from_string(text).oneshot(model)
     assert torch.equal(oneshot.model.classifier.weight == 0, zeros)
     session = Recipe.from_string(text).attach(model, steps_per_epoch=4)
-    assert isinstance(session.pruners[0], ConstantMaskPruner)
+    frozen = session.pruner.targets["classifier"].config
+    assert frozen.criterion.kind == "magnitude" and frozen.target_sparsity == pytest.approx(zeros.float().mean().item())
     _train(session, 5)
     assert torch.equal(session.model.classifier.weight == 0, zeros)
 

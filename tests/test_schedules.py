@@ -56,7 +56,6 @@ def test_range_strings_parse_without_eval(text: str, steps: list[int]) -> None:
         ("range(0, 10, 0)", "range\\(\\) step must not be zero"),
         ([3, 1, 2], "strictly increasing"),
         ([1, 2, 2], "strictly increasing"),
-        ([], "at least one step"),
         ([-1, 2], "non-negative"),
         (torch.tensor([[1, 2]]), "1-D"),
         (torch.tensor([1.5, 2.0]), "every step must be an integer"),
@@ -67,6 +66,15 @@ def test_update_steps_validation(value: object, message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message) as info:
         PolynomialDecayScheduler(update_steps=value)
     assert "PolynomialDecayScheduler.update_steps=" in str(info.value)
+
+
+def test_an_empty_schedule_is_accepted_as_core_ml_tools_does_but_said_to_never_prune(caplog) -> None:
+    # Core ML Tools' own tests build update_steps="range(0)"
+    scheduler = PolynomialDecayScheduler(update_steps="range(0)")
+    assert scheduler.update_steps.tolist() == []
+    assert "never prunes" in caplog.text
+    assert scheduler.compute_sparsity(1, 0.0, ModuleMagnitudePrunerConfig()) == 0.0
+    assert scheduler.last_step() == 0
 
 
 def test_update_steps_accepts_tensors_and_ranges() -> None:

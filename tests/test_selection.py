@@ -1,4 +1,5 @@
-"""Selection: one matching rule (re.fullmatch), reasons, classifier head, dry run that changes nothing."""
+"""Selection: one matching rule (re.fullmatch), reasons, classifier head, dry run that changes nothing and agrees
+with what ``prepare()`` prunes."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from sparsify import MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
-from sparsify.gradual import GradualPrunerConfig, ModuleGradualPrunerConfig
-from sparsify.selection import classifier_head_name, dry_run, explain_module_config
+from sparsify import MagnitudePrunerConfig, ModuleMagnitudePrunerConfig, ModulePrunerConfig, Pruner, PrunerConfig
+from sparsify.pruning import classifier_head_name, dry_run
 
 
 class Net(nn.Module):
@@ -27,29 +27,46 @@ class Net(nn.Module):
 
 
 def test_fullmatch_is_the_one_rule() -> None:
-    config = GradualPrunerConfig(module_name_configs={"fc": None, r"features\.\d+": ModuleGradualPrunerConfig()},
-                                 global_config=ModuleGradualPrunerConfig())
+    config = PrunerConfig(module_name_configs={"fc": None, r"features\.\d+": ModulePrunerConfig()},
+                          global_config=ModulePrunerConfig())
     net = Net()
-    assert explain_module_config(config, "fc", net.fc) == (None, "excluded by name rule 'fc'")
-    chosen, reason = explain_module_config(config, "fc2", net.fc2)  # "fc" does not match "fc2"
+    assert config.lookup("fc", net.fc) == (None, "excluded by name rule 'fc'")
+    chosen, reason = config.lookup("fc2", net.fc2)  # "fc" does not match "fc2"
     assert chosen is config.global_config and reason == "global_config"
-    assert explain_module_config(config, "features.0", net.features[0])[1] == r"name rule 'features\.\d+'"
+    assert config.lookup("features.0", net.features[0])[1] == r"name rule 'features\.\d+'"
 
 
-def test_explanations_agree_with_the_engine_lookup() -> None:
+def test_lookup_reasons_for_types_and_filters() -> None:
     net = Net()
+    config = PrunerConfig(module_type_configs={nn.Linear: None, "Conv2d": ModulePrunerConfig()},
+                          global_config=ModulePrunerConfig())
+    assert config.lookup("fc", net.fc) == (None, "excluded by type rule 'Linear'")
+    assert config.lookup("features.0", net.features[0])[1] == "type rule 'Conv2d'"
+    only_conv = PrunerConfig(module_types=["Conv2d"])
+    assert only_conv.lookup("fc", net.fc) == (None, "type Linear not in module_types ['Conv2d']")
+    assert PrunerConfig(module_type_configs={"Conv2d": ModulePrunerConfig()}).lookup("fc", net.fc) == (
+        None, "no rule matches and global_config is None")
+
+
+def test_dry_run_selects_exactly_what_prepare_prunes() -> None:
     configs = [
         MagnitudePrunerConfig(module_type_configs={"Conv2d": ModuleMagnitudePrunerConfig(target_sparsity=0.3)},
                               module_name_configs={".*fc.*": None}),
         MagnitudePrunerConfig(),
-        GradualPrunerConfig(module_type_configs={nn.Linear: None}, global_config=ModuleGradualPrunerConfig(),
-                            module_types=["Linear", "Conv2d"]),
-        GradualPrunerConfig(module_types=["Conv2d"]),
+        PrunerConfig(module_type_configs={nn.Linear: None}, global_config=ModulePrunerConfig(),
+                     module_types=["Linear", "Conv2d"]),
+        PrunerConfig(module_types=["Conv2d"]),
+        PrunerConfig(global_config=ModulePrunerConfig(pattern="4x1"), keep_classifier_dense=True),
+        PrunerConfig(global_config=ModulePrunerConfig(pattern="4x1")),  # the head cannot take 4x1: skipped
     ]
-    for config in configs:
-        for name, module in net.named_modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                assert explain_module_config(config, name, module)[0] is config.get_module_config(name, module)
+    expected = [["features.0", "features.3"], ["features.0", "features.3", "fc", "fc2", "head"],
+                ["features.0", "features.3"], ["features.0", "features.3"], ["features.0", "features.3", "fc", "fc2"],
+                ["features.0", "features.3", "fc", "fc2"]]
+    for config, names in zip(configs, expected):
+        assert dry_run(Net(), config).selected() == names
+        pruner = Pruner(Net(), config)
+        pruner.prepare()
+        assert list(pruner.targets) == names
 
 
 def test_classifier_head_is_the_last_linear() -> None:
@@ -60,10 +77,10 @@ def test_classifier_head_is_the_last_linear() -> None:
 def test_dry_run_lists_every_module_without_changing_it() -> None:
     net = Net()
     before = copy.deepcopy(net.state_dict())
-    config = GradualPrunerConfig(
-        global_config=ModuleGradualPrunerConfig(pattern="4x1", criterion="snip_momentum", target_sparsity=0.9,
-                                                scope="global", max_sparsity=0.98,
-                                                scheduler={"kind": "exponential", "end_step": 100, "frequency": 10}),
+    config = PrunerConfig(
+        global_config=ModulePrunerConfig(pattern="4x1", criterion="snip_momentum", target_sparsity=0.9,
+                                         scope="global", max_sparsity=0.98,
+                                         scheduler={"kind": "exponential", "end_step": 100, "frequency": 10}),
         module_name_configs={"fc": None}, keep_classifier_dense=True,
     )
     rows = dry_run(net, config)
@@ -71,6 +88,7 @@ def test_dry_run_lists_every_module_without_changing_it() -> None:
     assert list(by_name) == ["features.0", "features.1", "features.3", "fc", "fc2", "head"]
     assert by_name["features.0"].action == "prune"
     assert by_name["features.0"].settings["pattern"] == "4x1"
+    assert by_name["features.0"].settings["criterion"] == "snip_momentum"
     assert by_name["features.0"].settings["scope"] == "global [0, 0.98]"
     assert by_name["features.1"].reason.startswith("type BatchNorm2d is not supported")
     assert by_name["fc"].action == "skip" and "excluded by name rule 'fc'" in by_name["fc"].reason
@@ -85,9 +103,30 @@ def test_dry_run_lists_every_module_without_changing_it() -> None:
 
 def test_dry_run_reports_what_prepare_would_reject() -> None:
     net = Net()
-    rows = dry_run(net, GradualPrunerConfig(global_config=ModuleGradualPrunerConfig(pattern="4x1")))
+    config = PrunerConfig(global_config=ModulePrunerConfig(n_m_ratio=(2, 4), scope="global"))
+    rows = dry_run(net, config)
+    features = next(r for r in rows if r.name == "features.0")  # 3 input channels: no whole runs of 4
+    assert features.action == "error"
+    assert features.reason == (
+        "module 'features.0' (Conv2d): n_m_ratio=(2, 4) ranked globally needs the input channels (3, weight shape "
+        "(8, 3, 3, 3)) to be a multiple of m=4; use scope='local' (partial runs padded) or exclude this module"
+    )
+    with pytest.raises(ValueError, match=r"module 'features.0' \(Conv2d\): n_m_ratio=\(2, 4\) ranked globally"):
+        Pruner(net, config).prepare()
+    assert [r.name for r in rows if r.action == "prune"] == ["features.3", "fc", "fc2", "head"]
+
+
+def test_dry_run_skips_a_layer_the_tile_does_not_divide() -> None:
+    rows = dry_run(Net(), PrunerConfig(global_config=ModulePrunerConfig(pattern="4x1")))
     head = next(r for r in rows if r.name == "head")
-    assert head.action == "error" and "multiple of 4" in head.reason
+    assert head.action == "skip" and head.reason.startswith("skipped: module 'head' (Linear): pattern '4x1'")
+
+
+
+def test_dry_run_says_why_the_pattern_cannot_apply() -> None:
+    rows = dry_run(Net(), PrunerConfig(global_config=ModulePrunerConfig(pattern="4x1")))
+    head = next(r for r in rows if r.name == "head")
+    assert "output channels (10, weight shape (10, 8)) to be a multiple of 4" in head.reason
 
 
 def test_dry_run_works_for_the_engine_config() -> None:
@@ -96,9 +135,11 @@ def test_dry_run_works_for_the_engine_config() -> None:
     rows = dry_run(Net(), config)
     assert rows.selected() == ["features.0", "features.3", "fc", "fc2", "head"]
     assert rows[0].settings["pattern"] == "per_channel" and rows[0].settings["final"] == "0.7500"
+    by_name = {row.name: row for row in rows}
+    assert by_name["fc"].settings["pattern"] == "per_scalar"  # a Linear has no channel granularity in Core ML Tools
     assert "constant(begin_step=0)" in str(rows)
 
 
 def test_unknown_config_type_is_an_error() -> None:
-    with pytest.raises(TypeError, match="no pruner"):
+    with pytest.raises(TypeError, match=r"config must be .*got object"):  # as Pruner(model, object()) says
         dry_run(Net(), object())

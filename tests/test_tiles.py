@@ -1,4 +1,5 @@
-"""Tile and n:m patterns: worked examples, conv layout, exact counts per tile / run (hypothesis)."""
+"""Tile and n:m patterns (`sparsify.patterns.tiles`, `sparsify.patterns.n_m`) on the `Pattern` contract: worked
+examples, conv layout, exact counts per tile / run (hypothesis), ranked globally as the machine does and alone."""
 
 from __future__ import annotations
 
@@ -9,18 +10,22 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsify.patterns import n_m_mask
+from sparsify.patterns import NMPattern, Pattern, TilePattern, as_3d, from_3d, n_m_from_string, n_m_mask, parse_pattern
 from sparsify.scope import global_keep_masks
-from sparsify.tiles import NMPattern, TilePattern, as_3d, from_3d, n_m_from_string, parse_pattern
 
 
-def _mask(pattern, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    grouped = pattern.group_scores(scores)
+def _mask(pattern: Pattern, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The layer ranked in a global ranking of its own, exactly as `sparsify.pruning.update` calls it."""
+    grouped, _ = pattern.groups(scores)
     keep = global_keep_masks(
         {"w": grouped}, sparsity, weights_per_group={"w": pattern.weights_per_group(scores.shape)},
         layer_weights={"w": scores.numel()},
     )["w"]
     return pattern.expand(keep, scores)
+
+
+def _groups(pattern: Pattern, scores: torch.Tensor) -> torch.Tensor:
+    return pattern.groups(scores)[0]
 
 
 # A 4x4 Linear weight whose scores make every answer easy to read.
@@ -119,7 +124,7 @@ def test_n_m_worked_example_and_engine_parity() -> None:
     conv = torch.rand(8, 8, 3, 3)
     for dim in (0, 1):
         pattern = NMPattern(2, 4, dim)
-        all_sparse = pattern.expand(torch.zeros_like(pattern.group_scores(conv), dtype=torch.bool), conv)
+        all_sparse = pattern.expand(torch.zeros_like(_groups(pattern, conv), dtype=torch.bool), conv)
         assert torch.equal(all_sparse, n_m_mask(conv, (2, 4), dim))
 
 
@@ -127,7 +132,7 @@ def test_gradual_n_m_ramp_makes_the_cheapest_runs_sparse() -> None:
     # three runs of 4; the middle run is cheapest to sparsify (its two lowest sum to 0.3)
     scores = torch.tensor([[1.0, 2.0, 3.0, 4.0, 0.1, 0.2, 9.0, 9.0, 5.0, 6.0, 7.0, 8.0]])
     pattern = NMPattern(2, 4)
-    assert pattern.group_scores(scores).flatten().tolist() == pytest.approx([3.0, 0.3, 11.0])
+    assert _groups(pattern, scores).flatten().tolist() == pytest.approx([3.0, 0.3, 11.0])
     mask = _mask(pattern, scores, 2 / 12)  # 2 weights -> one run becomes 2:4
     assert mask.tolist() == [[True] * 4 + [False, False, True, True] + [True] * 4]
     mask = _mask(pattern, scores, 4 / 12)
@@ -137,16 +142,22 @@ def test_gradual_n_m_ramp_makes_the_cheapest_runs_sparse() -> None:
 def test_n_m_checks_and_inc_string(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="sparsify"):
         assert n_m_from_string("2:4") == (2, 4)
-    assert "2 zeros in every 4" in caplog.text and "50.00% sparsity" in caplog.text
+    assert "INC pattern '2:4' -> n:m 2 zeros of every 4 consecutive input-channel weights (50.00%)" in caplog.text
     assert n_m_from_string(" 3 : 4 ") == (3, 4)  # INC: 3 pruned of 4 = 75 %
     assert NMPattern(3, 4).max_sparsity == 0.75
     with pytest.raises(ValueError, match="N:M"):
         n_m_from_string("2x4")
     with pytest.raises(ValueError, match="number of ZEROS"):
         NMPattern(4, 4)
-    with pytest.raises(ValueError, match="multiple of m=4"):
-        NMPattern(2, 4).check((8, 6), "module 'fc'")
-    with pytest.raises(ValueError, match="module 'fc'.*multiple of 4"):
+    NMPattern(2, 4).check((8, 6), "module 'fc'")  # ranked alone, a partial run is padded (see test_patterns)
+    with pytest.raises(ValueError, match=r"module 'fc': n_m_ratio=\(2, 4\) ranked globally needs the input channels "
+                                         r"\(6, weight shape \(8, 6\)\) to be a multiple of m=4"):
+        NMPattern(2, 4).check_whole_runs((8, 6), "module 'fc'")
+    NMPattern(2, 4, dim=0).check_whole_runs((8, 6), "module 'fc'")  # along output channels: 8 is whole runs
+    with pytest.raises(ValueError, match="rank >= 2"):
+        NMPattern(2, 4).check((8,), "bias")
+    with pytest.raises(ValueError, match=r"module 'fc': pattern '4x1' needs the output channels \(10, weight shape "
+                                         r"\(10, 8\)\) to be a multiple of 4"):
         TilePattern(4, 1).check((10, 8), "module 'fc'")
     TilePattern(4, 1).check((8, 3, 3, 3), "conv")  # input channels need only be a multiple of 1
 
@@ -168,16 +179,18 @@ def test_property_tiles_are_all_or_nothing_and_counts_exact(tile, blocks, kernel
     mask = _mask(pattern, scores, sparsity)
     assert mask.shape == scores.shape
     size = pattern.weights_per_group(shape)
-    groups = pattern.group_scores(scores).numel()
+    groups = _groups(pattern, scores).numel()
     assert groups * size == scores.numel()
     # every tile is entirely kept or entirely pruned
-    group_mask = pattern.group_scores(mask.float())
+    group_mask = _groups(pattern, mask.float())
     assert torch.all((group_mask == 0) | (group_mask == 1))
     pruned_weights = int((~mask).sum())
     assert pruned_weights % size == 0
     expected_groups = (scores.numel() - int(torch.ceil(torch.tensor(scores.numel(), dtype=torch.float32)
                                                        * (1 - sparsity)).item())) // size
     assert pruned_weights == expected_groups * size
+    # ranked alone (local scope) the layer gets the same mask: one counting rule, ties by position
+    assert torch.equal(pattern.local_mask(scores, sparsity), mask)
 
 
 @settings(max_examples=50, deadline=None)
@@ -196,3 +209,28 @@ def test_property_n_m_runs_dense_or_exactly_n_zeros(nm, runs, rows, dim, fractio
     sparse_runs = int((zeros_per_run == n).sum())
     target = scores.numel() - int(torch.ceil(torch.tensor(scores.numel(), dtype=torch.float32) * (1 - level)).item())
     assert sparse_runs == min(target // n, moved.shape[0])
+
+
+def test_pattern_contract_shapes_and_sizes() -> None:
+    """``groups`` gives one score per tile and the weights each stands for; ``mask_shape`` is the weight's."""
+    conv = torch.rand(8, 6, 3, 3)
+    grouped, size = TilePattern(4, 2).groups(conv)
+    assert grouped.numel() == (8 // 4) * 9 * (6 // 2) and size == 8
+    assert TilePattern(4, 2).mask_shape(conv.shape) == (8, 6, 3, 3)
+    assert TilePattern(1, None).weights_per_group(conv.shape) == 6 * 9  # a whole output channel
+    assert TilePattern(None, 2).weights_per_group(conv.shape) == 8 * 9 * 2  # two whole input channels
+    grouped, size = NMPattern(2, 4).groups(torch.rand(3, 8))
+    assert grouped.shape == (3, 1, 2) and size == 2  # a run of 4 prunes only its 2 lowest
+    assert NMPattern(2, 4).weights_per_group((3, 8)) == 2
+
+
+def test_n_m_local_mask_is_core_ml_tools_ramp() -> None:
+    """Ranked alone, n:m follows Core ML Tools: k = int(s · m) zeros per run; unstructured while k == 0."""
+    torch.manual_seed(0)
+    scores = torch.rand(4, 8)
+    pattern = NMPattern(2, 4)
+    early = pattern.local_mask(scores, 0.2)  # k = int(0.8) = 0: the 6 lowest of 32, anywhere
+    assert int((~early).sum()) == 6 and torch.equal(early, scores > scores.reshape(-1).kthvalue(6).values)
+    assert torch.all((~pattern.local_mask(scores, 0.3)).reshape(-1, 4).sum(1) == 1)  # k = 1
+    assert torch.equal(pattern.local_mask(scores, 0.5), n_m_mask(scores, (2, 4)))
+    assert torch.equal(pattern.local_mask(scores, 0.9), n_m_mask(scores, (2, 4)))  # never beyond n / m

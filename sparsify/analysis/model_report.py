@@ -132,7 +132,7 @@ class LayerReport:
     pattern: str
     pattern_source: str  # "hook", "config" or "inferred"
     structured_sparsity: float  # fraction of output channels entirely zero (magnitudes)
-    block2_sparsity: float  # fraction of aligned output-channel pairs entirely zero, -1 for odd counts
+    block2_sparsity: float  # fraction of zero 2x1 blocks (channels 2i, 2i+1 at one position), -1 for odd counts
     metadata: bool  # carries (or, once finalized, will carry) Core ML pruning metadata
     stored_nonzeros: int  # non-zeros Core ML keeps (it zeroes |w| <= threshold, see sizing)
     sparse: bool  # stored sparse in an fp16 export

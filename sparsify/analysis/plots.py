@@ -22,7 +22,6 @@ from torch import nn
 
 if TYPE_CHECKING:
     from .model_report import ModelReport
-    from .sensitivity import SensitivityScan
 
 __all__ = [
     "plot_layer_sparsity",
@@ -192,7 +191,7 @@ def plot_weight_histogram(
 
 
 def plot_sensitivity(
-    scan: SensitivityScan,
+    scan: Any,  # a sparsify.analysis.sensitivity.SensitivityScan (which imports this module to draw itself)
     path: str | Path,
     *,
     title: str = "sensitivity: each layer pruned alone",

@@ -1,16 +1,29 @@
 """Sparsity reports in Core ML Tools' format.
 
 `Report` is a dict ``{module name: {metric: value}}`` plus a ``"global"`` row, printed as the
-same right-aligned table Core ML Tools prints. The metrics keep Core ML Tools' names:
+same right-aligned table Core ML Tools prints. The metrics keep Core ML Tools' names and
+definitions (``coremltools/optimize/torch/pruning/_utils.py``: ``structured_sparsity``,
+``unstructured_sparsity``, ``block2_sparsity``), with the weight viewed as ``[C_out, K]``
+(``K`` = everything after the output channel):
 
 * ``#params`` — number of elements of the pruned parameter;
 * ``unstructured_weight_sparsity`` — fraction of zero elements;
 * ``structured_weight_sparsity`` — fraction of output channels (rows) that are entirely zero;
-* ``block2_weight_sparsity`` — fraction of pairs of consecutive output channels that are entirely
-  zero, ``-1`` when the channel count is odd.
+* ``block2_weight_sparsity`` — fraction of 2x1 blocks that are zero, a block being the two weights at
+  the same position ``k`` of output channels ``2i`` and ``2i + 1`` (there are ``C_out / 2 * K``
+  blocks); ``-1`` when ``C_out`` is odd. This is what ``block_size=2`` pruning produces, so a layer
+  pruned to 0.5 with ``block_size=2`` reads 0.5. It is *not* "pairs of channels entirely zero".
+
+Worked example, ``C_out = 4``, ``K = 3``::
+
+    [[0, 1, 0],     rows 0-1: blocks (0,0) (1,2) (0,3) -> 1 zero block
+     [0, 2, 3],
+     [4, 0, 0],     rows 2-3: blocks (4,0) (0,0) (0,5) -> 1 zero block
+     [0, 0, 5]]     block2 = 2 / 6 = 1/3; structured = 0 / 4; unstructured = 7 / 12
 
 Unlike Core ML Tools, a row or block counts as zero only when all its *magnitudes* are zero: Core ML
-Tools sums signed values, so a row ``[1, -1]`` counts as pruned.
+Tools sums signed values, so a row ``[1, -1]`` (or a block ``(1, -1)``) counts as pruned. The two
+agree whenever the zeros come from a mask.
 """
 
 from __future__ import annotations
@@ -26,7 +39,10 @@ SPARSITY_METRICS = ("structured_weight_sparsity", "unstructured_weight_sparsity"
 
 
 def sparsity_summary(weight: torch.Tensor) -> dict[str, float]:
-    """Core ML Tools' three sparsity metrics for one weight tensor (1-D weights are one channel each)."""
+    """Core ML Tools' three sparsity metrics for one weight tensor (see the module docstring).
+
+    1-D weights (a bias) count each element as a channel, where Core ML Tools' report crashes.
+    """
     weight = weight.detach()
     rows = weight.abs().reshape(weight.shape[0], -1) if weight.dim() > 0 else weight.abs().reshape(1, 1)
     row_is_zero = rows.sum(1) == 0
@@ -35,7 +51,9 @@ def sparsity_summary(weight: torch.Tensor) -> dict[str, float]:
         "unstructured_weight_sparsity": (weight == 0).float().mean().item(),
     }
     if rows.shape[0] % 2 == 0:
-        summary["block2_weight_sparsity"] = row_is_zero.reshape(-1, 2).all(1).float().mean().item()
+        # [C_out, K] -> [C_out/2, 2, K]: the pair axis is summed, leaving one entry per 2x1 block
+        block_is_zero = rows.reshape(rows.shape[0] // 2, 2, -1).sum(1) == 0
+        summary["block2_weight_sparsity"] = block_is_zero.float().mean().item()
     else:
         summary["block2_weight_sparsity"] = -1
     return summary

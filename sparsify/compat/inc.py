@@ -1,4 +1,4 @@
-"""Read an Intel Neural Compressor pruning config and turn it into a `sparsify.gradual.GradualPrunerConfig`.
+"""Read an Intel Neural Compressor pruning config and turn it into a `sparsify.PrunerConfig`.
 
 Accepted inputs: a dict (or a YAML file) in INC 2.x ``WeightPruningConfig`` form — global keys plus an
 optional ``pruning_configs`` list whose dicts override them, one per pruner — or in the 1.x YAML form
@@ -48,9 +48,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from ..config import _SUPPORTED_MAGNITUDE_MODULES, safe_load_yaml
-from ..gradual import GradualPrunerConfig, ModuleGradualPrunerConfig
-from ..tiles import n_m_from_string, parse_pattern
+from ..config import SUPPORTED_MODULES, ModulePrunerConfig, PrunerConfig, safe_load_yaml
+from ..patterns import n_m_from_string, parse_pattern
 
 __all__ = ["INC_DEFAULTS", "from_inc_config", "load_inc_config"]
 
@@ -170,7 +169,7 @@ def _search(pattern: str) -> str:
     return f".*(?:{pattern}).*"
 
 
-def _module_config(cfg: Mapping[str, Any], where: str) -> ModuleGradualPrunerConfig:
+def _module_config(cfg: Mapping[str, Any], where: str) -> ModulePrunerConfig:
     for key, allowed in _NEUTRAL.items():
         if cfg[key] not in allowed:
             raise ValueError(
@@ -203,8 +202,8 @@ def _module_config(cfg: Mapping[str, Any], where: str) -> ModuleGradualPrunerCon
     else:
         if pattern == "mha" or pattern.startswith("oc_pattern"):
             raise ValueError(f"{where}: pattern={pattern!r} cannot be honoured: allowed 'NxM' tiles or 'N:M'")
-        fields["pattern"] = parse_pattern(pattern)
-    return ModuleGradualPrunerConfig(
+        fields["pattern"] = parse_pattern(pattern).text
+    return ModulePrunerConfig(
         scheduler={
             "kind": _DECAY[decay], "start_step": cfg["start_step"], "end_step": cfg["end_step"],
             "frequency": cfg["pruning_frequency"],
@@ -221,7 +220,7 @@ def _module_config(cfg: Mapping[str, Any], where: str) -> ModuleGradualPrunerCon
 
 def _module_types(op_types: Any, where: str) -> tuple[str, ...]:
     names = _as_list(op_types, "pruning_op_types", where)
-    supported = [t.__name__ for t in _SUPPORTED_MAGNITUDE_MODULES]
+    supported = [t.__name__ for t in SUPPORTED_MODULES]
     chosen = tuple(s for s in supported if any(sub in s for sub in names))
     if not chosen:
         raise ValueError(
@@ -230,8 +229,8 @@ def _module_types(op_types: Any, where: str) -> tuple[str, ...]:
     return chosen
 
 
-def from_inc_config(source: Mapping[str, Any] | str | Path | IO[str]) -> GradualPrunerConfig:
-    """Translate an INC pruning config (dict, YAML path or stream) into a `GradualPrunerConfig`.
+def from_inc_config(source: Mapping[str, Any] | str | Path | IO[str]) -> PrunerConfig:
+    """Translate an INC pruning config (dict, YAML path or stream) into a `PrunerConfig`.
 
     See the module docstring for the mapping; keys that cannot be honoured raise ``ValueError``.
     """
@@ -259,7 +258,7 @@ def from_inc_config(source: Mapping[str, Any] | str | Path | IO[str]) -> Gradual
     exclusions = [tuple(_as_list(cfg["excluded_op_names"], "excluded_op_names", where)) for where, cfg in pruners]
     shared_exclusions = len(set(exclusions)) == 1
 
-    name_configs: OrderedDict[str, ModuleGradualPrunerConfig | None] = OrderedDict()
+    name_configs: OrderedDict[str, ModulePrunerConfig | None] = OrderedDict()
     if shared_exclusions:
         for pattern in exclusions[0]:
             name_configs[_search(pattern)] = None
@@ -280,7 +279,7 @@ def from_inc_config(source: Mapping[str, Any] | str | Path | IO[str]) -> Gradual
             )
         else:
             global_config = module_config
-    config = GradualPrunerConfig(
+    config = PrunerConfig(
         global_config=global_config,
         module_name_configs=name_configs,
         module_types=type_sets.pop(),

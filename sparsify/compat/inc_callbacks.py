@@ -2,7 +2,7 @@
 
 For code written against INC's ``prepare_compression(model, config).callbacks``::
 
-    manager = sparsify.compat.inc_callbacks.prepare_compression(model, inc_config_dict)   # or a GradualPrunerConfig
+    manager = sparsify.compat.inc_callbacks.prepare_compression(model, inc_config_dict)   # or a PrunerConfig
     manager.callbacks.on_train_begin()
     for step, (x, y) in enumerate(data):
         manager.callbacks.on_step_begin(step)
@@ -30,7 +30,7 @@ callback                        sparsify
 ==============================  ==========================================================================
 
 Nothing is monkey-patched: no optimizer wrapper, no global ``torch.save`` patch. Gradients are seen
-through hooks on the pruned parameters (`sparsify.gradual`).
+through hooks on the pruned parameters (`sparsify.criteria.gradient`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from typing import Any
 
 from torch import nn
 
-from ..gradual import GradualPruner, GradualPrunerConfig
-from ..pruner import BasePruner
+from ..config import PrunerConfig
+from ..pruning import Pruner
 
 __all__ = ["CompressionManager", "PruningCallbacks", "prepare_compression"]
 
@@ -58,8 +58,8 @@ class PruningCallbacks:
         finalize_on_train_end: bake the masks in ``on_train_end`` (default ``True``).
     """
 
-    def __init__(self, pruner: BasePruner, *, finalize_on_train_end: bool = True) -> None:
-        if not isinstance(pruner, BasePruner):
+    def __init__(self, pruner: Pruner, *, finalize_on_train_end: bool = True) -> None:
+        if not isinstance(pruner, Pruner):
             raise TypeError(f"pruner must be a sparsify pruner, got {type(pruner).__name__}")
         self.pruner = pruner
         self.finalize_on_train_end = finalize_on_train_end
@@ -109,7 +109,7 @@ class CompressionManager:
         self.callbacks = callbacks
 
     @property
-    def pruner(self) -> BasePruner:
+    def pruner(self) -> Pruner:
         return self.callbacks.pruner
 
     @property
@@ -119,18 +119,18 @@ class CompressionManager:
 
 def prepare_compression(
     model: nn.Module,
-    config: GradualPrunerConfig | Mapping[str, Any] | str | Path,
+    config: PrunerConfig | Mapping[str, Any] | str | Path,
     *,
     finalize_on_train_end: bool = True,
 ) -> CompressionManager:
-    """INC's ``prepare_compression``: a manager whose ``.callbacks`` drive a `GradualPruner`.
+    """INC's ``prepare_compression``: a manager whose ``.callbacks`` drive a `Pruner`.
 
-    ``config`` is a `GradualPrunerConfig`, or an INC pruning config (dict or YAML path) read
+    ``config`` is a `PrunerConfig`, or an INC pruning config (dict or YAML path) read
     with `sparsify.compat.inc.from_inc_config`. The model is prepared in ``on_train_begin``.
     """
-    if not isinstance(config, GradualPrunerConfig):
+    if not isinstance(config, PrunerConfig):
         from .inc import from_inc_config
 
         config = from_inc_config(config)
-    pruner = GradualPruner(model, config)
+    pruner = Pruner(model, config)
     return CompressionManager(PruningCallbacks(pruner, finalize_on_train_end=finalize_on_train_end))

@@ -70,19 +70,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import attrs
-import torch
 import yaml
 from torch import nn
 
-from ..analysis.report import Report, global_summary
-from ..config import _SUPPORTED_MAGNITUDE_MODULES, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
-from ..data import GradSampler, as_grad_sampler
-from ..mfac import MFACPruner, MFACPrunerConfig
-from ..pruner import BasePruner, PrunedModuleInfo
+from ..analysis.report import Report
+from ..config import SUPPORTED_MODULES, ModulePrunerConfig, PrunerConfig
+from ..criteria import GradSampler, MFACCriterion, as_grad_sampler
+from ..pruning import Pruner
 from ..schedules import ConstantSparsityScheduler, PolynomialDecayScheduler, PruningScheduler
 
 __all__ = [
-    "ConstantMaskPruner",
     "Modifier",
     "Recipe",
     "RecipeSession",
@@ -117,6 +114,7 @@ _MFAC_KEYS = {
     "min_layer_sparsity": "min_layer_sparsity", "max_layer_sparsity": "max_layer_sparsity",
 }
 _MFAC_ONLY = ("grad_sampler_kwargs", "mfac_options", "num_pages", "use_gradient_buffering")
+_SCOPE_KEYS = ("min_layer_sparsity", "max_layer_sparsity")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,8 +262,9 @@ class Modifier:
         modifier = cls(tag, params, init, final, start, end, frequency, _INTER_FUNCS[inter], global_sparsity,
                        str(mask_type), options, dict(sampler_kwargs))
         modifier._pattern(where)  # validate mask_type now
-        if options:
-            MFACPrunerConfig(**options)  # validate the M-FAC options now, with their own messages
+        criterion_options = {k: v for k, v in options.items() if k not in _SCOPE_KEYS}
+        if criterion_options:
+            MFACCriterion(**criterion_options)  # validate the M-FAC options now, with their own messages
         return modifier
 
     def _pattern(self, where: str = "") -> dict[str, Any]:
@@ -309,36 +308,41 @@ class Modifier:
             return ConstantSparsityScheduler(begin_step=0)
         return epochs_to_scheduler(self.start_epoch, self.end_epoch, self.update_frequency, steps_per_epoch, self.power)
 
-    def build(
-        self, model: nn.Module, steps_per_epoch: float | None, sampler: GradSampler | Mapping[str, Any] | None
-    ) -> BasePruner:
-        """A pruner (not yet prepared) that applies this modifier to ``model``."""
+    def module_configs(self, model: nn.Module, steps_per_epoch: float | None) -> dict[str, ModulePrunerConfig]:
+        """``{module name: ModulePrunerConfig}`` for the modules this modifier prunes in ``model``.
+
+        Modules that share a level share one config object, so a global modifier is one global ranking.
+        """
         targets = self.targets(model)
         scheduler = self.scheduler(steps_per_epoch)
         if self.kind == "constant":
-            # starting at step 0 (or one shot), the zeros are frozen at prepare(), before any training step
+            # freezing the zeros is magnitude pruning at the zero fraction: the zeros rank lowest
             at_once = isinstance(scheduler, ConstantSparsityScheduler) and scheduler.begin_step == 0
-            config = MagnitudePrunerConfig(module_name_configs={
-                re.escape(name): ModuleMagnitudePrunerConfig(
-                    initial_sparsity=level if at_once else 0.0, target_sparsity=level,
-                    scheduler=copy.deepcopy(scheduler))
+            return {
+                name: ModulePrunerConfig(initial_sparsity=level if at_once else 0.0, target_sparsity=level,
+                                         scheduler=copy.deepcopy(scheduler))
                 for name, level in ((n, _zero_fraction(model, n)) for n in targets)
-            })
-            return ConstantMaskPruner(model, config)
+            }
         pattern = self._pattern()
-        module_configs = {}
+        options = dict(self.mfac_options)
+        scope_fields = {
+            "scope": "global" if self.global_sparsity else "local",
+            "min_sparsity": options.pop("min_layer_sparsity", 0.0),
+            "max_sparsity": options.pop("max_layer_sparsity", 1.0),
+        }
+        criterion: Any = {"kind": "mfac", **options} if self.kind == "mfac" else "magnitude"
+        shared: dict[float, ModulePrunerConfig] = {}
+        configs = {}
         for name, level in targets.items():
-            initial = 0.0 if steps_per_epoch is None else min(self.init_sparsity, level)  # one shot: straight to final
-            fields = {"initial_sparsity": initial, "target_sparsity": level,
-                      "scheduler": copy.deepcopy(scheduler), **pattern}
-            if "n_m_ratio" in pattern:
-                fields.pop("target_sparsity")
-            module_configs[re.escape(name)] = ModuleMagnitudePrunerConfig(**fields)
-        config = MFACPrunerConfig(module_name_configs=module_configs, global_sparsity=self.global_sparsity,
-                                  **self.mfac_options)
-        if self.kind == "mfac" and isinstance(sampler, Mapping):
-            sampler = as_grad_sampler(sampler, **self.grad_sampler_kwargs)
-        return MFACPruner(model, config, sampler if self.kind == "mfac" else None, criterion=self.kind)
+            if level not in shared:
+                initial = 0.0 if steps_per_epoch is None else min(self.init_sparsity, level)  # one shot: to final
+                fields = {"initial_sparsity": initial, "target_sparsity": level, "scheduler": copy.deepcopy(scheduler),
+                          "criterion": criterion, **scope_fields, **pattern}
+                if "n_m_ratio" in pattern:
+                    fields.pop("target_sparsity")
+                shared[level] = ModulePrunerConfig(**fields)
+            configs[name] = shared[level]
+        return configs
 
 
 def epochs_to_scheduler(
@@ -362,7 +366,7 @@ def _prunable_weights(model: nn.Module) -> dict[str, str]:
     """``{"<module>.weight": "<module>"}`` for every Linear / ConvNd whose weight is a parameter."""
     found = {}
     for name, module in model.named_modules():
-        weight = module._parameters.get("weight") if isinstance(module, _SUPPORTED_MAGNITUDE_MODULES) else None
+        weight = module._parameters.get("weight") if isinstance(module, SUPPORTED_MODULES) else None
         if isinstance(weight, nn.Parameter):
             found[f"{name}.weight" if name else "weight"] = name
     return found
@@ -393,26 +397,6 @@ def _select(entries: list[str], prunable: dict[str, str], where: str) -> list[st
 def _zero_fraction(model: nn.Module, name: str) -> float:
     weight = model.get_submodule(name).weight
     return float((weight == 0).float().mean())
-
-
-class ConstantMaskPruner(BasePruner):
-    """SparseML's ``ConstantPruningModifier``: from its start step, the mask is ``weight != 0``.
-
-    Each module's ``target_sparsity`` is the fraction of zeros it had when the recipe was applied;
-    the mask is exactly the nonzero pattern (no ranking, so no ties or rounding).
-    """
-
-    config_class = MagnitudePrunerConfig
-
-    def scores(self, name: str, info: PrunedModuleInfo) -> torch.Tensor:
-        return (getattr(info.module, info.config.param_name + "_orig").detach() != 0).float()
-
-    def compute_masks(self, levels: dict[str, float]) -> dict[str, torch.Tensor]:
-        return {name: self.scores(name, self._pruner_info[name]) > 0 for name in levels}
-
-    def prune_now(self) -> None:
-        """Freeze the zeros now (one shot)."""
-        self._apply_levels({name: info.config.final_sparsity for name, info in self._pruner_info.items()})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,12 +472,16 @@ class Recipe:
                         f"modifier {index} (!{modifier.tag}); sparsify applies one modifier per module"
                     )
                 owners[name] = f"modifier {index} (!{modifier.tag})"
-        if not inplace:
-            model = copy.deepcopy(model)
-        pruners = [m.build(model, steps_per_epoch, sampler) for m in self.modifiers]
-        for pruner in pruners:
-            pruner.prepare(inplace=True)
-        return RecipeSession(model, pruners)
+        name_configs: dict[str, ModulePrunerConfig] = {}
+        for modifier in self.modifiers:
+            name_configs.update(modifier.module_configs(model, steps_per_epoch))
+        config = PrunerConfig(module_name_configs={re.escape(name): cfg for name, cfg in name_configs.items()})
+        mfac = next((m for m in self.modifiers if m.kind == "mfac"), None)
+        if isinstance(sampler, Mapping):
+            sampler = as_grad_sampler(sampler, **(mfac.grad_sampler_kwargs if mfac is not None else {}))
+        pruner = Pruner(model, config, sampler)
+        pruner.prepare(inplace=inplace)
+        return RecipeSession(pruner)
 
     def oneshot(
         self, model: nn.Module, sampler: GradSampler | Mapping[str, Any] | None = None, *,
@@ -506,8 +494,7 @@ class Recipe:
                 "sampler=GradSampler(data, loss_fn))"
             )
         session = self._session(model, None, sampler, inplace)
-        for pruner in session.pruners:
-            pruner.prune_now()  # type: ignore[attr-defined]
+        session.pruner.prune_now()
         if finalize:
             session.finalize()
         return session
@@ -524,27 +511,23 @@ class Recipe:
 
 
 class RecipeSession:
-    """The prepared pruners of a recipe on one model: ``step()``, ``finalize()``, ``report()``."""
+    """A recipe applied to one model: one `sparsify.Pruner` with a config entry per modifier."""
 
-    def __init__(self, model: nn.Module, pruners: list[BasePruner]) -> None:
-        self.model = model
-        self.pruners = pruners
+    def __init__(self, pruner: Pruner) -> None:
+        self.pruner = pruner
+
+    @property
+    def model(self) -> nn.Module:
+        return self.pruner.model
 
     def step(self) -> None:
         """Advance every modifier's schedule by one optimizer step."""
-        for pruner in self.pruners:
-            pruner.step()
+        self.pruner.step()
 
     def finalize(self) -> nn.Module:
         """Bake every mask into the model (Core ML metadata included) and return it."""
-        for pruner in self.pruners:
-            pruner.finalize(inplace=True)
-        return self.model
+        return self.pruner.finalize(inplace=True)
 
     def report(self) -> Report:
         """Every pruned module's sparsity, with one ``global`` row."""
-        report = Report()
-        for pruner in self.pruners:
-            report.update({name: row for name, row in pruner.report().items() if name != "global"})
-        report["global"] = global_summary(report.values())
-        return report
+        return self.pruner.report()

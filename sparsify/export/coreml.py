@@ -58,7 +58,7 @@ from .._checks import field_error
 from ..analysis.report import Report
 from ..analysis.sizing import ELEMENT_BYTES, StoredTensor
 from ..masking import bake_mask, is_masked
-from ..pruner import register_coreml_metadata
+from ..pruning.metadata import register_coreml_metadata
 from .mlpackage import PackageReport, WeightInfo, _Sparsity, inspect_mlpackage, read_constants, weight_file_sizes
 
 __all__ = ["ExportReport", "ExportRow", "export_coreml"]

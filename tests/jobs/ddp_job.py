@@ -18,26 +18,30 @@ from torch import nn
 from sparsify import (
     MagnitudePruner,
     MagnitudePrunerConfig,
-    MFACPruner,
-    MFACPrunerConfig,
     ModuleMagnitudePrunerConfig,
+    ModulePrunerConfig,
     PolynomialDecayScheduler,
+    Pruner,
+    PrunerConfig,
 )
 from sparsify.distributed import check_masks_consistent, mask_checksums
 
 STEPS = 6
 
 
-def build(second_order: bool = False) -> tuple[nn.Module, MagnitudePruner]:
-    """Magnitude pruning, or M-FAC with its weight update (gradients recorded from the training steps:
-    local on each rank, so every rank must gather all ranks' rows to build the same Fisher)."""
+def build(second_order: bool = False) -> tuple[nn.Module, Pruner]:
+    """Magnitude pruning (Core ML Tools' preset), or M-FAC with its weight update, ranked globally (gradients
+    recorded from the training steps: local on each rank, so every rank must gather all ranks' rows to build
+    the same Fisher)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 3))
-    module_config = ModuleMagnitudePrunerConfig(
-        target_sparsity=0.75, scheduler=PolynomialDecayScheduler(update_steps=[2, 4, 6]))
+    scheduler = PolynomialDecayScheduler(update_steps=[2, 4, 6])
     if second_order:
-        pruner = MFACPruner(model, MFACPrunerConfig(global_config=module_config, num_grads=2))
+        config = PrunerConfig(global_config=ModulePrunerConfig(
+            target_sparsity=0.75, scheduler=scheduler, criterion={"kind": "mfac", "num_grads": 2}, scope="global"))
+        pruner: Pruner = Pruner(model, config)
     else:
+        module_config = ModuleMagnitudePrunerConfig(target_sparsity=0.75, scheduler=scheduler)
         pruner = MagnitudePruner(model, MagnitudePrunerConfig().set_global(module_config))
     return pruner.prepare(inplace=True), pruner
 
@@ -47,7 +51,7 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(8, 12, generator=g), torch.randint(0, 3, (8,), generator=g)
 
 
-def train(model: nn.Module, pruner: MagnitudePruner, rank: int | None) -> None:
+def train(model: nn.Module, pruner: Pruner, rank: int | None) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in range(STEPS):
         x, y = batch(step)

@@ -9,10 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._checks import as_float, as_int, check_in, check_range, field_error
-from .schedules import PruningScheduler, scheduler_from_dict
+import attrs
 
-__all__ = ["boolean", "dim", "fraction", "n_m_ratio", "param_name", "scheduler"]
+from .._checks import as_float, as_int, check_in, check_range, field_error
+from ..schedules import PruningScheduler, scheduler_from_dict
+
+__all__ = [
+    "boolean", "dim", "fraction", "n_m_ratio", "one_of", "param_name", "positive_int", "revalidate_with", "scheduler",
+]
 
 
 def scheduler(owner: str) -> Callable[[Any], PruningScheduler]:
@@ -62,7 +66,7 @@ def n_m_ratio(owner: str) -> Callable[[Any], tuple[int, int] | None]:
             raise field_error(
                 owner, "n_m_ratio", value,
                 "expected a pair (n, m) with n = number of zeros; convert 'N:M' strings with "
-                "sparsify.tiles.n_m_from_string", TypeError,
+                "sparsify.patterns.n_m_from_string", TypeError,
             )
         if not isinstance(value, (tuple, list)) or len(value) != 2:
             raise field_error(owner, "n_m_ratio", value, "expected None or a pair (n, m) of integers", TypeError)
@@ -98,3 +102,37 @@ def param_name(owner: str) -> Callable[[Any], str]:
         return value
 
     return convert
+
+
+def one_of(owner: str, field: str, allowed: tuple[Any, ...]) -> Callable[[Any], Any]:
+    """A value from ``allowed`` exactly."""
+
+    def convert(value: Any) -> Any:
+        check_in(owner, field, value, allowed)
+        return value
+
+    return convert
+
+
+def positive_int(owner: str, field: str) -> Callable[[Any], int]:
+    """An integer ``>= 1``."""
+
+    def convert(value: Any) -> int:
+        value = as_int(owner, field, value)
+        check_range(owner, field, value, 1)
+        return value
+
+    return convert
+
+
+def revalidate_with(check: Callable[[Mapping[str, Any]], None]) -> Callable[[Any, attrs.Attribute, Any], Any]:
+    """An attrs ``on_setattr`` hook that re-runs a config's cross-field ``check`` with the new value
+    in place, so an assignment that would make the config inconsistent is refused (and not applied)."""
+
+    def hook(instance: Any, attribute: attrs.Attribute, value: Any) -> Any:
+        values = {a.name: getattr(instance, a.name) for a in attrs.fields(type(instance))}
+        values[attribute.name] = value
+        check(values)
+        return value
+
+    return hook

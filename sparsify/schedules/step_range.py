@@ -45,8 +45,8 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ._checks import as_int, check_range, field_error
-from .schedules import PruningScheduler, initial_and_target, register_scheduler
+from .._checks import as_int, check_range, field_error
+from .base import PruningScheduler, initial_and_target, register_scheduler
 
 __all__ = [
     "CosineScheduler",

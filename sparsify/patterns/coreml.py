@@ -1,0 +1,143 @@
+"""Core ML Tools' patterns: ``granularity`` (per-scalar / per-kernel / per-channel) and ``block_size``.
+
+Group scores are Core ML Tools' exactly: ``per_kernel`` / ``per_channel`` groups and blocks of
+consecutive output channels score by the L2 norm of their members; a last block that the output
+channels do not fill is padded with zeros (so it stands for fewer weights). The stored mask has the
+granularity's shape — ``[Co, 1, 1, 1]`` per channel, ``[Co, Ci, 1, 1]`` per kernel — as in Core ML
+Tools, so state dicts are interchangeable.
+
+Weights of rank 2 (``Linear``) have no kernels and, in Core ML Tools, no channel granularity either:
+``per_kernel`` and ``per_channel`` fall back to per-scalar there (`CoreMLPattern.for_shape`, logged by
+the pruner). Whole rows of a ``Linear`` are the ``"1xchannel"`` tile pattern.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+
+from .base import Pattern, Shape
+from .ranking import rank_keep, rankable
+
+__all__ = ["GRANULARITIES", "CoreMLPattern", "group_scores", "magnitude_ranked_mask", "mask_shape", "ranked_mask"]
+
+GRANULARITIES = ("per_scalar", "per_kernel", "per_channel")
+
+
+def _unit_scores(scores: torch.Tensor, granularity: str) -> torch.Tensor:
+    """Scores reduced to the granularity's unit (element, kernel or channel), in the mask's shape."""
+    rank = scores.dim()
+    if granularity == "per_scalar" or rank < 2:
+        return scores
+    if granularity == "per_kernel":
+        if rank < 3:
+            raise ValueError(
+                f"granularity='per_kernel' needs a weight with kernel dimensions (rank >= 3), got shape "
+                f"{tuple(scores.shape)}: allowed for this weight are 'per_scalar' and 'per_channel'"
+            )
+        return torch.linalg.vector_norm(scores.flatten(2), dim=-1).reshape(*scores.shape[:2], *[1] * (rank - 2))
+    if granularity == "per_channel":
+        return torch.linalg.vector_norm(scores.flatten(1), dim=-1).reshape(scores.shape[0], *[1] * (rank - 1))
+    raise ValueError(f"granularity={granularity!r} is invalid: allowed values are {', '.join(GRANULARITIES)}")
+
+
+def mask_shape(shape: Shape, granularity: str = "per_scalar") -> tuple[int, ...]:
+    """Shape of the stored mask for a weight of ``shape``: ``[Co, Ci, 1, …]`` per kernel, ``[Co, 1, …]`` per channel."""
+    rank = len(shape)
+    if granularity == "per_kernel" and rank >= 3:
+        return (shape[0], shape[1], *[1] * (rank - 2))
+    if granularity == "per_channel" and rank >= 2:
+        return (shape[0], *[1] * (rank - 1))
+    return tuple(shape)
+
+
+def group_scores(scores: torch.Tensor, granularity: str = "per_scalar", block_size: int = 1) -> torch.Tensor:
+    """Core ML Tools' group scores in the mask's shape: every member of a block gets its block's L2 norm."""
+    unit = _unit_scores(scores, granularity)
+    if block_size <= 1:
+        return unit
+    blocks = _block_norms(unit, block_size)
+    return blocks.repeat_interleave(block_size, dim=0)[: unit.shape[0]]
+
+
+def _block_norms(unit: torch.Tensor, block_size: int) -> torch.Tensor:
+    """L2 norm of every block of ``block_size`` consecutive output channels (zero-padded at the end)."""
+    channels = unit.shape[0]
+    padding = (-channels) % block_size
+    if padding:
+        unit = torch.cat([unit, unit.new_zeros((padding, *unit.shape[1:]))], dim=0)
+    blocks = unit.reshape(unit.shape[0] // block_size, block_size, *unit.shape[1:])
+    return blocks.pow(2).sum(1).sqrt()
+
+
+@attrs.frozen
+class CoreMLPattern(Pattern):
+    """``granularity`` × ``block_size``, as Core ML Tools' ``ModuleMagnitudePrunerConfig`` describes them."""
+
+    granularity: str = "per_scalar"
+    block_size: int = 1
+
+    def for_shape(self, shape: Shape) -> CoreMLPattern:
+        """The pattern Core ML Tools actually applies to a weight of ``shape``: rank-2 weights have no kernels
+        or channel granularity there, so ``per_kernel`` / ``per_channel`` become ``per_scalar``."""
+        if len(shape) < 3 and self.granularity != "per_scalar":
+            return CoreMLPattern("per_scalar", self.block_size)
+        return self
+
+    def mask_shape(self, shape: Shape) -> tuple[int, ...]:
+        return mask_shape(shape, self.granularity)
+
+    def _unit_groups(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int, int]:
+        """``(group scores, units per group, units in all)`` where a unit is an element, kernel or channel.
+
+        Core ML Tools counts its budget in units (``ceil(units · (1 − s))`` kept), so local ranking does too.
+        """
+        unit = _unit_scores(rankable(scores), self.granularity)
+        if self.block_size <= 1:
+            return unit, 1, unit.numel()
+        blocks = _block_norms(unit, self.block_size)
+        full, tail = divmod(unit.shape[0], self.block_size)
+        if not tail:
+            return blocks, self.block_size, unit.numel()
+        sizes = torch.full(blocks.shape, self.block_size, dtype=torch.int64)
+        sizes[full] = tail
+        return blocks, sizes, unit.numel()
+
+    def groups(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int]:
+        grouped, units, _ = self._unit_groups(scores)
+        per_unit = math.prod(scores.shape) // math.prod(self.mask_shape(scores.shape))
+        return grouped, units * per_unit
+
+    def local_mask(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+        grouped, units, total = self._unit_groups(scores)
+        return self.expand(rank_keep(grouped, units, total, sparsity), scores)
+
+    def expand(self, keep: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        shape = scores.shape
+        if self.block_size > 1:
+            keep = keep.repeat_interleave(self.block_size, dim=0)[: shape[0]]
+        return keep.reshape(self.mask_shape(shape))
+
+    def weights_per_group(self, shape: Shape) -> int:
+        unit = math.prod(shape) // math.prod(self.mask_shape(shape))
+        return unit * max(self.block_size, 1)
+
+    def describe(self) -> str:
+        block = f", blocks of {self.block_size} output channels" if self.block_size > 1 else ""
+        return f"{self.granularity}{block}"
+
+
+def ranked_mask(
+    scores: torch.Tensor, sparsity: float, block_size: int = 1, granularity: str = "per_scalar"
+) -> torch.Tensor:
+    """Keep-mask pruning the lowest-scoring ``sparsity`` of ``scores`` with a Core ML pattern."""
+    return CoreMLPattern(granularity, block_size).local_mask(scores, sparsity)
+
+
+def magnitude_ranked_mask(
+    weights: torch.Tensor, sparsity_fraction: float, block_size: int = 1, granularity: str = "per_scalar"
+) -> torch.Tensor:
+    """Core ML Tools' ``magnitude_ranked_mask``: `ranked_mask` on ``|weights|``."""
+    return ranked_mask(weights.detach().abs(), sparsity_fraction, block_size, granularity)

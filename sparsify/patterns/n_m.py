@@ -1,0 +1,177 @@
+"""n:m — ``n`` zeros in every run of ``m`` consecutive weights along input (``dim=1``) or output (``dim=0``) channels.
+
+**n counts the zeros**, as in Core ML Tools (``(2, 4)`` = 50 %, ``(3, 4)`` = 75 %). Neural Compressor's
+``"2:4"`` means the same (2 pruned); SparseML's ``"3:4"`` means 3 *kept* — its reader converts.
+
+Runs follow the layout channels-last sparse kernels use: a conv weight ``[Co, Ci, kh, kw]`` is viewed as
+``[Co, kh, kw, Ci]`` and runs cover consecutive input channels at one kernel position. A trailing partial
+run is padded with zeros, which count as the lowest scores, so it loses fewer real weights
+(`n_m_zero_count` says how many).
+
+Ramping up, one layer at a time (local scope), is Core ML Tools' rule: at sparsity ``s`` every run gets
+``k = int(s · m)`` zeros, and while ``k == 0`` the layer is pruned unstructured at ``s``
+(`scheduled_n_m_mask`). Ranked across layers (global scope), a run is a group that is either dense or
+n:m-sparse, scored by the sum of its ``n`` lowest scores — what making it sparse costs — so pruning ``k``
+weights makes the ``k / n`` cheapest runs sparse, as Neural Compressor does; that needs whole runs, so
+the channel count must be a multiple of ``m`` there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+
+import attrs
+import torch
+
+from .base import Pattern, Shape
+from .coreml import ranked_mask
+from .ranking import rankable
+from .tiles import as_3d, dims, from_3d
+
+__all__ = ["NMPattern", "n_m_from_string", "n_m_mask", "n_m_zero_count", "scheduled_n_m_mask"]
+
+logger = logging.getLogger(__name__)
+
+_N_M_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+def n_m_mask(scores: torch.Tensor, n_m_ratio: tuple[int, int], dim: int = 1) -> torch.Tensor:
+    """Zero the ``n`` lowest scores in every run of ``m`` consecutive weights along ``dim``.
+
+    ``dim=1`` runs along input channels, ``dim=0`` along output channels. A trailing partial run is
+    padded with zeros, which count as the lowest scores, so it loses fewer real weights: the
+    achieved sparsity is below ``n/m`` unless the channel count is a multiple of ``m``
+    (see `n_m_zero_count`). Returns a ``bool`` mask of the weight's shape.
+    """
+    n, m = n_m_ratio
+    if not 0 <= n < m:
+        raise ValueError(f"n_m_ratio={n_m_ratio!r} is invalid: allowed 0 <= n < m (n zeros in every m)")
+    if dim not in (0, 1) or scores.dim() < 2:
+        raise ValueError(
+            f"dim={dim!r} is invalid for a weight of shape {tuple(scores.shape)}: allowed dim 0 (output "
+            f"channels) or 1 (input channels) of a weight of rank >= 2"
+        )
+    moved = rankable(scores).movedim(dim, -1)
+    rows = moved.reshape(-1, moved.shape[-1])
+    channels = rows.shape[-1]
+    padded = torch.nn.functional.pad(rows, (0, (-channels) % m))
+    runs = padded.reshape(-1, m)
+    mask = torch.ones_like(runs, dtype=torch.bool)
+    if n:
+        lowest = torch.argsort(runs, dim=1, stable=True)[:, :n]
+        mask.scatter_(1, lowest, False)
+    mask = mask.reshape(padded.shape)[:, :channels]
+    return mask.reshape(moved.shape).movedim(-1, dim)
+
+
+def n_m_zero_count(shape: torch.Size | tuple[int, ...], n_m_ratio: tuple[int, int], dim: int = 1) -> int:
+    """How many weights `n_m_mask` zeroes for a weight of ``shape`` (ignoring ties).
+
+    Each full run of ``m`` loses ``n`` weights; a trailing run of ``r < m`` real weights is padded
+    with ``m - r`` zeros and loses only ``max(0, n - (m - r))``.
+    """
+    n, m = n_m_ratio
+    channels = shape[dim]
+    rows = math.prod(shape) // channels
+    tail = channels % m
+    per_row = (channels // m) * n + (max(0, n - (m - tail)) if tail else 0)
+    return rows * per_row
+
+
+def scheduled_n_m_mask(
+    scores: torch.Tensor, amount: float, n_m_ratio: tuple[int, int], dim: int = 1
+) -> torch.Tensor:
+    """Gradual n:m, as Core ML Tools ramps it: ``k = int(amount * m)`` zeros per run of ``m``.
+
+    While ``k == 0`` (``amount < 1/m``) the weight is pruned unstructured at ``amount`` instead.
+    """
+    m = n_m_ratio[1]
+    zeros = int(amount * m)
+    if zeros == 0:
+        return ranked_mask(scores, amount)
+    return n_m_mask(scores, (zeros, m), dim)
+
+
+@attrs.frozen
+class NMPattern(Pattern):
+    """``n`` zeros in every ``m`` consecutive weights along input (``dim=1``) or output (``dim=0``) channels."""
+
+    n: int
+    m: int
+    dim: int = 1
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.n < self.m:
+            raise ValueError(
+                f"n_m_ratio=({self.n}, {self.m}) is invalid: allowed 1 <= n < m, n being the number of ZEROS "
+                f"in every m weights"
+            )
+        if self.dim not in (0, 1):
+            raise ValueError(f"dim={self.dim!r} is invalid: allowed 0 (output channels) or 1 (input channels)")
+
+    @property
+    def max_sparsity(self) -> float:
+        return self.n / self.m
+
+    def describe(self) -> str:
+        axis = "input" if self.dim == 1 else "output"
+        return f"n:m {self.n} zeros of every {self.m} consecutive {axis}-channel weights ({self.n / self.m:.2%})"
+
+    def check(self, shape: Shape, where: str) -> None:
+        if len(shape) < 2:
+            raise ValueError(f"{where}: n_m_ratio needs a weight of rank >= 2, got shape {tuple(shape)}")
+
+    def check_whole_runs(self, shape: Shape, where: str) -> None:
+        """Global ranking needs whole runs: the channel count along ``dim`` must be a multiple of ``m``."""
+        co, _, ci = dims(shape)
+        count = ci if self.dim == 1 else co
+        if count % self.m:
+            axis = "input" if self.dim == 1 else "output"
+            raise ValueError(
+                f"{where}: n_m_ratio=({self.n}, {self.m}) ranked globally needs the {axis} channels ({count}, "
+                f"weight shape {tuple(shape)}) to be a multiple of m={self.m}; use scope='local' (partial runs "
+                f"padded) or exclude this module"
+            )
+
+    def local_mask(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+        if sparsity >= self.max_sparsity - 1e-12:
+            return n_m_mask(scores, (self.n, self.m), self.dim)
+        return scheduled_n_m_mask(scores, sparsity, (self.n, self.m), self.dim)
+
+    def _runs(self, scores: torch.Tensor) -> torch.Tensor:
+        view = as_3d(scores)
+        if self.dim == 0:
+            view = view.transpose(0, 2)
+        a, k, b = view.shape
+        return view.reshape(a, k, b // self.m, self.m)
+
+    def groups(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int]:
+        runs = self._runs(rankable(scores))
+        return torch.sort(runs, dim=-1, stable=True).values[..., : self.n].sum(-1), self.n
+
+    def weights_per_group(self, shape: Shape) -> int:
+        return self.n
+
+    def expand(self, keep: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Element mask: runs not kept lose their ``n`` lowest weights."""
+        runs = self._runs(rankable(scores))
+        sparse = torch.ones_like(runs, dtype=torch.bool)
+        sparse.scatter_(-1, torch.argsort(runs, dim=-1, stable=True)[..., : self.n], False)
+        mask = sparse | keep.reshape(runs.shape[:-1]).unsqueeze(-1)
+        view = mask.reshape(runs.shape[0], runs.shape[1], -1)
+        if self.dim == 0:
+            view = view.transpose(0, 2)
+        return from_3d(view.contiguous(), scores.shape)
+
+
+def n_m_from_string(text: str) -> tuple[int, int]:
+    """Neural Compressor's ``"N:M"`` (N **pruned** of every M) → ``n_m_ratio=(N, M)``."""
+    match = _N_M_RE.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{text!r} is not an INC n:m pattern: expected 'N:M' such as '2:4' (N zeros of every M)")
+    n, m = int(match.group(1)), int(match.group(2))
+    pattern = NMPattern(n, m)
+    logger.info("INC pattern %r -> %s", text, pattern.describe())
+    return (n, m)

@@ -1,0 +1,74 @@
+"""The one ranking rule: prune the lowest-scoring groups, counting weights exactly.
+
+Every pattern and every scope ranks through here (global scope through `sparsify.scope`, which uses the
+same counting rule across layers). Out of ``W`` weights at sparsity ``s``:
+
+* the number kept is ``keep_count(W, s) = ceil(W·(1 − s))`` computed in float32 — Core ML Tools' own
+  arithmetic, so masks agree with it at the edges (10 groups at 0.15 → 9 kept);
+* groups are pruned lowest score first while the pruned weights stay within ``W − keep_count``; a group
+  that stands for several weights (a block, a kernel, a tile) is pruned whole, so the count is short by
+  less than one group;
+* equal scores are broken by position — the earlier group is pruned first — so the count is exact even
+  when every score ties (constant weights reach their target instead of staying dense, which is what
+  Core ML Tools' keep-every-tie threshold does);
+* NaN scores rank below everything (NaN weights are pruned first; the pruner warns about them).
+
+On tie-free scores this is exactly Core ML Tools' threshold rule, which the parity tests check against the
+installed coremltools.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["keep_count", "lowest", "pruned_count", "rank_keep", "rankable"]
+
+
+def rankable(scores: torch.Tensor) -> torch.Tensor:
+    """Scores as float32 with NaN mapped below every real score (and +inf kept as the top)."""
+    scores = scores.detach().float()
+    return torch.nan_to_num(scores, nan=-1.0, posinf=float("inf")) if scores.isnan().any() else scores
+
+
+def keep_count(num_groups: int, sparsity: float) -> int:
+    """How many of ``num_groups`` survive at ``sparsity``: ``ceil(N * (1 - s))`` in float32 (Core ML Tools')."""
+    product = torch.as_tensor(num_groups, dtype=torch.float32) * (1 - sparsity)
+    return int(torch.ceil(product).item())
+
+
+def pruned_count(num: int, sparsity: float) -> int:
+    """How many of ``num`` items are pruned at ``sparsity``: ``num - keep_count(num, sparsity)``."""
+    return num - keep_count(num, sparsity)
+
+
+def lowest(flat: torch.Tensor, count: int) -> torch.Tensor:
+    """Bool mask of the ``count`` lowest entries of 1-D ``flat``, ties broken by position, in linear time."""
+    size = flat.numel()
+    if count <= 0:
+        return torch.zeros(size, dtype=torch.bool, device=flat.device)
+    if count >= size:
+        return torch.ones(size, dtype=torch.bool, device=flat.device)
+    threshold = torch.kthvalue(flat.cpu() if flat.device.type == "mps" else flat, count).values.to(flat.device)
+    below = flat < threshold
+    missing = count - int(below.sum())
+    tied = flat == threshold
+    return below | (tied & (torch.cumsum(tied, 0) <= missing))
+
+
+def rank_keep(scores: torch.Tensor, sizes: torch.Tensor | int, total: int, sparsity: float) -> torch.Tensor:
+    """Keep-mask over ``scores`` (one per group) pruning ``pruned_count(total, sparsity)`` weights.
+
+    ``sizes`` is how many weights each group stands for: one int for all, or a tensor of ``scores``'
+    shape when groups differ (a partial block at the end of the output channels).
+    """
+    flat = rankable(scores).reshape(-1)
+    budget = pruned_count(total, sparsity)
+    if isinstance(sizes, int):
+        pruned = lowest(flat, min(budget // sizes, flat.numel()))
+    else:
+        order = torch.argsort(flat, stable=True)
+        cumulative = torch.cumsum(sizes.reshape(-1).to(flat.device)[order], 0)
+        taken = int(torch.searchsorted(cumulative, torch.tensor(budget, device=flat.device), right=True))
+        pruned = torch.zeros_like(flat, dtype=torch.bool)
+        pruned[order[:taken]] = True
+    return (~pruned).reshape(scores.shape)

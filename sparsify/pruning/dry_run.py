@@ -1,0 +1,159 @@
+"""Which modules get pruned, and with what — visible before anything changes.
+
+Matching rule (one rule, the engine's): names in ``module_name_configs`` are regular expressions
+matched with `re.fullmatch` against the module's qualified name from ``named_modules()``, so
+``"fc"`` matches only ``fc`` — not ``fc2`` nor ``head.fc``; write ``".*fc.*"`` for a substring
+(Intel Neural Compressor's ``re.search`` rule) or ``"features\\.\\d+"`` for a family. The first
+matching name pattern wins, then the module's type (exact class, then class name, then base
+classes), then ``global_config``. A config of ``None`` at any level excludes the module.
+
+`sparsify.PrunerConfig` adds two filters applied before those rules:
+``module_types`` (only these classes, or subclasses, are pruned) and ``keep_classifier_dense``
+(the classifier head — the **last** ``nn.Linear`` in ``named_modules()`` order, the module that
+produces the logits in ordinary networks — is never pruned, as Intel Neural Compressor does).
+
+`dry_run` applies exactly the pruner's own selection and validation to a model without
+touching it and lists every module with the decision, the rule that made it and the config it
+will get::
+
+    print(sparsify.dry_run(model, config))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from ..config import OptimizationConfig
+from .plan import SkipModule, check_target, classifier_head_name
+
+__all__ = ["DryRunRow", "DryRunTable", "dry_run"]
+
+
+@attrs.define
+class DryRunRow:
+    """One module in a dry run."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...] | None
+    action: str  # "prune", "skip" or "error"
+    reason: str
+    settings: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def params(self) -> int:
+        count = 1
+        for size in self.shape or ():
+            count *= size
+        return count if self.shape else 0
+
+
+_COLUMNS = ("name", "type", "shape", "action", "reason", "pattern", "criterion", "final", "scope", "schedule")
+
+
+class DryRunTable(list):
+    """A list of `DryRunRow` that prints as a table."""
+
+    def selected(self) -> list[str]:
+        """Names of the modules that would be pruned."""
+        return [row.name for row in self if row.action == "prune"]
+
+    def __str__(self) -> str:
+        table = [list(_COLUMNS)]
+        for row in self:
+            shape = "x".join(map(str, row.shape)) if row.shape else "-"
+            cells = [row.name or "(root)", row.type, shape, row.action, row.reason]
+            cells += [str(row.settings.get(c, "")) for c in _COLUMNS[5:]]
+            table.append(cells)
+        widths = [max(len(r[i]) for r in table) for i in range(len(_COLUMNS))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        pruned = [r for r in self if r.action == "prune"]
+        total = sum(r.params for r in self if r.shape)
+        lines.append(
+            f"{len(pruned)} of {len(self)} modules pruned, covering {sum(r.params for r in pruned)} of "
+            f"{total} listed weights"
+        )
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _schedule_text(scheduler: Any) -> str:
+    data = scheduler.as_dict() if hasattr(scheduler, "as_dict") else {}
+    kind = data.pop("kind", getattr(scheduler, "kind", "") or type(scheduler).__name__)
+    if "update_steps" in data:
+        steps = list(data.pop("update_steps"))
+        data["update_steps"] = f"{steps[0]}..{steps[-1]} ({len(steps)})" if len(steps) > 3 else steps
+    return f"{kind}(" + ", ".join(f"{k}={v}" for k, v in data.items()) + ")"
+
+
+def _pattern_text(module_config: Any, pattern: Any) -> str:
+    """Short: ``4x1``, ``n:m 2:4 (dim 1)``, ``per_channel, block 4`` — the pattern as it will be applied."""
+    if module_config.pattern is not None:
+        return module_config.pattern
+    if module_config.n_m_ratio is not None:
+        n, m = module_config.n_m_ratio
+        return f"n:m {n}:{m} (dim {module_config.dim})"
+    granularity = getattr(pattern, "granularity", module_config.granularity)
+    block = module_config.block_size
+    return granularity + (f", block {block}" if block > 1 else "")
+
+
+def _settings(module_config: Any, pattern: Any) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "pattern": _pattern_text(module_config, pattern),
+        "criterion": module_config.criterion.describe(),
+        "final": f"{module_config.final_sparsity:.4f}",
+        "scope": module_config.scope,
+        "schedule": _schedule_text(module_config.scheduler),
+    }
+    if module_config.scope == "global" or module_config.max_sparsity < 1.0:
+        settings["scope"] += f" [{module_config.min_sparsity:g}, {module_config.max_sparsity:g}]"
+    return settings
+
+
+def dry_run(model: nn.Module, config: Any) -> DryRunTable:
+    """List every module with what `sparsify.Pruner` would do to it — the model is not changed.
+
+    Lists each module that owns parameters directly or is of a supported type (plain containers are left
+    out). ``action`` is ``"prune"`` (with the settings it will get), ``"skip"`` (with the rule that excluded
+    it, or why the pattern cannot apply) or ``"error"`` (with the message ``prepare()`` would raise).
+    """
+    if not isinstance(config, OptimizationConfig):
+        raise TypeError(
+            f"config must be a PrunerConfig (or Core ML Tools' MagnitudePrunerConfig), got {type(config).__name__}"
+        )
+    supported = config.supported_modules
+    head = classifier_head_name(model) if getattr(config, "keep_classifier_dense", False) else None
+    rows = DryRunTable()
+    for name, module in model.named_modules():
+        is_supported = isinstance(module, supported)
+        if not is_supported and not module._parameters:
+            continue
+        module_config, reason = None, f"type {type(module).__name__} is not supported"
+        if is_supported:
+            module_config, reason = config.lookup(name, module)
+        param_name = module_config.param_name if module_config is not None else "weight"
+        param = getattr(module, param_name, None)
+        shape = tuple(param.shape) if isinstance(param, torch.Tensor) else None
+        row = DryRunRow(name, type(module).__name__, shape, "skip", reason)
+        if module_config is not None:
+            if name == head:
+                row.reason = "classifier head kept dense (keep_classifier_dense)"
+            else:
+                try:
+                    pattern = check_target(name, module, module_config)
+                except SkipModule as skip:
+                    row.reason = f"skipped: {skip}"
+                except (ValueError, TypeError) as exc:
+                    row.action, row.reason = "error", str(exc)
+                else:
+                    row.settings = _settings(module_config, pattern)
+                    row.action = "prune"
+        rows.append(row)
+    return rows

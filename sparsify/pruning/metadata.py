@@ -1,0 +1,27 @@
+"""Core ML compression metadata: the buffers ``coremltools.convert`` reads to store a weight sparse."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["METADATA_VERSION_BUFFER", "register_coreml_metadata"]
+
+METADATA_VERSION_BUFFER = "_COREML_/metadata_version"
+_PRUNING = 1  # coremltools' CompressionType.pruning
+
+
+def register_coreml_metadata(module: nn.Module, param_name: str) -> None:
+    """Mark ``module.<param_name>`` as pruned for ``coremltools.convert``.
+
+    Writes the buffer ``_COREML_/<param_name>/compression_type = [1]`` exactly as Core ML Tools does
+    (appending to an existing list, for joint compression). With ``minimum_deployment_target >= iOS16``
+    the converter then stores that weight as a sparse ``constexpr_sparse_to_dense`` constant.
+    """
+    buffer_name = f"_COREML_/{param_name}/compression_type"
+    existing = module._buffers.get(buffer_name)
+    types = existing.tolist() if existing is not None else []
+    if _PRUNING not in types:
+        types.append(_PRUNING)
+    module.register_buffer(buffer_name, torch.tensor(types))
+

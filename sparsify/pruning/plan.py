@@ -1,0 +1,201 @@
+"""Planning: which modules are pruned, with which config and pattern — decided and validated before the
+model is touched, so that ``prepare()`` either installs everything or changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from ..config import ModulePrunerConfig, OptimizationConfig
+from ..masking import is_masked
+from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, n_m_zero_count
+
+__all__ = ["Plan", "SkipModule", "Target", "check_target", "classifier_head_name", "plan_model", "reading_parent"]
+
+logger = logging.getLogger(__name__)
+
+
+class SkipModule(Exception):
+    """A selected module that cannot be pruned as configured and is skipped (with a warning), as Core ML
+    Tools and Neural Compressor skip such modules; the message says why."""
+
+
+@attrs.define(eq=False)
+class Target:
+    """One pruned module as the pruner tracks it (Core ML Tools' ``_pruner_info`` values)."""
+
+    name: str
+    module: nn.Module
+    config: ModulePrunerConfig
+    pattern: Pattern
+    entry: int  # which config entry selected it: a global ranking covers the targets of one entry
+    sparsity_level: float
+    tied_to: list[str] = attrs.field(factory=list)  # other modules holding the same parameter
+
+    @property
+    def param_name(self) -> str:
+        return self.config.param_name
+
+    @property
+    def orig(self) -> nn.Parameter:
+        return getattr(self.module, self.param_name + "_orig")
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return getattr(self.module, self.param_name + "_mask")
+
+
+@attrs.define
+class Plan:
+    """What `plan_model` decided for one module."""
+
+    name: str
+    config: ModulePrunerConfig
+    pattern: Pattern
+    entry: int
+    reader: str | None  # a parent that reads the weight outside the module's forward (MHA out_proj)
+    owner: str | None  # for a tied weight, the module whose mask this one shares
+
+
+def classifier_head_name(model: nn.Module) -> str | None:
+    """The qualified name of the last ``nn.Linear`` in ``named_modules()`` order, or ``None``."""
+    head = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            head = name
+    return head
+
+
+def reading_parent(model: nn.Module, name: str, module: nn.Module) -> str | None:
+    """The parent that reads ``module``'s weight in its own forward, if any (MHA ``out_proj``)."""
+    parent_name = name.rpartition(".")[0]
+    parent = model.get_submodule(parent_name)
+    if parent is not module and isinstance(parent, nn.MultiheadAttention) and parent.out_proj is module:
+        return parent_name
+    return None
+
+
+def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pattern:
+    """Validate one module against its config and return the pattern to apply to it.
+
+    Raises `SkipModule` (with the reason) for a module to leave dense, and ``ValueError`` / ``TypeError``
+    naming the module for what cannot be pruned as asked.
+    """
+    param = getattr(module, config.param_name, None)
+    where = f"module {name!r} ({type(module).__name__})"
+    if not isinstance(param, nn.Parameter):
+        raise ValueError(f"{where} has no parameter param_name={config.param_name!r} to prune")
+    if is_masked(module, config.param_name):
+        raise ValueError(f"{where}.{config.param_name} already has a pruning mask; finalize it first")
+    if not param.is_floating_point():
+        raise TypeError(f"{where}.{config.param_name} has dtype {param.dtype}: only floating-point weights prune")
+    if param.numel() == 0:
+        raise SkipModule(f"{where}: {config.param_name} has no elements, nothing to prune")
+    shape = tuple(param.shape)
+    pattern = config.pattern_spec()
+    if isinstance(pattern, CoreMLPattern):
+        applied = pattern.for_shape(shape)
+        if applied != pattern:
+            logger.info("%s: granularity=%r does not apply to a weight of shape %s; pruned %s (as Core ML Tools "
+                        "does; use pattern='1xchannel' for whole rows)", where, pattern.granularity, shape,
+                        applied.granularity)
+        if pattern.block_size > 1 and pattern.block_size > shape[0]:
+            logger.warning("%s: block_size=%d exceeds the %d output channels, so the whole weight is one block",
+                           where, pattern.block_size, shape[0])
+        return applied
+    if isinstance(pattern, NMPattern):
+        pattern.check(shape, where)
+        if config.scope == "global":
+            pattern.check_whole_runs(shape, where)
+        achieved = n_m_zero_count(shape, (pattern.n, pattern.m), pattern.dim) / param.numel()
+        if achieved < pattern.max_sparsity - 1e-9:
+            logger.warning(
+                "%s: %d channels along dim=%d are not a multiple of m=%d, so n:m (%d, %d) reaches only %.4f sparsity "
+                "instead of %.4f", where, shape[pattern.dim], pattern.dim, pattern.m, pattern.n, pattern.m,
+                achieved, pattern.max_sparsity,
+            )
+        return pattern
+    if isinstance(pattern, TilePattern):
+        try:
+            pattern.check(shape, where)
+        except ValueError as exc:
+            raise SkipModule(str(exc)) from exc  # Neural Compressor skips such layers too
+    return pattern
+
+
+def plan_model(model: nn.Module, config: OptimizationConfig) -> list[Plan]:
+    """Decide what to prune and validate every choice; nothing is changed."""
+    head = classifier_head_name(model) if getattr(config, "keep_classifier_dense", False) else None
+    _warn_unsupported_name_rules(model, config)
+    plans: list[Plan] = []
+    by_param: dict[int, Plan] = {}
+    for name, module in model.named_modules(remove_duplicate=True):
+        if not isinstance(module, config.supported_modules) or name == head:
+            continue
+        module_config = config.get_module_config(name, module)
+        if module_config is None:
+            continue
+        assert isinstance(module_config, ModulePrunerConfig)
+        try:
+            pattern = check_target(name, module, module_config)
+        except SkipModule as skip:
+            logger.warning("%s; skipped", skip)
+            continue
+        param = getattr(module, module_config.param_name)
+        owner = by_param.get(id(param))
+        if owner is not None and owner.config != module_config:
+            raise ValueError(
+                f"{name}.{module_config.param_name} is the same tensor as {owner.name}.{module_config.param_name} "
+                f"(tied weights) but the two modules have different configs; give them one config"
+            )
+        plan = Plan(name, module_config, pattern, id(module_config), reading_parent(model, name, module),
+                    owner.name if owner is not None else None)
+        by_param.setdefault(id(param), plan)
+        plans.append(plan)
+    plans += _tied_elsewhere(model, plans)
+    return plans
+
+
+def _tied_elsewhere(model: nn.Module, plans: list[Plan]) -> list[Plan]:
+    """Modules of any type (an ``Embedding`` tied to an LM head) that hold a parameter being pruned: they
+    share its mask, so training, validation and the finalized model all see the same weights."""
+    owners = {id(getattr(model.get_submodule(p.name), p.config.param_name)): p for p in plans if p.owner is None}
+    planned = {p.name for p in plans}
+    extra = []
+    for name, module in model.named_modules(remove_duplicate=True):
+        if name in planned:
+            continue
+        for param_name, param in module._parameters.items():
+            plan = owners.get(id(param))
+            if plan is not None and param_name == plan.config.param_name:
+                logger.info("module %r (%s) shares %s with %r: it gets the same mask", name, type(module).__name__,
+                            param_name, plan.name)
+                extra.append(Plan(name, plan.config, plan.pattern, plan.entry, None, plan.name))
+            elif plan is not None:
+                raise ValueError(
+                    f"module {name!r} holds {plan.name}.{plan.config.param_name} as its {param_name!r}: a tied "
+                    f"parameter under another name cannot share a mask; exclude {plan.name!r} or untie them"
+                )
+    return extra
+
+
+def _warn_unsupported_name_rules(model: nn.Module, config: Any) -> None:
+    """A name rule that matches only modules sparsify does not prune is almost surely a mistake: say so."""
+    for pattern, module_config in config.module_name_configs.items():
+        if module_config is None:
+            continue
+        matched = [(n, m) for n, m in model.named_modules() if re.fullmatch(pattern, n)]
+        unsupported = [(n, type(m).__name__) for n, m in matched if not isinstance(m, config.supported_modules)
+                       and m._parameters]
+        if unsupported and len(unsupported) == len(matched):
+            allowed = ", ".join(t.__name__ for t in config.supported_modules)
+            logger.warning(
+                "name rule %r matches only module(s) sparsify does not prune: %s (supported: %s)", pattern,
+                ", ".join(f"{n} ({t})" for n, t in unsupported), allowed,
+            )

@@ -1,0 +1,99 @@
+"""One mask update: scores from a criterion, groups from a pattern, a ranking by scope → new keep-masks.
+
+Local targets are ranked alone through their pattern (`sparsify.patterns.Pattern.local_mask`), at their
+scheduled sparsity capped by ``max_sparsity``. Global targets are ranked together with the other targets
+their config entry selected (`sparsify.scope.global_keep_masks`), with the per-layer caps: the budget is
+the sum of every member's scheduled zeros, so a global ranking never prunes more than the schedules ask.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+
+import torch
+
+from ..criteria import PrunerView, Scorer
+from ..patterns import NMPattern, pruned_count
+from ..scope import global_keep_masks
+from .plan import Target
+
+__all__ = ["compute_masks"]
+
+logger = logging.getLogger(__name__)
+
+
+def compute_masks(
+    pruner: PrunerView, scorer: Scorer, levels: Mapping[str, float], *, fresh_scores: bool = True
+) -> dict[str, torch.Tensor]:
+    """New keep-masks for the targets in ``levels`` (module name → sparsity), scored by ``scorer``.
+
+    ``fresh_scores=False`` skips `Scorer.begin` / `Scorer.after_masks` (the magnitude ranking of
+    ``initial_sparsity`` at ``prepare()``).
+    """
+    targets: Mapping[str, Target] = pruner.targets  # type: ignore[assignment]
+    names = list(levels)
+    if fresh_scores:
+        scorer.begin(pruner, names)
+    try:
+        scores = {name: _checked(name, scorer.scores(pruner, name)) for name in names}
+        masks: dict[str, torch.Tensor] = {}
+        entries: dict[int, list[str]] = defaultdict(list)
+        for name in names:
+            target = targets[name]
+            if target.config.scope == "global":
+                entries[target.entry].append(name)
+            else:
+                level = min(levels[name], target.config.max_sparsity, target.pattern.max_sparsity)
+                masks[name] = target.pattern.local_mask(scores[name], level)
+        for members in entries.values():
+            masks.update(_global_masks([targets[n] for n in members], scores, levels))
+        if scorer.monotone:  # masks only grow — except n:m, whose runs must keep exactly m - n weights
+            masks = {name: mask if isinstance(targets[name].pattern, NMPattern) else
+                     mask & targets[name].mask.expand(mask.shape) for name, mask in masks.items()}
+        if fresh_scores:
+            scorer.after_masks(pruner, masks)
+    finally:
+        if fresh_scores:
+            scorer.end()
+    return masks
+
+
+def _checked(name: str, scores: torch.Tensor) -> torch.Tensor:
+    bad = int((~torch.isfinite(scores)).sum())
+    if bad:
+        logger.warning(
+            "module %r: %d of %d scores are NaN or infinite (diverged weights or gradients?); NaN ranks lowest "
+            "and is pruned first, +inf is kept", name, bad, scores.numel(),
+        )
+    return scores
+
+
+def _global_masks(
+    members: list[Target], scores: Mapping[str, torch.Tensor], levels: Mapping[str, float]
+) -> dict[str, torch.Tensor]:
+    grouped, sizes, weights, low, high = {}, {}, {}, {}, {}
+    for target in members:
+        name, shape = target.name, scores[target.name].shape
+        grouped[name] = target.pattern.groups(scores[name])[0]
+        sizes[name] = target.pattern.weights_per_group(shape)
+        weights[name] = scores[name].numel()
+        cap = target.pattern.max_sparsity
+        low[name] = min(target.config.min_sparsity, cap)
+        high[name] = min(target.config.max_sparsity, cap)
+    total = sum(weights.values())
+    distinct = {levels[n] for n in weights}
+    if len(distinct) == 1:  # the usual case: one schedule, so the global count is exact
+        sparsity = distinct.pop()
+    else:
+        sparsity = sum(pruned_count(weights[n], levels[n]) for n in weights) / max(total, 1)
+    keep = global_keep_masks(
+        grouped, sparsity, weights_per_group=sizes, layer_weights=weights, min_sparsity=low, max_sparsity=high,
+        normalize=members[0].config.normalize,
+    )
+    masks = {t.name: t.pattern.expand(keep[t.name], scores[t.name]) for t in members}
+    zeros = sum(int((~m.expand(scores[n].shape)).sum()) for n, m in masks.items())
+    logger.info("global ranking of %d module(s) at %.4f: %d of %d weights pruned (%.4f)",
+                len(members), sparsity, zeros, total, zeros / max(total, 1))
+    return masks
