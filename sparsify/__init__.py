@@ -34,7 +34,14 @@ from .config import (
     PrunerConfig,
 )
 from .criteria import Criterion, GradSampler, register_criterion
-from .export import export_coreml, inspect_mlpackage
+from .export import (
+    ConversionError,
+    DamagedPackageError,
+    MLPackageError,
+    NotAPackageError,
+    export_coreml,
+    inspect_mlpackage,
+)
 from .patterns import Pattern
 from .pruning import MagnitudePruner, Pruner, dry_run, prune
 from .schedules import (
@@ -55,18 +62,22 @@ __all__ = [
     "CompressionMetadata",
     "CompressionType",
     "ConstantSparsityScheduler",
+    "ConversionError",
     "CosineScheduler",
     "Criterion",
     "CubicFastStartScheduler",
     "CubicSlowStartScheduler",
+    "DamagedPackageError",
     "ExponentialScheduler",
     "GradSampler",
     "LinearScheduler",
+    "MLPackageError",
     "MagnitudePruner",
     "MagnitudePrunerConfig",
     "ModuleMagnitudePrunerConfig",
     "ModuleOptimizationConfig",
     "ModulePrunerConfig",
+    "NotAPackageError",
     "OptimizationConfig",
     "Pattern",
     "PolynomialDecayScheduler",

@@ -152,3 +152,29 @@ def test_mfac_on_a_cuda_device_without_cuda_falls_back_to_the_cpu_with_a_warning
     spec = MFACCriterion(grads_device="cuda:0", devices=["cuda:0"])
     assert (spec.grads_device, spec.devices) == ("cpu", ("cpu",))
     assert "CUDA is not available" in caplog.text
+
+
+def test_gradient_masks_only_grow_even_when_live_weights_tie_with_pruned_ones_at_zero() -> None:
+    layer = nn.Linear(4, 4, bias=False)
+    config = PrunerConfig(global_config=ModulePrunerConfig(
+        target_sparsity=0.5, criterion="gradient",
+        scheduler={"kind": "linear", "start_step": 0, "end_step": 2, "frequency": 1}))
+    pruner = Pruner(layer, config)
+    pruner.prepare(inplace=True)
+    def backward_with_gradient(grad: torch.Tensor) -> None:  # dL/dW = grad (masked where pruned)
+        layer.zero_grad()
+        (layer(torch.eye(4)) * grad.T).sum().backward()
+
+    backward_with_gradient(torch.arange(16.0, 0.0, -1.0).reshape(4, 4))  # the last four are lowest
+    pruner.step()  # step 1 of 2: 25 %
+    first = ~layer.weight_mask.clone()
+    assert first.flatten().tolist() == [False] * 12 + [True] * 4
+    grad = torch.ones(4, 4)
+    grad.view(-1)[:6] = 0.0  # six live weights with a zero gradient (a dead unit) tie with the four pruned
+    grad.view(-1)[12:] = 0.0
+    backward_with_gradient(grad)
+    pruner.step()  # 50 %: 8 pruned among the 10 zero scores — the 4 already pruned first, then by position
+    pruned = ~layer.weight_mask
+    assert int(pruned.sum()) == 8
+    assert bool(pruned[first].all())
+    assert pruned.flatten().tolist() == [True] * 4 + [False] * 8 + [True] * 4

@@ -21,7 +21,9 @@ from torch import nn
 ct = pytest.importorskip("coremltools")
 
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig  # noqa: E402
+from sparsify.analysis.model_report import model_report  # noqa: E402
 from sparsify.export.coreml import export_coreml  # noqa: E402
+from sparsify.export.errors import ConversionError  # noqa: E402
 from sparsify.export.mlpackage import inspect_mlpackage, read_weights  # noqa: E402
 from sparsify.masking import is_masked  # noqa: E402
 
@@ -263,7 +265,7 @@ def test_unpruned_model_and_sparse_weights_all(tmp_path: object, sparsify_logs: 
 def test_joint_compression_metadata_is_refused(tmp_path: object) -> None:
     model = nn.Sequential(nn.Linear(4, 4))
     model[0].register_buffer("_COREML_/weight/compression_type", torch.tensor([1, 3]))
-    with pytest.raises(ValueError, match=r"0.weight carries Core ML compression types \[1, 3\]"):
+    with pytest.raises(ValueError, match=r"0.weight carries Core ML compression types \[1, 3\].*palettize_bits="):
         export_coreml(model, torch.randn(1, 4), tmp_path / "joint.mlpackage")
 
 
@@ -275,12 +277,22 @@ def test_joint_compression_metadata_is_refused(tmp_path: object) -> None:
     ({"convert_kwargs": {"convert_to": "neuralnetwork"}}, ValueError, "convert_to must be passed as export_coreml"),
     ({"example_inputs": [1.0]}, TypeError, "example_inputs=.* expected a tensor"),
     ({"model": "model.pt"}, TypeError, "model must be a torch.nn.Module"),
+    ({"palettize_bits": 5}, ValueError, r"palettize_bits=5 is invalid: allowed values are None, 1, 2, 3, 4, 6, 8"),
+    ({"palettize_bits": True}, ValueError, r"palettize_bits=True is invalid"),
+    ({"quantize": "int4"}, ValueError, r"quantize='int4' is invalid: allowed values are None, 'int8'"),
+    ({"quantize": "int8", "palettize_bits": 4}, ValueError, r"quantize='int8' is invalid: palettize_bits=4 is given"),
+    ({"palettize_bits": 4, "minimum_deployment_target": "iOS17"}, ValueError,
+     r"minimum_deployment_target='iOS17' is invalid: joint compression \(palettize_bits / quantize\) needs iOS18 or "
+     r"newer, as a coremltools.target or its name: iOS18, .*macOS15"),
+    ({"quantize": "int8", "minimum_deployment_target": ct.target.macOS14}, ValueError,
+     r"minimum_deployment_target='iOS17' is invalid: joint compression"),
 ])
 def test_bad_arguments(tmp_path: object, kwargs: dict, error: type, match: str) -> None:
     arguments = {"model": nn.Linear(4, 4), "example_inputs": torch.randn(1, 4), "path": tmp_path / "m.mlpackage"}
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
         export_coreml(arguments.pop("model"), arguments.pop("example_inputs"), arguments.pop("path"), **arguments)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
 def test_report_conveniences(exported: tuple) -> None:
@@ -323,3 +335,304 @@ def test_torchvision_models(arch: str, tmp_path: object) -> None:
     assert "batch_norm" not in report.op_counts
     assert report.total_bytes < 0.45 * report.dense_bytes
     assert not report.warnings
+
+
+# -- joint compression (iOS18) --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def joint(cnn: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("joint")
+    model = cnn["finalized"]
+    return {kind: (export_coreml(model, EXAMPLE, root / f"{kind}.mlpackage", **kwargs), root / f"{kind}.mlpackage")
+            for kind, kwargs in {"palettized": {"palettize_bits": 4}, "quantized": {"quantize": "int8"},
+                                 "sparse": {"minimum_deployment_target": "iOS18"}}.items()}
+
+
+def test_joint_sparse_palettized(cnn: dict, joint: dict) -> None:
+    report, path = joint["palettized"]
+    assert report.minimum_deployment_target == "iOS18" and report.compression == "palettize 4 bits"
+    model = cnn["finalized"]
+    values = read_weights(path)
+    for name in SPARSE:  # conv1 included: a tie with dense palettized goes to the form that keeps the zeros
+        row = report.row(name)
+        torch_weight = model.get_parameter(name).detach().numpy()
+        assert row.storage == "sparse+palettized", row
+        assert row.nonzeros == row.torch_nonzeros
+        assert row.bytes == math.ceil(row.nonzeros * 4 / 8) + math.ceil(row.numel / 8) + 16 * 2  # indices, mask, table
+        decoded = values[row.coreml_name]
+        np.testing.assert_array_equal(decoded == 0, torch_weight == 0)  # the pruning survives exactly
+        assert len(np.unique(decoded[decoded != 0])) <= 16
+        assert 0 < row.error < 0.15
+    assert report.op_counts["constexpr_lut_to_sparse"] == len(SPARSE)
+    for name in ("conv4.weight", "fc2.weight"):  # too little sparsity (or none) for the mask to pay: palettized
+        assert report.row(name).storage == "palettized"
+    assert report.total_bytes == os.path.getsize(os.path.join(path, "Data", "com.apple.CoreML", "weights",
+                                                              "weight.bin"))
+    assert report.total_bytes < 0.6 * joint["sparse"][0].total_bytes
+    assert [w.split(" stays dense")[0] for w in report.warnings] == [
+        "conv4.weight (pruned, 1024 weights, sparsity 0.029)"]
+    assert report.warnings[0].endswith("its zeros are no longer exact zeros once compressed")
+
+
+def test_joint_sparse_quantized(cnn: dict, joint: dict) -> None:
+    report, path = joint["quantized"]
+    assert report.compression == "quantize int8" and report.op_counts["constexpr_sparse_blockwise_shift_scale"] == 4
+    values = read_weights(path)
+    dense = read_weights(joint["sparse"][1])
+    for name in SPARSE:
+        row = report.row(name)
+        kept = row.torch_nonzeros
+        assert row.storage == "sparse+quantized"
+        assert row.bytes == kept + math.ceil(row.numel / 8) + 2 * row.shape[0]  # int8 values, mask, fp16 scales
+        decoded = values[row.coreml_name].astype(np.float64)
+        reference = dense[joint["sparse"][0].row(name).coreml_name].astype(np.float64)
+        step = np.abs(reference).reshape(row.shape[0], -1).max(1) / 127
+        assert np.all(decoded[reference == 0] == 0)  # every pruned weight is still exactly zero
+        rounded = (decoded == 0) & (reference != 0)  # kept values below half an int8 step round to zero
+        step_each = np.repeat(step, math.prod(row.shape[1:])).reshape(row.shape)
+        assert np.all(np.abs(reference[rounded]) <= step_each[rounded] / 2 + 2**-24)
+        assert row.nonzeros == kept - int(rounded.sum())  # counted on the decoded weight
+        # symmetric int8 per output channel: at most half a step, max |w| of the channel / 127 / 2
+        error = np.abs(decoded - reference).reshape(row.shape[0], -1).max(1)
+        if name != "fc1.weight":  # fc1's weights are ~1e-3: its fp16 scales are subnormal and coarse
+            assert np.all(error <= step / 2 + 2**-10 * np.abs(reference).reshape(row.shape[0], -1).max(1))
+        assert row.error == pytest.approx(error.max() / np.abs(reference).max())
+    assert report.row("fc1.weight").error > 4 * report.row("conv2.weight").error  # the report shows it
+
+
+def test_model_report_estimates_joint_exports(cnn: dict, joint: dict) -> None:
+    """model_report's estimate of each export: the same storage per weight, the file within the last blob's
+    padding (the estimate pads every blob to 64 bytes)."""
+    model = cnn["finalized"]
+    for kind, kwargs in (("palettized", {"palettize_bits": 4}), ("quantized", {"quantize": "int8"}),
+                         ("sparse", {"target": "iOS18"})):
+        report = joint[kind][0]
+        estimate = model_report(model, **kwargs)
+        assert estimate.target == "iOS18"
+        stored = {row.name.removesuffix(".weight"): row.storage for row in report.rows if row.name.endswith("weight")}
+        assert {layer.name: layer.storage for layer in estimate.layers} == stored
+        assert 0 <= estimate.file_fp16 - report.total_bytes < 64
+
+
+# -- conversion routes and wrappers ---------------------------------------------------------------
+
+
+class _Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.attn(x, x, x)
+        return self.head(y.mean(1))
+
+
+def _finalized(model: nn.Module, sparsity: float = 0.75) -> nn.Module:
+    config = MagnitudePrunerConfig(module_type_configs={nn.Linear: Cfg(target_sparsity=sparsity)})
+    pruner = MagnitudePruner(model.eval(), config)
+    pruner.prepare(inplace=True)
+    pruner.step()
+    return pruner.finalize()
+
+
+def test_multihead_attention_falls_back_to_torch_export(tmp_path: object, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sparsify")
+    model = _finalized(_Attention())
+    example = torch.randn(1, 6, 32)
+    report = export_coreml(model, example, tmp_path / "attention.mlpackage")
+    assert report.trace == "export"
+    assert list(report.trace_failures) == ["jit"]
+    assert "NotImplementedError" in report.trace_failures["jit"] and "_native_multi_head_attention" in \
+        report.trace_failures["jit"]
+    assert any(r.getMessage().startswith("export_coreml: converted with torch.export (trace='export'); "
+                                         "TorchScript tracing (torch.jit.trace) failed first: NotImplementedError")
+               for r in caplog.records)
+    for name in ("attn.out_proj.weight", "head.weight"):
+        row = report.row(name)
+        assert (row.storage, row.nonzeros) == ("sparse", row.torch_nonzeros), row
+    assert "jit failed first: NotImplementedError" in report.to_text()
+    assert report.as_dict()["trace_failures"] == report.trace_failures
+    with pytest.raises(ConversionError, match=r"trace='jit' was asked for; trace=None also tries the other route\)\. "
+                                              r"TorchScript tracing \(torch.jit.trace\): NotImplementedError") \
+            as caught:
+        export_coreml(model, example, tmp_path / "forced.mlpackage", trace="jit")
+    assert list(caught.value.failures) == ["jit"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attention.mlpackage"]  # no package, no staging folder
+
+
+def test_vision_transformer_with_default_arguments(tmp_path: object) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                               hidden_dim=64, mlp_dim=128)
+    model = _finalized(vit, 0.5)
+    report = export_coreml(model, torch.randn(1, 3, 32, 32), tmp_path / "vit.mlpackage")
+    assert report.trace == "export" and "jit" in report.trace_failures
+    linears = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 7  # 2 x (attention out_proj + 2 MLP layers) + head: all pruned, all found
+    for name in linears:
+        row = report.row(name)
+        assert (row.storage, row.nonzeros) == ("sparse", row.torch_nonzeros), row
+    assert not report.warnings
+
+
+def test_wrapped_models_are_unwrapped(cnn: dict, exported: tuple, tmp_path: object,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sparsify")
+    base = exported[0]
+    model = cnn["finalized"]
+    wrapped = nn.DataParallel(model)
+    report = export_coreml(wrapped, EXAMPLE, tmp_path / "dp.mlpackage")
+    assert [(r.name, r.storage, r.nonzeros, r.bytes) for r in report.rows] == [
+        (r.name, r.storage, r.nonzeros, r.bytes) for r in base.rows]  # names without 'module.'
+    assert report.trace == "jit" and not report.trace_failures
+    assert any("inside DataParallel" in r.getMessage() for r in caplog.records)
+    compiled = export_coreml(torch.compile(model), EXAMPLE, tmp_path / "compiled.mlpackage")
+    assert compiled.total_bytes == base.total_bytes
+    assert wrapped.module is model and any("_COREML_" in k for k in model.state_dict())  # untouched
+
+
+def test_distributed_data_parallel_is_unwrapped(cnn: dict, exported: tuple, tmp_path: object) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        wrapped = nn.parallel.DistributedDataParallel(copy.deepcopy(cnn["finalized"]))
+        report = export_coreml(wrapped, EXAMPLE, tmp_path / "ddp.mlpackage")
+    finally:
+        dist.destroy_process_group()
+    assert report.total_bytes == exported[0].total_bytes
+    assert {r.name for r in report.rows if r.storage == "sparse"} == set(SPARSE)
+
+
+# -- quiet by default -----------------------------------------------------------------------------
+
+
+def test_export_prints_nothing_at_default_log_level(cnn: dict, tmp_path: object, capfd: pytest.CaptureFixture,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="sparsify")
+    capfd.readouterr()
+    report = export_coreml(cnn["finalized"], EXAMPLE, tmp_path / "quiet.mlpackage")
+    inspect_mlpackage(tmp_path / "quiet.mlpackage")
+    assert capfd.readouterr() == ("", "")
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(m.startswith("stderr: Running MIL default pipeline") for m in debug)  # tqdm's bars
+    assert any("UserWarning" in m and "has been renamed" in m for m in debug)  # Core ML Tools' renaming warnings
+    assert report.warnings  # sparsify's own warning (conv4) was logged, through logging, not printed
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == report.warnings
+
+
+@pytest.mark.slow
+def test_fresh_interpreter_export_is_silent(tmp_path: object) -> None:
+    """Core ML Tools' import notices too (they appear once per process, so this needs a new one)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from torch import nn\n"
+        "from sparsify.export.coreml import export_coreml\n"
+        "model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()\n"
+        f"export_coreml(model, torch.randn(1, 8), {str(tmp_path / 'm.mlpackage')!r}, sparse_weights='all')\n"
+        "print('done')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert (result.returncode, result.stdout, result.stderr) == (0, "done\n", "")
+
+
+# -- the destination ------------------------------------------------------------------------------
+
+
+class _Counting(nn.Module):
+    """Counts forward calls: a refusal "before any work" means the model was never traced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.fc(x)
+
+
+def _tree(root: object) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_destination_that_is_not_a_package_is_refused_untouched(exported: tuple, tmp_path: object) -> None:
+    import shutil
+
+    a_file = tmp_path / "file.mlpackage"
+    a_file.write_text("my notes")
+    folder = tmp_path / "folder.mlpackage"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "data.csv").write_text("1,2,3")
+    package_plus = tmp_path / "plus.mlpackage"
+    shutil.copytree(exported[1], package_plus)
+    (package_plus / "README.txt").write_text("keep me")
+    link = tmp_path / "link.mlpackage"
+    link.symlink_to(folder)
+    before = _tree(tmp_path)
+    cases = {a_file: "is a file, not a directory",
+             folder: r"is a directory holding files that are not part .* \(sub/data.csv\)",
+             package_plus: r"is a directory holding .* \(README.txt\)", link: "is a symbolic link"}
+    for path, what in cases.items():
+        model = _Counting()
+        with pytest.raises(FileExistsError, match=rf"path='{path}' exists and {what}.*nothing was changed"):
+            export_coreml(model, torch.randn(1, 4), path)
+        assert model.calls == 0
+    assert _tree(tmp_path) == before
+
+
+def test_existing_package_or_empty_folder_is_replaced(exported: tuple, tmp_path: object) -> None:
+    import shutil
+
+    target = tmp_path / "model.mlpackage"
+    shutil.copytree(exported[1], target)
+    report = export_coreml(nn.Sequential(nn.Linear(4, 4)), torch.randn(1, 4), target)
+    assert inspect_mlpackage(target).total_bytes == report.total_bytes < exported[0].total_bytes
+    (tmp_path / "empty.mlpackage").mkdir()
+    export_coreml(nn.Sequential(nn.Linear(4, 4)), torch.randn(1, 4), tmp_path / "empty.mlpackage")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.mlpackage", "model.mlpackage"]  # no staging left
+
+
+def test_unwritable_destination_fails_before_conversion(tmp_path: object) -> None:
+    (tmp_path / "a_file").write_text("x")
+    model = _Counting()
+    with pytest.raises(NotADirectoryError, match=r"export_coreml: cannot write to .*a_file/sub.*nothing was converted"):
+        export_coreml(model, torch.randn(1, 4), tmp_path / "a_file" / "sub" / "m.mlpackage")
+    assert model.calls == 0
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="permissions do not bind root")
+def test_read_only_folder_fails_before_conversion(tmp_path: object) -> None:
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    model = _Counting()
+    try:
+        with pytest.raises(PermissionError, match="cannot write to"):
+            export_coreml(model, torch.randn(1, 4), folder / "m.mlpackage")
+    finally:
+        folder.chmod(0o700)
+    assert model.calls == 0
+
+
+def test_failed_export_leaves_everything_as_it_was(exported: tuple, tmp_path: object) -> None:
+    import shutil
+
+    target = tmp_path / "model.mlpackage"
+    shutil.copytree(exported[1], target)
+    before = _tree(tmp_path)
+    attention = _Attention().eval()
+    for path in (target, tmp_path / "new" / "deeper" / "m.mlpackage"):
+        with pytest.raises(ConversionError):
+            export_coreml(attention, torch.randn(1, 6, 32), path, trace="jit")
+    assert _tree(tmp_path) == before  # the package intact, no staging folder, no created parent folders
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.mlpackage"]

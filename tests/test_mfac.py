@@ -455,10 +455,33 @@ def test_gradual_resume_between_recordings_is_exact() -> None:
         torch.testing.assert_close(value, model.state_dict()[key], msg=key)
 
 
-def test_gradual_resume_inside_a_recording_window_records_from_the_next_step() -> None:
-    """Resumed after step 6, inside the window for the update at step 8: step 6's gradient is lost with the
-    checkpoint, but steps 7 and 8 must still be recorded (the old MFACPruner reopened the recording in
-    load_state_dict)."""
+def test_gradual_resume_inside_a_recording_window_is_exact() -> None:
+    """Resumed after step 6, inside the window for the update at step 8: the gradient recorded at step 6 is in
+    the pruner's state_dict, so the update at step 8 uses the same three gradients as an uninterrupted run."""
     schedule = PolynomialDecayScheduler(update_steps=[4, 8, 12])
-    resumed, _ = _resumed_at(6, schedule, _batches(14, seed=7))
-    assert [(e["step"], e["num_grads"]) for e in _log(resumed)] == [(8, 2), (12, 3)]
+    batches = _batches(14, seed=7)
+    reference = Pruner(_mlp(), _config(0.6, scheduler=schedule, num_grads=3))
+    ref_model = reference.prepare(inplace=True)
+    _run(reference, ref_model, batches, torch.optim.SGD(ref_model.parameters(), lr=0.05))
+    resumed, model = _resumed_at(6, schedule, batches)
+    assert [(e["step"], e["num_grads"]) for e in _log(resumed)] == [(8, 3), (12, 3)]
+    for (name, a), (_, b) in zip(reference.named_masks(), resumed.named_masks()):
+        assert torch.equal(a, b), name
+    for key, value in ref_model.state_dict().items():
+        torch.testing.assert_close(value, model.state_dict()[key], msg=key)
+
+
+def test_recorded_gradients_of_the_wrong_shape_are_refused_on_load(tmp_path) -> None:
+    schedule = PolynomialDecayScheduler(update_steps=[4, 8, 12])
+    pruner = Pruner(_mlp(), _config(0.6, scheduler=schedule, num_grads=3))
+    model = pruner.prepare(inplace=True)
+    _run(pruner, model, _batches(6, seed=7), torch.optim.SGD(model.parameters(), lr=0.05))
+    torch.save(pruner.state_dict(), tmp_path / "pruner.pt")
+    state = torch.load(tmp_path / "pruner.pt", weights_only=True)  # plain tensors and ints: safe to load
+    name = next(iter(state["criterion_state"]))
+    assert state["criterion_state"][name]["count"] == 1  # the window for step 8 opened after step 5: step 6 recorded
+    state["criterion_state"][name]["rows"] = torch.zeros(3, 7)
+    fresh = Pruner(_mlp(), _config(0.6, scheduler=schedule, num_grads=3))
+    fresh.prepare(inplace=True)
+    with pytest.raises(ValueError, match=f"M-FAC recorded gradients of module '{name}' have shape \\(3, 7\\)"):
+        fresh.load_state_dict(state)

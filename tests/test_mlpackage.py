@@ -17,6 +17,7 @@ from torch import nn
 ct = pytest.importorskip("coremltools")
 cto = pytest.importorskip("coremltools.optimize.coreml")
 
+from sparsify.export.errors import DamagedPackageError, MLPackageError, NotAPackageError  # noqa: E402
 from sparsify.export.mlpackage import inspect_mlpackage, read_weights  # noqa: E402
 
 
@@ -54,7 +55,8 @@ def _ops(model: object, op_type: str | None = None) -> list:
 
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[object, str]]:
-    """Packages made by coremltools alone: dense, pruned (iOS16 and iOS18), palettized, quantized, joint."""
+    """Packages made by coremltools alone: dense, pruned (iOS16 and iOS18), palettized and quantized (iOS16 and
+    iOS18), and jointly sparse + quantized / sparse + palettized (iOS18)."""
     root = tmp_path_factory.mktemp("mlpackages")
     dense16, dense18 = _convert(ct.target.iOS16), _convert(ct.target.iOS18)
     prune = cto.OptimizationConfig(global_config=cto.OpMagnitudePrunerConfig(target_sparsity=0.6, weight_threshold=100))
@@ -65,8 +67,17 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[object
         global_config=cto.OpLinearQuantizerConfig(weight_threshold=100)))
     joint = cto.linear_quantize_weights(sparse18, cto.OptimizationConfig(
         global_config=cto.OpLinearQuantizerConfig(weight_threshold=100)), joint_compression=True)
+    joint_lut = cto.palettize_weights(sparse18, cto.OptimizationConfig(
+        global_config=cto.OpPalettizerConfig(nbits=4, mode="uniform", granularity="per_grouped_channel", group_size=1,
+                                             weight_threshold=100)), joint_compression=True)
+    palettized18 = cto.palettize_weights(dense18, cto.OptimizationConfig(
+        global_config=cto.OpPalettizerConfig(nbits=2, weight_threshold=100)))
+    quantized18 = cto.linear_quantize_weights(dense18, cto.OptimizationConfig(
+        global_config=cto.OpLinearQuantizerConfig(mode="linear", dtype="int4", granularity="per_channel",
+                                                  weight_threshold=100)))
     models = {"dense16": dense16, "sparse16": sparse16, "sparse18": sparse18, "palettized": palettized,
-              "quantized": quantized, "joint": joint}
+              "quantized": quantized, "joint": joint, "joint_lut": joint_lut, "palettized18": palettized18,
+              "quantized18": quantized18}
     return {name: (model, _save(model, root / f"{name}.mlpackage")) for name, model in models.items()}
 
 
@@ -127,24 +138,54 @@ def test_sparse_package_masks_and_bytes(packages: dict, name: str, spec_version:
 
 
 @pytest.mark.parametrize("name, storage", [("palettized", "palettized"), ("quantized", "quantized"),
-                                           ("joint", "sparse+quantized")])
+                                           ("joint", "sparse+quantized"), ("joint_lut", "sparse+palettized"),
+                                           ("palettized18", "palettized"), ("quantized18", "quantized")])
 def test_compressed_weights(packages: dict, name: str, storage: str) -> None:
     path = packages[name][1]
     report = inspect_mlpackage(path)
     compressed = [row for row in report.rows if row.op_type.startswith("constexpr_")]
     assert len(compressed) == 3
     assert {row.storage for row in compressed} == {storage}
-    assert sum(report.op_counts[t] for t in report.op_counts if t.startswith("constexpr_")) >= 3
     assert all(row.dtype == "float16" for row in compressed)
-    if storage == "sparse+quantized":
-        sparse = inspect_mlpackage(packages["sparse18"][1])  # what was quantized: same masks
+    assert report.total_bytes == os.path.getsize(_weight_bin(path))
+    if storage.startswith("sparse+"):
+        sparse = inspect_mlpackage(packages["sparse18"][1])  # what was compressed: same masks
         for row in compressed:  # the mask is still readable, so the non-zeros are known
             assert row.nonzeros == sparse.weight(row.name).nonzeros
-    else:
+    elif name in ("palettized", "quantized"):  # iOS16 ops: not decoded, so the non-zeros are unknown
         assert all(row.nonzeros is None and row.sparsity is None for row in compressed)
-        assert all(row.bytes < 0.6 * row.numel * 2 for row in compressed)  # 4 or 8 bits instead of 16
+        assert all(row.name not in read_weights(path) for row in compressed)  # no silent wrong decoding
+    if not storage.startswith("sparse+"):
+        assert all(row.bytes < 0.6 * row.numel * 2 for row in compressed)  # 2, 4 or 8 bits instead of 16
         assert report.total_bytes < report.dense_bytes
-    assert all(row.name not in read_weights(path) for row in compressed)  # no silent wrong decoding
+
+
+@pytest.mark.parametrize("name", ["sparse16", "sparse18", "joint", "joint_lut", "palettized18", "quantized18"])
+def test_decoded_weights_equal_coremltools_decompression(packages: dict, name: str) -> None:
+    """read_weights decodes every storage it claims to from the file alone, exactly as Core ML Tools
+    decompresses its in-memory program (per-channel tables, scales and offsets, int4, uint2 and uint4 included)."""
+    model, path = packages[name]
+    values = read_weights(path)
+    report = inspect_mlpackage(path)
+    ops = {op.outputs[0].name: op for op in _ops(model) if op.op_type.startswith("constexpr_")}
+    decoded = [row for row in report.rows if row.op_type.startswith("constexpr_")]
+    assert len(decoded) == 3
+    for row in decoded:
+        expected = ops[row.name].materialized_val_inference()
+        np.testing.assert_array_equal(values[row.name], expected)
+        assert row.nonzeros == np.count_nonzero(expected)
+
+
+def test_shared_mask_blob_is_counted_once(packages: dict) -> None:
+    """Sparse + quantized: the quantize op and the sparse op read one mask blob; bytes count it once."""
+    report = inspect_mlpackage(packages["joint"][1])
+    for row in (r for r in report.rows if r.storage == "sparse+quantized"):
+        channels = row.shape[0]  # one fp16 scale per output channel
+        assert row.bytes == row.nonzeros + math.ceil(row.numel / 8) + 2 * channels
+    joint_lut = inspect_mlpackage(packages["joint_lut"][1])
+    for row in (r for r in joint_lut.rows if r.storage == "sparse+palettized"):
+        tables = row.shape[0]  # one 16-entry fp16 table per output channel
+        assert row.bytes == math.ceil(row.nonzeros * 4 / 8) + math.ceil(row.numel / 8) + tables * 16 * 2
 
 
 def test_report_conveniences(packages: dict) -> None:
@@ -167,15 +208,86 @@ def test_missing_and_unsupported_packages(tmp_path: object, packages: dict) -> N
     traced = torch.jit.trace(nn.Sequential(nn.Linear(4, 3)).eval(), torch.randn(1, 4))
     legacy = ct.convert(traced, inputs=[ct.TensorType(shape=(1, 4))], convert_to="neuralnetwork")
     legacy.save(str(tmp_path / "legacy.mlmodel"))
-    with pytest.raises(ValueError, match="'neuralNetwork' model: only ML Programs"):
+    with pytest.raises(NotAPackageError, match="'neuralNetwork' model: only ML Programs"):
         inspect_mlpackage(tmp_path / "legacy.mlmodel")
 
 
-def test_damaged_weight_file(tmp_path: object, packages: dict) -> None:
+def test_paths_that_are_not_packages(tmp_path: object) -> None:
+    """Each gets NotAPackageError (an MLPackageError, a ValueError) naming the path and what it is."""
+    (tmp_path / "empty.mlpackage").mkdir()
+    (tmp_path / "model.pt").write_bytes(b"PK\x03\x04 not a core ml model at all")
+    (tmp_path / "notes.txt").write_text("hello")
+    cases = {
+        tmp_path / "empty.mlpackage": "no Manifest.json in this directory: it is not an .mlpackage",
+        tmp_path / "model.pt": "not a Core ML model file",
+        tmp_path / "notes.txt": "not a Core ML model file",
+    }
+    for path, message in cases.items():
+        with pytest.raises(NotAPackageError, match=message) as caught:
+            inspect_mlpackage(path)
+        assert caught.value.path == str(path) and str(caught.value).startswith(f"{path}: ")
+        assert isinstance(caught.value, MLPackageError) and isinstance(caught.value, ValueError)
+
+
+def _damaged_copy(packages: dict, tmp_path: object, name: str = "sparse18") -> str:
     copy = tmp_path / "damaged.mlpackage"
-    shutil.copytree(packages["dense16"][1], copy)
-    with open(_weight_bin(str(copy)), "r+b") as handle:  # overwrite the first blob's sentinel
+    shutil.copytree(packages[name][1], copy)
+    return str(copy)
+
+
+def test_damaged_weight_file(tmp_path: object, packages: dict) -> None:
+    copy = _damaged_copy(packages, tmp_path, "dense16")
+    with open(_weight_bin(copy), "r+b") as handle:  # overwrite the first blob's sentinel
         handle.seek(64)
         handle.write(b"\0\0\0\0")
-    with pytest.raises(ValueError, match="no blob header at offset 64"):
+    with pytest.raises(DamagedPackageError, match=r"weights/weight.bin: no blob header at offset 64 .*damaged"):
+        inspect_mlpackage(copy)
+
+
+def test_truncated_weight_file_is_damaged_not_sparser(tmp_path: object, packages: dict) -> None:
+    """Cut inside the last blob (a mask): the first blobs still read, but the package is reported damaged
+    instead of a sparse weight with fewer non-zeros (np.unpackbits would pad the short mask with zeros)."""
+    copy = _damaged_copy(packages, tmp_path)
+    size = os.path.getsize(_weight_bin(copy))
+    with open(_weight_bin(copy), "r+b") as handle:
+        handle.truncate(size - 40)
+    with pytest.raises(DamagedPackageError, match=r"weights/weight.bin: .* past the end of the file .* truncated") \
+            as caught:
+        inspect_mlpackage(copy)
+    assert caught.value.file == "weights/weight.bin" and caught.value.path == copy
+    with pytest.raises(DamagedPackageError):
+        read_weights(copy)
+    with open(_weight_bin(copy), "r+b") as handle:  # cut inside the first blob's header
+        handle.truncate(70)
+    with pytest.raises(DamagedPackageError, match="outside the file"):
+        inspect_mlpackage(copy)
+    with open(_weight_bin(copy), "r+b") as handle:  # only part of the file header
+        handle.truncate(10)
+    with pytest.raises(DamagedPackageError, match="shorter than the 64-byte file header"):
+        inspect_mlpackage(copy)
+
+
+def test_blob_smaller_than_its_value(tmp_path: object, packages: dict) -> None:
+    """A blob whose recorded size is too small for the value's type and shape is damage, not a short read."""
+    copy = _damaged_copy(packages, tmp_path)
+    with open(_weight_bin(copy), "r+b") as handle:
+        handle.seek(64 + 8)  # the first blob header's size field
+        size = int.from_bytes(handle.read(8), "little")
+        handle.seek(64 + 8)
+        handle.write((size - 1).to_bytes(8, "little"))
+    with pytest.raises(DamagedPackageError, match=rf"holds {size - 1} bytes, but its value .* needs {size}"):
+        inspect_mlpackage(copy)
+
+
+def test_missing_parts_of_a_package(tmp_path: object, packages: dict) -> None:
+    copy = _damaged_copy(packages, tmp_path)
+    os.remove(_weight_bin(copy))
+    with pytest.raises(DamagedPackageError, match="weights/weight.bin: the model refers to this weight file"):
+        inspect_mlpackage(copy)
+    os.remove(os.path.join(copy, "Data", "com.apple.CoreML", "model.mlmodel"))
+    with pytest.raises(DamagedPackageError, match="Data/com.apple.CoreML/model.mlmodel: the root model .* missing"):
+        inspect_mlpackage(copy)
+    with open(os.path.join(copy, "Manifest.json"), "w") as handle:
+        handle.write("{not json")
+    with pytest.raises(DamagedPackageError, match="Manifest.json: cannot be read as a package manifest"):
         inspect_mlpackage(copy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 
 import pytest
 import torch
@@ -113,6 +114,95 @@ def test_infer_pattern() -> None:
     scattered = w.clone()
     scattered[0, 0] = scattered[3, 5] = 0
     assert infer_pattern(scattered) == "unstructured"
+
+
+def _tiled(weight: torch.Tensor, out_size: int, in_size: int) -> torch.Tensor:
+    """Zero half of the (out_size x in_size) tiles of ``weight`` at each kernel position, in its [Co, K, Ci] view."""
+    view = weight.movedim(1, -1).reshape(weight.shape[0], -1, weight.shape[1]).clone()
+    co, k, ci = view.shape
+    keep = torch.rand(co // out_size, k, ci // in_size) > 0.5
+    keep[0, 0, 0], keep[-1, -1, -1] = True, False  # both kinds present
+    mask = keep.repeat_interleave(out_size, 0).repeat_interleave(in_size, 2)
+    tiled = (view * mask).reshape(co, *weight.shape[2:], ci).movedim(-1, 1)
+    return tiled
+
+
+def test_infer_pattern_tiles() -> None:
+    """NxM tiles (N output x M input channels at each kernel position) are named, never 'unstructured'."""
+    torch.manual_seed(0)
+    conv = torch.randn(16, 8, 3, 3)
+    assert infer_pattern(_tiled(conv, 4, 1)) == "block 4"  # 4x1 = Core ML's block_size=4
+    assert infer_pattern(_tiled(torch.randn(4, 8, 3, 3), 4, 1)) == "block 4"  # a single tile of output channels
+    assert infer_pattern(_tiled(conv, 1, 4)) == "1x4"
+    assert infer_pattern(_tiled(conv, 2, 2)) == "2x2"
+    assert infer_pattern(_tiled(conv, 2, 8)) == "2x8"
+    assert infer_pattern(_tiled(torch.randn(32, 16), 1, 2)) == "1x2"
+    assert infer_pattern(_tiled(torch.randn(32, 16, 1, 1), 8, 1)) == "block 8"
+    columns = torch.randn(16, 8, 3, 3)
+    columns[:, [1, 6]] = 0  # whole input channels, every kernel position
+    assert infer_pattern(columns) == "channelx1"
+    pointwise = torch.randn(32, 32, 1, 1)  # a 1x1 kernel is one weight: not "per_kernel"
+    assert infer_pattern(pointwise * n_m_mask(pointwise.abs(), (2, 4))) == "2:4"
+
+
+@pytest.mark.parametrize(("tiles", "name"), [("4x1", "block 4"), ("1x4", "1x4"), ("2x2", "2x2")])
+def test_tile_pruned_models_name_their_tiles(tiles: str, name: str) -> None:
+    """A conv and a linear pruned with the engine's tile pattern: named by their tiles, prepared (the hook
+    carries no tile fields, the zeros are read), finalized (inferred) or with the config (config)."""
+    import sparsify
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Flatten(), nn.Linear(16 * 6 * 6, 32))
+    config = sparsify.PrunerConfig(global_config=sparsify.ModulePrunerConfig(
+        target_sparsity=0.5, pattern=tiles, scheduler={"kind": "constant", "begin_step": 0}))
+    pruner = sparsify.Pruner(model, config)
+    prepared = pruner.prepare()
+    pruner.step()
+    assert [(r.pattern, r.pattern_source) for r in model_report(prepared).layers] == [(name, "inferred")] * 2
+    finalized = pruner.finalize()
+    assert [r.pattern for r in model_report(finalized).layers] == [name, name]
+    assert [(r.pattern, r.pattern_source) for r in model_report(finalized, requested=config).layers] == [
+        (name, "config")] * 2
+
+
+def test_pattern_from_the_engine_pattern_field() -> None:
+    """A hook or config with the engine's ``pattern`` gets the name inference gives its zeros."""
+    from sparsify.analysis.pattern_names import describe_pattern
+
+    names = {p: describe_pattern(pattern=p) for p in ("4x1", "1x4", "2x2", "1xchannel", "channelx1", "1x1", "2:4")}
+    assert names == {"4x1": "block 4", "1x4": "1x4", "2x2": "2x2", "1xchannel": "per_channel",
+                     "channelx1": "channelx1", "1x1": "unstructured", "2:4": "2:4"}
+    model = nn.Sequential(nn.Linear(8, 16))
+    prune.l1_unstructured(model[0], "weight", amount=0.5)
+    next(iter(model[0]._forward_pre_hooks.values())).tiles = "1x4"  # as a tile-pattern hook would carry it
+    row = model_report(model)["0"]
+    assert (row.pattern, row.pattern_source) == ("1x4", "hook")
+
+
+def test_joint_compression_estimate() -> None:
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8))
+    _, prepared = _pruned(model, 0.9)
+    report = model_report(prepared, palettize_bits=4)
+    assert report.target == "iOS18" and report.compression == "palettize 4 bits"
+    row = report["0"]
+    kept = row.nonzeros
+    assert row.storage == "sparse+palettized" and row.sparse
+    assert row.coreml_fp16 == math.ceil(kept * 4 / 8) + 16 * 2 + 4096 // 8
+    assert row.coreml_fp32 == math.ceil(kept * 4 / 8) + 16 * 4 + 4096 // 8
+    assert "sparse+palettized" in report.to_text() and "palettize 4 bits" in report.to_text()
+    assert report.as_dict()["compression"] == "palettize 4 bits"
+    int8 = model_report(prepared, quantize="int8")["0"]
+    assert (int8.storage, int8.coreml_fp16) == ("sparse+quantized", kept + 64 * 2 + 4096 // 8)
+    plain = model_report(prepared, target="iOS18")
+    assert plain.compression is None and plain["0"].storage == "sparse"
+    assert model_report(prepared, palettize_bits=4).file_fp16 < model_report(prepared, quantize="int8").file_fp16 \
+        < plain.file_fp16
+    with pytest.raises(ValueError, match="target='iOS17' is invalid with palettize_bits / quantize"):
+        model_report(prepared, palettize_bits=4, target="iOS17")
+    with pytest.raises(ValueError, match="palettize_bits=7 is invalid"):
+        model_report(prepared, palettize_bits=7)
+    with pytest.raises(ValueError, match="rule='default_pruning' is invalid with palettize_bits / quantize"):
+        model_report(prepared, quantize="int8", rule="default_pruning")
 
 
 def test_torch_prune_and_state_dicts() -> None:

@@ -20,6 +20,7 @@ from sparsify.analysis.sizing import (
     dense_bytes,
     fuses_batchnorm,
     sparse_bytes,
+    stored_tensor,
     stores_sparse,
     weight_file_bytes,
     zero_threshold,
@@ -50,6 +51,54 @@ def test_bad_arguments_name_the_value() -> None:
         fuses_batchnorm("best", conv_metadata=False, conv_sparse=False)
     with pytest.raises(ValueError, match="target='iOS15'"):
         StoredTensor(10, 10, False).file_bytes("fp16", "iOS15")
+
+
+def test_joint_compression_bytes_by_hand() -> None:
+    # 4096 weights, 410 kept, 4-bit palette: 205 bytes of indices, 16 fp16 entries, 512 bytes of mask
+    joint = StoredTensor(4096, 410, True, palettize_bits=4)
+    assert joint.blobs("fp16", "iOS18") == [(410, 205), (16, 32), (4096, 512)]
+    assert joint.payload_bytes("fp16") == 205 + 32 + 512 and joint.storage == "sparse+palettized"
+    # the file: a 64-byte header per blob, each padded to 64 bytes
+    assert joint.file_bytes("fp16", "iOS18") == (64 + 256) + (64 + 64) + (64 + 512)
+    # int8 with 64 output channels: 410 bytes, 64 fp16 scales, the mask
+    assert StoredTensor(4096, 410, True, quantize="int8", channels=64).blobs("fp16", "iOS18") == [
+        (410, 410), (64, 128), (4096, 512)]
+    # dense forms: every element's index / byte
+    assert StoredTensor(4096, 4096, False, palettize_bits=2).blobs("fp32", "iOS18") == [(4096, 1024), (4, 16)]
+    assert StoredTensor(4096, 4096, False, quantize="int8", channels=8).storage == "quantized"
+    # 2-bit tables (4 entries) and 8 scales are inline in the model description: no blob of their own
+    assert StoredTensor(4096, 4096, False, palettize_bits=2).file_bytes("fp16", "iOS18") == 64 + 1024
+    # the ratio at 90 % sparsity: 0.1 * N/16 + 1/16 of dense with N-bit palettes, 0.1/2 + 1/16 as int8
+    numel = 2**20
+    kept = numel // 10
+    assert StoredTensor(numel, kept, True, palettize_bits=4).payload_bytes() / (2 * numel) == pytest.approx(
+        0.0875, abs=1e-4)
+    assert StoredTensor(numel, kept, True, quantize="int8").payload_bytes() / (2 * numel) == pytest.approx(
+        0.1125, abs=1e-4)
+
+
+def test_joint_compression_choice_and_refusals() -> None:
+    # 90 % pruned: sparse + palettized; unpruned: palettized; 3 % pruned: palettized (the mask costs more)
+    assert stored_tensor(4096, 2, 410, metadata=True, target="iOS18", palettize_bits=4).storage == "sparse+palettized"
+    assert stored_tensor(4096, 2, 4096, metadata=False, target="iOS18", palettize_bits=4).storage == "palettized"
+    assert stored_tensor(4096, 2, 3970, metadata=True, target="iOS18", quantize="int8", channels=64).storage == \
+        "quantized"
+    assert stored_tensor(64, 1, 64, metadata=False, target="iOS18", palettize_bits=4).storage == "dense"  # rank 1
+    # a tie between sparse + palettized and palettized (432 weights, half kept: 448 bytes each) keeps the zeros
+    tie = [StoredTensor(432, 216, sparse, palettize_bits=4).file_bytes("fp16", "iOS18") for sparse in (True, False)]
+    assert tie == [448, 448]
+    assert stored_tensor(432, 4, 216, metadata=True, target="iOS18", palettize_bits=4).sparse
+    cases = [
+        ({"palettize_bits": 5}, "palettize_bits=5 is invalid: allowed values are 1, 2, 3, 4, 6, 8"),
+        ({"quantize": "int4"}, "quantize='int4' is invalid: allowed values are 'int8'"),
+        ({"palettize_bits": 4, "quantize": "int8"}, "mutually exclusive"),
+        ({"palettize_bits": 4, "target": "iOS17"}, "target='iOS17' is invalid with palettize_bits / quantize"),
+        ({"quantize": "int8", "rule": "metadata"}, "rule='metadata' is invalid with palettize_bits / quantize"),
+    ]
+    for kwargs, message in cases:
+        arguments = {"metadata": True, "target": "iOS18", **kwargs}
+        with pytest.raises(ValueError, match=message):
+            stored_tensor(4096, 2, 410, **arguments)
 
 
 def test_which_weights_are_stored_sparse() -> None:
@@ -239,3 +288,25 @@ def test_estimate_matches_sparsify_export(tmp_path: Path, sparsity: float, preci
         assert 0 <= dense - exported.dense_bytes <= 63
     fc = report["9"]  # 8 192 weights: at 5 % the mask pays in fp32 (above 1/32) but not in fp16 (below 1/16)
     assert (fc.sparse, fc.sparse_fp32) == ((True, True) if sparsity == 0.9 else (False, True))
+
+
+def test_equal_constants_are_stored_once(tmp_path: Path) -> None:
+    """Untrained batch norms fold into all-zero biases; the converter keeps one constant per distinct value of
+    >= 100 elements, and so does the estimate (it computes the folded biases)."""
+    export = pytest.importorskip("sparsify.export.coreml")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 128, 3, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
+                          nn.Conv2d(128, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
+                          nn.Conv2d(128, 128, 1, bias=False), nn.BatchNorm2d(128)).eval()
+    _, finalized = _prune(model, target_sparsity=0.75)
+    exported = export.export_coreml(finalized, torch.randn(1, 3, 8, 8), tmp_path / "m.mlpackage")
+    assert sum(1 for row in exported.rows if row.storage == "dense") == 1  # three zero biases, one constant
+    report = model_report(finalized)
+    assert 0 <= report.file_fp16 - exported.total_bytes <= 63
+    with torch.no_grad():  # trained-looking batch norms: three different biases, three constants
+        for bn in (model[1], model[4], model[7]):
+            bn.bias.normal_()
+    _, finalized = _prune(model, target_sparsity=0.75)
+    exported = export.export_coreml(finalized, torch.randn(1, 3, 8, 8), tmp_path / "m2.mlpackage")
+    assert sum(1 for row in exported.rows if row.storage == "dense") == 3
+    assert 0 <= model_report(finalized).file_fp16 - exported.total_bytes <= 63

@@ -4,7 +4,8 @@
 
 * **prepared** by a pruner (``weight_orig`` × ``weight_mask`` with a ``pruning_method`` hook: sparsify,
   Core ML Tools or ``torch.nn.utils.prune``): the masked weight is reported, the requested sparsity
-  is the hook's ``amount`` and the pattern the hook's ``n_m_ratio`` / ``block_size`` / ``granularity``;
+  is the hook's ``amount`` and the pattern the hook's ``n_m_ratio`` / ``block_size`` / ``granularity``
+  (or ``tiles``), or the zeros' when the hook only says "unstructured" (`sparsify.analysis.pattern_names`);
 * **finalized** (plain weights with ``_COREML_/<param>/compression_type`` metadata);
 * **plain** (any ``nn.Module``), or just a **state dict** (e.g. ``torch.load("model.pt")``) —
 
@@ -21,10 +22,6 @@ Print it with `ModelReport.to_text` (also ``str()``), or export `ModelReport.to_
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,293 +30,28 @@ import torch
 from torch import nn
 
 from ..config import OptimizationConfig
+from .layer_report import LayerReport, ModelReport
+from .pattern_names import describe_pattern, infer_pattern
 from .report import sparsity_summary
 from .sizing import (
+    JOINT_TARGET,
     RULES,
     TARGETS,
     StoredTensor,
+    check_compression,
+    compression_name,
     dense_bytes,
     fuses_batchnorm,
-    stores_sparse,
+    stored_tensor,
     weight_file_bytes,
     zero_threshold,
 )
 
-__all__ = ["LayerReport", "ModelReport", "infer_pattern", "model_report"]
+__all__ = ["LayerReport", "ModelReport", "infer_pattern", "model_report"]  # the first three are re-exported
 
 _COREML_PREFIX = "_COREML_/"
 _PRUNING = 1  # coremltools' CompressionType.pruning
 Requested = float | Mapping[str, float] | OptimizationConfig | None
-
-
-# ----------------------------------------------------------------------------------------------
-# Patterns
-# ----------------------------------------------------------------------------------------------
-
-
-def _describe(n_m_ratio: Any = None, block_size: int = 1, granularity: str = "per_scalar", dim: int = 1) -> str:
-    if n_m_ratio is not None:
-        n, m = n_m_ratio
-        return f"{n}:{m}" + (" dim 0" if dim == 0 else "")
-    parts = [] if granularity in (None, "per_scalar") else [str(granularity)]
-    if block_size and block_size > 1:
-        parts.append(f"block {block_size}")
-    return ", ".join(parts) or "unstructured"
-
-
-def _constant_in_blocks(zero: torch.Tensor, block: int) -> bool:
-    """Whether the rows of ``zero`` (output channels) are equal within every run of ``block`` rows."""
-    channels = zero.shape[0]
-    full = channels - channels % block
-    head = zero[:full].reshape(full // block, block, -1)
-    tail = zero[full:]
-    return bool((head == head[:, :1]).all()) and bool((tail == tail[:1]).all())
-
-
-def infer_pattern(weight: torch.Tensor) -> str:
-    """Name the sparsity pattern of ``weight`` from where its zeros are.
-
-    In order: ``"dense"`` (no zero), ``"per_channel"`` (all zeros in whole output channels),
-    ``"per_kernel"`` (… in whole kernels), ``"block B"`` (the zeros repeat across every ``B``
-    consecutive output channels, largest of 8/4/2), ``"n:m"`` (every full run of ``m`` weights along
-    the input channels — ``dim 0``: output channels — has exactly ``n`` zeros, smallest ``m`` of
-    2/4/8/16 first), else ``"unstructured"``.
-    """
-    zero = weight.detach() == 0
-    zeros = int(zero.sum())
-    if zeros == 0:
-        return "dense"
-    if weight.dim() < 2:
-        return "unstructured"
-    rows = zero.reshape(zero.shape[0], -1)
-    if zero.all() or int(rows.all(1).sum()) * rows.shape[1] == zeros:
-        return "per_channel"
-    if weight.dim() >= 3:
-        kernels = zero.flatten(2)
-        if int(kernels.all(2).sum()) * kernels.shape[2] == zeros:
-            return "per_kernel"
-    for block in (8, 4, 2):
-        if zero.shape[0] >= 2 * block and _constant_in_blocks(rows, block):
-            return f"block {block}"
-    for dim in (1, 0):
-        moved = zero.movedim(dim, -1)
-        channels = moved.shape[-1]
-        for m in (2, 4, 8, 16):
-            if channels < m:
-                break
-            runs = moved[..., : channels - channels % m].reshape(-1, m).sum(1)
-            n = int(runs[0])
-            if 0 < n < m and bool((runs == n).all()):
-                return f"{n}:{m}" + (" dim 0" if dim == 0 else "")
-    return "unstructured"
-
-
-# ----------------------------------------------------------------------------------------------
-# Report rows
-# ----------------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class LayerReport:
-    """One weight: counts, sparsity, pattern and Core ML storage (bytes of the data, no headers)."""
-
-    name: str
-    kind: str  # module class name, "" when read from a state dict
-    shape: tuple[int, ...]
-    params: int
-    nonzeros: int
-    requested: float | None
-    pattern: str
-    pattern_source: str  # "hook", "config" or "inferred"
-    structured_sparsity: float  # fraction of output channels entirely zero (magnitudes)
-    block2_sparsity: float  # fraction of zero 2x1 blocks (channels 2i, 2i+1 at one position), -1 for odd counts
-    metadata: bool  # carries (or, once finalized, will carry) Core ML pruning metadata
-    stored_nonzeros: int  # non-zeros Core ML keeps (it zeroes |w| <= threshold, see sizing)
-    sparse: bool  # stored sparse in an fp16 export
-    sparse_fp32: bool  # ... in an fp32 export (the "sparsify" rules decide by size, which can differ)
-    dense_fp16: int
-    dense_fp32: int
-    coreml_fp16: int
-    coreml_fp32: int
-
-    @property
-    def achieved(self) -> float:
-        """Fraction of zeros in the weight."""
-        return 1 - self.nonzeros / self.params if self.params else 0.0
-
-    @property
-    def smaller(self) -> float:
-        """``dense / Core ML`` bytes in fp16 (how many times smaller the stored weight is)."""
-        return self.dense_fp16 / self.coreml_fp16 if self.coreml_fp16 else math.inf
-
-    def as_dict(self) -> dict[str, Any]:
-        data = attrs.asdict(self)
-        data["shape"] = list(self.shape)
-        data["achieved"] = self.achieved
-        data["smaller_fp16"] = self.smaller
-        data["smaller_fp32"] = self.dense_fp32 / self.coreml_fp32 if self.coreml_fp32 else math.inf
-        return data
-
-
-@attrs.frozen
-class ModelReport:
-    """Per-layer rows plus whole-model totals; print with `to_text` or ``str()``."""
-
-    layers: tuple[LayerReport, ...]
-    other_params: int  # elements of the other floating-point tensors (biases, norms, ...)
-    rule: str  # which weights Core ML stores sparse, see sparsify.analysis.sizing
-    target: str  # deployment target the weight.bin estimate is for
-    file_fp16: int  # estimated weight.bin bytes, fp16 model
-    file_fp32: int
-    file_dense_fp16: int  # ... and the same model stored dense
-    file_dense_fp32: int
-
-    # -- totals ------------------------------------------------------------------------------
-
-    def _sum(self, field: str) -> int:
-        return sum(getattr(layer, field) for layer in self.layers)
-
-    @property
-    def params(self) -> int:
-        return self._sum("params")
-
-    @property
-    def nonzeros(self) -> int:
-        return self._sum("nonzeros")
-
-    @property
-    def sparsity(self) -> float:
-        """Count-weighted sparsity of the reported layers."""
-        return 1 - self.nonzeros / self.params if self.params else 0.0
-
-    @property
-    def requested(self) -> float | None:
-        """Count-weighted requested sparsity (layers without a request count as 0), or ``None``."""
-        if all(layer.requested is None for layer in self.layers):
-            return None
-        return sum((layer.requested or 0.0) * layer.params for layer in self.layers) / max(self.params, 1)
-
-    @property
-    def smaller(self) -> float:
-        """How many times smaller the whole fp16 ``weight.bin`` is than the dense one."""
-        return self.file_dense_fp16 / self.file_fp16
-
-    def __getitem__(self, name: str) -> LayerReport:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(f"no layer {name!r} in the report; layers are {[layer.name for layer in self.layers]}")
-
-    # -- output ------------------------------------------------------------------------------
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "target": self.target,
-            "layers": [layer.as_dict() for layer in self.layers],
-            "total": {
-                "params": self.params, "nonzeros": self.nonzeros, "requested": self.requested,
-                "achieved": self.sparsity, "other_params": self.other_params,
-                **{k: self._sum(k) for k in ("dense_fp16", "dense_fp32", "coreml_fp16", "coreml_fp32")},
-            },
-            "weight_file": {
-                "fp16": self.file_fp16, "fp32": self.file_fp32,
-                "dense_fp16": self.file_dense_fp16, "dense_fp32": self.file_dense_fp32,
-                "smaller_fp16": self.smaller, "smaller_fp32": self.file_dense_fp32 / self.file_fp32,
-            },
-        }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.as_dict(), indent=indent)
-
-    def to_csv(self) -> str:
-        """One line per layer with every field (bytes as integers), then a ``total`` line."""
-        rows = [layer.as_dict() for layer in self.layers]
-        columns = list(rows[0]) if rows else list(attrs.fields_dict(LayerReport))
-        out = io.StringIO()
-        writer = csv.DictWriter(out, columns, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "shape": "x".join(map(str, row["shape"]))})
-        total = self.as_dict()["total"]
-        writer.writerow({"name": "total", **{k: v for k, v in total.items() if k in columns}})
-        return out.getvalue()
-
-    def _table(self) -> tuple[list[str], list[list[str]]]:
-        header = ["layer", "type", "pattern", "params", "nonzeros", "requested", "achieved", "channels 0",
-                  "stored", "fp16 dense", "fp16 Core ML", "fp32 dense", "fp32 Core ML", "× smaller"]
-        rows = []
-        for layer in self.layers:
-            stored = "sparse" if layer.sparse else "dense"
-            if layer.coreml_fp16 > layer.dense_fp16:
-                stored += " (!)"
-            rows.append([
-                layer.name, layer.kind, layer.pattern, f"{layer.params:,}", f"{layer.nonzeros:,}",
-                _pct(layer.requested), _pct(layer.achieved), _pct(layer.structured_sparsity), stored,
-                _bytes(layer.dense_fp16), _bytes(layer.coreml_fp16), _bytes(layer.dense_fp32),
-                _bytes(layer.coreml_fp32), f"{layer.smaller:.2f}×",
-            ])
-        total_fp16 = self._sum("coreml_fp16")
-        rows.append([
-            "total", "", "", f"{self.params:,}", f"{self.nonzeros:,}", _pct(self.requested), _pct(self.sparsity),
-            "", "", _bytes(self._sum("dense_fp16")), _bytes(total_fp16), _bytes(self._sum("dense_fp32")),
-            _bytes(self._sum("coreml_fp32")),
-            f"{self._sum('dense_fp16') / total_fp16:.2f}×" if total_fp16 else "",
-        ])
-        return header, rows
-
-    def _footer(self) -> list[str]:
-        lines = [
-            f"Core ML weight.bin estimate ({self.target}+, {_RULE_NAMES[self.rule]}, {self.other_params:,} other "
-            f"parameters stored dense): fp16 {_bytes(self.file_fp16)} vs {_bytes(self.file_dense_fp16)} dense "
-            f"({self.smaller:.2f}× smaller); fp32 {_bytes(self.file_fp32)} vs {_bytes(self.file_dense_fp32)} "
-            f"({self.file_dense_fp32 / self.file_fp32:.2f}× smaller).",
-            "'channels 0' = output channels whose weights are all zero.",
-        ]
-        if any(layer.coreml_fp16 > layer.dense_fp16 for layer in self.layers):
-            lines.append("'(!)' = stored sparse although that is larger than dense (below 1/16 sparsity in fp16).")
-        return lines
-
-    def to_text(self) -> str:
-        """An aligned plain-text table with a footer for the whole model."""
-        header, rows = self._table()
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-        def line(cells: list[str]) -> str:
-            return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-        rule = "  ".join("-" * w for w in widths)
-        lines = [line(header), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1]), ""]
-        return "\n".join([*lines, *self._footer()])
-
-    def to_markdown(self) -> str:
-        header, rows = self._table()
-        align = ["---"] * 3 + ["---:"] * (len(header) - 3)
-        rows[-1] = [f"**{c}**" if c else c for c in rows[-1]]
-        table = ["| " + " | ".join(r) + " |" for r in [header, align, *rows]]
-        return "\n".join([*table, "", *self._footer()])
-
-    def __str__(self) -> str:
-        return self.to_text()
-
-
-_RULE_NAMES = {
-    "sparsify": "as sparsify export stores it",
-    "sparsify_all": "as export_coreml(sparse_weights='all') stores it",
-    "metadata": "as coremltools.convert stores it",
-    "default_pruning": "as coremltools.convert with DEFAULT_PRUNING stores it",
-}
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,10 +162,10 @@ def _read_module(model: nn.Module) -> tuple[list[_Weight], dict[str, torch.Tenso
                 # torch.nn.utils.prune takes an int amount as a count of weights
                 weight.amount = float(amount) / weight.tensor.numel() if isinstance(amount, int) and amount > 1 \
                     else float(amount)
-            if hasattr(hook, "n_m_ratio") or hasattr(hook, "block_size") or hasattr(hook, "granularity"):
-                weight.pattern = _describe(
+            if any(hasattr(hook, key) for key in ("n_m_ratio", "block_size", "granularity", "tiles")):
+                weight.pattern = describe_pattern(
                     getattr(hook, "n_m_ratio", None), getattr(hook, "block_size", 1) or 1,
-                    getattr(hook, "granularity", "per_scalar"), getattr(hook, "dim", 1),
+                    getattr(hook, "granularity", "per_scalar"), getattr(hook, "dim", 1), getattr(hook, "tiles", None),
                 )
         kept.append(weight)
     return kept, others
@@ -463,6 +195,16 @@ def _batchnorms_after_convs(
     return pairs
 
 
+def _fused_bias(bias: torch.Tensor | None, bn: dict[str, torch.Tensor | None]) -> torch.Tensor:
+    """The bias of a conv with its batch norm folded in (eps = 1e-5, the default: it only matters for
+    telling equal biases apart)."""
+    mean, var = bn["running_mean"].float(), bn["running_var"].float()
+    gamma = bn["weight"].float() if bn["weight"] is not None else torch.ones_like(mean)
+    beta = bn["bias"].float() if bn["bias"] is not None else torch.zeros_like(mean)
+    base = bias.float() if bias is not None else torch.zeros_like(mean)
+    return (base - mean) * gamma / torch.sqrt(var + 1e-5) + beta
+
+
 # ----------------------------------------------------------------------------------------------
 # model_report
 # ----------------------------------------------------------------------------------------------
@@ -477,7 +219,8 @@ def _requested_for(requested: Requested, weight: _Weight, model: nn.Module | Non
         config = requested.get_module_config(weight.module, module)
         if config is None:
             return 0.0, None
-        pattern = _describe(config.n_m_ratio, config.block_size, config.granularity, config.dim)
+        pattern = describe_pattern(config.n_m_ratio, config.block_size, config.granularity, config.dim,
+                                   getattr(config, "pattern", None))
         return config.final_sparsity, pattern
     if isinstance(requested, Mapping):
         value = requested.get(weight.name)
@@ -485,11 +228,13 @@ def _requested_for(requested: Requested, weight: _Weight, model: nn.Module | Non
     return float(requested), None
 
 
-def _check_args(requested: Requested, rule: str, target: str, names: list[str]) -> None:
+def _check_args(requested: Requested, rule: str, target: str, names: list[str], palettize_bits: int | None,
+                quantize: str | None) -> None:
     if rule not in RULES:
         raise ValueError(f"rule={rule!r} is invalid: allowed values are {', '.join(map(repr, RULES))}")
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is invalid: allowed values are {', '.join(map(repr, TARGETS))}")
+    check_compression(palettize_bits, quantize, target, rule)
     if isinstance(requested, Mapping):
         unknown = sorted(set(requested) - set(names))
         if unknown:
@@ -514,7 +259,9 @@ def model_report(
     *,
     requested: Requested = None,
     rule: str = "sparsify",
-    target: str = "iOS16",
+    target: str | None = None,
+    palettize_bits: int | None = None,
+    quantize: str | None = None,
 ) -> ModelReport:
     """Report sparsity, pattern and Core ML storage of every weight of ``model``.
 
@@ -529,8 +276,15 @@ def model_report(
             ``"metadata"`` (plain ``coremltools.convert``) or ``"default_pruning"`` (``coremltools.convert``
             with ``pass_pipeline=ct.PassPipeline.DEFAULT_PRUNING``).
         target: deployment target of the export, ``"iOS16"``, ``"iOS17"`` or ``"iOS18"`` (iOS18 writes
-            small masks to ``weight.bin`` that earlier targets inline).
+            small masks to ``weight.bin`` that earlier targets inline); ``None``: ``"iOS16"``, or
+            ``"iOS18"`` with ``palettize_bits`` / ``quantize``.
+        palettize_bits, quantize: estimate the export with joint compression, as
+            ``export_coreml(..., palettize_bits=N)`` / ``quantize="int8"`` stores it (iOS18, rules
+            ``"sparsify"`` and ``"sparsify_all"`` only): each weight of rank >= 2 in the smallest of its
+            dense, sparse, palettized / quantized and sparse + palettized / quantized forms.
     """
+    if target is None:
+        target = JOINT_TARGET if palettize_bits is not None or quantize is not None else "iOS16"
     if isinstance(model, nn.Module):
         weights, others = _read_module(model)
         keys, module = list(model.state_dict(keep_vars=True)), model
@@ -539,7 +293,7 @@ def model_report(
         keys, module = list(model), None
     else:
         raise TypeError(f"model must be an nn.Module or a state dict, got {type(model).__name__}")
-    _check_args(requested, rule, target, [w.name for w in weights])
+    _check_args(requested, rule, target, [w.name for w in weights], palettize_bits, quantize)
 
     layers = []
     stored: dict[str, list[StoredTensor]] = {"fp16": [], "fp32": []}
@@ -550,9 +304,10 @@ def model_report(
             nonzeros = int(torch.count_nonzero(tensor))
             kept = int((tensor.abs() > zero_threshold(rule, w.metadata)).sum())
             for precision, entries in stored.items():
-                sparse = stores_sparse(numel, tensor.dim(), kept, metadata=w.metadata, rule=rule,
-                                       precision=precision, target=target)
-                entries.append(StoredTensor(numel, kept if sparse else nonzeros, sparse))
+                form = stored_tensor(numel, tensor.dim(), kept, metadata=w.metadata, rule=rule, precision=precision,
+                                     target=target, palettize_bits=palettize_bits, quantize=quantize,
+                                     channels=tensor.shape[0] if tensor.dim() else 1)
+                entries.append(form if form.sparse else attrs.evolve(form, nnz=nonzeros))
             fp16, fp32 = stored["fp16"][-1], stored["fp32"][-1]
             asked, config_pattern = _requested_for(requested, w, module)
             if asked is None:
@@ -560,8 +315,11 @@ def model_report(
             pattern, source = w.pattern, "hook"
             if pattern is None and config_pattern is not None:
                 pattern, source = config_pattern, "config"
-            if pattern is None:
-                pattern, source = infer_pattern(tensor), "inferred"
+            if pattern in (None, "unstructured"):
+                # a hook without tile fields says "unstructured" for tiles too: the zeros tell more, once there
+                inferred = infer_pattern(tensor)
+                if pattern is None or inferred not in ("unstructured", "dense"):
+                    pattern, source = inferred, "inferred"
             summary = sparsity_summary(tensor)
             layers.append(LayerReport(
                 name=w.name, kind=w.kind, shape=tuple(tensor.shape), params=numel, nonzeros=nonzeros,
@@ -571,6 +329,7 @@ def model_report(
                 stored_nonzeros=fp16.nnz, sparse=fp16.sparse, sparse_fp32=fp32.sparse,
                 dense_fp16=dense_bytes(numel, "fp16"), dense_fp32=dense_bytes(numel, "fp32"),
                 coreml_fp16=fp16.payload_bytes("fp16"), coreml_fp32=fp32.payload_bytes("fp32"),
+                storage=fp16.storage,
             ))
 
     # Batch norms the converter folds into the conv before them vanish; the conv gains a bias.
@@ -578,11 +337,15 @@ def model_report(
     for index, prefix in _batchnorms_after_convs(weights, others, keys):
         conv = weights[index]
         if fuses_batchnorm(rule, conv_metadata=conv.metadata, conv_sparse=layers[index].sparse):
-            for name in _BATCHNORM:
-                rest.pop(prefix + name, None)
             bias = f"{conv.module}.bias" if conv.module else "bias"
-            rest.setdefault(bias, conv.tensor.new_empty(conv.tensor.shape[0]))
-    dense_rest = [StoredTensor(t.numel(), t.numel(), False) for t in rest.values()]
+            rest[bias] = _fused_bias(rest.get(bias), {name: rest.pop(prefix + name, None) for name in _BATCHNORM})
+    # The converter stores equal constants of >= 100 elements once (its const_deduplication pass): the
+    # fused biases of an untrained model, all zero, are one constant per shape.
+    distinct: dict[Any, torch.Tensor] = {}
+    for key, tensor in rest.items():
+        value = tensor.detach().float().cpu()
+        distinct.setdefault((tuple(value.shape), value.numpy().tobytes()) if value.numel() >= 100 else key, value)
+    dense_rest = [StoredTensor(t.numel(), t.numel(), False) for t in distinct.values()]
     files = {
         (precision, is_dense): weight_file_bytes(
             [*(StoredTensor(e.numel, e.numel, False) if is_dense else e for e in entries), *dense_rest],
@@ -593,4 +356,5 @@ def model_report(
         layers=tuple(layers), other_params=sum(t.numel() for t in rest.values()), rule=rule, target=target,
         file_fp16=files["fp16", False], file_fp32=files["fp32", False],
         file_dense_fp16=files["fp16", True], file_dense_fp32=files["fp32", True],
+        compression=compression_name(palettize_bits, quantize),
     )

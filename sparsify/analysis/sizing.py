@@ -35,6 +35,21 @@ one with a mask (prepared model) or with Core ML compression metadata (the
 
 A fused batch norm disappears from the file and its conv gains a bias (`fuses_batchnorm`).
 
+Joint compression (``export_coreml(..., palettize_bits=N)`` or ``quantize="int8"``, iOS18 only, the
+``"sparsify"`` rules only) adds two storages per kind, each chosen only where it is the smallest
+(`stored_tensor` compares every allowed form; ties go to the simpler one, except that a compressed
+pruned weight keeps its mask):
+
+* palettized, one look-up table per tensor: ``numel`` indices of ``N`` bits, packed, plus a table of
+  ``2**N`` values (``constexpr_lut_to_dense``); sparse + palettized (``constexpr_lut_to_sparse``): the
+  ``nnz`` kept values' indices, the table, and the one-bit mask;
+* quantized, symmetric ``int8`` with one scale per output channel: ``numel`` bytes plus the scales
+  (``constexpr_blockwise_shift_scale``); sparse + quantized (``constexpr_sparse_blockwise_shift_scale``):
+  ``nnz`` bytes, the scales and the mask (the mask is one blob that both ops read).
+
+A 90 %-sparse fp16 weight thus costs ``0.1 × N/16 + 1/16`` of dense with ``N``-bit palettes
+(0.0875 at 4 bits) and ``0.1/2 + 1/16`` (0.1125) as int8, against 0.1625 sparse alone.
+
 The byte counts and rules were measured against real ``.mlpackage`` exports (``tests/test_sizing.py``
 converts models and compares).
 """
@@ -51,13 +66,19 @@ __all__ = [
     "DEFAULT_PRUNING_MIN_SPARSITY",
     "DEFAULT_PRUNING_ZERO_THRESHOLD",
     "ELEMENT_BYTES",
+    "JOINT_TARGET",
     "METADATA_ZERO_THRESHOLD",
+    "PALETTIZE_BITS",
+    "QUANTIZE_DTYPES",
     "RULES",
     "TARGETS",
     "StoredTensor",
+    "check_compression",
+    "compression_name",
     "dense_bytes",
     "fuses_batchnorm",
     "sparse_bytes",
+    "stored_tensor",
     "stores_sparse",
     "weight_file_bytes",
     "zero_threshold",
@@ -66,6 +87,9 @@ __all__ = [
 ELEMENT_BYTES = {"fp16": 2, "fp32": 4}
 RULES = ("sparsify", "sparsify_all", "metadata", "default_pruning")
 TARGETS = ("iOS16", "iOS17", "iOS18")
+PALETTIZE_BITS = (1, 2, 3, 4, 6, 8)  # what constexpr_lut_to_dense / _to_sparse accept
+QUANTIZE_DTYPES = ("int8",)
+JOINT_TARGET = "iOS18"  # the first target with joint compression ops
 
 METADATA_ZERO_THRESHOLD = 2.0**-10  # np.finfo(np.float16).eps, what the converter zeroes in metadata weights
 DEFAULT_PRUNING_ZERO_THRESHOLD = 1e-12  # OpThresholdPrunerConfig's default threshold
@@ -116,17 +140,38 @@ def stores_sparse(
     ``precision`` and ``target`` matter for the ``"sparsify"`` rules, which store sparse only when
     that is smaller.
     """
+    return stored_tensor(numel, rank, nnz, metadata=metadata, rule=rule, precision=precision, target=target).sparse
+
+
+def stored_tensor(
+    numel: int, rank: int, nnz: int, *, metadata: bool, rule: str = "sparsify", precision: str = "fp16",
+    target: str = "iOS16", palettize_bits: int | None = None, quantize: str | None = None, channels: int = 1,
+) -> StoredTensor:
+    """How this weight is exported under ``rule``: the `StoredTensor` (sparse or not, compressed or not).
+
+    Under the ``"sparsify"`` rules every form the export may use is compared and the smallest file
+    bytes win: dense; sparse (rank >= 2, pruned or ``"sparsify_all"``); and, when ``palettize_bits``
+    or ``quantize`` is given (iOS18, rank >= 2), each of those compressed. ``channels`` is the number
+    of output channels (one ``int8`` scale each). The other rules follow Core ML Tools' converter.
+    """
     _check_rule(rule)
-    if rule.startswith("sparsify"):
-        if rank < 2 or not (metadata or rule == "sparsify_all"):
-            return False
-        sparse, dense = StoredTensor(numel, nnz, True), StoredTensor(numel, nnz, False)
-        return sparse.file_bytes(precision, target) < dense.file_bytes(precision, target)
-    if metadata:
-        return True
-    if rule == "metadata" or rank < 2 or numel <= DEFAULT_PRUNING_MIN_NUMEL:
-        return False
-    return (numel - nnz) / numel >= DEFAULT_PRUNING_MIN_SPARSITY
+    check_compression(palettize_bits, quantize, target, rule)
+    dense = StoredTensor(numel, nnz, False)
+    if not rule.startswith("sparsify"):
+        if metadata:
+            return StoredTensor(numel, nnz, True)
+        if rule == "metadata" or rank < 2 or numel <= DEFAULT_PRUNING_MIN_NUMEL:
+            return dense
+        return StoredTensor(numel, nnz, (numel - nnz) / numel >= DEFAULT_PRUNING_MIN_SPARSITY)
+    if rank < 2:
+        return dense
+    may_be_sparse = metadata or rule == "sparsify_all"
+    options = [dense, *([StoredTensor(numel, nnz, True)] if may_be_sparse else [])]
+    if palettize_bits is not None or quantize is not None:
+        # sparse first: on a tie, a pruned weight keeps its exact zeros rather than a palette entry for them
+        options += [attrs.evolve(o, palettize_bits=palettize_bits, quantize=quantize, channels=channels)
+                    for o in reversed(options)]
+    return min(options, key=lambda o: o.file_bytes(precision, target))  # min keeps the first of equals
 
 
 def fuses_batchnorm(rule: str, *, conv_metadata: bool, conv_sparse: bool) -> bool:
@@ -144,6 +189,34 @@ def _check_rule(rule: str) -> None:
         raise ValueError(f"rule={rule!r} is invalid: allowed values are {', '.join(map(repr, RULES))}")
 
 
+def compression_name(palettize_bits: int | None, quantize: str | None) -> str | None:
+    """``"palettize N bits"``, ``"quantize int8"`` or ``None``: how reports name the joint compression."""
+    if palettize_bits is not None:
+        return f"palettize {palettize_bits} bits"
+    return None if quantize is None else f"quantize {quantize}"
+
+
+def check_compression(palettize_bits: int | None, quantize: str | None, target: str, rule: str) -> None:
+    """Raise ``ValueError`` naming the field unless the joint-compression settings can be estimated."""
+    if palettize_bits is None and quantize is None:
+        return
+    if palettize_bits is not None and quantize is not None:
+        raise ValueError(f"palettize_bits={palettize_bits!r} and quantize={quantize!r} are mutually exclusive: "
+                         "allowed is one of them")
+    if palettize_bits is not None and (isinstance(palettize_bits, bool) or palettize_bits not in PALETTIZE_BITS):
+        raise ValueError(f"palettize_bits={palettize_bits!r} is invalid: allowed values are "
+                         f"{', '.join(map(str, PALETTIZE_BITS))}")
+    if quantize is not None and quantize not in QUANTIZE_DTYPES:
+        allowed = ", ".join(map(repr, QUANTIZE_DTYPES))
+        raise ValueError(f"quantize={quantize!r} is invalid: allowed values are {allowed}")
+    if target != JOINT_TARGET:
+        raise ValueError(f"target={target!r} is invalid with palettize_bits / quantize: joint compression needs "
+                         f"{JOINT_TARGET!r} (Core ML's first target with constexpr_lut_to_sparse)")
+    if not rule.startswith("sparsify"):
+        raise ValueError(f"rule={rule!r} is invalid with palettize_bits / quantize: the estimate follows "
+                         "sparsify's export, allowed rules are 'sparsify' and 'sparsify_all'")
+
+
 def _check_target(target: str) -> None:
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is invalid: allowed values are {', '.join(map(repr, TARGETS))}")
@@ -151,27 +224,44 @@ def _check_target(target: str) -> None:
 
 @attrs.frozen
 class StoredTensor:
-    """One constant as Core ML will store it: ``numel`` elements, ``nnz`` of them kept, sparse or not."""
+    """One constant as Core ML will store it: ``numel`` elements, ``nnz`` of them kept, sparse or not,
+    optionally palettized (``palettize_bits``) or quantized (``quantize``, ``channels`` scales) — iOS18."""
 
     numel: int
     nnz: int
     sparse: bool
+    palettize_bits: int | None = None
+    quantize: str | None = None
+    channels: int = 1
+
+    @property
+    def storage(self) -> str:
+        """The storage name `sparsify.export.mlpackage.inspect_mlpackage` reports for this form."""
+        kinds = (["sparse"] if self.sparse else []) + (["palettized"] if self.palettize_bits else []) + (
+            ["quantized"] if self.quantize else [])
+        return "+".join(kinds) or "dense"
 
     def payload_bytes(self, precision: str = "fp16") -> int:
         """Bytes of the data alone (no headers, no alignment)."""
-        if self.sparse:
-            return sparse_bytes(self.numel, self.nnz, precision)
-        return dense_bytes(self.numel, precision)
+        target = JOINT_TARGET if self.palettize_bits or self.quantize else "iOS16"
+        return sum(size for _, size in self.blobs(precision, target))
 
     def blobs(self, precision: str = "fp16", target: str = "iOS16") -> list[tuple[int, int]]:
         """``(elements, bytes)`` of each constant this tensor becomes (see the module docstring)."""
         _check_target(target)
         element = _check_precision(precision)
-        if not self.sparse:
-            return [(self.numel, self.numel * element)]
+        if self.sparse and not 0 <= self.nnz <= self.numel:
+            raise ValueError(f"nnz={self.nnz!r} is invalid: allowed 0 <= nnz <= numel ({self.numel})")
         mask_bytes = math.ceil(self.numel / 8)
-        mask_elements = self.numel if target == "iOS18" else mask_bytes
-        return [(self.nnz, self.nnz * element), (mask_elements, mask_bytes)]
+        mask = [(self.numel if target == "iOS18" else mask_bytes, mask_bytes)] if self.sparse else []
+        kept = self.nnz if self.sparse else self.numel
+        if self.palettize_bits or self.quantize:
+            check_compression(self.palettize_bits, self.quantize, target, "sparsify")
+            if self.palettize_bits:
+                entries = 2**self.palettize_bits
+                return [(kept, math.ceil(kept * self.palettize_bits / 8)), (entries, entries * element), *mask]
+            return [(kept, kept), (self.channels, self.channels * element), *mask]
+        return [(kept, kept * element), *mask]
 
     def file_bytes(self, precision: str = "fp16", target: str = "iOS16") -> int:
         """Bytes this tensor adds to ``weight.bin``: a 64-byte header plus the 64-byte-aligned data

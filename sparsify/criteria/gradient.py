@@ -47,7 +47,13 @@ def _batches(value: Any) -> int:
 
 
 class _GradientScorer(Scorer):
-    """Keeps one state tensor per module, updated once per optimizer step by the spec's `update`."""
+    """Keeps one state tensor per module, updated once per optimizer step by the spec's `update`.
+
+    Masks only grow: a pruned weight scores 0 (its masked weight and gradient are 0), as does a live weight
+    whose gradient is exactly 0 (behind a dead ReLU); among those ties the pruned ones go first.
+    """
+
+    monotone: ClassVar[bool] = True
 
     def __init__(self, spec: _GradientBased) -> None:
         self.spec = spec

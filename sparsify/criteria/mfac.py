@@ -223,6 +223,22 @@ class _Recording:
             handle.remove()
         self.handles.clear()
 
+    def state(self) -> dict[str, Any]:
+        """``{module: {"rows": its columns of the buffer, "count": backward passes recorded}}``."""
+        return {
+            name: {"rows": self.buffer[:, offset : offset + size].detach().clone(), "count": self.counts[i]}
+            for i, (name, (offset, size)) in enumerate(self.layout.items())
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Fill the buffer from `state` (modules with the same unpruned weights as when it was saved)."""
+        for i, (name, (offset, size)) in enumerate(self.layout.items()):
+            saved = state.get(name)
+            if saved is None or tuple(saved["rows"].shape) != (self.buffer.shape[0], size):
+                continue
+            self.buffer[:, offset : offset + size] = saved["rows"].to(self.buffer.device, self.buffer.dtype)
+            self.counts[i] = int(saved["count"])
+
 
 class _MFACScorer(Scorer):
     monotone: ClassVar[bool] = True
@@ -234,6 +250,7 @@ class _MFACScorer(Scorer):
         self.diag: torch.Tensor | None = None
         self.slots: dict[str, tuple[int, torch.Tensor]] = {}
         self.recording: _Recording | None = None
+        self.resumed: dict[str, Any] = {}  # recorded gradients from a checkpoint, until the recording reopens
         self.log: list[dict[str, Any]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -267,6 +284,9 @@ class _MFACScorer(Scorer):
         self._plan(num_grads, sum(index.numel() for _, _, index in entries)).check()
         logger.info("M-FAC: recording training gradients for the update at step %d", upcoming)
         self.recording = _Recording(entries, num_grads, self.spec.grads_device)
+        if self.resumed:
+            self.recording.restore(self.resumed)
+            self.resumed = {}
 
     def _stop_recording(self) -> None:
         if self.recording is not None:
@@ -345,10 +365,26 @@ class _MFACScorer(Scorer):
     def end(self) -> None:
         self.fisher, self.diag, self.slots = None, None, {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The gradients recorded so far for the next update (gradual pruning without a sampler), per module."""
+        return self.recording.state() if self.recording is not None else {}
+
     def load_state_dict(self, state: Mapping[str, Any], pruner: PrunerView) -> None:
-        """A resumed run starts a fresh recording (the gradients of the steps before the checkpoint are gone)."""
-        super().load_state_dict(state, pruner)
+        """Keep the checkpoint's recorded gradients for the recording that reopens right after loading."""
         self._stop_recording()
+        for name, saved in state.items():
+            if not isinstance(saved, Mapping) or set(saved) != {"rows", "count"}:
+                raise ValueError(f"M-FAC state of module {name!r} must hold 'rows' and 'count', got {saved!r:.80}")
+            target = pruner.targets[name]
+            kept = int(target.mask.expand(target.orig.shape).sum())
+            rows = saved["rows"]
+            if not isinstance(rows, torch.Tensor) or rows.dim() != 2 or rows.shape[1] != kept:
+                raise ValueError(
+                    f"M-FAC recorded gradients of module {name!r} have shape "
+                    f"{tuple(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__}, expected "
+                    f"(num_grads, {kept}) for its {kept} unpruned weights (the checkpoint is from another run)"
+                )
+        self.resumed = dict(state)
 
     # -- gradients ---------------------------------------------------------------------------
 

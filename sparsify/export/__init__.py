@@ -1,6 +1,18 @@
-"""Export: convert to Core ML with the pruned weights stored sparse, and read saved packages back."""
+"""Export: convert to Core ML with the pruned weights stored sparse (optionally palettized or quantized
+jointly), and read saved packages back."""
 
 from .coreml import ExportReport, export_coreml
-from .mlpackage import PackageReport, inspect_mlpackage
+from .errors import ConversionError, DamagedPackageError, MLPackageError, NotAPackageError
+from .mlpackage import PackageReport, inspect_mlpackage, read_weights
 
-__all__ = ["ExportReport", "PackageReport", "export_coreml", "inspect_mlpackage"]
+__all__ = [
+    "ConversionError",
+    "DamagedPackageError",
+    "ExportReport",
+    "MLPackageError",
+    "NotAPackageError",
+    "PackageReport",
+    "export_coreml",
+    "inspect_mlpackage",
+    "read_weights",
+]

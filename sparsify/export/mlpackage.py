@@ -11,61 +11,56 @@ What it reports (`PackageReport`):
   included), e.g. ``{"const": 12, "constexpr_sparse_to_dense": 4, "conv": 2, ...}``;
 * ``rows`` — one `WeightInfo` per weight: every ``const`` stored in the weight file, and every
   compressed weight (a ``constexpr_*`` op that a compute op reads). For each: shape, storage
-  (``"dense"``, ``"sparse"``, ``"palettized"``, ``"quantized"``, ``"sparse+quantized"``, ...), the
-  number of non-zeros (for sparse weights: the set bits of the mask), and its bytes in the weight file;
+  (``"dense"``, ``"sparse"``, ``"palettized"``, ``"quantized"``, ``"sparse+palettized"``,
+  ``"sparse+quantized"``), the number of non-zeros of the decoded weight (`sparsify.export.decode`;
+  for a sparse weight that is not decoded, the set bits of its mask), and its bytes in the weight file
+  (a blob that two ops share — the mask of sparse + quantized weights — is counted once);
 * ``total_bytes`` — the size of the weight file(s), measured;
 * ``dense_bytes`` — what the same weights would take stored dense, computed from
   `sparsify.analysis.sizing` (exact up to the last blob's padding, at most 63 bytes over).
 
-How weights are stored (the public MIL blob format, version 2): a 64-byte file header, then one blob
-per constant: a 64-byte header (``uint32`` sentinel ``0xDEADBEEF``, ``uint32`` data type, ``uint64``
-size in bytes, ``uint64`` offset of the data, reserved words) followed by the data, each blob aligned
-to 64 bytes. The model description points at a blob by the offset of its header. A sparse weight
-(``constexpr_sparse_to_dense``) holds ``nonzero_data`` (the kept values, row-major) and ``mask``
-(one bit per element, least significant bit first: a packed ``uint8`` tensor on iOS16/17, a
-``uint1`` tensor of the weight's shape on iOS18+).
+The weight file's layout and its checks are in `sparsify.export.blobs`; decoding in
+`sparsify.export.decode`. A sparse weight (``constexpr_sparse_to_dense``) holds ``nonzero_data`` (the
+kept values, row-major) and ``mask`` (one bit per element, least significant bit first: a packed
+``uint8`` tensor on iOS16/17, a ``uint1`` tensor of the weight's shape on iOS18+).
+
+What is refused: a path that does not exist (``FileNotFoundError``); one that is not a Core ML model
+at all, or not an ML Program (`NotAPackageError`); a package whose manifest, model description or
+weight file is missing, truncated or inconsistent (`DamagedPackageError`, naming the file). Both are
+`MLPackageError`s (a ``ValueError``): nothing is ever read past a damaged blob.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import struct
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from ..analysis.report import Report
 from ..analysis.sizing import StoredTensor, weight_file_bytes
+from .blobs import Value, WeightFiles, shape_of
+from .decode import decode, mask_of
+from .errors import DamagedPackageError, NotAPackageError
+from .quiet import quiet
 
 __all__ = [
     "PackageReport",
     "WeightInfo",
     "inspect_mlpackage",
+    "load_spec",
     "read_constants",
     "read_program",
     "read_weights",
     "weight_file_sizes",
 ]
 
-_BLOB_SENTINEL = 0xDEADBEEF
-_BLOB_HEADER = struct.Struct("<IIQQ")  # sentinel, data type, size in bytes, offset of the data
-
-# bits per element of each MIL data type (proto enum name → bits), and the numpy type to decode it
-_BITS = {
-    "BOOL": 8, "FLOAT8E4M3FN": 8, "FLOAT8E5M2": 8, "FLOAT16": 16, "BFLOAT16": 16, "FLOAT32": 32,
-    "FLOAT64": 64, "INT4": 4, "INT8": 8, "INT16": 16, "INT32": 32, "INT64": 64, "UINT1": 1, "UINT2": 2,
-    "UINT3": 3, "UINT4": 4, "UINT6": 6, "UINT8": 8, "UINT16": 16, "UINT32": 32, "UINT64": 64,
-}
-_NUMPY = {
-    "FLOAT16": np.float16, "FLOAT32": np.float32, "FLOAT64": np.float64, "INT8": np.int8,
-    "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16,
-    "UINT32": np.uint32, "UINT64": np.uint64,
-}
 _PRECISION = {"float16": "fp16", "float32": "fp32"}  # dtype name → sparsify.analysis.sizing precision
 
 
@@ -91,11 +86,11 @@ class WeightInfo(_Sparsity):
     op_name: str  # the name of the op producing it (coremltools' op-name configs refer to this)
     function: str
     op_type: str  # "const", or the constexpr op that produces the weight
-    storage: str  # "dense", "sparse", "palettized", "quantized", "sparse+quantized", ...
+    storage: str  # "dense", "sparse", "palettized", "quantized", "sparse+palettized", "sparse+quantized"
     shape: tuple[int, ...]
     dtype: str  # of the weight as the compute ops see it ("float16", "float32", ...)
     numel: int
-    nonzeros: int | None  # None where it cannot be read without decompressing (palettized, quantized)
+    nonzeros: int | None  # of the decoded weight; None where no decoder applies (iOS16 palettized / quantized)
     bytes: int  # data bytes in the weight file (or inline in the description), headers excluded
     consumers: tuple[str, ...] = ()  # op types that read it
 
@@ -173,32 +168,75 @@ class PackageReport:
 def inspect_mlpackage(path: str | os.PathLike[str]) -> PackageReport:
     """Read ``path`` (a saved ``.mlpackage``) and report its ops and how every weight is stored.
 
-    Raises ``FileNotFoundError`` when nothing is at ``path`` and ``ValueError`` when the package is not
-    an ML Program (a ``neuralNetwork`` model keeps no weight file of this kind).
+    Raises ``FileNotFoundError`` when nothing is at ``path``, `NotAPackageError` when it is no Core ML
+    ML Program (a directory without ``Manifest.json``, a file of another kind, a ``neuralNetwork``
+    model) and `DamagedPackageError` when one of its files is missing, truncated or inconsistent.
     """
-    model = _load(path)
-    return read_program(model.get_spec(), model.weights_dir, str(path))
+    with quiet():
+        spec, weights_dir = load_spec(path)
+        return read_program(spec, weights_dir, str(path))
 
 
-def _load(path: str | os.PathLike[str]) -> Any:
-    import coremltools as ct
+def load_spec(path: str | os.PathLike[str]) -> tuple[Any, Path | None]:
+    """The model description of a package (or ``.mlmodel`` file) and its weights folder, read without
+    Core ML Tools' ``MLModel`` so that every way a path can be wrong gets its own clear error."""
+    from coremltools.proto import Model_pb2
+    from google.protobuf.message import DecodeError
 
-    if not Path(path).exists():
+    root = Path(path)
+    if not root.exists():
         raise FileNotFoundError(f"path={str(path)!r}: no such .mlpackage")
-    return ct.models.MLModel(str(path), skip_model_load=True)
+    if root.is_dir():
+        model_file = _root_model(root)
+
+        def error(message: str) -> Exception:
+            return DamagedPackageError(str(path), str(model_file.relative_to(root)), message)
+    else:
+        model_file = root
+
+        def error(message: str) -> Exception:
+            return NotAPackageError(str(path), f"not a Core ML model file ({message}); expected an .mlpackage "
+                                               "directory or an .mlmodel file")
+    spec = Model_pb2.Model()
+    try:
+        spec.ParseFromString(model_file.read_bytes())
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise error(f"the model description cannot be parsed: {exc}") from exc
+    if spec.specificationVersion <= 0 or spec.WhichOneof("Type") is None:
+        raise error("it holds no model description")
+    _check_program(spec, str(path))
+    return spec, model_file.parent / "weights"
+
+
+def _root_model(root: Path) -> Path:
+    """The model description a package's ``Manifest.json`` names as its root model."""
+    manifest = root / "Manifest.json"
+    if not manifest.is_file():
+        raise NotAPackageError(str(root), "no Manifest.json in this directory: it is not an .mlpackage")
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        relative = data["itemInfoEntries"][data["rootModelIdentifier"]]["path"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DamagedPackageError(str(root), "Manifest.json", f"cannot be read as a package manifest ({exc!r})") \
+            from exc
+    model_file = root / "Data" / relative
+    if not model_file.is_file():
+        raise DamagedPackageError(str(root), f"Data/{relative}", "the root model named by Manifest.json is missing")
+    return model_file
 
 
 def _check_program(spec: Any, path: str) -> None:
     kind = spec.WhichOneof("Type")
     if kind != "mlProgram":
-        raise ValueError(f"{path or 'the model'} is a {kind!r} model: only ML Programs (mlprogram) can be inspected")
+        raise NotAPackageError(path or "the model",
+                               f"a {kind!r} model: only ML Programs (mlprogram) can be inspected")
 
 
 def read_program(spec: Any, weights_dir: str | os.PathLike[str] | None, path: str = "") -> PackageReport:
     """`inspect_mlpackage` for a model description already in memory (``MLModel.get_spec()``)
     whose weight files are in ``weights_dir``."""
     _check_program(spec, path)
-    with _WeightFiles(weights_dir) as files:
+    with WeightFiles(weights_dir, path) as files:
         program = _Program(spec.mlProgram, files)
         rows = [program.describe(weight) for weight in program.weights()]
     sizes = weight_file_sizes(weights_dir)
@@ -215,28 +253,29 @@ def read_program(spec: Any, weights_dir: str | os.PathLike[str] | None, path: st
 
 
 def read_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """The values of the dense and sparse weights of a saved package, by value name (sparse ones
-    decompressed: the mask's set bits, in row-major order, receive ``nonzero_data``). Palettized or
-    quantized weights are left out."""
-    model = _load(path)
-    return _read_values(model.get_spec(), model.weights_dir, sparse=True, key=lambda op: op.outputs[0].name)
+    """The values of the weights of a saved package, by value name, decompressed (`sparsify.export.decode`):
+    dense, sparse, and iOS18's palettized / quantized ones, alone or jointly with sparsity. A weight
+    stored in a way that is not decoded (iOS16 palettized or quantized ops) is left out, never guessed."""
+    with quiet():
+        spec, weights_dir = load_spec(path)
+        return _read_values(spec, weights_dir, str(path), dense_only=False, key=lambda op: op.outputs[0].name)
 
 
 def read_constants(spec: Any, weights_dir: str | os.PathLike[str] | None) -> dict[str, np.ndarray]:
     """The dense floating-point weights of a model description (``const`` ops stored in the weight
     file), by op name in program order."""
-    return _read_values(spec, weights_dir, sparse=False, key=_op_name)
+    return _read_values(spec, weights_dir, "", dense_only=True, key=_op_name)
 
 
-def _read_values(spec: Any, weights_dir: Any, sparse: bool, key: Any) -> dict[str, np.ndarray]:
-    _check_program(spec, "")
-    with _WeightFiles(weights_dir) as files:
+def _read_values(spec: Any, weights_dir: Any, path: str, dense_only: bool, key: Any) -> dict[str, np.ndarray]:
+    _check_program(spec, path)
+    with WeightFiles(weights_dir, path) as files:
         program = _Program(spec.mlProgram, files)
         arrays = {}
         for weight in program.weights():
-            if weight.op.type == "const" or sparse:
+            if weight.op.type == "const" or not dense_only:
                 value = program.value(weight)
-                if value is not None and (sparse or value.dtype.kind == "f"):
+                if value is not None and (not dense_only or value.dtype.kind == "f"):
                     arrays[key(weight.op)] = value
         return arrays
 
@@ -261,114 +300,10 @@ def _dense_file_bytes(rows: list[WeightInfo]) -> int:
     return total
 
 
-# -- reading values -------------------------------------------------------------------------------
-
-
-class _WeightFiles:
-    """Opens the weight files of a package and reads blobs by offset."""
-
-    def __init__(self, weights_dir: str | os.PathLike[str] | None) -> None:
-        self.dir = Path(weights_dir) if weights_dir else None
-        self._handles: dict[str, BinaryIO] = {}
-
-    def __enter__(self) -> _WeightFiles:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
-
-    def blob(self, file_name: str, offset: int) -> bytes:
-        """The data of the blob whose header is at ``offset`` in ``file_name`` (``@model_path/weights/x.bin``)."""
-        base = file_name.split("/")[-1]
-        if base not in self._handles:
-            if self.dir is None:
-                raise FileNotFoundError(f"the model refers to weight file {file_name!r} but has no weights folder")
-            self._handles[base] = open(self.dir / base, "rb")  # noqa: SIM115 - closed in __exit__
-        handle = self._handles[base]
-        handle.seek(offset)
-        header = handle.read(_BLOB_HEADER.size)
-        if len(header) < _BLOB_HEADER.size:
-            raise ValueError(f"{base}: offset {offset} is past the end of the file; the package is damaged")
-        sentinel, _, size, data_offset = _BLOB_HEADER.unpack(header)
-        if sentinel != _BLOB_SENTINEL:
-            raise ValueError(f"{base}: no blob header at offset {offset} (found 0x{sentinel:08X}); damaged package")
-        handle.seek(data_offset)
-        return handle.read(size)
-
-
-@dataclass
-class _Value:
-    """A tensor value in the description: its type and where its data is."""
-
-    spec: Any  # MIL_pb2.Value
-
-    @property
-    def dtype(self) -> str:
-        from coremltools.proto import MIL_pb2
-
-        return MIL_pb2.DataType.Name(self.spec.type.tensorType.dataType)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return _shape(self.spec.type)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def in_file(self) -> bool:
-        return self.spec.WhichOneof("value") == "blobFileValue"
-
-    def raw(self, files: _WeightFiles) -> bytes | None:
-        """The stored bytes (sub-byte types packed), or ``None`` for an immediate list of numbers."""
-        if self.in_file:
-            return files.blob(self.spec.blobFileValue.fileName, self.spec.blobFileValue.offset)
-        tensor = self.spec.immediateValue.tensor
-        return tensor.bytes.values if tensor.WhichOneof("value") == "bytes" else None
-
-    def nbytes(self, files: _WeightFiles) -> int:
-        raw = self.raw(files)
-        return len(raw) if raw is not None else math.ceil(self.numel * _BITS.get(self.dtype, 8) / 8)
-
-    def array(self, files: _WeightFiles) -> np.ndarray | None:
-        """The values as numpy, for types numpy has (``None`` for sub-byte and other types)."""
-        np_type = _NUMPY.get(self.dtype)
-        if np_type is None:
-            return None
-        raw = self.raw(files)
-        if raw is not None:
-            return np.frombuffer(raw, dtype=np_type, count=self.numel).reshape(self.shape)
-        tensor = self.spec.immediateValue.tensor
-        which = tensor.WhichOneof("value")
-        values = getattr(tensor, which).values if which else []
-        return np.asarray(values).astype(np_type).reshape(self.shape)
-
-    def bits(self, files: _WeightFiles, count: int) -> np.ndarray | None:
-        """The first ``count`` entries of a mask as ``bool``: packed bits (LSB first) or ``bool`` values."""
-        if self.dtype == "BOOL":
-            array = self.array(files)
-            return None if array is None else array.reshape(-1)[:count] != 0
-        if self.dtype not in ("UINT1", "UINT8"):
-            return None
-        raw = self.raw(files)
-        packed = np.frombuffer(raw, dtype=np.uint8) if raw is not None else self.array(files)
-        if packed is None:
-            return None
-        return np.unpackbits(packed.reshape(-1), count=count, bitorder="little").astype(bool)
-
-
-def _shape(value_type: Any) -> tuple[int, ...]:
-    dims = value_type.tensorType.dimensions
-    return tuple(int(d.constant.size) if d.WhichOneof("dimension") == "constant" else -1 for d in dims)
-
-
 def _dtype_name(value_type: Any) -> str:
     from coremltools.proto import MIL_pb2
 
-    return MIL_pb2.DataType.Name(value_type.tensorType.dataType).lower()
+    return str(MIL_pb2.DataType.Name(value_type.tensorType.dataType)).lower()
 
 
 @dataclass
@@ -384,7 +319,7 @@ def _is_constexpr(op_type: str) -> bool:
 class _Program:
     """Indexes one ML Program: ops, who reads which value, and the values behind each weight."""
 
-    def __init__(self, program: Any, files: _WeightFiles) -> None:
+    def __init__(self, program: Any, files: WeightFiles) -> None:
         self.files = files
         self.op_counts: Counter[str] = Counter()
         self.producers: dict[str, Any] = {}  # value name → const / constexpr op
@@ -410,7 +345,7 @@ class _Program:
         ``constexpr_*`` op reads (parts of a compressed weight are not weights of their own)."""
         for fn_name, op in self.ops:
             if op.type == "const":
-                if not _Value(op.attributes["val"]).in_file:
+                if not Value(op.attributes["val"]).in_file:
                     continue
             elif not _is_constexpr(op.type):
                 continue
@@ -419,20 +354,20 @@ class _Program:
                 continue
             yield _Weight(fn_name, op)
 
-    def parts(self, op: Any) -> tuple[list[str], dict[str, _Value]]:
+    def parts(self, op: Any) -> tuple[list[str], dict[str, Value]]:
         """Op types and tensor values (by ``op type.argument``) that make up the weight ``op`` produces."""
         op_types = [op.type]
-        values: dict[str, _Value] = {}
+        values: dict[str, Value] = {}
         for key, value in op.attributes.items():
             if key != "name" and value.type.WhichOneof("type") == "tensorType":
-                values[f"{op.type}.{key}"] = _Value(value)
+                values[f"{op.type}.{key}"] = Value(value)
         for key, argument in op.inputs.items():
             for binding in argument.arguments:
                 if binding.WhichOneof("binding") == "value":
-                    values[f"{op.type}.{key}"] = _Value(binding.value)
+                    values[f"{op.type}.{key}"] = Value(binding.value)
                 elif (producer := self.producers.get(binding.name)) is not None:
                     sub_types, sub_values = self.parts(producer)
-                    op_types += sub_types
+                    op_types += [t for t in sub_types if t not in op_types]
                     if producer.type == "const":  # an input const: name it after the argument
                         values[f"{op.type}.{key}"] = next(iter(sub_values.values()))
                     else:
@@ -443,17 +378,16 @@ class _Program:
         op = weight.op
         out = op.outputs[0]
         op_types, values = self.parts(op)
-        shape = _shape(out.type)
-        numel = math.prod(shape)
+        shape = shape_of(out.type)
         storage = _storage(op_types)
-        nonzeros: int | None = None
-        if storage == "dense":
-            array = values["const.val"].array(self.files)
-            nonzeros = None if array is None else int(np.count_nonzero(array))
-        elif "sparse" in storage:
-            mask = _mask(values, numel)
-            bits = None if mask is None else mask.bits(self.files, numel)
-            nonzeros = None if bits is None else int(np.count_nonzero(bits))
+        array = decode(op_types, values, shape, self.files)
+        nonzeros = None if array is None else int(np.count_nonzero(array))
+        if nonzeros is None and storage.startswith("sparse"):  # not decoded, but the mask is readable
+            mask = mask_of(values, shape, self.files)
+            nonzeros = None if mask is None else int(np.count_nonzero(mask))
+        blobs: dict[Any, int] = {}  # a blob shared by two ops (a mask) is counted once
+        for key, value in values.items():
+            blobs[value.blob_key or key] = value.nbytes(self.files)
         return WeightInfo(
             name=out.name,
             op_name=_op_name(op),
@@ -462,28 +396,16 @@ class _Program:
             storage=storage,
             shape=shape,
             dtype=_dtype_name(out.type),
-            numel=numel,
+            numel=math.prod(shape),
             nonzeros=nonzeros,
-            bytes=sum(v.nbytes(self.files) for v in values.values()),
+            bytes=sum(blobs.values()),
             consumers=tuple(self.consumers.get(out.name, ())),
         )
 
     def value(self, weight: _Weight) -> np.ndarray | None:
-        """The weight's dense values, for plain and sparse (not otherwise compressed) weights."""
+        """The weight's dense values (`sparsify.export.decode`), ``None`` where no decoder applies."""
         op_types, values = self.parts(weight.op)
-        shape = _shape(weight.op.outputs[0].type)
-        if op_types == ["const"]:
-            return values["const.val"].array(self.files)
-        if op_types != ["constexpr_sparse_to_dense"]:
-            return None
-        data = values["constexpr_sparse_to_dense.nonzero_data"].array(self.files)
-        mask = _mask(values, math.prod(shape))
-        bits = None if mask is None else mask.bits(self.files, math.prod(shape))
-        if data is None or bits is None:
-            return None
-        dense = np.zeros(bits.size, dtype=data.dtype)
-        dense[bits] = data.reshape(-1)
-        return dense.reshape(shape)
+        return decode(op_types, values, shape_of(weight.op.outputs[0].type), self.files)
 
 
 def _op_name(op: Any) -> str:
@@ -491,7 +413,7 @@ def _op_name(op: Any) -> str:
     name = op.attributes.get("name")
     if name is not None and name.immediateValue.tensor.strings.values:
         return str(name.immediateValue.tensor.strings.values[0])
-    return op.outputs[0].name
+    return str(op.outputs[0].name)
 
 
 def _walk(block: Any) -> Iterator[Any]:
@@ -512,14 +434,3 @@ def _storage(op_types: list[str]) -> str:
     if any("quantize" in t or "shift_scale" in t for t in op_types):
         kinds.append("quantized")
     return "+".join(kinds) if kinds else op_types[0]
-
-
-def _mask(values: dict[str, _Value], numel: int) -> _Value | None:
-    """The bit mask of a sparse weight: iOS16's packed ``mask`` or a ``uint1`` tensor of the weight's size."""
-    packed = values.get("constexpr_sparse_to_dense.mask")
-    if packed is not None and packed.dtype == "UINT8" and packed.numel == math.ceil(numel / 8):
-        return packed
-    for value in values.values():
-        if value.dtype == "UINT1" and value.numel == numel:
-            return value
-    return None

@@ -49,10 +49,15 @@ class Pattern(abc.ABC):
     def describe(self) -> str:
         """A one-line description for logs, dry runs and reports."""
 
-    def local_mask(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-        """Keep-mask for one layer ranked alone at ``sparsity`` (see `sparsify.patterns.ranking`)."""
+    def local_mask(self, scores: torch.Tensor, sparsity: float, kept: torch.Tensor | None = None) -> torch.Tensor:
+        """Keep-mask for one layer ranked alone at ``sparsity`` (see `sparsify.patterns.ranking`).
+
+        ``kept`` (the current keep-mask, element shape) makes groups that are already pruned go first among
+        equal scores, so a criterion whose masks only grow reaches its count without reviving anything.
+        """
         grouped, sizes = self.groups(scores)
-        keep = rank_keep(grouped, sizes, math.prod(scores.shape), sparsity)
+        first = self.groups(kept.float())[0] == 0 if kept is not None else None
+        keep = rank_keep(grouped, sizes, math.prod(scores.shape), sparsity, first)
         return self.expand(keep, scores)
 
     def weights_per_group(self, shape: Shape) -> int:

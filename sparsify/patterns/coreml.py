@@ -110,9 +110,10 @@ class CoreMLPattern(Pattern):
         per_unit = math.prod(scores.shape) // math.prod(self.mask_shape(scores.shape))
         return grouped, units * per_unit
 
-    def local_mask(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    def local_mask(self, scores: torch.Tensor, sparsity: float, kept: torch.Tensor | None = None) -> torch.Tensor:
         grouped, units, total = self._unit_groups(scores)
-        return self.expand(rank_keep(grouped, units, total, sparsity), scores)
+        first = self._unit_groups(kept.float())[0] == 0 if kept is not None else None
+        return self.expand(rank_keep(grouped, units, total, sparsity, first), scores)
 
     def expand(self, keep: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         shape = scores.shape

@@ -135,7 +135,7 @@ class NMPattern(Pattern):
                 f"padded) or exclude this module"
             )
 
-    def local_mask(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    def local_mask(self, scores: torch.Tensor, sparsity: float, kept: torch.Tensor | None = None) -> torch.Tensor:
         if sparsity >= self.max_sparsity - 1e-12:
             return n_m_mask(scores, (self.n, self.m), self.dim)
         return scheduled_n_m_mask(scores, sparsity, (self.n, self.m), self.dim)

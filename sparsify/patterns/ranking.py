@@ -41,32 +41,49 @@ def pruned_count(num: int, sparsity: float) -> int:
     return num - keep_count(num, sparsity)
 
 
-def lowest(flat: torch.Tensor, count: int) -> torch.Tensor:
-    """Bool mask of the ``count`` lowest entries of 1-D ``flat``, ties broken by position, in linear time."""
+def lowest(flat: torch.Tensor, count: int, first: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool mask of the ``count`` lowest entries of 1-D ``flat``, in linear time.
+
+    Ties at the threshold are broken by position — entries where ``first`` is ``True`` (weights already
+    pruned, for criteria whose masks only grow) before the others.
+    """
     size = flat.numel()
     if count <= 0:
         return torch.zeros(size, dtype=torch.bool, device=flat.device)
     if count >= size:
         return torch.ones(size, dtype=torch.bool, device=flat.device)
     threshold = torch.kthvalue(flat.cpu() if flat.device.type == "mps" else flat, count).values.to(flat.device)
-    below = flat < threshold
-    missing = count - int(below.sum())
+    chosen = flat < threshold
+    missing = count - int(chosen.sum())
     tied = flat == threshold
-    return below | (tied & (torch.cumsum(tied, 0) <= missing))
+    for group in ((tied & first, tied & ~first) if first is not None else (tied,)):
+        if missing <= 0:
+            break
+        index = group.nonzero().squeeze(1)[:missing]  # only the tied entries: no per-weight int64 buffer
+        chosen[index] = True
+        missing -= index.numel()
+    return chosen
 
 
-def rank_keep(scores: torch.Tensor, sizes: torch.Tensor | int, total: int, sparsity: float) -> torch.Tensor:
+def rank_keep(
+    scores: torch.Tensor, sizes: torch.Tensor | int, total: int, sparsity: float, first: torch.Tensor | None = None
+) -> torch.Tensor:
     """Keep-mask over ``scores`` (one per group) pruning ``pruned_count(total, sparsity)`` weights.
 
     ``sizes`` is how many weights each group stands for: one int for all, or a tensor of ``scores``'
-    shape when groups differ (a partial block at the end of the output channels).
+    shape when groups differ (a partial block at the end of the output channels). ``first`` (``scores``'
+    shape) marks the groups to prune first among equal scores.
     """
     flat = rankable(scores).reshape(-1)
     budget = pruned_count(total, sparsity)
+    first_flat = first.reshape(-1) if first is not None else None
     if isinstance(sizes, int):
-        pruned = lowest(flat, min(budget // sizes, flat.numel()))
+        pruned = lowest(flat, min(budget // sizes, flat.numel()), first_flat)
     else:
-        order = torch.argsort(flat, stable=True)
+        order = torch.arange(flat.numel(), device=flat.device)
+        if first_flat is not None:
+            order = torch.argsort((~first_flat).to(torch.uint8), stable=True)
+        order = order[torch.argsort(flat[order], stable=True)]
         cumulative = torch.cumsum(sizes.reshape(-1).to(flat.device)[order], 0)
         taken = int(torch.searchsorted(cumulative, torch.tensor(budget, device=flat.device), right=True))
         pruned = torch.zeros_like(flat, dtype=torch.bool)

@@ -46,7 +46,8 @@ def compute_masks(
                 entries[target.entry].append(name)
             else:
                 level = min(levels[name], target.config.max_sparsity, target.pattern.max_sparsity)
-                masks[name] = target.pattern.local_mask(scores[name], level)
+                kept = target.mask.expand(scores[name].shape) if scorer.monotone else None
+                masks[name] = target.pattern.local_mask(scores[name], level, kept)
         for members in entries.values():
             masks.update(_global_masks([targets[n] for n in members], scores, levels))
         if scorer.monotone:  # masks only grow — except n:m, whose runs must keep exactly m - n weights
