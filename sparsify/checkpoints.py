@@ -16,7 +16,7 @@
 
 Files are read with ``torch.load(weights_only=True)`` (`load_checkpoint_file`), after a size check.
 
-For files from strangers, `sparsify.safe_io.read_tensor_file` (re-exported here) reads the tensors
+For files from strangers, `sparsify.model_files.read_tensor_file` (re-exported here) reads the tensors
 without ``torch.load`` at all.
 """
 
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .masking import masked_weight
-from .safe_io import DEFAULT_MAX_BYTES, FileRefusedError, check_file_size, read_tensor_file
+from .model_files import DEFAULT_MAX_BYTES, FileRefusedError, check_file_size, read_tensor_file
 
 __all__ = [
     "DEFAULT_MAX_BYTES", "FileRefusedError", "dense_state_dict", "load_checkpoint_file", "load_state_dict",

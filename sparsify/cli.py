@@ -1,7 +1,7 @@
 """The ``sparsify`` command: run the demo, report on a saved model, export it to Core ML, inspect a package,
 and list what a pruning config would do to a model (dry run).
 
-Files come from anywhere, so nothing in them runs (`sparsify.safe_io`): ``report`` reads tensors with
+Files come from anywhere, so nothing in them runs (`sparsify.model_files`): ``report`` reads tensors with
 `read_tensor_file` (its own pickle reader: no ``torch.load``, ``torch.jit.load`` or ``torch.export.load``);
 ``export`` of a ``torch.export`` program first checks every pickle in the archive with that reader; every
 file read has a size limit (``--max-file-size``; 1 MiB and an alias-expansion limit for YAML configs).
@@ -29,7 +29,7 @@ import torch
 
 from .analysis.sizing import RULES, TARGETS
 from .cli_files import CommandError, build_model, load_config, load_model, read_state_dict
-from .safe_io import DEFAULT_MAX_BYTES
+from .model_files import DEFAULT_MAX_BYTES
 
 __all__ = [
     "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser", "load_model", "main",

@@ -1,15 +1,14 @@
 """The files the ``sparsify`` command is given: saved models, configs, model factories.
 
-Nothing in a file runs (`sparsify.safe_io`): tensors are read with `read_tensor_file`; a TorchScript file
-or a ``torch.export`` program is loaded for export only after its pickles passed that reader; YAML configs
-are size- and alias-checked before they are parsed. Every failure is a `CommandError`, printed by the
+Nothing in a file runs (`sparsify.model_files`): tensors are read with `read_tensor_file`; a TorchScript
+file or a ``torch.export`` program is loaded for export only after its pickles passed that reader; YAML
+configs are read by `sparsify.safe_io` (size, alias and depth limits; errors name the file and line). Every failure is a `CommandError`, printed by the
 command as one line.
 """
 
 from __future__ import annotations
 
 import importlib
-import io
 import logging
 import warnings
 import zipfile
@@ -19,14 +18,12 @@ from typing import Any
 
 import torch
 
-from .safe_io import (
+from .model_files import (
     DEFAULT_MAX_BYTES,
-    MAX_YAML_BYTES,
     FileRefusedError,
     check_exported_archive,
     check_file_size,
     read_tensor_file,
-    read_yaml_text,
 )
 
 __all__ = ["CommandError", "build_model", "load_config", "load_model", "read_state_dict"]
@@ -142,21 +139,21 @@ def build_model(spec: str) -> torch.nn.Module:
 
 
 def load_config(path: str | None, pruner: str) -> Any:
+    """The config in ``path`` (or the default one) as the format ``pruner`` says: ``"sparsify"``
+    (`PrunerConfig`), ``"coreml"`` (`MagnitudePrunerConfig`) or ``"inc"`` (an Intel Neural Compressor
+    config). Read through `sparsify.safe_io`; a file it refuses is a one-line `CommandError`."""
     from .compat.inc import from_inc_config
     from .config import MagnitudePrunerConfig, PrunerConfig
+    from .safe_io import SourceError
 
-    if pruner == "inc":
-        if path is None:
-            raise CommandError("--format inc needs a config file (an Intel Neural Compressor pruning YAML)")
-        return from_inc_config(io.StringIO(_read_config(path)))
-    config_class: Any = {"sparsify": PrunerConfig, "coreml": MagnitudePrunerConfig}[pruner]
-    return config_class() if path is None else config_class.from_yaml(io.StringIO(_read_config(path)))
-
-
-def _read_config(path: str) -> str:
-    if not Path(path).is_file():
+    if path is not None and not Path(path).is_file():
         raise CommandError(f"config path {path!r} is not a file")
     try:
-        return read_yaml_text(path, max_bytes=MAX_YAML_BYTES)
-    except FileRefusedError as error:
-        raise CommandError(str(error)) from error
+        if pruner == "inc":
+            if path is None:
+                raise CommandError("--format inc needs a config file (an Intel Neural Compressor pruning YAML)")
+            return from_inc_config(path)
+        config_class: Any = {"sparsify": PrunerConfig, "coreml": MagnitudePrunerConfig}[pruner]
+        return config_class() if path is None else config_class.from_yaml(path)
+    except SourceError as error:
+        raise CommandError(" ".join(str(error).split())) from error

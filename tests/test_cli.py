@@ -24,7 +24,7 @@ import torch
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
 from sparsify.cli import main
 from sparsify.demo.models import SmallCNN
-from sparsify.safe_io import read_tensor_file
+from sparsify.model_files import read_tensor_file
 
 SHAPE = (1, 1, 8, 8)
 

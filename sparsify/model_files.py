@@ -1,4 +1,4 @@
-"""Reading files of unknown origin: size limits, and nothing in a file ever runs.
+"""Reading model files of unknown origin: size limits, and nothing in a file ever runs.
 
 * `read_tensor_file` reads the tensors of a ``torch.save`` file, a TorchScript archive or a
   ``torch.export`` program with its own pickle reader, which builds only containers, numbers, strings,
@@ -7,10 +7,9 @@
   ``weights_only`` unpickler of the installed torch (which had code-execution bugs before torch 2.10).
 * `check_exported_archive` refuses a ``torch.export`` archive unless every pickle in it passes that reader,
   so that ``torch.export.load`` (which falls back to ``weights_only=False``) finds nothing to run.
-* `read_yaml_text` / `check_yaml_text`: a size limit, a one-line syntax error, and a limit on what the
-  aliases expand to (a 500-byte "billion laughs" file would otherwise take gigabytes).
 
-The ``sparsify`` command reads every file through this module.
+The ``sparsify`` command reads every model file through this module (YAML configs go through
+`sparsify.safe_io`).
 """
 
 from __future__ import annotations
@@ -25,19 +24,11 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 import torch
-import yaml
 
-__all__ = [
-    "DEFAULT_MAX_BYTES", "MAX_YAML_BYTES", "MAX_YAML_NODES", "FileRefusedError", "check_exported_archive",
-    "check_file_size", "check_yaml_text", "read_tensor_file", "read_yaml_text",
-]
+__all__ = ["DEFAULT_MAX_BYTES", "FileRefusedError", "check_exported_archive", "check_file_size", "read_tensor_file"]
 
 DEFAULT_MAX_BYTES = 8 * 1024**3
 """Largest file (and largest total of an archive's members) read by default: 8 GiB."""
-MAX_YAML_BYTES = 1024**2
-"""Largest YAML file read by default (1 MiB: real recipes are a few KiB)."""
-MAX_YAML_NODES = 100_000
-"""Most nodes a YAML file may expand to through its aliases (``&anchor`` / ``*alias``)."""
 
 
 class FileRefusedError(ValueError):
@@ -419,55 +410,3 @@ def check_exported_archive(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES)
 
 # Records of a torch.export archive that are JSON or a few bytes of text, never unpickled (by file name).
 _PLAIN_RECORDS = {"archive_format", "archive_version", "byteorder", "version", "serialization_id"}
-
-
-def read_yaml_text(path: str | Path, *, max_bytes: int = MAX_YAML_BYTES, max_nodes: int = MAX_YAML_NODES) -> str:
-    """The text of a YAML file of at most ``max_bytes``, checked to be YAML that expands (through its
-    aliases) to at most ``max_nodes`` nodes; `FileRefusedError` with a one-line reason otherwise."""
-    check_file_size(path, max_bytes, "YAML file")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise FileRefusedError(f"{path} is not UTF-8 text: {error}") from error
-    check_yaml_text(text, str(path), max_nodes=max_nodes)
-    return text
-
-
-def check_yaml_text(text: str, name: str = "the YAML text", *, max_nodes: int = MAX_YAML_NODES) -> None:
-    """`FileRefusedError` (one line: problem, line, column) unless ``text`` parses as YAML expanding to at
-    most ``max_nodes`` nodes. Only parse events are made: no object is built, no alias is expanded."""
-    try:
-        nodes = _expanded_nodes(yaml.parse(text), max_nodes)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise FileRefusedError(f"{name} is not valid YAML: {problem}{where}") from error
-    if nodes > max_nodes:
-        raise FileRefusedError(f"{name}: its aliases expand it to over {max_nodes:,} YAML nodes (a recipe has "
-                               "hundreds): refused")
-
-
-def _expanded_nodes(events: Any, limit: int) -> int:
-    """How many nodes a YAML stream has once every alias is expanded, counted from its parse events
-    (nothing is built, so an alias bomb costs the size of its text)."""
-    sizes: dict[str, int] = {}  # anchor -> expanded size
-    stack: list[list[Any]] = [[None, 0]]  # [anchor, size so far] of the open collections
-    for event in events:
-        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-            stack.append([event.anchor, 1])
-            continue
-        if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
-            anchor, size = stack.pop()
-        elif isinstance(event, yaml.ScalarEvent):
-            anchor, size = event.anchor, 1
-        elif isinstance(event, yaml.AliasEvent):
-            anchor, size = None, sizes.get(event.anchor or "", 1)
-        else:
-            continue
-        if anchor is not None:
-            sizes[anchor] = size
-        stack[-1][1] += size
-        if stack[-1][1] > limit:  # stop counting: refused anyway
-            return int(stack[-1][1])
-    return int(stack[0][1])
