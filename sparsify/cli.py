@@ -4,7 +4,7 @@ and list what a pruning config would do to a model (dry run).
 Files come from anywhere, so nothing in them runs (`sparsify.model_files`): ``report`` reads tensors with
 `read_tensor_file` (its own pickle reader: no ``torch.load``, ``torch.jit.load`` or ``torch.export.load``);
 ``export`` of a ``torch.export`` program first checks every pickle in the archive with that reader; every
-file read has a size limit (``--max-file-size``; 1 MiB and an alias-expansion limit for YAML configs).
+file read has a size limit (``--max-file-size``; YAML configs: `sparsify.safe_io`'s size and alias limits).
 Errors are one line on stderr (``-vv`` adds the traceback).
 
 Also reachable as ``python -m sparsify``. Logging is configured here and only here (the library
@@ -157,7 +157,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             raise CommandError(f"{args.weights} does not fit {args.model}: {exc}") from exc
     if args.config is not None:
-        config = load_config(args.config, args.config_format)
+        config = load_config(args.config, args.config_format, model)
         if args.sparsity is not None:
             raise CommandError("give the sparsity in the config file or with --sparsity, not both")
     else:
@@ -212,7 +212,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
     model = build_model(args.model)
     try:
-        config = load_config(args.config, args.config_format)
+        config = load_config(args.config, args.config_format, model)
     except (ValueError, TypeError) as exc:  # config errors name the field; no traceback needed
         raise CommandError(f"{args.config}: {exc}") from exc
     table = dry_run(model, config)

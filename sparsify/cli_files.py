@@ -2,8 +2,8 @@
 
 Nothing in a file runs (`sparsify.model_files`): tensors are read with `read_tensor_file`; a TorchScript
 file or a ``torch.export`` program is loaded for export only after its pickles passed that reader; YAML
-configs are read by `sparsify.safe_io` (size, alias and depth limits; errors name the file and line). Every failure is a `CommandError`, printed by the
-command as one line.
+configs are read by `sparsify.safe_io` (size, alias and depth limits; errors name the file and line).
+Every failure is a `CommandError`, printed by the command as one line.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def build_model(spec: str) -> torch.nn.Module:
     return model
 
 
-def load_config(path: str | None, pruner: str) -> Any:
+def load_config(path: str | None, pruner: str, model: torch.nn.Module | None = None) -> Any:
     """The config in ``path`` (or the default one) as the format ``pruner`` says: ``"sparsify"``
     (`PrunerConfig`), ``"coreml"`` (`MagnitudePrunerConfig`) or ``"inc"`` (an Intel Neural Compressor
     config). Read through `sparsify.safe_io`; a file it refuses is a one-line `CommandError`."""
@@ -152,7 +152,7 @@ def load_config(path: str | None, pruner: str) -> Any:
         if pruner == "inc":
             if path is None:
                 raise CommandError("--format inc needs a config file (an Intel Neural Compressor pruning YAML)")
-            return from_inc_config(path)
+            return from_inc_config(path, model)
         config_class: Any = {"sparsify": PrunerConfig, "coreml": MagnitudePrunerConfig}[pruner]
         return config_class() if path is None else config_class.from_yaml(path)
     except SourceError as error:

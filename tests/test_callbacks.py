@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig, Pruner
-from sparsify.compat.inc import from_inc_config
-from sparsify.compat.inc_callbacks import CompressionManager, PruningCallbacks, prepare_compression
-from sparsify.scope import pruned_count
+from sparsify.compat.inc import WeightPruningConfig, from_inc_config
+from sparsify.compat.inc_callbacks import CompressionManager, PruningCallbacks, prepare_compression, prepare_pruning
+from sparsify.patterns.ranking import pruned_count
 
 INC_CONFIG = {
     "pruning_type": "snip_momentum",
@@ -104,7 +104,7 @@ def test_inc_style_run_hits_exact_target_and_exports(tmp_path) -> None:
 
 def test_callbacks_map_onto_the_lifecycle() -> None:
     model = SmallCNN()
-    pruner = Pruner(model, from_inc_config({**INC_CONFIG, "pruning_type": "magnitude"}))
+    pruner = Pruner(model, from_inc_config({**INC_CONFIG, "pruning_type": "magnitude"}, model))
     callbacks = PruningCallbacks(pruner, finalize_on_train_end=False)
     callbacks.on_train_begin(dataloader=None)
     assert hasattr(model.fc, "weight_orig") and callbacks.model is model
@@ -131,3 +131,37 @@ def test_callbacks_drive_any_engine_pruner() -> None:
     assert float((model.fc.weight == 0).float().mean()) == pytest.approx(0.5)
     with pytest.raises(TypeError, match="sparsify pruner"):
         PruningCallbacks(model)
+
+
+def test_prepare_pruning_steps_with_the_optimizer_and_undoes_its_patch() -> None:
+    model = SmallCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    sgd_step = type(optimizer).step
+    config = WeightPruningConfig(target_sparsity=0.5, pruning_type="snip", pattern="1x1", start_step=1, end_step=4,
+                                 pruning_frequency=1, sparsity_decay_type="linear", op_names=["fc"])
+    handle = prepare_pruning(model, config, optimizer)
+    assert hasattr(model.fc, "weight_mask") and "step" in vars(optimizer)
+    levels = []
+    for x, y in _batches(5):
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        levels.append(float((model.fc.weight == 0).float().mean()))
+    # INC's linear schedule over steps 1-4 (T = 3): at the start of step g, (g - 1)/3 of 0.5
+    assert levels == pytest.approx([0.0, 1 / 6, 1 / 3, 0.5, 0.5], abs=1 / 16384)
+    final = handle.finalize()
+    assert final is model and "step" not in vars(optimizer) and type(optimizer).step is sgd_step
+    assert not hasattr(model.fc, "weight_mask") and float((model.conv1.weight == 0).float().mean()) == 0.0
+
+
+def test_prepare_pruning_one_shot_on_calibration_data() -> None:
+    model = SmallCNN()
+    handle = prepare_pruning(model, {"pruning_type": "snip_momentum", "pattern": "4x1", "target_sparsity": 0.8,
+                                     "op_names": ["conv2", "fc"], "pruning_scope": "local"},
+                             dataloader=_batches(8), loss_func=nn.functional.cross_entropy)
+    assert handle.model is model and not hasattr(model.fc, "weight_mask")
+    for name in ("conv2", "fc"):  # local scope: each layer at 0.8, in whole 4x1 tiles
+        weight = getattr(model, name).weight
+        assert float((weight == 0).float().mean()) == pytest.approx(0.8, abs=4 / weight.numel())
+    with pytest.raises(ValueError, match="needs an optimizer .* or a dataloader"):
+        prepare_pruning(SmallCNN(), {})

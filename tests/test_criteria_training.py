@@ -16,6 +16,7 @@ import yaml
 from torch import nn
 
 from sparsify import ModulePrunerConfig, Pruner, PrunerConfig
+from sparsify.patterns import NMPattern
 from sparsify.scope import pruned_count
 
 BATCHES = [(torch.randn(16, 8, generator=torch.Generator().manual_seed(i)),
@@ -316,8 +317,7 @@ def test_module_types_filter() -> None:
 def test_module_config_validation_and_round_trip() -> None:
     with pytest.raises(ValueError, match="mutually exclusive"):
         ModulePrunerConfig(pattern="4x1", n_m_ratio=(2, 4))
-    with pytest.raises(ValueError, match=r"n_m_ratio=\(2, 4\)"):
-        ModulePrunerConfig(pattern="2:4")
+    assert ModulePrunerConfig(pattern="2:4").pattern_spec() == NMPattern(2, 4, dim=1, by_runs=True)  # INC's n:m
     with pytest.raises(TypeError, match="n_m_from_string"):
         ModulePrunerConfig(n_m_ratio="2:4")
     with pytest.raises(ValueError, match="min_sparsity"):

@@ -1,4 +1,4 @@
-"""The INC pruning-config reader: defaults, key mapping, re.search names, 1.x YAML, clear errors."""
+"""INC pruning configs: every form read with INC's rules, each pruner its own config entry, clear errors."""
 
 from __future__ import annotations
 
@@ -7,144 +7,211 @@ import logging
 import re
 
 import pytest
+import torch
 from torch import nn
 
-from sparsify import dry_run
-from sparsify.compat.inc import from_inc_config
+from sparsify import Pruner
+from sparsify.compat.inc import INC_DEFAULTS, WeightPruningConfig, from_inc_config, read_inc_config
+from sparsify.compat.plan import UnsupportedFeatureError
 from sparsify.criteria import SnipMomentumCriterion
-from sparsify.schedules.step_range import CubicSlowStartScheduler, ExponentialScheduler
+from sparsify.safe_io import SourceError
 
 
-def test_inc_defaults() -> None:
-    config = from_inc_config({})
-    module = config.global_config
-    assert module.criterion == SnipMomentumCriterion(decay=0.9, gain=1.0)
-    assert module.pattern == '4x1'
-    assert module.target_sparsity == 0.9
-    assert module.scope == "global"
-    assert (module.min_sparsity, module.max_sparsity) == (0.0, 0.98)
-    assert module.scheduler == ExponentialScheduler(start_step=0, end_step=0, frequency=1)
-    assert config.keep_classifier_dense
-    assert config.module_types == ("Linear", "Conv1d", "Conv2d", "Conv3d")  # INC's "Conv" substring rule
-    assert config.global_config.normalize is None
+class Bert(nn.Module):
+    """Two BERT-like layers: attention (query/key/value/output) and FFN, then a classifier head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(nn.ModuleDict({
+            "query": nn.Linear(16, 16), "key": nn.Linear(16, 16), "value": nn.Linear(16, 16),
+            "output": nn.Linear(16, 16), "intermediate": nn.Linear(16, 32), "out": nn.Linear(32, 16),
+        }) for _ in range(2))
+        self.pooler = nn.Linear(16, 16)
+        self.classifier = nn.Linear(16, 2)
 
 
-def test_key_mapping() -> None:
-    config = from_inc_config({
-        "target_sparsity": 0.8, "pruning_type": "snip", "pattern": "1xchannel", "sparsity_decay_type": "cube",
-        "pruning_scope": "local", "start_step": 10, "end_step": 100, "pruning_frequency": 5,
-        "min_sparsity_ratio_per_op": 0.1, "max_sparsity_ratio_per_op": 0.95, "pruning_op_types": ["Linear"],
-    })
-    module = config.global_config
-    assert module.criterion.kind == "snip" and module.pattern == '1xchannel'
-    assert module.scheduler == CubicSlowStartScheduler(start_step=10, end_step=100, frequency=5)  # INC cube
-    assert (module.scope, module.min_sparsity, module.max_sparsity) == ("local", 0.1, 0.95)
-    assert config.module_types == ("Linear",)
+def _zeros(model: nn.Module, names: list[str]) -> float:
+    weights = [model.get_submodule(n).weight for n in names]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
 
 
-def test_n_m_string_means_n_pruned(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="sparsify"):
-        module = from_inc_config({"pattern": "2:4", "target_sparsity": 0.5}).global_config
+def test_defaults_are_incs() -> None:
+    plan = read_inc_config({})
+    (group,) = plan.groups
+    assert (group.method, group.scope, group.structure.tile, group.targets[0].sparsity) == (
+        "snip_momentum", "global", "4x1", 0.9)
+    assert (group.schedule.unit, group.schedule.curve, group.max_sparsity) == ("step", "oneshot", 0.98)
+    config = from_inc_config({}, Bert())
+    module = config.module_name_configs[r"layer\.0\.query"]
+    assert module.criterion == SnipMomentumCriterion() and module.pattern == "4x1" and module.scope == "global"
+    assert r"classifier" not in config.module_name_configs and r"pooler" in config.module_name_configs
+    assert INC_DEFAULTS["pruning_op_types"] == ["Conv", "Linear"]
+
+
+def test_each_pruner_is_ranked_on_its_own() -> None:
+    """Two global pruners at 0.9 each end at 0.9 each (one shared ranking gave 0.888 and 0.934)."""
+    config = {"pruning_configs": [{"op_names": ["query", "key", "value"], "pattern": "1x1"},
+                                  {"op_names": ["intermediate", r"\.out$"], "pattern": "1x1"}],
+              "target_sparsity": 0.9, "pruning_type": "magnitude"}
+    model = Bert()
+    with torch.no_grad():  # very different scales: one shared ranking would prune the small layers more
+        for layer in model.layer:
+            layer["intermediate"].weight.mul_(10.0)
+    pruner = Pruner(model, from_inc_config(config, model))
+    pruner.prepare(inplace=True)
+    pruner.prune_now()
+    attention = [f"layer.{i}.{n}" for i in range(2) for n in ("query", "key", "value")]
+    ffn = [f"layer.{i}.{n}" for i in range(2) for n in ("intermediate", "out")]
+    assert _zeros(model, attention) * 1536 == 1382  # INC's int(0.9 · 1536), over this pruner's layers only
+    assert _zeros(model, ffn) * 2048 == 1843
+    assert _zeros(model, ["pooler", "layer.0.output"]) == 0.0  # no pruner selects them
+
+
+def test_names_search_anywhere_and_types_are_substrings() -> None:
+    plan = read_inc_config({"op_names": ["layer.1"], "excluded_op_names": ["inter"], "pruning_op_types": ["Lin"]})
+    assert plan.resolve(Bert())[0].modules == dict.fromkeys(
+        ["layer.1.query", "layer.1.key", "layer.1.value", "layer.1.output", "layer.1.out"], 0.9)
+    model_free = from_inc_config({"op_names": ["layer.1"], "excluded_op_names": ["inter"]})
+    (key,) = model_free.module_name_configs
+    assert re.fullmatch(key, "layer.1.query") and not re.fullmatch(key, "layer.1.intermediate")
+    assert model_free.keep_classifier_dense and model_free.module_types == ("Linear", "Conv1d", "Conv2d", "Conv3d")
+
+
+def test_n_m_means_n_pruned_and_targets_are_checked() -> None:
+    module = from_inc_config({"pattern": "2:4", "target_sparsity": 0.5}, Bert()).module_name_configs[r"layer\.0\.key"]
     assert module.n_m_ratio == (2, 4) and module.final_sparsity == 0.5
-    assert "2 zeros of every 4" in caplog.text
-    assert from_inc_config({"pattern": "3:4", "target_sparsity": 0.9}).global_config.final_sparsity == 0.75
-    with pytest.raises(ValueError, match="target_sparsity=0.3 with pattern='2:4' cannot be honoured"):
-        from_inc_config({"pattern": "2:4", "target_sparsity": 0.3})
+    capped = read_inc_config({"pattern": "1:4", "target_sparsity": 0.2}).groups[0]
+    assert capped.max_sparsity == 0.25
+    with pytest.raises(SourceError, match=r"target_sparsity=0\.9 with pattern='2:4' is invalid: INC allows at most "
+                                          r"N/M = 0\.5"):
+        read_inc_config({"pattern": "2:4"})
+    partial = from_inc_config({"pattern": "2:4", "target_sparsity": 0.3}, Bert())
+    module_config = next(c for c in partial.module_name_configs.values() if c is not None)
+    assert (module_config.pattern, module_config.final_sparsity) == ("2:4", 0.3)  # 60 % of the runs 2:4, as INC
 
 
-def test_names_keep_inc_search_semantics() -> None:
-    config = from_inc_config({"op_names": ["layer1"], "excluded_op_names": ["downsample"]})
-    rules = list(config.module_name_configs)
-    assert rules == [".*(?:downsample).*", ".*(?:layer1).*"]
-    assert config.module_name_configs[rules[0]] is None and config.global_config is None
-    for name, expected in [("layer1.0.conv1", True), ("model.layer1", True), ("layer1.0.downsample.0", False),
-                           ("layer2.0.conv1", False)]:
-        matched = next((v for k, v in config.module_name_configs.items() if re.fullmatch(k, name)), None)
-        assert (matched is not None) == expected, name
-
-
-def test_several_pruners() -> None:
-    config = from_inc_config({
-        "target_sparsity": 0.8,
-        "pruning_configs": [
-            {"op_names": ["fc"], "pattern": "1x1", "pruning_type": "magnitude"},
-            {"pattern": "2x1", "excluded_op_names": ["conv0"]},
-        ],
-    })
-    rules = dict(config.module_name_configs)
-    assert rules[".*(?:fc).*"].criterion.kind == "magnitude"
-    guarded = next(k for k in rules if k.startswith("(?!"))
-    assert re.fullmatch(guarded, "conv1") and not re.fullmatch(guarded, "conv0")
-    assert rules[guarded].pattern == '2x1'
-    model = nn.Sequential()
-    model.add_module("conv0", nn.Conv2d(2, 4, 1))
-    model.add_module("conv1", nn.Conv2d(4, 4, 1))
-    model.add_module("fc", nn.Linear(4, 8))
-    model.add_module("head", nn.Linear(8, 2))
-    actions = {row.name: (row.action, row.settings.get("pattern")) for row in dry_run(model, config)}
-    assert actions == {"conv0": ("skip", None), "conv1": ("prune", "2x1"), "fc": ("prune", "per_scalar"),
-                       "head": ("skip", None)}
-
-
-def test_inc_1x_yaml() -> None:
+def test_inc_1x_yaml_with_pruner_tags() -> None:
     text = """
 version: 1.0
-model:
-  name: resnet
-  framework: pytorch
+model: {name: bert-mini, framework: pytorch}
 pruning:
   approach:
     weight_compression_pytorch:
       start_step: 0
-      end_step: 40
-      update_frequency_on_step: 4
-      prune_type: magnitude
-      prune_domain: local
-      pattern: tile_pattern_1x1
-      excluded_names: ["classifier"]
+      end_step: 0
+      excluded_names: ["classifier", "pooler"]
+      prune_layer_type: ["Linear"]
+      target_sparsity: 0.9
+      max_sparsity_ratio_per_layer: 0.98
       pruners:
-        - !!python/dict
-          target_sparsity: 0.7
-          names: ['layer.*']
-          extra_excluded_names: ['layer3']
+        - !Pruner
+            extra_excluded_names: [".*query", ".*key", ".*value"]
+            pattern: "1x1"
+            update_frequency_on_step: 100
+            prune_domain: "global"
+            prune_type: "snip_momentum"
+            sparsity_decay_type: "exp"
+        - !Pruner
+            extra_excluded_names: [".*output", ".*inter", "out$"]
+            pattern: "oc_pattern_4x1"
+            prune_type: "magnitude"
 """
-    with pytest.raises(Exception, match="python/dict"):  # the safe loader refuses python tags
-        from_inc_config(io.StringIO(text))
-    config = from_inc_config(io.StringIO(text.replace("!!python/dict", "")))
-    module = config.module_name_configs[".*(?:layer.*).*"]
-    assert module.criterion.kind == "magnitude" and module.scope == "local" and module.target_sparsity == 0.7
-    assert module.scheduler.frequency == 4 and module.pattern is None
-    assert config.module_name_configs[".*(?:classifier).*"] is None
-    assert config.module_name_configs[".*(?:layer3).*"] is None
+    plan = read_inc_config(io.StringIO(text))
+    assert plan.format == "inc1-pytorch" and [g.method for g in plan.groups] == ["snip_momentum", "magnitude"]
+    first, second = plan.resolve(Bert())
+    assert set(first.modules) == {f"layer.{i}.{n}" for i in range(2) for n in ("output", "intermediate", "out")}
+    assert set(second.modules) == {f"layer.{i}.{n}" for i in range(2) for n in ("query", "key", "value")}
+    assert second.group.structure.tile == "4x1" and second.group.schedule.curve == "oneshot"
 
 
-def test_inc_yaml_file(tmp_path) -> None:
-    path = tmp_path / "pruning.yaml"
-    path.write_text("target_sparsity: 0.6\npattern: 4x1\nsparsity_decay_type: cos\nend_step: 10\n")
-    assert from_inc_config(path).global_config.scheduler.kind == "cosine"
-    assert from_inc_config(str(path)).global_config.target_sparsity == 0.6
+def test_inc_1x_legacy_epochs() -> None:
+    text = """
+pruning:
+  approach:
+    weight_compression:
+      initial_sparsity: 0.0
+      target_sparsity: 0.3
+      start_epoch: 0
+      end_epoch: 4
+      pruners:
+        - !Pruner
+            start_epoch: 0
+            end_epoch: 4
+            update_frequency: 1
+            prune_type: basic_magnitude
+            names: ['layer.0.query.weight', 'layer.1.key.weight']
+"""
+    plan = read_inc_config(io.StringIO(text))
+    (group,) = plan.groups
+    assert (group.schedule.unit, group.schedule.curve, group.targets[0].sparsity) == ("epoch", "inc1", 0.3)
+    assert plan.resolve(Bert())[0].modules == {"layer.0.query": 0.3, "layer.1.key": 0.3}
+    with pytest.raises(SourceError, match="the schedule is in epochs: give steps_per_epoch"):
+        from_inc_config(io.StringIO(text), Bert())
 
 
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        ({"pruning_type": "snip_momentum_progressive"}, "pruning_type='snip_momentum_progressive' cannot be honoured"),
-        ({"pruning_type": "sparse_gpt"}, "cannot be honoured"),
-        ({"pattern": "mha"}, "pattern='mha' cannot be honoured"),
-        ({"low_memory_usage": True}, "low_memory_usage=True cannot be honoured"),
-        ({"reg_type": "group_lasso"}, "reg_type='group_lasso' cannot be honoured"),
-        ({"criterion_reduce_type": "sum"}, "criterion_reduce_type='sum' cannot be honoured"),
-        ({"start_epoch": 1}, "start_epoch=1 cannot be honoured.*step-based"),
-        ({"prune_everything": True}, "unknown INC pruning key 'prune_everything'"),
-        ({"sparsity_decay_type": "cubic"}, "sparsity_decay_type='cubic' is invalid"),
-        ({"pruning_op_types": ["Embedding"]}, "matches none of the supported module types"),
-        ({"excluded_op_names": ["("]}, "not a valid regular expression"),
-        ({"pruning_scope": "layer"}, "scope"),
-        ({"pruning_configs": [{"pruning_op_types": ["Linear"]}, {"op_names": ["x"]}]}, "pruning_op_types differ"),
-        ({"pruning_configs": [{}, {"pattern": "1x1"}]}, "second pruner without op_names"),
-        ({"pruning_configs": [{"target_sparsity": 0.5, "bogus": 1}]}, r"pruning_configs\[0\]: unknown INC"),
-    ],
-)
-def test_keys_that_cannot_be_honoured_are_errors(data: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        from_inc_config(data)
+@pytest.mark.parametrize(("data", "message"), [
+    ({"target_sparsity": 1.5}, r"INC config: target_sparsity=1\.5 is invalid: INC allows 0 <= target_sparsity < 1"),
+    ({"target_sparsity": None, "pattern": "4x0"}, r"pattern='4x0' is invalid: allowed 'NxM'"),
+    ({"pattern": "5:4"}, r"pattern='5:4' is invalid: N:M prunes N of every M, 0 < N < M"),
+    ({"pattern": [4, 1]}, r"pattern=\[4, 1\] is invalid: expected a string"),
+    ({"pruning_scope": "layer"}, r"pruning_scope='layer' is invalid: allowed 'global' or 'local'"),
+    ({"start_step": 5, "end_step": 2}, r"start_step=5, end_step=2 are invalid"),
+    ({"pruning_frequency": 0, "end_step": 4}, r"pruning_frequency=0 is invalid"),
+    ({"sparsity_decay_type": "cubic"}, r"sparsity_decay_type='cubic' is invalid: allowed exp, cos, linear, cube"),
+    ({"pruning_type": "movement"}, r"pruning_type='movement' is invalid"),
+    ({"max_sparsity_ratio_per_op": 1.0}, r"max_sparsity_ratio_per_op=1 are invalid"),
+    ({"pruning_configs": {"op_names": ["x"]}}, r"pruning_configs=.* is invalid: expected a list of pruner dicts"),
+])
+def test_bad_values_name_the_key_and_the_value(data: dict, message: str) -> None:
+    with pytest.raises(SourceError, match=message):
+        read_inc_config(data)
+
+
+@pytest.mark.parametrize(("data", "feature"), [
+    ({"pruning_type": "retrain_free"}, "pruning_type='retrain_free' is not supported"),
+    ({"pruning_type": "block_mask"}, "pruning_type='block_mask' is not supported"),
+    ({"reg_type": "group_lasso"}, "reg_type='group_lasso' is not supported"),
+    ({"pattern": "mha"}, "pattern='mha' is not supported"),
+])
+def test_features_sparsify_cannot_do_are_refused(data: dict, feature: str) -> None:
+    with pytest.raises(UnsupportedFeatureError, match=feature):
+        read_inc_config(data)
+
+
+def test_unknown_keys_are_ignored_with_a_warning_as_inc_does(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="sparsify")
+    plan = read_inc_config({"pruning_configs": [{"false_key": 1, "criterion_type": "snip_momentum_block"}]})
+    assert plan.groups[0].method == "snip_momentum"
+    assert [r.getMessage() for r in caplog.records] == [
+        "pruning_configs[0]: 'false_key' is not an INC pruning key; INC ignores it, and so does sparsify",
+        "pruning_configs[0]: criterion_type='snip_momentum_block' is ignored: INC sets the criterion from "
+        "pruning_type",
+    ]
+
+
+def test_progressive_types_are_translated_and_pattern_lock_keeps_zeros() -> None:
+    plan = read_inc_config({"pruning_configs": [{"op_names": ["query"], "pruning_type": "snip_progressive"},
+                                                {"op_names": ["key"], "pruning_type": "pattern_lock"}]})
+    progressive, lock = plan.groups
+    assert progressive.method == "snip" and "progressive transition" in progressive.notes[0]
+    assert lock.method == "lock" and lock.targets[0].sparsity is None
+    model = Bert()
+    with torch.no_grad():
+        model.layer[0]["key"].weight[:4] = 0.0
+    pruner = Pruner(model, from_inc_config({"pruning_configs": [{"op_names": ["key"], "pruning_type": "pattern_lock"}]},
+                                           model))
+    pruner.prepare(inplace=True)
+    pruner.prune_now()
+    pruner.finalize(inplace=True)
+    assert int((model.layer[0]["key"].weight == 0).sum()) == 64 and _zeros(model, ["layer.1.key"]) == 0.0
+
+
+def test_weight_pruning_config_is_incs() -> None:
+    config = WeightPruningConfig([{"op_names": ["query"], "pattern": "1x1"}], target_sparsity=0.5,
+                                 pruning_type="magnitude")
+    assert config.as_dict()["pruning_configs"] == [{"op_names": ["query"], "pattern": "1x1"}]
+    model = Bert()
+    pruner = Pruner(model, config.to_pruner_config(model))
+    pruner.prepare(inplace=True)
+    pruner.prune_now()
+    assert _zeros(model, ["layer.0.query", "layer.1.query"]) == pytest.approx(0.5)

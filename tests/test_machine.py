@@ -192,3 +192,49 @@ def test_a_one_shot_call_that_fails_leaves_the_model_as_it_was():
     assert all(isinstance(m.weight, nn.Parameter) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert list(model.state_dict()) == list(before)  # parameter order restored too
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_neural_compressor_n_m_pattern_makes_whole_runs_sparse_up_to_its_target(scope):
+    model = small_model()
+    config = ModulePrunerConfig(pattern="2:4", target_sparsity=0.3, scope=scope)
+    assert config.final_sparsity == 0.3 and config.pattern == "2:4"
+    assert ModulePrunerConfig(pattern=" 3:4 ", target_sparsity=0.9).final_sparsity == 0.75  # capped at n / m
+    pruner = Pruner(model, PrunerConfig(global_config=config))
+    pruner.prepare(inplace=True)
+    pruner.step()
+    sparse_runs, all_runs = 0, 0
+    for name, target in pruner.targets.items():
+        runs = (~target.mask.expand(target.orig.shape)).movedim(1, -1).reshape(-1, 4)
+        zeros = runs.sum(1)
+        assert set(zeros.tolist()) <= {0, 2}, name  # every run dense or exactly 2:4
+        if scope == "local":
+            assert int((zeros == 2).sum()) == int(0.3 * target.orig.numel()) // 2, name
+        sparse_runs += int((zeros == 2).sum())
+        all_runs += runs.shape[0]
+    assert sparse_runs == int(0.3 * 4 * all_runs) // 2 or scope == "local"
+    with pytest.raises(ValueError, match=r"pattern='0:4' is invalid"):
+        ModulePrunerConfig(pattern="0:4")
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        ModulePrunerConfig(pattern="2:4", n_m_ratio=(2, 4))
+
+
+def test_a_misspelled_module_type_and_a_name_rule_for_an_unsupported_layer_are_said(caplog):
+    with pytest.raises(ValueError, match=r"PrunerConfig.module_types='Conv2D' is invalid: .*Conv2d"):
+        PrunerConfig(module_types=["Conv2D"])
+    model = nn.Sequential(OrderedDict([("rnn", nn.LSTM(4, 4)), ("fc", nn.Linear(4, 4))]))
+    config = PrunerConfig(module_name_configs={"rnn": ModulePrunerConfig(), "fc": ModulePrunerConfig()})
+    Pruner(model, config).prepare()
+    assert "name rule 'rnn' matches only module(s) sparsify does not prune: rnn (LSTM)" in caplog.text
+
+
+def test_a_mostly_nan_layer_is_still_pruned_to_its_target_and_reported(caplog):
+    layer = nn.Linear(10, 10)
+    with torch.no_grad():
+        layer.weight.view(-1)[:60] = float("nan")
+    pruner = Pruner(layer, PrunerConfig(global_config=ModulePrunerConfig(target_sparsity=0.5)))
+    pruner.prepare(inplace=True)
+    pruner.step()
+    assert int((~layer.weight_mask).sum()) == 50
+    assert not layer.weight_mask.view(-1)[:50].any()
+    assert "60 of 100 scores are NaN or infinite" in caplog.text

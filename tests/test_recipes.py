@@ -1,18 +1,27 @@
-"""SparseML-style recipes: safe loading, modifiers, parameter selection, one-shot and training-loop use."""
+"""SparseML recipes: reading rules, refusals that name the feature and line, and the entry points
+(`Recipe`, `ScheduledModifierManager`) running on `sparsify.Pruner`."""
+
+from __future__ import annotations
 
 import io
 import logging
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from sparsify import ConstantSparsityScheduler, PolynomialDecayScheduler, Pruner
-from sparsify.compat.sparseml import Recipe, epochs_to_scheduler, load_recipe_text
-from sparsify.criteria.sampler import GradSampler
+from sparsify import GradSampler
+from sparsify.compat.plan import Schedule, UnsupportedFeatureError
+from sparsify.compat.sparseml import (
+    PassThrough,
+    Recipe,
+    ScheduledModifierManager,
+    StepLevelsScheduler,
+    epoch_levels,
+    read_recipe_text,
+)
+from sparsify.safe_io import SourceError
 
 LICENSE = "<!--\nCopyright (c) 2021 - present / Neuralmagic, Inc. All Rights Reserved.\n-->\n\n"
 MNIST_MFAC = LICENSE + """---
@@ -24,16 +33,12 @@ pruning_modifiers:
     start_epoch: 0.0
     end_epoch: 1.0
     update_frequency: 1.0
-    num_grads: 512
-    fisher_block_size: 2000
+    num_grads: 16
+    fisher_block_size: 50
 ---
 
 # Pruning MNISTNet with M-FAC
-This recipe prunes a model to 35% sparsity using the M-FAC pruning algorithm.
 """
-MNIST_MAGNITUDE = MNIST_MFAC.replace("!MFACPruningModifier", "!GMPruningModifier").replace(
-    "    num_grads: 512\n    fisher_block_size: 2000\n", ""
-)
 
 
 class Net(nn.Module):
@@ -42,240 +47,298 @@ class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, stride=2), nn.ReLU())
-        self.classifier = nn.Linear(8 * 9, 10)
+        self.classifier = nn.Linear(8 * 9, 12)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
 
 
-PRUNABLE = ["features.0", "features.2", "classifier"]
+def _data(batches: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(2)
+    return [(torch.randn(4, 1, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(batches)]
 
 
-def _sampler(batches: int = 512) -> GradSampler:
-    def data():
-        g = torch.Generator().manual_seed(2)
-        for _ in range(batches):
-            yield [torch.randn(4, 1, 8, 8, generator=g)], {}, torch.randint(0, 10, (4,), generator=g)
-
-    return GradSampler(data, F.cross_entropy, progress=False)
+def _zeros(module: nn.Module) -> float:
+    return float((module.weight == 0).float().mean())
 
 
-def _sparsities(session) -> dict[str, float]:
-    return {name: row["unstructured_weight_sparsity"] for name, row in session.report().items()}
+def _recipe(body: str, name: str = "recipe.yaml") -> Recipe:
+    return Recipe.from_string(body, name=name)
 
 
-def test_mnist_tutorial_recipe_runs_one_shot_in_a_few_lines(tmp_path) -> None:
-    (tmp_path / "mfac.md").write_text(MNIST_MFAC)
+def test_mnist_tutorial_recipe_one_shot(tmp_path) -> None:
+    path = tmp_path / "pruning-mnistnet-one_shot-mfac.md"
+    path.write_text(MNIST_MFAC)
     model = Net()
-
-    recipe = Recipe.from_yaml(tmp_path / "mfac.md")
-    session = recipe.oneshot(model, _sampler())
+    session = Recipe.from_yaml(path).oneshot(model, GradSampler(_data(), F.cross_entropy, progress=False))
     pruned = session.model
-
-    assert pruned is not model and isinstance(session.pruner, Pruner)
-    for name, level in _sparsities(session).items():
-        assert level == pytest.approx(0.35, abs=0.02), name  # layer-wise: SparseML's default scope
-    log = session.pruner.scorer_of("classifier").log
-    assert log[0]["num_grads"] == 512 and log[0]["damp_ratio"] == pytest.approx(0.01)
-    assert "_COREML_/weight/compression_type" in dict(pruned.classifier.named_buffers())
-    magnitude = Recipe.from_string(MNIST_MAGNITUDE).oneshot(model)
-    assert magnitude.pruner.targets["classifier"].config.criterion.kind == "magnitude"
-    assert _sparsities(magnitude) == _sparsities(session)
-    layers = ("classifier", "features.0", "features.2")
-    assert any(not torch.equal(pruned.get_submodule(n).weight == 0, magnitude.model.get_submodule(n).weight == 0)
-               for n in layers)
+    assert pruned is not model and _zeros(model.classifier) == 0.0  # inplace=False: the input is untouched
+    for module in (pruned.features[0], pruned.features[2], pruned.classifier):  # layer-wise, SparseML's default
+        assert _zeros(module) == pytest.approx(0.35, abs=1 / module.weight.numel())
+    with pytest.raises(ValueError, match="mfac pruning needs calibration data in one shot"):
+        Recipe.from_yaml(path).oneshot(Net())
 
 
-def test_safe_loader_rejects_python_objects(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    monkeypatch.setattr(os, "system", lambda command: calls.append(command))
-    for text in ('!!python/object/apply:os.system ["echo hacked"]\n',
-                 'modifiers:\n  - !!python/object/apply:os.system ["echo hacked"]\n',
-                 "x: !!python/name:os.system\n"):
-        with pytest.raises(yaml.constructor.ConstructorError, match="could not determine a constructor"):
-            Recipe.from_string(text)
-    with pytest.raises(ValueError, match="!python/object/apply:os.system is not supported"):
-        Recipe.from_string('modifiers:\n  - !python/object/apply:os.system {command: "echo hacked"}\n')
-    assert calls == []
+def test_manager_apply_and_modify_are_sparseml_entry_points() -> None:
+    recipe = MNIST_MFAC.replace("!MFACPruningModifier", "!GMPruningModifier").replace(
+        "    num_grads: 16\n    fisher_block_size: 50\n", "").replace("end_epoch: 1.0", "end_epoch: 2.0")
+    model = Net()
+    ScheduledModifierManager.from_yaml(recipe).apply(model)  # recipe text, one shot, in place
+    assert _zeros(model.classifier) == pytest.approx(0.35, abs=0.002)
+
+    model = Net()
+    manager = ScheduledModifierManager.from_yaml(recipe)
+    optimizer = manager.modify(model, torch.optim.SGD(model.parameters(), lr=0.01), steps_per_epoch=2)
+    levels = []
+    for x, y in _data(5):
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()  # the wrapped step prunes on schedule
+        optimizer.zero_grad()
+        levels.append(round(_zeros(model.classifier), 3))
+    # epochs 0-2, every epoch, 2 steps per epoch: updates at steps 0 (prepare), 2, 4 at 0, 1-(1/2)^3, 1 of 0.35
+    assert levels == [0.0, pytest.approx(0.306, abs=0.002), 0.306, 0.35, 0.35]
+    assert manager.finalize(model) is model and not hasattr(model.classifier, "weight_mask")
+    assert isinstance(optimizer.param_groups, list)  # the wrapper is the optimizer otherwise
 
 
-def test_unknown_and_training_modifiers(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="sparsify")
-    text = """
-training_modifiers:
-  - !EpochRangeModifier {start_epoch: 0.0, end_epoch: 3.0}
-  - !SetLearningRateModifier {start_epoch: 0.0, learning_rate: 0.0004}
+def test_epochs_become_steps_at_sparsemls_own_levels() -> None:
+    cubic = epoch_levels(Schedule("epoch", 1.0, 3.0, 0.5, "cubic"), 0.05, 0.85, steps_per_epoch=4)
+    assert cubic.steps == (4, 6, 8, 10, 12)
+    assert cubic.levels == pytest.approx([0.05 + 0.8 * (1 - (1 - p) ** 3) for p in (0, 0.25, 0.5, 0.75, 1)])
+    assert cubic.compute_sparsity(5, 0.2, None) == 0.2 and cubic.compute_sparsity(6, 0.2, None) == cubic.levels[1]
+    inverse = epoch_levels(Schedule("epoch", 0.0, 1.0, 0.5, "inverse_cubic"), 0.0, 0.8, steps_per_epoch=2)
+    assert inverse.levels == pytest.approx([0.0, 0.8 * (1 - 0.5 ** (1 / 3)), 0.8])
+    inc1 = epoch_levels(Schedule("epoch", 0.0, 4.0, 1.0, "inc1"), 0.0, 0.3, steps_per_epoch=3)
+    assert inc1.steps == (0, 3, 6, 9, 12) and inc1.levels == pytest.approx([0.06, 0.12, 0.18, 0.24, 0.3])
+    assert StepLevelsScheduler(**{k: v for k, v in inc1.as_dict().items() if k != "kind"}) == inc1
+    with pytest.raises(ValueError, match="strictly increasing"):
+        StepLevelsScheduler((2, 2), (0.1, 0.2))
+
+
+def test_parameter_selection_is_sparsemls() -> None:
+    body = """
 modifiers:
-  - !GlobalMagnitudePruningModifier {params: __ALL_PRUNABLE__, final_sparsity: 0.5}
+  - !GMPruningModifier
+    params: ["re:features.*.weight", "classifier.weight"]
+    init_sparsity: 0.0
+    final_sparsity: 0.5
+    start_epoch: 0.0
+    end_epoch: 1.0
+    update_frequency: 1.0
 """
-    recipe = Recipe.from_string(text)
-    assert recipe.ignored == ["EpochRangeModifier", "SetLearningRateModifier"]
-    assert "training modifier, not pruning" in caplog.text
-    assert recipe.modifiers[0].global_sparsity
-    with pytest.raises(ValueError, match="!RigLPruningModifier is not supported; allowed pruning modifiers are !GM"):
-        Recipe.from_string("modifiers:\n  - !RigLPruningModifier {params: __ALL_PRUNABLE__}\n")
-    with pytest.raises(ValueError, match="has no pruning modifier"):
-        Recipe.from_string(text.split("modifiers:\n  - !Global")[0])
-    with pytest.raises(ValueError, match="unknown key\\(s\\) \\['num_grads'\\]; allowed keys are params"):
-        Recipe.from_string("modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, num_grads: 3}\n")
-    with pytest.raises(ValueError, match="'params' is required"):
-        Recipe.from_string("modifiers:\n  - !GMPruningModifier {final_sparsity: 0.5}\n")
-    with pytest.raises(ValueError, match="does not evaluate expressions"):
-        Recipe.from_string("modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, end_epoch: eval(3 * 2)}\n")
+    resolved = _recipe(body).describe(Net())
+    assert resolved[0].modules == {"features.0": 0.5, "features.2": 0.5, "classifier": 0.5}
+    unanchored = _recipe(body.replace('"re:features.*.weight", ', '"re:.0.weight", '))
+    with pytest.raises(SourceError, match=r"recipe\.yaml:3: modifier 0 \(GMPruningModifier\): params entry 're:\.0\."
+                                          r"weight' matches no parameter of the model \(SparseML requires every "
+                                          r"entry to match; 're:' entries use re\.match, anchored at the start\)"):
+        unanchored.describe(Net())
+    biases = _recipe(body.replace('["re:features.*.weight", "classifier.weight"]', '["re:features"]'))
+    assert set(biases.describe(Net())[0].modules) == {"features.0", "features.2"}  # the biases stay dense
 
 
-def _targets(params: str) -> dict[str, float]:
-    recipe = Recipe.from_string(f"modifiers:\n  - !GMPruningModifier {{params: {params}, final_sparsity: 0.5}}\n")
-    return recipe.describe(Net())[0][1]
-
-
-def test_parameter_selection() -> None:
-    assert list(_targets("__ALL_PRUNABLE__")) == PRUNABLE
-    assert list(_targets("[classifier.weight, features.0.weight]")) == ["features.0", "classifier"]  # model order
-    assert list(_targets("['re:features']")) == ["features.0", "features.2"]  # re.match: a prefix is enough
-    assert list(_targets("['re:.*2']")) == ["features.2"]
-    with pytest.raises(ValueError, match="'re:0' matches no prunable weight; prunable weights are features.0.weight"):
-        _targets("['re:0']")
-    with pytest.raises(ValueError, match="'classifier.bias' matches no prunable weight"):
-        _targets("[classifier.bias]")
-    with pytest.raises(ValueError, match="'__ALL__' selects biases"):
-        _targets("__ALL__")
-
-
-def test_per_parameter_targets_with_anchors_and_old_mfac_options() -> None:
-    text = """
-targets: &targets
-  0.3: [features.0.weight]
-  0.6: ['re:features.2', classifier.weight]
-devices: &devices ["cpu"]
+def test_training_parts_are_named_once_per_kind(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="sparsify")
+    body = """
+num_epochs: 3
+training_modifiers:
+  - !EpochRangeModifier {start_epoch: 0, end_epoch: eval(num_epochs)}
+  - !SetLearningRateModifier {learning_rate: 0.1}
+  - !LearningRateFunctionModifier {start_epoch: 0, end_epoch: 2, lr_func: linear, init_lr: 0.1, final_lr: 0.0}
 pruning_modifiers:
+  - !MagnitudePruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.0, final_sparsity: 0.5,
+                               start_epoch: 0, end_epoch: eval(num_epochs - 2), update_frequency: 1}
+distillation_modifiers:
+  - !DistillationModifier {hardness: 1.0, temperature: 2.0, distill_output_keys: [start_logits]}
+quantization_modifiers:
+  - !QuantizationModifier {start_epoch: 2}
+"""
+    recipe = _recipe(body)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "recipe.yaml: training length (EpochRangeModifier, line(s) 4) is not applied: sparsify applies the pruning "
+        "part only",
+        "recipe.yaml: learning rate (LearningRateFunctionModifier, SetLearningRateModifier, line(s) 5, 6) is not "
+        "applied: sparsify applies the pruning part only",
+        "recipe.yaml: distillation (DistillationModifier, line(s) 11) is not applied: sparsify applies the pruning "
+        "part only",
+        "recipe.yaml: quantization (QuantizationModifier, line(s) 13) is not applied: sparsify applies the pruning "
+        "part only",
+    ]
+    assert recipe.plan.groups[0].schedule.end == 1 and recipe.plan.groups[0].scope == "local"
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("modifiers:\n  - !ACDCPruningModifier\n    params: __ALL_PRUNABLE__\n",
+     r"^recipe\.yaml:2: ACDCPruningModifier is not supported: AC/DC alternates dense and sparse phases"),
+    ("x: 1\nmodifiers:\n  - !FancyModifier {}\n", r"^recipe\.yaml:3: FancyModifier is not supported: not a modifier"),
+    ("modifiers:\n  - !GMPruningModifier\n    params: __ALL_PRUNABLE__\n    leave_enabled: false\n",
+     r"^recipe\.yaml:2: leave_enabled: false is not supported"),
+    ("modifiers:\n  - !GMPruningModifier\n    params: x\n    init_sparsity: __FROM_PARAM__\n",
+     r"init_sparsity: __FROM_PARAM__ is not supported"),
+])
+def test_refusals_name_the_feature_file_and_line(body: str, message: str) -> None:
+    with pytest.raises(UnsupportedFeatureError, match=message):
+        _recipe(body)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("mask_type", "'3:4'", r"final_sparsity=0\.5 with mask_type='3:4': SparseML's N:M requires the sparsity of the "
+                           r"pattern, 0\.25"),
+    ("mask_type", "[1, 0]", r"mask_type=\[1, 0\] is invalid: a block is \[out, in\], two integers > 0"),
+    ("mask_type", "diagonal", r"mask_type='diagonal' is invalid: allowed 'unstructured', 'block4'"),
+    ("inter_func", "quadratic", r"inter_func='quadratic' is invalid: allowed cubic, linear, inverse_cubic"),
+    ("update_frequency", "1e-7", r"update_frequency=1e-07 over epochs 0-1 asks for more than a million mask updates"),
+    ("end_epoch", ".inf", r"end_epoch=inf is invalid: expected a finite number"),
+    ("final_sparsity", "1.5", r"final_sparsity=1\.5 is invalid: allowed 0 <= final_sparsity <= 1"),
+    ("num_grads", "8", r"unknown key\(s\) \['num_grads'\] for GMPruningModifier"),
+])
+def test_bad_fields_are_early_errors_naming_them(field: str, value: str, message: str) -> None:
+    base = {"params": "__ALL_PRUNABLE__", "init_sparsity": "0.0", "final_sparsity": "0.5", "start_epoch": "0.0",
+            "end_epoch": "1.0", "update_frequency": "1.0"}
+    base[field] = value
+    body = "modifiers:\n  - !GMPruningModifier\n" + "".join(f"    {k}: {v}\n" for k, v in base.items())
+    with pytest.raises(SourceError, match=r"^recipe\.yaml:2: modifier 0 \(GMPruningModifier\): " + message):
+        _recipe(body)
+
+
+def test_mask_types_become_sparsify_patterns() -> None:
+    body = """
+modifiers:
+  - !GMPruningModifier {params: [features.2.weight], init_sparsity: 0.0, final_sparsity: 0.5, start_epoch: 0,
+                        end_epoch: 0, update_frequency: 1, mask_type: MASK}
+"""
+    cases = [("block4", {"pattern": "1x4"}), ("[1, 4]", {"pattern": "1x4"}), ("'2:4'", {"n_m_ratio": (2, 4)}),
+             ("tensorrt", {"n_m_ratio": (2, 4)})]
+    for mask, fields in cases:
+        recipe = _recipe(body.replace("MASK", mask))
+        config = recipe.pruner(Net(), one_shot=True).config.module_name_configs[r"features\.2"]
+        assert {k: getattr(config, k) for k in fields} == fields, mask
+    model = Net()
+    _recipe(body.replace("MASK", "[1, 4]")).oneshot(model, inplace=True)
+    blocks = (model.features[2].weight == 0).movedim(1, -1).reshape(8, 9, 1, 4).float().mean(-1)  # 4 inputs at a spot
+    assert set(blocks.unique().tolist()) == {0.0, 1.0} and _zeros(model.features[2]) == 0.5
+
+
+def test_per_parameter_targets_anchors_and_old_mfac_options() -> None:
+    body = """
+targets: &targets
+  0.25: [features.0.weight]
+  0.75: ['re:classifier']
+modifiers:
   - !MFACPruningModifier
     params: []
     final_sparsity: *targets
+    init_sparsity: 0.0
+    start_epoch: 0.0
+    end_epoch: 1.0
+    update_frequency: 1.0
     mfac_options:
-      num_grads: {0.0: 16, 0.5: 32}
-      fisher_block_size: 50
-      available_gpus: *devices
+      num_grads: {0.0: 8, 0.5: 16}
+      fisher_block_size: 20
+      available_gpus: ["cuda:0"]
 """
-    recipe = Recipe.from_string(text)
-    modifier = recipe.modifiers[0]
-    assert modifier.mfac_options == {"num_grads": {0.0: 16, 0.5: 32}, "fisher_block_size": 50, "devices": ["cpu"]}
-    expected = {"features.0": 0.3, "features.2": 0.6, "classifier": 0.6}
-    assert recipe.describe(Net()) == [("MFACPruningModifier", expected)]
-    session = recipe.oneshot(Net(), _sampler())
-    levels = _sparsities(session)
-    assert levels["features.0"] == pytest.approx(0.3, abs=0.03) and levels["classifier"] == pytest.approx(0.6, abs=0.01)
-    criterion = session.pruner.targets["features.0"].config.criterion
-    assert criterion.devices == ("cpu",) and criterion.fisher_block_size == 50
-    with pytest.raises(ValueError, match="set params: \\[\\]"):
-        Recipe.from_string(text.replace("params: []", "params: __ALL_PRUNABLE__"))
+    recipe = _recipe(body)
+    assert recipe.describe(Net())[0].modules == {"features.0": 0.25, "classifier": 0.75}
+    group = recipe.plan.groups[0]
+    assert group.options["num_grads"] == {0.0: 8, 0.5: 16} and group.options["fisher_block_size"] == 20
+    assert group.options["devices"] == (["cuda:0"] if torch.cuda.is_available() else ["cpu"])
+    model = recipe.oneshot(Net(), GradSampler(_data(), F.cross_entropy, progress=False)).model
+    assert _zeros(model.features[0]) == pytest.approx(0.25, abs=1 / 36) and _zeros(model.features[2]) == 0.0
 
 
-def test_mask_types() -> None:
-    base = "modifiers:\n  - !MFACPruningModifier {{params: __ALL_PRUNABLE__, final_sparsity: {s}, mask_type: '{t}'}}\n"
-    session = Recipe.from_string(base.format(s=0.5, t="2:4")).oneshot(Net(), _sampler(64))
-    weight = session.model.classifier.weight
-    assert all(int(run.sum()) == 2 for run in (weight.reshape(-1, 4) == 0))  # 2 kept of every 4
-    config = session.pruner.config.module_name_configs["classifier"]
-    assert config.n_m_ratio == (2, 4)
-    three_of_four = Recipe.from_string(base.format(s=0.25, t="3:4")).modifiers[0]
-    assert three_of_four._pattern() == {"n_m_ratio": (1, 4)}  # SparseML's "3:4" keeps 3: 25 % sparsity
-    with pytest.raises(ValueError, match="mask_type='block4' is invalid: allowed 'unstructured', 'filter' or 'N:M'"):
-        Recipe.from_string(base.format(s=0.5, t="block4"))
-    with pytest.raises(ValueError, match="mask_type='2:4' needs global_sparsity: false"):
-        Recipe.from_string(base.format(s=0.5, t="2:4").replace("mask_type", "global_sparsity: true, mask_type"))
-
-
-def test_epochs_become_sparseml_cubic_steps() -> None:
-    scheduler = epochs_to_scheduler(1.0, 3.0, 0.5, steps_per_epoch=10)
-    assert isinstance(scheduler, PolynomialDecayScheduler)
-    assert scheduler.update_steps.tolist() == [10, 15, 20, 25, 30]
-
-    class Config:
-        initial_sparsity, target_sparsity = 0.05, 0.8
-
-    for i, step in enumerate([10, 15, 20, 25, 30]):
-        p = i / 4  # SparseML: s = init + (final - init) · (1 - (1 - p)³)
-        assert scheduler.compute_sparsity(step, -1.0, Config) == pytest.approx(0.05 + 0.75 * (1 - (1 - p) ** 3))
-    linear = epochs_to_scheduler(0.0, 2.0, 1.0, steps_per_epoch=7, power=1)
-    assert linear.update_steps.tolist() == [0, 7, 14] and linear.power == 1
-    assert epochs_to_scheduler(2.0, 2.0, 1.0, 5) == ConstantSparsityScheduler(begin_step=10)
-    with pytest.raises(ValueError, match="steps_per_epoch=0 is invalid"):
-        epochs_to_scheduler(0.0, 1.0, 1.0, 0)
-
-
-def _train(session, steps: int, seed: int = 3) -> None:
-    optimizer = torch.optim.SGD(session.model.parameters(), lr=0.05)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x, y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
-        optimizer.zero_grad()
-        F.cross_entropy(session.model(x), y).backward()
-        optimizer.step()
-        session.step()
-
-
-def test_attached_to_a_training_loop() -> None:
-    text = """
-modifiers:
-  - !GMPruningModifier
-    params: ['re:features']
-    init_sparsity: 0.1
-    final_sparsity: 0.6
-    start_epoch: 1.0
-    end_epoch: 3.0
-    update_frequency: 1.0
-  - !MFACPruningModifier
-    params: [classifier.weight]
-    final_sparsity: 0.5
-    start_epoch: 1.0
-    end_epoch: 2.0
-    update_frequency: 1.0
-    num_grads: 4
-"""
-    model = Net()
-    session = Recipe.from_string(text).attach(model, steps_per_epoch=5)
-    assert session.model is model  # in place by default, like prepare(inplace=True) in a training script
-    assert _sparsities(session)["features.0"] == pytest.approx(0.1, abs=0.03)  # init_sparsity at prepare
-    _train(session, 16)
-    levels = _sparsities(session)
-    assert levels["features.2"] == pytest.approx(0.6, abs=0.01) and levels["classifier"] == pytest.approx(0.5)
-    mfac = session.pruner.scorer_of("classifier")
-    assert [(e["step"], e["num_grads"]) for e in mfac.log] == [(10, 4)]  # recorded from training steps
-    finalized = session.finalize()
-    assert not hasattr(finalized.classifier, "weight_orig")
-
-
-def test_constant_modifier_freezes_existing_zeros() -> None:
+def test_constant_modifier_keeps_exactly_the_zeros() -> None:
     model = Net()
     with torch.no_grad():
-        model.classifier.weight[:, ::3] = 0
+        model.classifier.weight[:, :30] = 0.0
+    body = "modifiers:\n  - !ConstantPruningModifier {params: __ALL_PRUNABLE__, start_epoch: 0, end_epoch: 2}\n"
+    session = _recipe(body).attach(model, steps_per_epoch=2)
     zeros = model.classifier.weight == 0
-    text = "modifiers:\n  - !ConstantPruningModifier {params: [classifier.weight], start_epoch: 0.0}\n"
-    oneshot = Recipe.from_string(text).oneshot(model)
-    assert torch.equal(oneshot.model.classifier.weight == 0, zeros)
-    session = Recipe.from_string(text).attach(model, steps_per_epoch=4)
-    frozen = session.pruner.targets["classifier"].config
-    assert frozen.criterion.kind == "magnitude" and frozen.target_sparsity == pytest.approx(zeros.float().mean().item())
-    _train(session, 5)
-    assert torch.equal(session.model.classifier.weight == 0, zeros)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for x, y in _data(4):
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        session.step()
+    session.finalize()
+    assert torch.equal(model.classifier.weight == 0, zeros) and _zeros(model.features[0]) == 0.0
 
 
-def test_recipe_errors_when_applied() -> None:
+def test_layer_pruning_modifier_swaps_layers_and_undoes_on_failure() -> None:
+    body = """
+modifiers:
+  - !LayerPruningModifier {layers: [features.1, features.3]}
+  - !GMPruningModifier {params: [classifier.weight], init_sparsity: 0.0, final_sparsity: 0.5, start_epoch: 0,
+                        end_epoch: 0, update_frequency: 1}
+"""
+    model = _recipe(body).oneshot(Net()).model
+    assert isinstance(model.features[1], PassThrough) and isinstance(model.features[3], PassThrough)
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 12) and _zeros(model.classifier) == 0.5
+    original = Net()
+    with pytest.raises(SourceError, match="layers entry 'features.9' is not a module of the model"):
+        _recipe(body.replace("features.3", "features.9")).oneshot(original, inplace=True)
+    assert isinstance(original.features[1], nn.ReLU)
+
+
+def test_recipe_variables_override_and_unknown_ones_are_errors() -> None:
+    body = "sparsity: 0.5\nmodifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.0, " \
+           "final_sparsity: eval(sparsity), start_epoch: 0, end_epoch: 0, update_frequency: 1}\n"
+    recipe = Recipe.from_string(body, {"sparsity": 0.7})
+    assert recipe.plan.groups[0].targets[0].sparsity == 0.7
+    with pytest.raises(SourceError, match="recipe_variables: 'nope' is not a variable of the recipe"):
+        Recipe.from_string(body, {"nope": 1})
+
+
+def test_llm_compressor_stages_and_oneshot_methods_sparsify_lacks() -> None:
+    body = """
+sparsity_stage:
+  run_type: oneshot
+  sparsity_modifiers:
+    SparseGPTModifier: {sparsity: 0.5, mask_structure: "2:4", sequential_update: false}
+"""
+    plan = read_recipe_text(body, "stage.yaml")
+    assert plan.format == "sparseml-staged" and plan.groups[0].method == "sparsegpt"
+    assert plan.groups[0].structure.n_m == (2, 4) and plan.groups[0].targets[0].sparsity == 0.5
+    if "sparsegpt" not in __import__("sparsify").criteria.criterion_kinds():
+        with pytest.raises(UnsupportedFeatureError, match=r"^stage\.yaml:5: sparsity_stage: modifier 0 "
+                                                          r"\(SparseGPTModifier\): SparseGPT is not supported"):
+            Recipe(plan).oneshot(nn.Sequential(nn.Linear(4, 4)), sampler=GradSampler(_data(), F.cross_entropy))
+
+
+def test_obs_modifier_is_mfac_with_the_obs_update_and_absolute_damp(caplog: pytest.LogCaptureFixture) -> None:
+    body = """
+modifiers:
+  - !OBSPruningModifier
+    params: [classifier.weight]
+    init_sparsity: 0.7
+    final_sparsity: 0.9
+    start_epoch: 2
+    end_epoch: 26
+    update_frequency: 4.0
+    mask_type: block4
+    num_grads: 1024
+    damp: 1e-7
+    fisher_block_size: 32
+"""
+    group = _recipe(body).plan.groups[0]
+    assert (group.method, group.scope, group.structure.tile) == ("mfac", "global", "1x4")
+    assert group.options == {"num_grads": 1024, "damp": 1e-7, "damp_mode": "absolute", "fisher_block_size": 32,
+                             "num_recomputations": 1, "obs_update": True}
+
+
+def test_overlapping_modifiers_and_recipe_streams() -> None:
     overlap = """
 modifiers:
-  - !GMPruningModifier {params: __ALL_PRUNABLE__, final_sparsity: 0.5}
-  - !GMPruningModifier {params: [classifier.weight], final_sparsity: 0.5}
+  - !GMPruningModifier {params: __ALL_PRUNABLE__, final_sparsity: 0.5, start_epoch: 0, end_epoch: 0}
+  - !GMPruningModifier {params: [classifier.weight], final_sparsity: 0.7, start_epoch: 0, end_epoch: 0}
 """
-    with pytest.raises(ValueError, match="two modifiers of the recipe select the same module"):
-        Recipe.from_string(overlap).oneshot(Net())
-    with pytest.raises(ValueError, match="needs calibration data: recipe.oneshot\\(model, sampler="):
-        Recipe.from_string(MNIST_MFAC).oneshot(Net())
-
-
-def test_plain_yaml_stream_and_empty_text() -> None:
+    with pytest.raises(SourceError, match=r"^recipe\.yaml:4: modifier 1 \(GMPruningModifier\): classifier is also "
+                                          r"pruned by recipe\.yaml:3: modifier 0 \(GMPruningModifier\)"):
+        _recipe(overlap).oneshot(Net())
     body = MNIST_MFAC.split("---\n")[1]
-    assert Recipe.from_yaml(io.StringIO(body)).modifiers[0].mfac_options["num_grads"] == 512
-    assert load_recipe_text("") == {}
-    with pytest.raises(ValueError, match="must be a mapping at the top level, got list"):
-        load_recipe_text("- 1\n- 2\n")
+    assert Recipe.from_yaml(io.StringIO(body)).plan.groups[0].options["num_grads"] == 16  # a stream: plain YAML
+    assert Recipe.from_yaml(io.StringIO(MNIST_MFAC)).plan.groups[0].method == "mfac"  # a stream: front matter
+    with pytest.raises(SourceError, match=r"^line 1: modifiers\[0\] is not a modifier \(expected '- !ModifierName'\)"):
+        Recipe.from_string("- 1\n- 2\n")  # a top-level list is a list of modifiers, as in SparseML
+    with pytest.raises(SourceError, match="the recipe is empty"):
+        Recipe.from_string("")

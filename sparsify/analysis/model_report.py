@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..config import OptimizationConfig
+from ..pruning.plan import is_transposed
 from .layer_report import LayerReport, ModelReport
 from .pattern_names import describe_pattern, infer_pattern
 from .report import sparsity_summary
@@ -155,6 +156,8 @@ def _read_module(model: nn.Module) -> tuple[list[_Weight], dict[str, torch.Tenso
             continue
         module = model.get_submodule(weight.module)
         weight.kind = type(module).__name__
+        if is_transposed(module, weight.tensor):  # transformers' Conv1D stores [in, out]: report [out, in]
+            weight.tensor = weight.tensor.T
         hook = _hook_for(module, weight.param) if weight.masked else None
         if hook is not None:
             amount = getattr(hook, "amount", None)

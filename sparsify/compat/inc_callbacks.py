@@ -30,7 +30,8 @@ callback                        sparsify
 ==============================  ==========================================================================
 
 Nothing is monkey-patched: no optimizer wrapper, no global ``torch.save`` patch. Gradients are seen
-through hooks on the pruned parameters (`sparsify.criteria.gradient`).
+through hooks on the pruned parameters (`sparsify.criteria.gradient`). `prepare_pruning` (INC's
+"automation" API) patches the ``step`` of the one optimizer it is given, as INC does, and nothing else.
 """
 
 from __future__ import annotations
@@ -43,9 +44,13 @@ from typing import Any
 from torch import nn
 
 from ..config import PrunerConfig
+from ..criteria import GradSampler
 from ..pruning import Pruner
+from .inc import WeightPruningConfig, inc_plan
+from .plan import RecipePlan
+from .translate import pruner_config
 
-__all__ = ["CompressionManager", "PruningCallbacks", "prepare_compression"]
+__all__ = ["CompressionManager", "PruningCallbacks", "PruningHandle", "prepare_compression", "prepare_pruning"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,20 +122,101 @@ class CompressionManager:
         return self.callbacks.model
 
 
+ConfigSource = PrunerConfig | WeightPruningConfig | RecipePlan | Mapping[str, Any] | str | Path
+
+
+def _pruner(model: nn.Module, config: ConfigSource, steps_per_epoch: float | None, sampler: Any = None) -> Pruner:
+    if isinstance(config, PrunerConfig):
+        return Pruner(model, config, sampler)
+    plan = inc_plan(config)
+    plan.warn_not_applied()
+    return Pruner(model, pruner_config(plan, model, steps_per_epoch=steps_per_epoch)[0], sampler)
+
+
 def prepare_compression(
     model: nn.Module,
-    config: PrunerConfig | Mapping[str, Any] | str | Path,
+    config: ConfigSource,
     *,
     finalize_on_train_end: bool = True,
+    steps_per_epoch: float | None = None,
 ) -> CompressionManager:
-    """INC's ``prepare_compression``: a manager whose ``.callbacks`` drive a `Pruner`.
+    """INC's ``prepare_compression``: a manager whose ``.callbacks`` drive one `sparsify.Pruner`.
 
-    ``config`` is a `PrunerConfig`, or an INC pruning config (dict or YAML path) read
-    with `sparsify.compat.inc.from_inc_config`. The model is prepared in ``on_train_begin``.
+    ``config``: INC's ``WeightPruningConfig`` (`sparsify.compat.inc.WeightPruningConfig`), an INC config dict
+    or YAML path (2.x, or 1.x with ``!Pruner`` entries), or a `sparsify.PrunerConfig`. INC configs are read
+    with the model, by INC's rules, each pruner its own config entry; an INC 1.x config in epochs needs
+    ``steps_per_epoch``. Anything that cannot be honoured is refused here, before the model is touched; the
+    model is prepared in ``on_train_begin``.
     """
-    if not isinstance(config, PrunerConfig):
-        from .inc import from_inc_config
-
-        config = from_inc_config(config)
-    pruner = Pruner(model, config)
+    pruner = _pruner(model, config, steps_per_epoch)
     return CompressionManager(PruningCallbacks(pruner, finalize_on_train_end=finalize_on_train_end))
+
+
+class PruningHandle:
+    """What `prepare_pruning` returns: the prepared `pruner`; `remove` gives the optimizer its own ``step``
+    back; `finalize` bakes the masks (and removes)."""
+
+    def __init__(self, pruner: Pruner, optimizer: Any = None) -> None:
+        self.pruner = pruner
+        self.optimizer = optimizer
+
+    @property
+    def model(self) -> nn.Module:
+        return self.pruner.model
+
+    def remove(self) -> None:
+        """Undo the optimizer patch (idempotent)."""
+        if self.optimizer is not None and "step" in vars(self.optimizer):
+            del self.optimizer.step
+        self.optimizer = None
+
+    def finalize(self) -> nn.Module:
+        """Bake the masks into the model and remove the optimizer patch; returns the model."""
+        self.remove()
+        return self.pruner.finalize(inplace=True)
+
+
+def prepare_pruning(
+    model: nn.Module,
+    config: ConfigSource,
+    optimizer: Any = None,
+    dataloader: Any = None,
+    loss_func: Any = None,
+    framework: str = "pytorch",
+    device: str | None = None,
+    *,
+    steps_per_epoch: float | None = None,
+) -> PruningHandle:
+    """INC's ``prepare_pruning``: prepare ``model`` in place and prune as the optimizer steps.
+
+    With ``optimizer``, that optimizer's ``step`` (on this instance only) first lets gradient criteria read
+    the gradients, then steps, then advances the schedules — INC's patch, without INC's global
+    ``torch.save`` patch (sparsify's masks save as plain buffers). With ``dataloader`` and no optimizer,
+    the pruning is done now, in one shot, on that calibration data (``loss_func(output, target)``), and the
+    model is finalized. ``framework`` must be ``"pytorch"``; ``device`` is unused (the model's own device).
+    """
+    if framework != "pytorch":
+        raise ValueError(f"framework={framework!r} is invalid: allowed 'pytorch'")
+    if optimizer is None and dataloader is None:
+        raise ValueError("prepare_pruning needs an optimizer (training-aware pruning) or a dataloader (one shot)")
+    sampler = None
+    if dataloader is not None and optimizer is None:
+        if loss_func is None:
+            raise ValueError("one-shot prepare_pruning(model, config, dataloader=...) needs loss_func(output, target)")
+        sampler = GradSampler(dataloader, loss_func)
+    pruner = _pruner(model, config, steps_per_epoch, sampler)
+    pruner.prepare(inplace=True)
+    if optimizer is None:
+        pruner.prune_now()
+        pruner.finalize(inplace=True)
+        return PruningHandle(pruner)
+    original = optimizer.step
+
+    def step(closure: Any = None) -> Any:
+        pruner.observe_gradients()
+        result = original() if closure is None else original(closure)
+        pruner.step()
+        return result
+
+    optimizer.step = step
+    return PruningHandle(pruner, optimizer)

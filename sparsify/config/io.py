@@ -13,23 +13,16 @@ from typing import IO, Any, TypeVar
 import attrs
 import yaml
 
+from ..safe_io import load_yaml
+
 __all__ = ["Dictable", "load_yaml_mapping", "safe_load_yaml"]
 
 T = TypeVar("T")
 
-MAX_CONFIG_BYTES = 10 * 1024 * 1024
-
-
 def safe_load_yaml(source: str | Path | IO[str]) -> Any:
-    """``yaml.safe_load`` of a file path or a stream: plain data only, at most 10 MiB."""
-    if isinstance(source, (str, Path)):
-        with open(source, encoding="utf-8") as stream:
-            text = stream.read(MAX_CONFIG_BYTES + 1)
-    else:
-        text = source.read(MAX_CONFIG_BYTES + 1)
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ValueError(f"config {source!r} is larger than {MAX_CONFIG_BYTES} bytes: refused")
-    return yaml.safe_load(text)
+    """Plain data from a YAML file path or stream, through `sparsify.safe_io` (size, alias and depth limits,
+    no objects, no tags; errors name the file and line)."""
+    return load_yaml(source, markdown=False, local_tags=False).data
 
 
 def load_yaml_mapping(source: str | Path | IO[str]) -> dict[str, Any]:
@@ -38,7 +31,8 @@ def load_yaml_mapping(source: str | Path | IO[str]) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"a config YAML document must be a mapping at the top level, got {type(data).__name__}")
+        kind = "list" if isinstance(data, list) else type(data).__name__
+        raise ValueError(f"a config YAML document must be a mapping at the top level, got {kind}")
     return data
 
 

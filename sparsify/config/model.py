@@ -15,6 +15,7 @@ is built and when it is changed, with an error naming the field, the value and w
 
 from __future__ import annotations
 
+import abc
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -28,13 +29,36 @@ from . import fields
 from .io import Dictable
 from .module import ModuleOptimizationConfig, ModulePrunerConfig
 
-__all__ = ["SUPPORTED_MODULES", "ModuleKey", "OptimizationConfig", "PrunerConfig"]
+__all__ = ["PRUNER_MODULES", "SUPPORTED_MODULES", "Conv1D", "ModuleKey", "OptimizationConfig", "PrunerConfig"]
 
 T = TypeVar("T")
 ModuleKey = type | str
 
-#: the module types the machine prunes (their ``weight``, or ``param_name``)
+#: Core ML Tools' prunable module types (what its ``MagnitudePrunerConfig`` and the presets accept)
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class Conv1D(nn.Module, metaclass=abc.ABCMeta):
+    """Hugging Face ``transformers``' ``Conv1D`` (GPT-2's linear layers), recognised without importing
+    transformers, so that sparsify does not depend on it.
+
+    Never instantiated: ``isinstance(module, Conv1D)`` is true for ``transformers.pytorch_utils.Conv1D``
+    and its subclasses, matched by class name and package. Its weight is stored transposed
+    (``[in_features, out_features]``); the pruner gives patterns the ``[out, in]`` view.
+    """
+
+    @classmethod
+    def __subclasshook__(cls, klass: type) -> bool:
+        if cls is Conv1D and any(
+            k.__name__ == "Conv1D" and k.__module__.partition(".")[0] == "transformers" for k in klass.__mro__
+        ):
+            return True
+        return NotImplemented
+
+
+#: the module types `sparsify.Pruner` prunes with a `PrunerConfig`: Core ML Tools' and transformers' ``Conv1D``
+PRUNER_MODULES: tuple[type[nn.Module], ...] = (*SUPPORTED_MODULES, Conv1D)
+_VIRTUAL_CLASSES = (Conv1D,)  # matched by name: a key of this class is stored as its name
 
 
 class OptimizationConfig(Dictable):
@@ -74,6 +98,8 @@ class OptimizationConfig(Dictable):
                     f"string keys must be one of {', '.join(names)} (class names of supported modules)",
                 )
             return key
+        if isinstance(key, type) and key in _VIRTUAL_CLASSES and key in cls.supported_modules:
+            return key.__name__
         if isinstance(key, type) and issubclass(key, cls.supported_modules):
             return key
         raise field_error(
@@ -180,10 +206,10 @@ def _to_module_types(value: Any) -> tuple[str, ...] | None:
         return None
     if isinstance(value, (str, type)):
         value = [value]
-    allowed = [t.__name__ for t in SUPPORTED_MODULES]
+    allowed = [t.__name__ for t in PRUNER_MODULES]
     names: list[str] = []
     for item in value if isinstance(value, (list, tuple, set, frozenset)) else [value]:
-        if isinstance(item, type) and issubclass(item, SUPPORTED_MODULES):
+        if isinstance(item, type) and issubclass(item, PRUNER_MODULES):
             names.append(item.__name__)
         elif isinstance(item, str) and item in allowed:
             names.append(item)
@@ -202,7 +228,8 @@ def _to_module_types(value: Any) -> tuple[str, ...] | None:
 class PrunerConfig(OptimizationConfig):
     """Which modules `sparsify.Pruner` prunes, and how.
 
-    ``PrunerConfig()`` prunes every supported module (``Linear``, ``Conv1d/2d/3d``) with the default
+    ``PrunerConfig()`` prunes every supported module (``Linear``, ``Conv1d/2d/3d``, and Hugging Face
+    transformers' ``Conv1D``, keyed ``"Conv1D"``) with the default
     `ModulePrunerConfig` (magnitude, 50 %, at the first ``step()``). As soon as a type or name config is
     given, the global config stays ``None`` unless set, so only the listed modules are pruned (as in Core
     ML Tools).
@@ -216,7 +243,7 @@ class PrunerConfig(OptimizationConfig):
     """
 
     module_config_class: ClassVar[type[ModuleOptimizationConfig]] = ModulePrunerConfig
-    supported_modules: ClassVar[tuple[type[nn.Module], ...]] = SUPPORTED_MODULES
+    supported_modules: ClassVar[tuple[type[nn.Module], ...]] = PRUNER_MODULES
 
     global_config: ModulePrunerConfig | None = attrs.field(
         default=None, converter=lambda v: PrunerConfig._check_value("global_config", v)

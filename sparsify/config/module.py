@@ -8,6 +8,7 @@ the value and what is allowed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = ["SCOPES", "ModuleOptimizationConfig", "ModulePrunerConfig"]
 
 SCOPES = ("local", "global")
 _OWNER = "ModulePrunerConfig"
+_N_M_TEXT = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
 class ModuleOptimizationConfig(Dictable):
@@ -51,6 +53,13 @@ def _to_criterion(value: Any) -> Criterion:
 def _to_pattern(value: Any) -> str | None:
     if value is None:
         return None
+    if isinstance(value, str) and _N_M_TEXT.match(value):
+        n, m = (int(g) for g in _N_M_TEXT.match(value).groups())  # type: ignore[union-attr]
+        try:
+            NMPattern(n, m)
+        except ValueError as exc:
+            raise ValueError(f"{_OWNER}.pattern={value!r} is invalid: {exc}") from exc
+        return f"{n}:{m}"
     try:
         tiles = parse_pattern(value)
     except (ValueError, TypeError) as exc:
@@ -109,7 +118,9 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
         param_name: the parameter to prune.
         criterion: ``"magnitude"`` (default), ``"gradient"``, ``"snip"``, ``"snip_momentum"``, ``"mfac"``, or a
             dict with ``kind`` and the criterion's settings (``{"kind": "mfac", "num_grads": 128}``).
-        pattern: NxM tiles, ``"4x1"``, ``"1xchannel"``, ``"channelx1"`` … (`sparsify.patterns.tiles`);
+        pattern: Neural Compressor's patterns: NxM tiles, ``"4x1"``, ``"1xchannel"``, ``"channelx1"`` …
+            (`sparsify.patterns.tiles`), or ``"n:m"`` — ``n`` zeros in every ``m`` input-channel weights, whole
+            runs made sparse one by one, ending at ``min(target_sparsity, n / m)`` (`sparsify.patterns.n_m`);
             ``None`` uses the Core ML Tools fields above.
         scope: ``"local"`` (each layer at its scheduled sparsity) or ``"global"`` (one ranking over the
             modules this config entry selects, with the per-layer caps).
@@ -140,15 +151,22 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
 
     @property
     def final_sparsity(self) -> float:
-        """The sparsity the schedule ends at: ``target_sparsity``, or ``n / m`` with ``n_m_ratio``."""
+        """The sparsity the schedule ends at: ``target_sparsity``; ``n / m`` with ``n_m_ratio`` (Core ML
+        Tools' rule); at most ``n / m`` with ``pattern="n:m"`` (Neural Compressor's rule)."""
         if self.n_m_ratio is not None:
             return self.n_m_ratio[0] / self.n_m_ratio[1]
+        pattern = self.pattern_spec()
+        if isinstance(pattern, NMPattern):
+            return min(self.target_sparsity, pattern.max_sparsity)
         return self.target_sparsity
 
     def pattern_spec(self) -> Pattern:
         """The `sparsify.patterns.Pattern` these fields describe."""
         if self.n_m_ratio is not None:
             return NMPattern(*self.n_m_ratio, dim=self.dim)
+        if self.pattern is not None and ":" in self.pattern:
+            n, m = (int(v) for v in self.pattern.split(":"))
+            return NMPattern(n, m, dim=1, by_runs=True)
         if self.pattern is not None:
             return parse_pattern(self.pattern)
         return CoreMLPattern(self.granularity, self.block_size)

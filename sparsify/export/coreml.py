@@ -218,8 +218,9 @@ def export_coreml(
         an `ExportReport`, read back from the saved package.
 
     Raises:
-        `sparsify.export.errors.ConversionError` when no route converts the model; ``FileExistsError``
-        / ``OSError`` for a destination that is refused or cannot be written (before any work).
+        ConversionError: when no route converts the model (`sparsify.export.errors.ConversionError`).
+        FileExistsError: for a destination that is refused (before any work).
+        OSError: for a destination that cannot be written (before any work).
     """
     with quiet():  # importing coremltools prints its notices
         target = _resolve_target(minimum_deployment_target, joint=palettize_bits is not None or quantize is not None)

@@ -101,6 +101,8 @@ class NMPattern(Pattern):
     n: int
     m: int
     dim: int = 1
+    #: ramp by whole runs in local scope too (Neural Compressor's ``"n:m"``), not Core ML Tools' k-per-run rule
+    by_runs: bool = False
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.n < self.m:
@@ -136,6 +138,8 @@ class NMPattern(Pattern):
             )
 
     def local_mask(self, scores: torch.Tensor, sparsity: float, kept: torch.Tensor | None = None) -> torch.Tensor:
+        if self.by_runs and sparsity < self.max_sparsity - 1e-12:
+            return super().local_mask(scores, sparsity, kept)
         if sparsity >= self.max_sparsity - 1e-12:
             return n_m_mask(scores, (self.n, self.m), self.dim)
         return scheduled_n_m_mask(scores, sparsity, (self.n, self.m), self.dim)

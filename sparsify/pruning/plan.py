@@ -13,12 +13,27 @@ import torch
 from torch import nn
 
 from ..config import ModulePrunerConfig, OptimizationConfig
+from ..config.model import Conv1D
 from ..masking import is_masked
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, n_m_zero_count
 
-__all__ = ["Plan", "SkipModule", "Target", "check_target", "classifier_head_name", "plan_model", "reading_parent"]
+__all__ = [
+    "TRANSPOSED_MODULES",
+    "Plan",
+    "SkipModule",
+    "Target",
+    "check_target",
+    "classifier_head_name",
+    "is_transposed",
+    "pattern_shape",
+    "plan_model",
+    "reading_parent",
+]
 
 logger = logging.getLogger(__name__)
+
+#: module types whose rank-2 weight is stored ``[in_features, out_features]`` (transformers' ``Conv1D``)
+TRANSPOSED_MODULES: tuple[type[nn.Module], ...] = (Conv1D,)
 
 
 class SkipModule(Exception):
@@ -37,6 +52,7 @@ class Target:
     entry: int  # which config entry selected it: a global ranking covers the targets of one entry
     sparsity_level: float
     tied_to: list[str] = attrs.field(factory=list)  # other modules holding the same parameter
+    transposed: bool = False  # the weight is [in, out]: patterns see its transpose (see `is_transposed`)
 
     @property
     def param_name(self) -> str:
@@ -61,6 +77,24 @@ class Plan:
     entry: int
     reader: str | None  # a parent that reads the weight outside the module's forward (MHA out_proj)
     owner: str | None  # for a tied weight, the module whose mask this one shares
+    transposed: bool = False  # see `is_transposed`
+
+
+def is_transposed(module: nn.Module, param: torch.Tensor) -> bool:
+    """Whether ``param`` of ``module`` is a weight stored ``[in, out]`` (transformers' ``Conv1D``).
+
+    Patterns are written for ``[out, in, *kernel]`` weights, so such a weight is scored, grouped and
+    ranked through its transpose and its mask stored transposed back (`sparsify.pruning.update`): a
+    ``"1xchannel"`` row is then an output feature — a *column* of the stored weight — and n:m runs
+    along input features, as for the equivalent ``nn.Linear``.
+    """
+    return isinstance(module, TRANSPOSED_MODULES) and param.dim() == 2
+
+
+def pattern_shape(module: nn.Module, param: torch.Tensor) -> tuple[int, ...]:
+    """The ``[out, in, *kernel]`` shape patterns see for ``param`` of ``module``."""
+    shape = tuple(param.shape)
+    return shape[::-1] if is_transposed(module, param) else shape
 
 
 def classifier_head_name(model: nn.Module) -> str | None:
@@ -97,7 +131,9 @@ def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pa
         raise TypeError(f"{where}.{config.param_name} has dtype {param.dtype}: only floating-point weights prune")
     if param.numel() == 0:
         raise SkipModule(f"{where}: {config.param_name} has no elements, nothing to prune")
-    shape = tuple(param.shape)
+    shape = pattern_shape(module, param)
+    if is_transposed(module, param):
+        where += " (weight stored [in, out], seen here as [out, in])"
     pattern = config.pattern_spec()
     if isinstance(pattern, CoreMLPattern):
         applied = pattern.for_shape(shape)
@@ -111,6 +147,11 @@ def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pa
         return applied
     if isinstance(pattern, NMPattern):
         pattern.check(shape, where)
+        if pattern.by_runs:  # Neural Compressor's "n:m" skips a layer whose runs do not divide, as it does
+            try:
+                pattern.check_whole_runs(shape, where)
+            except ValueError as exc:
+                raise SkipModule(str(exc)) from exc
         if config.scope == "global":
             pattern.check_whole_runs(shape, where)
         achieved = n_m_zero_count(shape, (pattern.n, pattern.m), pattern.dim) / param.numel()
@@ -155,7 +196,7 @@ def plan_model(model: nn.Module, config: OptimizationConfig) -> list[Plan]:
                 f"(tied weights) but the two modules have different configs; give them one config"
             )
         plan = Plan(name, module_config, pattern, id(module_config), reading_parent(model, name, module),
-                    owner.name if owner is not None else None)
+                    owner.name if owner is not None else None, is_transposed(module, param))
         by_param.setdefault(id(param), plan)
         plans.append(plan)
     plans += _tied_elsewhere(model, plans)
@@ -176,7 +217,7 @@ def _tied_elsewhere(model: nn.Module, plans: list[Plan]) -> list[Plan]:
             if plan is not None and param_name == plan.config.param_name:
                 logger.info("module %r (%s) shares %s with %r: it gets the same mask", name, type(module).__name__,
                             param_name, plan.name)
-                extra.append(Plan(name, plan.config, plan.pattern, plan.entry, None, plan.name))
+                extra.append(Plan(name, plan.config, plan.pattern, plan.entry, None, plan.name, plan.transposed))
             elif plan is not None:
                 raise ValueError(
                     f"module {name!r} holds {plan.name}.{plan.config.param_name} as its {param_name!r}: a tied "

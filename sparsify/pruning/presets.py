@@ -49,11 +49,11 @@ def prune(
 ) -> nn.Module:
     """Prune ``model`` to ``sparsity`` in one shot and return the finalized model (Core ML metadata included).
 
-    Defaults: every ``Linear`` / ``Conv1d/2d/3d``, magnitude criterion, unstructured, each layer at
-    ``sparsity`` (``scope="local"``); a deep copy unless ``inplace=True``. ``choices`` are any other
-    `sparsify.ModulePrunerConfig` fields — ``criterion``, ``pattern``, ``scope``, ``granularity``,
-    ``block_size``, ``n_m_ratio``, ``dim``, ``min_sparsity``, ``max_sparsity``, ``normalize`` — and
-    data-dependent criteria (``"snip"``, ``"mfac"``, …) need a ``sampler``::
+    Defaults: every ``Linear`` / ``Conv1d/2d/3d`` (and transformers' ``Conv1D``), magnitude criterion,
+    unstructured, each layer at ``sparsity`` (``scope="local"``); a deep copy unless ``inplace=True``.
+    ``choices`` are any other `sparsify.ModulePrunerConfig` fields — ``criterion``, ``pattern``,
+    ``scope``, ``granularity``, ``block_size``, ``n_m_ratio``, ``dim``, ``min_sparsity``,
+    ``max_sparsity``, ``normalize`` — and data-dependent criteria (``"snip"``, ``"mfac"``, …) need a ``sampler``::
 
         pruned = sparsify.prune(model, 0.8, criterion="mfac", scope="global", sampler=GradSampler(data, loss_fn))
     """

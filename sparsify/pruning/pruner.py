@@ -26,6 +26,7 @@ from ..masking import bake_mask, install_mask, is_masked, set_mask, uninstall_ma
 from ..patterns import CoreMLPattern, NMPattern
 from .metadata import METADATA_VERSION_BUFFER, register_coreml_metadata
 from .plan import Plan, Target, plan_model
+from .saving import protect_save_pretrained, unprotect_save_pretrained
 from .update import compute_masks
 
 __all__ = ["Pruner"]
@@ -153,6 +154,7 @@ class Pruner:
             self._uninstall(installed)
             self._model = original
             raise
+        protect_save_pretrained(model)  # Hugging Face-style models: save_pretrained writes the masked weights
         for name, target in self._pruner_info.items():
             logger.info("%s: %s, criterion %s, %s scope", name, target.pattern.describe(),
                         target.config.criterion.describe(), target.config.scope)
@@ -175,6 +177,7 @@ class Pruner:
             for module_name in (name, *target.tied_to):
                 installed.append((self._model.get_submodule(module_name), target.param_name))
         self._uninstall(installed)
+        unprotect_save_pretrained(self._model)
         return self._model
 
     def _install(self, model: nn.Module, plan: Plan) -> tuple[nn.Module, str]:
@@ -188,10 +191,11 @@ class Pruner:
             owner.tied_to.append(plan.name)
             return module, config.param_name
         param = getattr(module, config.param_name)
-        ones = torch.ones(plan.pattern.mask_shape(param.shape), dtype=torch.bool, device=param.device)
+        shape = plan.pattern.mask_shape(param.shape[::-1] if plan.transposed else param.shape)
+        ones = torch.ones(shape[::-1] if plan.transposed else shape, dtype=torch.bool, device=param.device)
         install_mask(module, config.param_name, ones, 0.0, reader=reader, **describe)
         self._pruner_info[plan.name] = Target(
-            plan.name, module, config, plan.pattern, plan.entry, config.initial_sparsity
+            plan.name, module, config, plan.pattern, plan.entry, config.initial_sparsity, transposed=plan.transposed
         )
         return module, config.param_name
 
@@ -392,6 +396,7 @@ class Pruner:
         with torch.no_grad():
             for name, target in self._pruner_info.items():
                 weight = getattr(target.module, target.param_name)
+                weight = weight.t() if target.transposed else weight  # metrics count output channels
                 report[name] = {"#params": int(weight.numel()), **sparsity_summary(weight)}
             report["global"] = global_summary(report.values())
         return report

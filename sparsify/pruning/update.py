@@ -4,6 +4,11 @@ Local targets are ranked alone through their pattern (`sparsify.patterns.Pattern
 scheduled sparsity capped by ``max_sparsity``. Global targets are ranked together with the other targets
 their config entry selected (`sparsify.scope.global_keep_masks`), with the per-layer caps: the budget is
 the sum of every member's scheduled zeros, so a global ranking never prunes more than the schedules ask.
+
+Patterns see every weight as ``[out, in, *kernel]``: a target whose weight is stored ``[in, out]``
+(``Target.transposed``: transformers' ``Conv1D``) is scored in its own layout, ranked on the transposed
+scores, and its masks are transposed back — so a criterion, the installed mask and ``after_masks`` all
+use the stored layout, and a per-output-channel mask of shape ``[out, 1]`` is stored as ``[1, out]``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ def compute_masks(
     if fresh_scores:
         scorer.begin(pruner, names)
     try:
-        scores = {name: _checked(name, scorer.scores(pruner, name)) for name in names}
+        scores = {name: _oriented(targets[name], _checked(name, scorer.scores(pruner, name))) for name in names}
         masks: dict[str, torch.Tensor] = {}
         entries: dict[int, list[str]] = defaultdict(list)
         for name in names:
@@ -46,10 +51,11 @@ def compute_masks(
                 entries[target.entry].append(name)
             else:
                 level = min(levels[name], target.config.max_sparsity, target.pattern.max_sparsity)
-                kept = target.mask.expand(scores[name].shape) if scorer.monotone else None
+                kept = _oriented(target, target.mask.expand(target.orig.shape)) if scorer.monotone else None
                 masks[name] = target.pattern.local_mask(scores[name], level, kept)
         for members in entries.values():
             masks.update(_global_masks([targets[n] for n in members], scores, levels))
+        masks = {name: _oriented(targets[name], mask) for name, mask in masks.items()}  # back to the stored layout
         if scorer.monotone:  # masks only grow — except n:m, whose runs must keep exactly m - n weights
             masks = {name: mask if isinstance(targets[name].pattern, NMPattern) else
                      mask & targets[name].mask.expand(mask.shape) for name, mask in masks.items()}
@@ -59,6 +65,11 @@ def compute_masks(
         if fresh_scores:
             scorer.end()
     return masks
+
+
+def _oriented(target: Target, tensor: torch.Tensor) -> torch.Tensor:
+    """``[in, out]`` ↔ ``[out, in]`` for a transposed target (its own inverse); other targets unchanged."""
+    return tensor.t() if target.transposed else tensor
 
 
 def _checked(name: str, scores: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,266 @@
+"""A `sparsify.compat.plan.RecipePlan` applied to a model, as one `sparsify.PrunerConfig` for `sparsify.Pruner`.
+
+Every pruning group of the plan becomes **one config object** shared by the modules it selects, keyed
+by their escaped names: the engine ranks a global group over exactly the modules of one config entry,
+so each SparseML modifier and each INC pruner is ranked on its own, as its project ranks it. Nothing
+else is pruned (no global config, no classifier-head rule: the readers already applied the peer's).
+
+Translations (see ``docs/recipes.md``):
+
+* schedules — SparseML epochs become steps with ``steps_per_epoch`` (`epoch_levels`): ``n + 1`` update
+  steps evenly spaced from ``round(start·spe)`` to ``round(end·spe)``, ``n = round((end − start) /
+  update_frequency)``, at SparseML's own levels ``init + (final − init)·f(i/n)`` (``f`` cubic
+  ``1 − (1 − p)³``, linear, or inverse cubic), nothing pruned before the first (`StepLevelsScheduler`); INC
+  1.x epochs: at the start of epoch ``e``, ``(e − start + 1)/(end − start + 1)`` of the way; INC 2.x step
+  schedules map to the step-range schedulers (``exp`` → ``exponential``, ``cos`` → ``cosine``, ``cube`` →
+  ``cubic_slow_start``); ``one_shot=True`` (SparseML's ``manager.apply``) brings every group to its final
+  state at once;
+* a group that keeps the zeros it has (``ConstantPruningModifier``, ``pattern_lock``) is magnitude pruning
+  at each layer's own zero fraction, applied at ``prepare()`` and never changed, so the mask is exactly the
+  zeros;
+* INC's ``channelxM`` on a convolution prunes one input channel at one kernel position across all output
+  channels: the tile ``{Co}xM`` for that layer;
+* ``available_devices`` with CUDA absent becomes the CPU with a warning (done by the reader, before any
+  work).
+
+Refused here, before any work, with `UnsupportedFeatureError` naming the feature, file and line: a method
+this sparsify has no criterion for (``SparseGPTModifier`` / INC ``sparse_gpt`` → ``"sparsegpt"``, Wanda →
+``"wanda"``), an ``Embedding`` weight. An INC n:m target below N/M becomes ``pattern="n:m"`` (that share of
+whole runs made n:m-sparse, as INC does).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from typing import Any, ClassVar
+
+import attrs
+from torch import nn
+
+from ..config import ModulePrunerConfig, PrunerConfig
+from ..criteria import criterion_from_dict, criterion_kinds
+from ..schedules import ConstantSparsityScheduler, PruningScheduler, register_scheduler
+from .plan import PruningGroup, RecipePlan, ResolvedGroup, Schedule, UnsupportedFeatureError
+
+__all__ = ["PassThrough", "StepLevelsScheduler", "criterion_for", "epoch_levels", "pruner_config", "scheduler_for"]
+
+logger = logging.getLogger(__name__)
+
+_INC_CURVES = {"exp": "exponential", "cos": "cosine", "linear": "linear", "cube": "cubic_slow_start"}
+
+
+class PassThrough(nn.Module):
+    """What SparseML's ``LayerPruningModifier`` puts in place of a layer: returns its first input.
+
+    Like SparseML's ``Identity``: one positional argument comes back as is, several as a tuple;
+    keyword arguments are ignored.
+    """
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return args[0] if len(args) == 1 else args
+
+
+@register_scheduler
+@attrs.define(eq=True)
+class StepLevelsScheduler(PruningScheduler):
+    """Given sparsities at given steps: ``levels[i]`` from step ``steps[i]`` on (a step 0 applies at
+    ``prepare()`` through ``initial_sparsity``).
+
+    How SparseML's and INC 1.x's epoch schedules run on the engine: nothing is pruned before the first
+    listed step (SparseML prunes nothing before ``start_epoch``, then jumps to ``init_sparsity``), and the
+    levels are the peer's own interpolation, so no curve of the engine has to match it.
+    """
+
+    kind: ClassVar[str] = "step_levels"
+
+    steps: tuple[int, ...] = attrs.field(converter=tuple)
+    levels: tuple[float, ...] = attrs.field(converter=lambda v: tuple(float(x) for x in v))
+
+    def __attrs_post_init__(self) -> None:
+        if not self.steps or len(self.steps) != len(self.levels):
+            raise ValueError(f"StepLevelsScheduler: steps={list(self.steps)} and levels={list(self.levels)} must be "
+                             f"non-empty and of one length")
+        if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.steps) or any(
+                b <= a for a, b in zip(self.steps, self.steps[1:])):
+            raise ValueError(f"StepLevelsScheduler.steps={list(self.steps)} is invalid: allowed strictly increasing "
+                             f"integers >= 0")
+        if any(not 0.0 <= level <= 1.0 for level in self.levels):
+            raise ValueError(f"StepLevelsScheduler.levels={list(self.levels)} is invalid: allowed 0 <= level <= 1")
+
+    def compute_sparsity(self, step_count: int, prev_sparsity: float, config: Any) -> float:
+        if step_count in self.steps:
+            return self.levels[self.steps.index(step_count)]
+        return prev_sparsity
+
+    def last_step(self) -> int | None:
+        return max(self.steps[-1], 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "steps": list(self.steps), "levels": list(self.levels)}
+
+
+_CURVES: dict[str, Any] = {
+    "cubic": lambda p: 1.0 - (1.0 - p) ** 3,
+    "linear": lambda p: p,
+    "inverse_cubic": lambda p: 1.0 - (1.0 - p) ** (1.0 / 3.0),
+}
+
+
+def epoch_levels(schedule: Schedule, initial: float, final: float, steps_per_epoch: float) -> StepLevelsScheduler:
+    """SparseML's (or INC 1.x's) epoch schedule as `StepLevelsScheduler` (see the module docstring)."""
+    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, (int, float)) or not steps_per_epoch > 0:
+        raise ValueError(f"steps_per_epoch={steps_per_epoch!r} is invalid: allowed a number > 0")
+    start, end = round(schedule.start * steps_per_epoch), round(schedule.end * steps_per_epoch)
+    if schedule.curve == "inc1":  # INC 1.x: at the start of epoch e, (e - start + 1) / (end - start + 1) of the way
+        count = int(schedule.end - schedule.start) + 1
+        points = [(round((schedule.start + i) * steps_per_epoch), (i + 1) / count) for i in range(count)]
+    elif end <= start or schedule.curve == "oneshot":
+        points = [(start, 1.0)]
+    else:
+        n = max(1, round((schedule.end - schedule.start) / schedule.frequency))
+        curve = _CURVES[schedule.curve]
+        points = [(round(start + (end - start) * i / n), curve(i / n)) for i in range(n + 1)]
+    by_step: dict[int, float] = {}
+    for step, fraction in points:
+        by_step[step] = initial + (final - initial) * fraction  # a later point at the same step wins
+    if len(by_step) < len(points):
+        logger.info("epochs %g-%g every %g epoch(s) at %g steps per epoch: %d distinct update steps", schedule.start,
+                    schedule.end, schedule.frequency, steps_per_epoch, len(by_step))
+    return StepLevelsScheduler(tuple(by_step), tuple(by_step.values()))
+
+
+def scheduler_for(group: PruningGroup, steps_per_epoch: float | None, one_shot: bool) -> Any:
+    """The scheduler of a group (``"epochs"``: per target sparsity, through `epoch_levels`)."""
+    schedule: Schedule = group.schedule
+    if one_shot or (schedule.curve in ("hold", "oneshot") and schedule.unit == "epoch" and steps_per_epoch is None):
+        return ConstantSparsityScheduler(begin_step=0)
+    if schedule.unit == "step":
+        if schedule.curve in ("hold", "oneshot"):
+            return {"kind": "linear", "start_step": int(schedule.start), "end_step": int(schedule.start),
+                    "frequency": 1} if schedule.curve == "oneshot" else ConstantSparsityScheduler(begin_step=0)
+        return {"kind": _INC_CURVES[schedule.curve], "start_step": int(schedule.start),
+                "end_step": int(schedule.end), "frequency": int(schedule.frequency)}
+    if steps_per_epoch is None:
+        raise group.origin.error("the schedule is in epochs: give steps_per_epoch (or apply the recipe in one shot)")
+    if schedule.curve == "hold":
+        return ConstantSparsityScheduler(begin_step=0)
+    return "epochs"  # per target: `epoch_levels`
+
+
+def criterion_for(group: PruningGroup) -> Any:
+    """The group's criterion as a `sparsify.criteria.Criterion`, validated; errors name the file and line."""
+    method = group.method
+    if method == "lock":
+        return criterion_from_dict("magnitude")
+    kinds = criterion_kinds()
+    if method not in kinds:
+        feature = {"sparsegpt": "SparseGPT", "wanda": "Wanda"}.get(method, method)
+        raise UnsupportedFeatureError(
+            f"{group.origin.entry}: {feature}", f"this sparsify has no {method!r} criterion (it has "
+            f"{', '.join(kinds)})", group.origin.path, group.origin.line)
+    options = {k: v for k, v in group.options.items() if k != "grad_sampler_kwargs"}
+    if method == "mfac" and isinstance(options.get("num_grads"), dict):
+        options["num_grads"] = {float(k): int(v) for k, v in options["num_grads"].items()}
+    try:
+        return criterion_from_dict({"kind": method, **options})
+    except (TypeError, ValueError) as exc:
+        raise group.origin.error(str(exc)) from exc
+
+
+def _pattern_fields(group: PruningGroup, module: nn.Module | None, target: float) -> dict[str, Any]:
+    structure = group.structure
+    if structure.kind == "n_m":
+        assert structure.n_m is not None
+        zeros, size = structure.n_m
+        if target < zeros / size - 1e-9:  # INC: that share of whole runs made n:m-sparse
+            return {"pattern": f"{zeros}:{size}"}
+        return {"n_m_ratio": (zeros, size)}
+    if structure.kind == "tile":
+        assert structure.tile is not None
+        out, inp = structure.tile.split("x")
+        weight = module.weight if module is not None else None
+        if out == "channel" and weight is not None and weight.dim() > 2:
+            out = str(weight.shape[0])  # INC: one column of [Co, K·Ci] = one input channel at one position
+        return {"pattern": f"{out}x{inp}"}
+    return {}
+
+
+def _module_config(group: PruningGroup, module: nn.Module, target: float | None, scheduler: Any,
+                   one_shot: bool, steps_per_epoch: float | None = None) -> ModulePrunerConfig:
+    if target is None:  # keep the zeros it has: magnitude at its zero fraction, fixed at prepare()
+        weight = module.weight.detach()
+        zeros = int((weight == 0).sum())
+        level = min(1.0, (zeros + 0.25) / weight.numel()) if zeros else 0.0
+        return ModulePrunerConfig(scheduler=ConstantSparsityScheduler(begin_step=0), initial_sparsity=level,
+                                  target_sparsity=level, criterion="magnitude")
+    fields = _pattern_fields(group, module, target)
+    initial = 0.0 if one_shot else min(group.initial, target)
+    if scheduler == "epochs":
+        assert steps_per_epoch is not None
+        final = fields["n_m_ratio"][0] / fields["n_m_ratio"][1] if "n_m_ratio" in fields else target
+        scheduler = epoch_levels(group.schedule, initial, final, steps_per_epoch)
+        initial = scheduler.levels[0] if scheduler.steps[0] == 0 else 0.0  # nothing before the first step
+    config: dict[str, Any] = {"scheduler": copy.deepcopy(scheduler), "initial_sparsity": initial,
+                              "criterion": criterion_for(group), "scope": group.scope,
+                              "min_sparsity": group.min_sparsity, "max_sparsity": group.max_sparsity, **fields}
+    if "n_m_ratio" not in fields:
+        config["target_sparsity"] = target
+    else:
+        config["initial_sparsity"] = min(initial, fields["n_m_ratio"][0] / fields["n_m_ratio"][1])
+    return ModulePrunerConfig(**config)
+
+
+def pruner_config(plan: RecipePlan, model: nn.Module, *, steps_per_epoch: float | None = None,
+                  one_shot: bool = False) -> tuple[PrunerConfig, list[ResolvedGroup]]:
+    """The `sparsify.PrunerConfig` that applies ``plan`` to ``model`` (layer drops already applied).
+
+    ``one_shot``: every group goes straight to its final state at the first ``step()`` /
+    ``prune_now()`` (SparseML's ``manager.apply``); otherwise epochs need ``steps_per_epoch``.
+    Raises `UnsupportedFeatureError` before anything is built for what cannot be honoured.
+    """
+    for group in plan.groups:  # what this sparsify cannot do is refused before the model is looked at
+        criterion_for(group)
+        if group.structure.kind == "n_m":
+            for rule in group.targets:
+                if rule.sparsity is not None:
+                    _pattern_fields(group, None, rule.sparsity)
+    resolved = plan.resolve(model)
+    names: dict[str, ModulePrunerConfig] = {}
+    for entry in resolved:
+        group = entry.group
+        if not entry.modules:
+            continue
+        for note in group.notes:
+            logger.info("%s: %s", group.origin, note)
+        embeddings = [n for n in entry.modules if isinstance(model.get_submodule(n), nn.Embedding)]
+        if embeddings:
+            raise UnsupportedFeatureError(f"{group.origin.entry}: pruning Embedding weights ({', '.join(embeddings)})",
+                                          "sparsify prunes Linear and Conv weights", group.origin.path,
+                                          group.origin.line)
+        scheduler = scheduler_for(group, steps_per_epoch, one_shot)
+        shared: dict[tuple[Any, ...], ModulePrunerConfig] = {}
+        for name, target in entry.modules.items():
+            module = model.get_submodule(name)
+            if target is None:
+                names[re.escape(name)] = _module_config(group, module, None, scheduler, one_shot)
+                continue
+            fields = _pattern_fields(group, module, target)
+            key = (target, tuple(sorted(fields.items())))
+            if group.scope == "global":
+                key = ("global",)
+                if "pattern" in fields and len({_pattern_fields(group, model.get_submodule(n), t).get("pattern")
+                                                 for n, t in entry.modules.items() if t is not None}) > 1:
+                    raise UnsupportedFeatureError(
+                        f"{group.origin.entry}: pattern {group.structure.tile!r} on convolutions in global scope",
+                        "INC's channel tiles differ per convolution; sparsify ranks one pattern per global group",
+                        group.origin.path, group.origin.at("pattern"))
+            if key not in shared:
+                shared[key] = _module_config(group, module, target, scheduler, one_shot, steps_per_epoch)
+            names[re.escape(name)] = shared[key]
+    if not names:
+        raise UnsupportedFeatureError(f"{plan.path or 'recipe'}: nothing to prune",
+                                      "no group selects a layer of this model", plan.path, None)
+    return PrunerConfig(module_name_configs=names), resolved
+

@@ -1,0 +1,111 @@
+"""``save_pretrained`` of a prepared model writes the weights the model computes, not its pruning bookkeeping.
+
+A prepared module holds ``weight_orig`` (the trained values), ``weight_mask`` and ``weight_amount``
+instead of ``weight``. Hugging Face's ``save_pretrained`` writes ``model.state_dict()`` as it is, and
+``from_pretrained`` — which knows only ``weight`` — would report those keys as unexpected and load a
+fresh, dense, randomly initialised ``weight`` in their place. So `Pruner.prepare` gives a model whose
+class has a ``save_pretrained`` method (transformers, diffusers, …) an instance-level
+``save_pretrained`` (`MaskedSavePretrained`) that hands the class's method `plain_state_dict`: each
+masked parameter under its plain name with its masked values, and no masks, amounts or Core ML
+metadata (which ``from_pretrained`` could not put back). ``from_pretrained`` then reloads exactly the
+weights the model computed when it was saved, with its zeros.
+
+What such a file does not hold is the pruning state (the ``weight_orig`` values under the mask, the
+schedule): to resume pruning, checkpoint ``model.state_dict()`` and ``pruner.state_dict()``
+(`sparsify.compat.hf.PruningCallback` does this in Trainer checkpoints).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["MaskedSavePretrained", "plain_state_dict", "protect_save_pretrained", "unprotect_save_pretrained"]
+
+logger = logging.getLogger(__name__)
+
+_METADATA_PREFIX = "_COREML_/"
+
+
+def _masked_tensors(model: nn.Module) -> list[str]:
+    """Qualified names of the masked tensors (``<name>_orig`` parameter + ``<name>_mask`` buffer) of ``model``."""
+    names = []
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{module_name}." if module_name else ""
+        for key in module._buffers:
+            if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in module._parameters:
+                names.append(prefix + key[: -len("_mask")])
+    return names
+
+
+def plain_state_dict(model: nn.Module, state_dict: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``state_dict`` (default: ``model.state_dict()``) with every masked tensor of ``model`` under its plain
+    name holding its masked values, and without masks, amounts or Core ML compression metadata.
+
+    Works for masks installed by sparsify, Core ML Tools or ``torch.nn.utils.prune``. Tied parameters stay
+    one tensor (so ``save_pretrained`` still recognises them as tied). Key order is kept.
+    """
+    source = model.state_dict() if state_dict is None else state_dict
+    masked = set(_masked_tensors(model))
+    baked: dict[tuple[int, int], torch.Tensor] = {}
+    plain: dict[str, Any] = {}
+    for key, value in source.items():
+        if _METADATA_PREFIX in key:
+            continue
+        base, _, suffix = key.rpartition("_")
+        if base not in masked or suffix not in ("orig", "mask", "amount"):
+            plain[key] = value
+            continue
+        if suffix != "orig" or f"{base}_mask" not in source:
+            continue
+        mask = source[f"{base}_mask"]
+        cache = (id(value), id(mask))
+        if cache not in baked:
+            baked[cache] = torch.where(mask.bool(), value, torch.zeros((), dtype=value.dtype, device=value.device))
+        plain[base] = baked[cache]
+    return plain
+
+
+class MaskedSavePretrained:
+    """A prepared model's ``save_pretrained``: the class's own method, given `plain_state_dict`.
+
+It stays after ``finalize()``, where it only leaves out the Core ML metadata buffers (``from_pretrained``
+would list them as unexpected keys and drop them).
+
+    Stored in the model's ``__dict__`` (so it pickles and deep-copies with the model, and a copy's
+    guard saves the copy). A ``state_dict`` passed by the caller (the Trainer passes one under
+    DeepSpeed / FSDP) is converted the same way.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        method = type(self.model).save_pretrained
+        bound = inspect.signature(method).bind(self.model, *args, **kwargs)
+        masked = _masked_tensors(self.model)
+        bound.arguments["state_dict"] = plain_state_dict(self.model, bound.arguments.get("state_dict"))
+        if masked:
+            logger.info(
+                "save_pretrained: %d masked weight(s) saved with their masks applied (what from_pretrained reloads); "
+                "the pruning state is not in this file: checkpoint model.state_dict() and pruner.state_dict() to "
+                "resume pruning", len(masked),
+            )
+        return method(*bound.args, **bound.kwargs)
+
+
+def protect_save_pretrained(model: nn.Module) -> None:
+    """Install `MaskedSavePretrained` on ``model`` if its class has a ``save_pretrained`` method."""
+    if callable(getattr(type(model), "save_pretrained", None)):
+        model.__dict__["save_pretrained"] = MaskedSavePretrained(model)
+
+
+def unprotect_save_pretrained(model: nn.Module) -> None:
+    """Remove what `protect_save_pretrained` installed (nothing else)."""
+    if isinstance(model.__dict__.get("save_pretrained"), MaskedSavePretrained):
+        del model.__dict__["save_pretrained"]
