@@ -14,7 +14,10 @@
 * prepared → dense/finalized: ``weight = where(mask, weight_orig, 0)``;
 * Core ML metadata buffers are dropped when the model has none, and kept when it has them.
 
-Files are read with ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+Files are read with ``torch.load(weights_only=True)`` (`load_checkpoint_file`), after a size check.
+
+For files from strangers, `sparsify.model_files.read_tensor_file` (re-exported here) reads the tensors
+without ``torch.load`` at all.
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ import torch
 from torch import nn
 
 from .masking import masked_weight
+from .model_files import DEFAULT_MAX_BYTES, FileRefusedError, check_file_size, read_tensor_file
 
-__all__ = ["dense_state_dict", "load_checkpoint_file", "load_state_dict", "state_dict_layout"]
+__all__ = [
+    "DEFAULT_MAX_BYTES", "FileRefusedError", "dense_state_dict", "load_checkpoint_file", "load_state_dict",
+    "read_tensor_file", "state_dict_layout",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +127,8 @@ def load_state_dict(
     return model.load_state_dict(converted, strict=strict)
 
 
-def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code."""
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
+    """``torch.load(path, weights_only=True)`` of a file of at most ``max_bytes``: tensors and plain
+    containers only, never code."""
+    check_file_size(path, max_bytes, "checkpoint")
     return torch.load(path, map_location=map_location, weights_only=True)

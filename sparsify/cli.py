@@ -1,6 +1,12 @@
 """The ``sparsify`` command: run the demo, report on a saved model, export it to Core ML, inspect a package,
 and list what a pruning config would do to a model (dry run).
 
+Files come from anywhere, so nothing in them runs (`sparsify.model_files`): ``report`` reads tensors with
+`read_tensor_file` (its own pickle reader: no ``torch.load``, ``torch.jit.load`` or ``torch.export.load``);
+``export`` of a ``torch.export`` program first checks every pickle in the archive with that reader; every
+file read has a size limit (``--max-file-size``; YAML configs: `sparsify.safe_io`'s size and alias limits).
+Errors are one line on stderr (``-vv`` adds the traceback).
+
 Also reachable as ``python -m sparsify``. Logging is configured here and only here (the library
 itself only creates loggers), so importing sparsify never changes an application's logging.
 
@@ -11,32 +17,28 @@ Exit codes: 0 success, 1 failure (the error is printed on stderr), 2 bad usage (
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import logging
+import re
 import sys
-import warnings
-import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 
 from .analysis.sizing import RULES, TARGETS
-from .checkpoints import load_checkpoint_file
+from .cli_files import CommandError, build_model, load_config, load_model, read_state_dict
+from .model_files import DEFAULT_MAX_BYTES
 
 __all__ = [
     "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser", "load_model", "main",
+    "read_state_dict",
 ]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 logger = logging.getLogger("sparsify.cli")
-
-_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 _DESCRIPTION = "Make PyTorch models sparse and ship them to Apple devices through Core ML."
 
@@ -44,7 +46,7 @@ _EPILOG = """\
 examples:
   sparsify demo                                   # the Core ML Tools tutorial flow, offline (8x8 digits)
   sparsify demo --quick --out /tmp/demo           # the same in seconds
-  sparsify report model.pt                        # a torch.save'd state_dict (loaded with weights_only=True)
+  sparsify report model.pt                        # a torch.save'd state_dict (read, never unpickled as code)
   sparsify report traced.pt --format markdown     # TorchScript; also csv, json
   sparsify export traced.pt model.mlpackage --input-shape 1,1,28,28
   sparsify export program.pt2 model.mlpackage     # a torch.export.save'd program: shapes are known
@@ -56,73 +58,18 @@ Use -v for progress details, -q for errors only. Run 'sparsify COMMAND --help' f
 """
 
 
-class CommandError(Exception):
-    """A failure to report as ``error: <message>`` with exit code 1 (no traceback)."""
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
 
 
-# ----------------------------------------------------------------------------------------------
-# Loading saved models
-# ----------------------------------------------------------------------------------------------
-
-
-def _archive_kind(path: Path) -> str | None:
-    """``"torchscript"`` (a zip with a ``<name>/code/`` folder), ``"exported"`` (``torch.export.save``'s
-    ``.pt2``, with an ``archive_format`` record), or ``None`` (anything else, e.g. a ``torch.save`` file)."""
-    if not zipfile.is_zipfile(path):
-        return None
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    if any("/code/" in name for name in names):
-        return "torchscript"
-    if any(name.endswith(("/archive_format", "serialized_exported_program.json")) for name in names):
-        return "exported"
-    return None
-
-
-def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """A state dict, or a checkpoint dict holding one under a usual key."""
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return dict(obj)
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model_state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                logger.info("%s: using the state dict under key %r", path, key)
-                return dict(inner)
-        raise CommandError(
-            f"{path} holds a dict with keys {sorted(map(str, obj))[:12]} but no state dict: expected tensors as "
-            f"values, or a state dict under 'state_dict', 'model_state_dict' or 'model'"
+def _parse_size(text: str) -> int:
+    """``"512MiB"``, ``"8G"``, ``"1000000"`` → bytes (K/M/G/T are powers of 1024)."""
+    match = _SIZE.fullmatch(text)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"--max-file-size {text!r} is invalid: allowed a positive number of bytes with an optional K, M, G or T "
+            "suffix, e.g. 512M or 16GiB"
         )
-    raise CommandError(f"{path} holds a {type(obj).__name__}, not a state dict (a dict of tensors)")
-
-
-def load_model(path: str | Path) -> tuple[str, Any]:
-    """Load a saved model: ``("torchscript", ScriptModule)``, ``("exported", ExportedProgram)`` or
-    ``("state_dict", dict)``.
-
-    State dicts and checkpoints are loaded with ``torch.load(..., weights_only=True)``, which runs no
-    pickled code; whole pickled ``nn.Module`` objects are therefore refused (save ``model.state_dict()``,
-    or a TorchScript / ``torch.export`` program, instead).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CommandError(f"model path {str(path)!r} is not a file")
-    kind = _archive_kind(path)
-    if kind == "torchscript":
-        with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated; loading still works
-            warnings.simplefilter("ignore", FutureWarning)
-            return "torchscript", torch.jit.load(str(path), map_location="cpu")
-    if kind == "exported":
-        return "exported", torch.export.load(str(path))
-    try:
-        obj = load_checkpoint_file(path)
-    except Exception as error:  # unpickling refusals and corrupt files come in many types
-        raise CommandError(
-            f"cannot load {path} as a state dict with torch.load(weights_only=True): {type(error).__name__}: {error}\n"
-            "Save model.state_dict() with torch.save, or a TorchScript module (torch.jit.trace(...).save) "
-            "or a torch.export program (torch.export.save)."
-        ) from error
-    return "state_dict", _state_dict_from(obj, path)
+    return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -142,34 +89,17 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _load_example(name: str) -> ModuleType:
-    path = _EXAMPLES / f"{name}.py"
-    if not path.is_file():
-        raise CommandError(
-            f"'sparsify demo' runs examples/{name}.py from a source checkout of sparsify, and there is none at "
-            f"{path}; clone the repository and install it with pip install -e ."
-        )
-    spec = importlib.util.spec_from_file_location(f"_sparsify_example_{name}", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
-    tutorial = _load_example("coreml_tutorial")
-    return int(tutorial.main(extra, prog="sparsify demo") or 0)
+    from .demo.coreml_tutorial import main as tutorial
+
+    return int(tutorial(extra, prog="sparsify demo") or 0)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .analysis.model_report import model_report
 
-    kind, model = load_model(args.model)
-    logger.info("%s: loaded a %s", args.model, kind)
-    # Read the tensors: the modules of a loaded program are not the original classes.
-    if kind == "torchscript":
-        model = dict(model.state_dict())
-    elif kind == "exported":
-        model = dict(model.state_dict)
+    kind, model = read_state_dict(args.model, args.max_file_size)
+    logger.info("%s: read the tensors of a %s", args.model, kind)
     report = model_report(model, requested=args.requested, rule=args.rule, target=args.target)
     render = {"text": report.to_text, "markdown": report.to_markdown, "csv": report.to_csv,
               "json": report.to_json}[args.format]
@@ -181,7 +111,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export.coreml import export_coreml
 
-    kind, model = load_model(args.model)
+    kind, model = load_model(args.model, args.max_file_size)
     if kind == "state_dict":
         raise CommandError(
             f"{args.model} is a state dict: export needs the model's code too. Save it as TorchScript "
@@ -217,9 +147,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .config import ModulePrunerConfig, PrunerConfig
     from .pruning import Pruner
 
-    model = _build_model(args.model)
+    model = build_model(args.model)
     if args.weights is not None:
-        kind, state = load_model(args.weights)
+        kind, state = load_model(args.weights, args.max_file_size)
         if kind != "state_dict":
             raise CommandError(f"{args.weights} is a {kind}: --weights takes torch.save(model.state_dict())")
         try:
@@ -227,7 +157,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             raise CommandError(f"{args.weights} does not fit {args.model}: {exc}") from exc
     if args.config is not None:
-        config = _load_config(args.config, args.config_format, model)
+        config = load_config(args.config, args.config_format, model)
         if args.sparsity is not None:
             raise CommandError("give the sparsity in the config file or with --sparsity, not both")
     else:
@@ -277,39 +207,12 @@ def _module_configs(config: Any) -> list[Any]:
 _CONFIG_FORMATS = ("sparsify", "coreml", "inc")
 
 
-def _build_model(spec: str) -> torch.nn.Module:
-    """Call a model factory named ``package.module:callable`` (e.g. ``torchvision.models:resnet18``)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise CommandError(f"model={spec!r}: expected 'package.module:factory', e.g. sparsify.demo.models:SmallCNN")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise CommandError(f"model={spec!r}: cannot import it ({exc})") from exc
-    model = factory()
-    if not isinstance(model, torch.nn.Module):
-        raise CommandError(f"model={spec!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
-def _load_config(path: str | None, pruner: str, model: torch.nn.Module | None = None) -> Any:
-    from .compat.inc import from_inc_config
-    from .config import MagnitudePrunerConfig, PrunerConfig
-
-    if pruner == "inc":
-        if path is None:
-            raise CommandError("--format inc needs a config file (an Intel Neural Compressor pruning YAML)")
-        return from_inc_config(path, model)  # with the model, INC's own layer rules select the layers
-    config_class = {"sparsify": PrunerConfig, "coreml": MagnitudePrunerConfig}[pruner]
-    return config_class() if path is None else config_class.from_yaml(path)
-
-
 def cmd_dry_run(args: argparse.Namespace) -> int:
     from .pruning import dry_run
 
-    model = _build_model(args.model)
+    model = build_model(args.model)
     try:
-        config = _load_config(args.config, args.config_format, model)
+        config = load_config(args.config, args.config_format, model)
     except (ValueError, TypeError) as exc:  # config errors name the field; no traceback needed
         raise CommandError(f"{args.config}: {exc}") from exc
     table = dry_run(model, config)
@@ -320,7 +223,17 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .export.mlpackage import inspect_mlpackage
 
-    report = inspect_mlpackage(args.package)
+    package = Path(args.package)
+    if not package.exists():
+        raise CommandError(f"{package}: no such .mlpackage")
+    if not (package / "Manifest.json").is_file():
+        what = "a folder without Manifest.json" if package.is_dir() else "a file"
+        raise CommandError(f"{package} is {what}, not an .mlpackage")
+    total = sum(p.stat().st_size for p in package.rglob("*") if p.is_file())
+    if total > args.max_file_size:
+        raise CommandError(f"{package} holds {total:,} bytes, over the limit of {args.max_file_size:,} bytes "
+                           "(raise it with --max-file-size)")
+    report = inspect_mlpackage(package)
     print(json.dumps(report.as_dict(), indent=2) if args.format == "json" else report.to_text())
     return EXIT_OK
 
@@ -337,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"sparsify {__version__}")
+    parser.add_argument("--max-file-size", type=_parse_size, default=DEFAULT_MAX_BYTES, metavar="SIZE",
+                        help="refuse model files and packages larger than this (default 8GiB; e.g. 512M, 32G)")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors")
@@ -346,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", add_help=False, formatter_class=formatter,
         help="train a small CNN, prune it while fine-tuning, export and verify a sparse .mlpackage "
         "(the Core ML Tools tutorial flow; options: 'sparsify demo --help')",
-        description="Runs examples/coreml_tutorial.py; all options are the tutorial's.",
+        description="Runs sparsify.demo.coreml_tutorial (examples/coreml_tutorial.py); all options are the tutorial's.",
     )
 
     report = commands.add_parser(
@@ -469,11 +384,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except CommandError as error:
+        logger.debug("traceback", exc_info=True)
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    except (OSError, ValueError, TypeError, RuntimeError, ImportError) as error:
+    except Exception as error:  # one line for the user; the traceback with -vv
         logger.debug("traceback", exc_info=True)
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        message = " ".join(str(error).split()) or "(no message)"
+        print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -5,12 +5,16 @@ Exit codes are part of the interface: 0 success, 1 failure (message on stderr), 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import pickle
 import re
 import subprocess
 import sys
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +24,7 @@ import torch
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
 from sparsify.cli import main
 from sparsify.demo.models import SmallCNN
+from sparsify.model_files import read_tensor_file
 
 SHAPE = (1, 1, 8, 8)
 
@@ -164,9 +169,9 @@ def test_report_formats(capsys: pytest.CaptureFixture[str], saved: dict[str, Pat
 
 
 @pytest.mark.parametrize(("kind", "message"), [
-    ("pickled", "cannot load .*weights_only=True"),
+    ("pickled", "is refused: the file refers to sparsify.demo.models.SmallCNN: only tensors and plain data are read"),
     ("not_a_model", r"holds a dict with keys \['epoch', 'lr'\] but no state dict"),
-    ("garbage", "cannot load .*as a state dict"),
+    ("garbage", "is refused: not a zip archive written by torch.save"),
 ])
 def test_report_failures_exit_1(capsys: pytest.CaptureFixture[str], saved: dict[str, Path], kind: str,
                                 message: str) -> None:
@@ -179,6 +184,189 @@ def test_report_failures_exit_1(capsys: pytest.CaptureFixture[str], saved: dict[
 def test_report_missing_file_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "report", tmp_path / "nope.pt")
     assert code == 1 and "is not a file" in err
+
+
+# -- files from strangers: nothing in them runs -------------------------------------------------------
+
+
+def test_reader_returns_what_torch_loads(tmp_path: Path, saved: dict[str, Path]) -> None:
+    """read_tensor_file against torch's own loaders: same keys, order, values, dtypes, shapes and strides."""
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    obj = {
+        "dtypes": {str(dtype): torch.tensor([0, 1, 2, 3]).to(dtype) for dtype in (
+            torch.float16, torch.bfloat16, torch.float64, torch.bool, torch.int8, torch.uint8, torch.int64,
+            torch.complex64)},
+        "views": [base, base.t(), base[1:, ::2]],  # one storage, strided and offset views
+        "empty": torch.empty(0, 3),
+        "scalar": torch.tensor(2.5),
+        "parameter": torch.nn.Parameter(torch.ones(2, 2)),
+        "plain": (1, 2.5, "text", None, True, {"nested": [1, 2]}),
+        "size": torch.Size([2, 3]),
+        "dtype": torch.float16,
+    }
+    path = tmp_path / "many.pt"
+    torch.save(obj, path)
+    expected, got = torch.load(path, weights_only=True), read_tensor_file(path)
+    for name, tensor in expected["dtypes"].items():
+        assert got["dtypes"][name].dtype == tensor.dtype and torch.equal(got["dtypes"][name], tensor)
+    for ours, theirs in zip(got["views"], expected["views"]):
+        assert torch.equal(ours, theirs) and ours.stride() == theirs.stride()
+        assert ours.storage_offset() == theirs.storage_offset()
+    assert got["empty"].shape == (0, 3) and got["scalar"].item() == 2.5
+    assert torch.equal(got["parameter"], torch.ones(2, 2))
+    assert got["plain"] == expected["plain"] and got["size"] == (2, 3) and got["dtype"] is torch.float16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(str(saved["torchscript"])).state_dict()
+    ours = read_tensor_file(saved["torchscript"])
+    assert list(ours) == list(scripted) and all(torch.equal(ours[k], scripted[k]) for k in scripted)
+    program = torch.export.load(str(saved["exported"])).state_dict
+    ours = read_tensor_file(saved["exported"])
+    assert set(ours) == set(program) and all(torch.equal(ours[k], program[k]) for k in program)
+
+
+
+class _Payload:
+    """Unpickled, it creates the folder ``marker``: the proof that a loader ran code from the file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.mkdir, (str(self.marker),)
+
+
+def _with_member(source: Path, target: Path, member_suffix: str | tuple[str, ...], data: bytes) -> Path:
+    """A copy of the zip ``source`` whose member ending in ``member_suffix`` is replaced by ``data``."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
+        names = [name for name in original.namelist() if name.endswith(member_suffix)]
+        assert names, member_suffix
+        for info in original.infolist():
+            copy.writestr(info, data if info.filename == names[0] else original.read(info))
+    return target
+
+
+@pytest.fixture
+def crafted(saved: dict[str, Path], tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+    """Files whose pickle creates ``marker`` when unpickled with plain pickle (checked here first)."""
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Payload(marker), protocol=2)
+    pickle.loads(payload)  # the payload is live: plain unpickling runs it
+    assert marker.is_dir()
+    marker.rmdir()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as nested:  # a torch.save zip holding the payload
+        nested.writestr("archive/data.pkl", payload)
+    files = {
+        "raw_pickle": tmp_path / "raw.pt",
+        "torch_save": _with_member(saved["state_dict"], tmp_path / "evil.pt", "/data.pkl", payload),
+        "torchscript": _with_member(saved["torchscript"], tmp_path / "evil_ts.pt", "/data.pkl", payload),
+        # torch >= 2.8 writes data/sample_inputs/model.pt, older releases serialized_example_inputs.pt
+        "exported_inputs": _with_member(saved["exported"], tmp_path / "evil_inputs.pt2",
+                                        ("/sample_inputs/model.pt", "serialized_example_inputs.pt"), buffer.getvalue()),
+    }
+    files["raw_pickle"].write_bytes(payload)
+    return marker, files
+
+
+@pytest.mark.parametrize("command", ["report", "export"])
+@pytest.mark.parametrize("name", ["raw_pickle", "torch_save", "torchscript", "exported_inputs"])
+def test_crafted_files_are_refused_and_never_run(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                 crafted: tuple[Path, dict[str, Path]], command: str,
+                                                 name: str) -> None:
+    marker, files = crafted
+    argv = [command, files[name]] + ([tmp_path / "out.mlpackage", "--input-shape", "1,1,8,8"]
+                                     if command == "export" else [])
+    code, out, err = run(capsys, *argv)
+    assert not marker.exists(), "the file's code ran"
+    if command == "report" and name == "exported_inputs":  # report reads the weights only: fine
+        assert code == 0 and "80.0%" in out
+        return
+    assert code == 1 and out == ""
+    assert len(err.splitlines()) == 1, err
+    assert "is refused:" in err
+    assert "posix.mkdir" in err or "not a zip archive" in err, err
+
+
+def test_exported_weights_with_a_pickle_are_refused(capsys: pytest.CaptureFixture[str], saved: dict[str, Path],
+                                                    tmp_path: Path, crafted: tuple[Path, dict[str, Path]]) -> None:
+    """A weight record marked ``use_pickle`` (torch.export.load unpickles it with weights_only=False)."""
+    marker, _ = crafted
+    with zipfile.ZipFile(saved["exported"]) as archive:
+        config_name = next((n for n in archive.namelist() if n.endswith("_weights_config.json")), None)
+        if config_name is None:
+            pytest.skip(f"torch {torch.__version__} writes no weights config (the pt2 archive came in torch 2.8)")
+        config = json.loads(archive.read(config_name))
+    first = next(iter(config["config"].values()))
+    first["use_pickle"] = True
+    evil = _with_member(saved["exported"], tmp_path / "evil.pt2", config_name, json.dumps(config).encode())
+    evil = _with_member(evil, tmp_path / "evil2.pt2", f"/data/weights/{first['path_name']}",
+                        pickle.dumps(_Payload(marker), protocol=2))
+    for argv in (["report", evil], ["export", evil, tmp_path / "x.mlpackage"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 1 and "is refused:" in err and "not a zip archive" in err, err
+    assert not marker.exists()
+
+
+def test_a_tensor_outside_its_storage_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A size that reaches past the stored bytes (out-of-bounds reads in a loader that trusts it)."""
+    path = tmp_path / "big.pt"
+    torch.save({"w": torch.zeros(4)}, path)
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+        text = archive.read(name)
+    lying = text.replace(b"K\x04\x85", b"M\x00\x10\x85")  # size (4,) -> (4096,)
+    assert lying != text
+    _with_member(path, tmp_path / "lying.pt", "/data.pkl", lying)
+    code, _, err = run(capsys, "report", tmp_path / "lying.pt")
+    assert code == 1 and "a tensor of size (4096,) reaches element 4095 of a storage of 4" in err
+
+
+def test_size_limits(capsys: pytest.CaptureFixture[str], saved: dict[str, Path], package: Path,
+                     tmp_path: Path) -> None:
+    size = saved["state_dict"].stat().st_size
+    code, _, err = run(capsys, "--max-file-size", "1K", "report", saved["state_dict"])
+    assert code == 1 and f"the model file is {size:,} bytes, over the limit of 1,024 bytes" in err
+    assert "--max-file-size" in err
+    code, _, err = run(capsys, "--max-file-size", "10K", "inspect", package)
+    assert code == 1 and "over the limit of 10,240 bytes" in err
+    assert run(capsys, "--max-file-size", "1M", "report", saved["state_dict"])[0] == 0
+    assert "--max-file-size '1X' is invalid" in usage_error(capsys, "--max-file-size", "1X", "report", "x.pt")
+    big = tmp_path / "big.yaml"  # configs: sparsify.safe_io's limit, 10 MiB
+    big.write_text("global_config:\n  target_sparsity: 0.5\n" + "# padding\n" * 1_100_000)
+    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(big)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {big}: the file is 11,000,038 bytes; the limit is 10,485,760 bytes" in err
+    assert err.count("\n") == 1
+
+
+def test_yaml_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("global_config:\n  target_sparsity: [0.5\n")
+    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {broken}:3: invalid YAML: while parsing a flow sequence did not find expected ',' or ']'\n"
+    bomb = tmp_path / "bomb.yaml"  # "billion laughs": 9 levels of 9 aliases, 537 bytes
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb.write_text("\n".join(lines) + "\n")
+    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(bomb)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bomb}:7: the document expands to more than 1,000,000 values")
+    assert err.count("\n") == 1
+    assert main(["dry-run", "sparsify.demo.models:SmallCNN", str(tmp_path / "none.yaml"), "--format", "inc"]) == 1
+    assert "config path" in capsys.readouterr().err
+
+
+def test_inspect_non_packages_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("hello")
+    folder = tmp_path / "empty.mlpackage"
+    folder.mkdir()
+    for path, what in ((text_file, "a file"), (folder, "a folder without Manifest.json")):
+        code, out, err = run(capsys, "inspect", path)
+        assert code == 1 and out == ""
+        assert err == f"error: {path} is {what}, not an .mlpackage\n"
 
 
 # -- export and inspect --------------------------------------------------------------------------
@@ -249,6 +437,8 @@ def test_demo_runs_the_tutorial(capsys: pytest.CaptureFixture[str], tmp_path: Pa
 def test_demo_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "demo", "--dataset", "mnist", "--data-root", tmp_path, "--out", tmp_path)
     assert code == 1 and "error: DatasetNotFoundError: cannot load dataset 'mnist'; tried:" in err
+    assert len(err.splitlines()) == 1
+    assert "--threads 0 is invalid: allowed an integer >= 1" in usage_error(capsys, "demo", "--threads", "0")
     assert "invalid choice: 'cifar'" in usage_error(capsys, "demo", "--dataset", "cifar")
 
 

@@ -226,7 +226,8 @@ def load_idx_dataset(
         tensors.append(torch.from_numpy(labels.astype(np.int64)))
     if classes is None:
         classes = tuple(str(i) for i in range(int(max(tensors[1].max(), tensors[3].max())) + 1))
-    return DatasetSplits(name, *tensors, classes=classes, source=source or str(directory))
+    train_x, train_y, test_x, test_y = tensors
+    return DatasetSplits(name, train_x, train_y, test_x, test_y, classes=classes, source=source or str(directory))
 
 
 def _find_idx(directory: Path, stem: str) -> Path:
