@@ -11,10 +11,23 @@ those names keep working:
 * ``module.pruning_method`` — the hook object, a `torch.nn.utils.prune.BasePruningMethod`,
   so ``torch.nn.utils.prune.is_pruned`` and ``torch.nn.utils.prune.remove`` work on it.
 
+Two modes, chosen per parameter by `install_mask` (``mode=``):
+
+* ``"default"`` — Core ML Tools' semantics: ``<name>_orig`` keeps the trained values of pruned
+  weights, so a later mask can revive them; the forward pass uses ``where(mask, orig, 0)`` and the
+  gradient reaching ``<name>_orig`` is masked the same way.
+* ``"inplace"`` — pruned entries are zeroed in the parameter itself; see `MaskHook` for what
+  differs and when to choose it.
+
 Differences from Core ML Tools, each for a reason:
 
-* The mask is ``bool`` (1 byte per weight) instead of float32 (4 bytes), and it is applied with
-  ``torch.where`` rather than a multiply, so no float copy of the mask is ever made.
+* The mask is ``bool`` (1 byte per weight) instead of float32 (4 bytes), and no float copy of it is
+  ever made: `sparsify._mask_ops.select_into` applies it as an integer multiply, bit for bit the
+  result of ``torch.where(mask, orig, 0)``.
+* The masked weight of a forward pass is written into the memory of the previous one when nothing
+  holds that any more (no autograd graph waiting for its backward, no user reference), and the
+  incoming gradient is masked in place: a training step allocates no weight-sized tensor that dense
+  training would not.
 * Outside a forward pass ``module.<name>`` is always the *current* masked weight, detached: masks
   refresh it when they change (so ``report()`` is right straight after ``step()``), and a forward
   post-hook detaches it after each forward (so deep copies and pickles never meet a non-leaf tensor).
@@ -25,13 +38,18 @@ Differences from Core ML Tools, each for a reason:
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from ._mask_ops import select_into, sole_owner
 
 __all__ = [
+    "MASK_MODES",
     "MaskHook",
     "bake_mask",
     "install_mask",
@@ -41,10 +59,99 @@ __all__ = [
     "uninstall_mask",
 ]
 
+MASK_MODES = ("default", "inplace")
+
 
 def masked_weight(orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``orig`` with the entries where ``mask`` is ``False`` set to zero (gradients masked too)."""
     return torch.where(mask, orig, 0.0)  # a Python scalar: no tensor allocated, dtype follows orig
+
+
+class _MaskedWeight(torch.autograd.Function):
+    """``where(mask, orig, 0)`` written into ``out``, with the gradient masked in place when it can be.
+
+    Same values and gradients as `masked_weight`, bit for bit; ``out`` must be memory nothing else uses
+    (see `sparsify._mask_ops.sole_owner`). The output is a new tensor object on ``out``'s memory, so a
+    graph that saved it keeps that memory marked as in use until its backward has run.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, orig: torch.Tensor, mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        select_into(out, orig, mask)
+        ctx.save_for_backward(mask)  # saved, so a mask changed before backward raises as autograd always does
+        ctx.set_materialize_grads(False)
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, None, None]:
+        (mask,) = ctx.saved_tensors
+        if grad is None or not ctx.needs_input_grad[0]:
+            return None, None, None
+        if torch.is_grad_enabled():  # create_graph=True: stay differentiable
+            return masked_weight(grad, mask), None, None
+        if type(grad) is not torch.Tensor or not grad.is_contiguous():
+            # e.g. an expanded or transposed gradient: make the contiguous copy that AccumulateGrad would
+            # make anyway (a layout like the parameter's), then mask that in place
+            grad = grad.clone(memory_format=torch.contiguous_format)
+        return select_into(grad, grad, mask), None, None
+
+
+def _fast_path(orig: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Whether the buffer-reusing function can run: plain tensors, eager mode, no functorch transform."""
+    return (
+        type(orig) in (torch.Tensor, nn.Parameter)
+        and type(mask) is torch.Tensor
+        and orig.layout == torch.strided
+        and not torch.compiler.is_compiling()
+        and not torch.is_inference_mode_enabled()
+        and not torch._C._are_functorch_transforms_active()
+    )
+
+
+def _output_buffer(module: nn.Module, name: str, orig: torch.Tensor) -> torch.Tensor:
+    out = sole_owner(module.__dict__, name, orig)
+    return out if out is not None else torch.empty(orig.shape, dtype=orig.dtype, device=orig.device)
+
+
+# -- in-place mode: parameters to re-zero after an optimizer step ------------------------------------------------
+
+_INPLACE: dict[int, list[weakref.ref[MaskHook]]] = {}  # id(parameter) -> the in-place hooks bound to it
+_optimizer_hook: list[torch.utils.hooks.RemovableHandle] = []
+
+
+def _rezero_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Global optimizer post-step hook: put the zeros of in-place masks back into the stepped parameters."""
+    if not _INPLACE:
+        return
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for ref in _INPLACE.get(id(param), ()):
+                hook = ref()
+                module = hook.bound_module() if hook is not None else None
+                if module is not None and module._parameters.get(hook._tensor_name + "_orig") is param:
+                    hook.zero_pruned(module)
+                    break
+
+
+def _register_inplace(param: nn.Parameter, hook: MaskHook) -> None:
+    for key in [k for k, refs in _INPLACE.items() if all(r() is None for r in refs)]:
+        del _INPLACE[key]  # hooks of modules that were garbage-collected
+    refs = _INPLACE.setdefault(id(param), [])
+    if not any(r() is hook for r in refs):
+        refs.append(weakref.ref(hook))
+    if not _optimizer_hook:
+        _optimizer_hook.append(register_optimizer_step_post_hook(_rezero_after_step))
+
+
+def _unregister_inplace(param: nn.Parameter | None, hook: MaskHook) -> None:
+    if param is not None:
+        refs = [r for r in _INPLACE.get(id(param), []) if r() is not None and r() is not hook]
+        if refs:
+            _INPLACE[id(param)] = refs
+        else:
+            _INPLACE.pop(id(param), None)
+    if not _INPLACE and _optimizer_hook:
+        _optimizer_hook.pop().remove()
 
 
 class MaskHook(prune.BasePruningMethod):
@@ -53,19 +160,73 @@ class MaskHook(prune.BasePruningMethod):
     Also stored as ``module.pruning_method``. ``amount`` is the scheduled sparsity; the remaining
     fields describe the pattern for reports and for the Core ML Tools–style introspection that
     existing scripts do (``module.pruning_method.amount`` and friends).
+
+    ``mode="inplace"`` trades Core ML Tools' semantics for the speed and memory of dense training:
+
+    * the pruned entries of ``<name>_orig`` are set to zero whenever the mask changes, and
+      ``module.<name>`` *is* that parameter, so the forward pass reads it directly (the pre-hook does
+      nothing but notice, after a deep copy or unpickling, which parameter it now belongs to);
+    * the gradient is masked in place once accumulated (a post-accumulate-grad hook on the parameter),
+      so gradient clipping, criteria and optimizer statistics see the same gradient as in the default
+      mode;
+    * after every ``step()`` of any ``torch.optim.Optimizer`` holding the parameter (one global
+      post-step hook, registered while in-place masks exist), the pruned entries are zeroed again:
+      momentum or Adam state from before a mask change would otherwise move them.
+
+    What differs from the default mode:
+
+    * **pruned weights cannot revive with their old value** — it is gone; a mask that keeps an entry
+      again restarts it from zero (with whatever optimizer state that entry had);
+    * optimizer state (momentum, Adam moments) at pruned entries is not cleared, only its effect;
+    * an optimizer that is not a ``torch.optim.Optimizer`` (no step hooks) leaves pruned entries moved
+      until the next mask change, and a mask changed between a forward and its backward raises
+      autograd's in-place error (the default mode does the same when the mask buffer changes);
+    * `uninstall_mask` cannot bring zeroed values back.
+
+    Choose it when the schedule only ever adds zeros (magnitude pruning to a target) and step time or
+    memory matter; keep the default for criteria that let weights regrow, and for exact Core ML
+    Tools behaviour.
     """
 
     PRUNING_TYPE = "unstructured"
 
-    def __init__(self, name: str, amount: float = 0.0, **pattern: Any) -> None:
+    def __init__(self, name: str, amount: float = 0.0, *, mode: str = "default", **pattern: Any) -> None:
+        if mode not in MASK_MODES:
+            raise ValueError(f"mode={mode!r} is invalid: allowed values are {', '.join(map(repr, MASK_MODES))}")
         self._tensor_name = name
         self.amount = amount
+        self.mode = mode
         self.block_size = pattern.get("block_size", 1)
         self.granularity = pattern.get("granularity", "per_scalar")
         self.n_m_ratio = pattern.get("n_m_ratio")
         self.dim = pattern.get("dim", 1)
         self.extra_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self.param_position = 0  # where the parameter stood in module._parameters, to restore it there
+        self._module_ref: weakref.ref[nn.Module] | None = None  # in-place mode: the module bound to
+        self._grad_hook: torch.utils.hooks.RemovableHandle | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_module_ref"] = state["_grad_hook"] = None  # bound again by the first forward of the copy
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("mode", "default")
+        state.setdefault("_module_ref", None)
+        state.setdefault("_grad_hook", None)
+        self.__dict__.update(state)
+
+    def __call__(self, module: nn.Module, inputs: Any) -> None:
+        name = self._tensor_name
+        if self.mode == "inplace":
+            if not torch.compiler.is_compiling() and self.bound_module() is not module:
+                self._bind(module)
+            return
+        orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
+        if _fast_path(orig, mask):
+            setattr(module, name, _MaskedWeight.apply(orig, mask, _output_buffer(module, name, orig)))
+        else:
+            setattr(module, name, masked_weight(orig, mask))
 
     def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
         """Masks are computed by the pruner, not by the hook: this keeps the mask as it is."""
@@ -76,9 +237,18 @@ class MaskHook(prune.BasePruningMethod):
         return masked_weight(getattr(module, name + "_orig"), getattr(module, name + "_mask"))
 
     def refresh(self, module: nn.Module) -> None:
-        """Recompute ``module.<name>`` without building an autograd graph."""
+        """Bring ``module.<name>`` up to date with the mask, without building an autograd graph."""
+        name = self._tensor_name
+        if self.mode == "inplace":
+            self.zero_pruned(module)
+            module.__dict__[name] = module._parameters[name + "_orig"]
+            return
+        orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
         with torch.no_grad():
-            setattr(module, self._tensor_name, self.apply_mask(module))
+            if _fast_path(orig, mask):
+                setattr(module, name, select_into(_output_buffer(module, name, orig), orig.detach(), mask))
+            else:
+                setattr(module, name, masked_weight(orig, mask))
 
     def detach(self, module: nn.Module, *args: Any) -> None:
         """Forward post-hook: drop the autograd graph from the stored attribute."""
@@ -89,17 +259,60 @@ class MaskHook(prune.BasePruningMethod):
     def after_load(self, module: nn.Module, incompatible_keys: Any) -> None:
         """load_state_dict post-hook: take the loaded amount and show the loaded mask at once."""
         self.amount = float(getattr(module, self._tensor_name + "_amount"))
+        if self.mode == "inplace":
+            self._bind(module)  # ``assign=True`` may have brought a new parameter object
         self.refresh(module)
+
+    # -- in-place mode ------------------------------------------------------------------------------------------
+
+    def bound_module(self) -> nn.Module | None:
+        """In-place mode: the module whose parameter the gradient and optimizer hooks act on."""
+        return self._module_ref() if self._module_ref is not None else None
+
+    def zero_pruned(self, module: nn.Module) -> None:
+        """Set the pruned entries of ``<name>_orig`` to zero, in place."""
+        orig = module._parameters[self._tensor_name + "_orig"].detach()
+        with torch.no_grad():
+            select_into(orig, orig, module._buffers[self._tensor_name + "_mask"])
+
+    def _mask_grad(self, param: torch.Tensor) -> None:
+        """Post-accumulate-grad hook: mask ``param.grad`` in place."""
+        module = self.bound_module()
+        grad = param.grad
+        if module is None or grad is None or grad.layout != torch.strided:
+            return
+        with torch.no_grad():
+            select_into(grad, grad, module._buffers[self._tensor_name + "_mask"])
+
+    def _bind(self, module: nn.Module) -> None:
+        """Attach the gradient hook and the optimizer re-zeroing to ``module``'s parameter."""
+        self._unbind()
+        param = module._parameters[self._tensor_name + "_orig"]
+        if param.requires_grad:
+            self._grad_hook = param.register_post_accumulate_grad_hook(self._mask_grad)
+        self._module_ref = weakref.ref(module)
+        _register_inplace(param, self)
+
+    def _unbind(self) -> None:
+        module = self.bound_module()
+        if self._grad_hook is not None:
+            self._grad_hook.remove()
+            self._grad_hook = None
+        param = module._parameters.get(self._tensor_name + "_orig") if module is not None else None
+        _unregister_inplace(param, self)
+        self._module_ref = None
 
     def remove(self, module: nn.Module, bake: bool = True) -> nn.Module:
         """Remove everything `install_mask` added, leaving a plain parameter.
 
         With ``bake=True`` (what ``torch.nn.utils.prune.remove`` calls) the masked entries of the
-        parameter are set to zero; with ``bake=False`` the parameter is restored untouched. The
-        pre-hook entry itself is left for the caller to delete, as ``torch.nn.utils.prune.remove``
-        expects.
+        parameter are set to zero; with ``bake=False`` the parameter is restored untouched (in the
+        in-place mode, zeroed entries stay zero). The pre-hook entry itself is left for the caller to
+        delete, as ``torch.nn.utils.prune.remove`` expects.
         """
         name = self._tensor_name
+        if self.bound_module() is module:
+            self._unbind()
         if name in module.__dict__:
             delattr(module, name)
         orig = module._parameters.pop(name + "_orig")
@@ -154,6 +367,7 @@ def install_mask(
     amount: float = 0.0,
     *,
     reader: nn.Module | None = None,
+    mode: str = "default",
     **pattern: Any,
 ) -> MaskHook:
     """Replace ``module.<name>`` by ``<name>_orig`` × ``<name>_mask`` applied before every forward.
@@ -166,6 +380,8 @@ def install_mask(
         amount: the scheduled sparsity to record in ``<name>_amount``.
         reader: a parent module that reads ``module.<name>`` in its own forward (as
             ``nn.MultiheadAttention`` does with ``out_proj.weight``); it gets the refresh hooks too.
+        mode: ``"default"`` (Core ML Tools' semantics: ``<name>_orig`` keeps pruned values) or
+            ``"inplace"`` (pruned entries zeroed in the parameter itself; see `MaskHook`).
         pattern: descriptive fields stored on the hook (``block_size``, ``granularity``, ...).
     """
     if is_masked(module, name):
@@ -177,8 +393,13 @@ def install_mask(
         mask = torch.ones_like(param, dtype=torch.bool)
     if mask.dtype != torch.bool:
         raise TypeError(f"mask for {type(module).__name__}.{name} must be bool, got {mask.dtype}")
+    if mask.dim() > param.dim() or torch.broadcast_shapes(mask.shape, param.shape) != param.shape:
+        raise ValueError(
+            f"mask for {type(module).__name__}.{name} has shape {tuple(mask.shape)}: allowed are shapes that "
+            f"broadcast to the parameter's {tuple(param.shape)}"
+        )
 
-    hook = MaskHook(name, amount, **pattern)
+    hook = MaskHook(name, amount, mode=mode, **pattern)
     hook.param_position = list(module._parameters).index(name)
     del module._parameters[name]
     module.register_parameter(name + "_orig", param)
@@ -186,12 +407,15 @@ def install_mask(
         module.register_buffer(name + "_mask", mask.to(param.device))
         module.register_buffer(name + "_amount", torch.tensor(float(amount), device=param.device))
         module.register_forward_pre_hook(hook)
-        hook.extra_hooks.append(module.register_forward_hook(hook.detach))
         hook.extra_hooks.append(module.register_load_state_dict_post_hook(hook.after_load))
-        if reader is not None:
-            relay = _ReaderRelay(hook, module)
-            hook.extra_hooks.append(reader.register_forward_pre_hook(relay.before))
-            hook.extra_hooks.append(reader.register_forward_hook(relay.after))
+        if mode == "inplace":  # the forward reads the parameter itself: nothing to refresh or detach
+            hook._bind(module)
+        else:
+            hook.extra_hooks.append(module.register_forward_hook(hook.detach))
+            if reader is not None:
+                relay = _ReaderRelay(hook, module)
+                hook.extra_hooks.append(reader.register_forward_pre_hook(relay.before))
+                hook.extra_hooks.append(reader.register_forward_hook(relay.after))
         module.pruning_method = hook
         hook.refresh(module)
     except BaseException:  # leave the module exactly as it was
@@ -218,7 +442,7 @@ def bake_mask(module: nn.Module, name: str = "weight") -> None:
 
 
 def uninstall_mask(module: nn.Module, name: str = "weight") -> None:
-    """Undo `install_mask`, restoring the parameter exactly as it was (used to roll back)."""
+    """Undo `install_mask`, restoring the parameter as it was (used to roll back; in-place zeros stay)."""
     _take_hook(module, name).remove(module, bake=False)
 
 
