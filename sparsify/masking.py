@@ -393,7 +393,7 @@ def install_mask(
         mask = torch.ones_like(param, dtype=torch.bool)
     if mask.dtype != torch.bool:
         raise TypeError(f"mask for {type(module).__name__}.{name} must be bool, got {mask.dtype}")
-    if mask.dim() > param.dim() or torch.broadcast_shapes(mask.shape, param.shape) != param.shape:
+    if mask.dim() > param.dim() or any(m not in (1, p) for m, p in zip(reversed(mask.shape), reversed(param.shape))):
         raise ValueError(
             f"mask for {type(module).__name__}.{name} has shape {tuple(mask.shape)}: allowed are shapes that "
             f"broadcast to the parameter's {tuple(param.shape)}"
