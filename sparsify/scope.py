@@ -32,7 +32,8 @@ Each layer first prunes its ``min_sparsity`` share (its lowest-scoring groups); 
 up to its ``max_sparsity`` share are candidates. The candidates of all layers are ranked together and
 the lowest are pruned until the global count is reached. This is exactly the fixed point of Intel
 Neural Compressor's water-filling loop (pin any layer that crosses a cap at the cap, recompute the
-threshold for the rest, repeat), computed in one sort, and it hits the global count exactly:
+threshold for the rest, repeat), computed without sorting (next section), and it hits the global count
+exactly:
 
 * when every group stands for one weight, the pruned count is exactly ``W - keep_count(W, s)``;
 * when groups stand for several weights, the lowest-scoring groups are taken while the total stays
@@ -40,6 +41,17 @@ threshold for the rest, repeat), computed in one sort, and it hits the global co
 
 If the caps make the target impossible (``sum(min) > target`` or ``sum(max) < target``), the caps win
 and a warning says which sparsity was reached instead.
+
+Linear time: a threshold instead of a sort
+------------------------------------------
+The pruned set is always "every candidate scoring below a threshold ``v``, plus the first few that score
+exactly ``v`` in (layer, index) order", so only ``v`` and that tie count are needed, not a full ranking.
+``v`` is found by a radix selection on the scores' bits: each score is mapped to an integer key with the
+same order (``-0.0`` and ``+0.0`` alike), a histogram of the top 16 bits — every element counted
+``weights_per_group`` times — says which bucket the cut falls in, and the few elements of that bucket
+are refined on the next 16 bits, and so on (2 levels for float32, 4 for float64). Each level is one pass
+of element-wise operations and a ``bincount``; the per-layer caps are selections of the same kind.
+Results are identical to a stable sort of all scores, ties included.
 """
 
 from __future__ import annotations
@@ -106,6 +118,90 @@ def _normalized(flat: torch.Tensor, how: str | None) -> torch.Tensor:
     return flat / scale if 0 < scale < float("inf") else flat
 
 
+_DIGITS = 1 << 16
+
+
+def _keys(flat: torch.Tensor) -> torch.Tensor:
+    """Integers ordered like the float scores (NaN already mapped): two's-complement bits, negatives flipped.
+
+    ``-0.0`` and ``+0.0`` get the same key 0, as they compare equal.
+    """
+    int_dtype = torch.int64 if flat.dtype == torch.float64 else torch.int32
+    bits = flat.view(int_dtype)
+    sign = bits >> (bits.element_size() * 8 - 1)  # 0 or -1
+    key = bits & torch.iinfo(int_dtype).max  # the magnitude
+    return key.bitwise_xor_(sign).sub_(sign)  # negated where the sign was set: (x ^ -1) + 1 == -x
+
+
+def _digit(keys: torch.Tensor, level: int) -> torch.Tensor:
+    """The ``level``-th 16-bit digit of ``keys``, from the top, as an index into a histogram."""
+    shift = keys.element_size() * 8 - 16 * (level + 1)
+    if level == 0:
+        return (keys >> shift) + _DIGITS // 2  # arithmetic shift of a signed key: shift it to [0, 2**16)
+    return (keys >> shift) & (_DIGITS - 1)
+
+
+def _cut(keys: list[torch.Tensor], sizes: list[int], budget: int) -> tuple[int | None, int]:
+    """Weighted selection: the smallest key ``v`` with ``sum(size · count(key <= v)) > budget``.
+
+    Returns ``(v, budget - sum(size · count(key < v)))``, or ``(None, 0)`` when everything fits in the
+    budget. ``keys`` holds 1-D integer key tensors, one per layer, each element weighing ``sizes[i]``.
+    """
+    if not keys:
+        return None, 0
+    device = keys[0].device
+    levels = keys[0].element_size() * 8 // 16
+    left, prefix = budget, 0
+    for level in range(levels):
+        histogram = torch.zeros(_DIGITS, dtype=torch.int64, device=device)
+        digits = []
+        for key, size in zip(keys, sizes):
+            digit = _digit(key, level)
+            digits.append(digit)
+            if key.numel():
+                histogram += torch.bincount(digit, minlength=_DIGITS) * size
+        cumulative = histogram.cumsum(0)
+        bucket = int(torch.searchsorted(cumulative, torch.tensor(left, device=device), right=True))
+        if bucket == _DIGITS:  # only possible at the first level: the budget takes every candidate
+            return None, 0
+        if bucket:
+            left -= int(cumulative[bucket - 1])
+        prefix = prefix * _DIGITS + bucket
+        keys = [key[digit == bucket] for key, digit in zip(keys, digits)]
+    width = levels * 16
+    return prefix - (1 << (width - 1)), left  # undo the first digit's offset
+
+
+def _key_value(key: int, dtype: torch.dtype) -> torch.Tensor:
+    """The float (0-d tensor of ``dtype``) whose key is ``key``."""
+    int_dtype = torch.int64 if dtype == torch.float64 else torch.int32
+    bits = key if key >= 0 else (-key) | torch.iinfo(int_dtype).min
+    return torch.tensor(bits, dtype=int_dtype).view(dtype)
+
+
+def _first_true(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """``mask`` with only its first ``count`` ``True`` entries (in index order) left ``True``."""
+    if count <= 0:
+        return torch.zeros_like(mask)
+    positions = mask.nonzero().squeeze(1)
+    if count >= positions.numel():
+        return mask
+    first = torch.zeros_like(mask)
+    first[positions[:count]] = True
+    return first
+
+
+def _smallest(flat: torch.Tensor, count: int) -> torch.Tensor:
+    """``bool`` mask of the ``count`` lowest scores of a 1-D tensor, ties by index (what a stable argsort gives)."""
+    if count <= 0:
+        return torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
+    if count >= flat.numel():
+        return torch.ones(flat.shape, dtype=torch.bool, device=flat.device)
+    key, left = _cut([_keys(flat)], [1], count)
+    value = _key_value(key, flat.dtype).to(flat.device)
+    return (flat < value) | _first_true(flat == value, left)
+
+
 def local_keep_masks(
     scores: Mapping[str, torch.Tensor], sparsity: PerLayer
 ) -> dict[str, torch.Tensor]:
@@ -118,10 +214,7 @@ def local_keep_masks(
         level = _per_layer(sparsity, name, 0.0)
         _check_fraction("sparsity", name, level)
         flat = _rankable(score.detach().reshape(-1))
-        keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-        order = torch.argsort(flat, stable=True)
-        keep[order[: pruned_count(flat.numel(), level)]] = False
-        masks[name] = keep.reshape(score.shape)
+        masks[name] = ~_smallest(flat, pruned_count(flat.numel(), level)).reshape(score.shape)
     return masks
 
 
@@ -207,26 +300,39 @@ def global_keep_masks(
         )
     budget = max(0, target - mandatory)
 
-    orders, cand_scores, cand_sizes = [], [], []
-    for flat, size, lo, hi in zip(flats, sizes, lows, highs):
-        order = torch.argsort(flat, stable=True)
-        orders.append(order)
-        cand_scores.append(flat[order[lo:hi]])
-        cand_sizes.append(torch.full((hi - lo,), size, dtype=torch.int64, device=device))
-    all_scores = torch.cat(cand_scores)
-    all_sizes = torch.cat(cand_sizes)
-    ranking = torch.argsort(all_scores, stable=True)
-    cumulative = torch.cumsum(all_sizes[ranking], 0)
-    taken = int(torch.searchsorted(cumulative, torch.tensor(budget, device=device), right=True))
-    chosen = torch.zeros(all_scores.numel(), dtype=torch.bool, device=device)
-    chosen[ranking[:taken]] = True
+    if any(flat.dtype == torch.float64 for flat in flats):  # one key width for all (as torch.cat would promote)
+        flats = [flat.double() for flat in flats]
+    # per layer: the mandatory zeros (its `lo` lowest) and the candidates (the next `hi - lo`)
+    mandatory_masks, candidate_masks, candidate_keys = [], [], []
+    for flat, lo, hi in zip(flats, lows, highs):
+        below_lo = _smallest(flat, lo)
+        if hi >= flat.numel() and lo == 0:
+            candidates = None  # every element
+            candidate_keys.append(_keys(flat))
+        else:
+            candidates = _smallest(flat, hi) & ~below_lo
+            candidate_keys.append(_keys(flat[candidates]))
+        mandatory_masks.append(below_lo)
+        candidate_masks.append(candidates)
+    # one cut across layers: all candidates below `value`, then ties at `value` in (layer, index) order
+    key, left = _cut(candidate_keys, sizes, budget)
+    del candidate_keys
+    value = _key_value(key, flats[0].dtype).to(device) if key is not None else None
 
-    masks, offset = {}, 0
-    for name, flat, order, lo, hi in zip(names, flats, orders, lows, highs):
-        keep = torch.ones(flat.numel(), dtype=torch.bool, device=device)
-        keep[order[:lo]] = False
-        keep[order[lo:hi][chosen[offset : offset + hi - lo]]] = False
-        offset += hi - lo
+    masks = {}
+    for name, flat, size, below_lo, candidates in zip(names, flats, sizes, mandatory_masks, candidate_masks):
+        pruned = below_lo
+        if value is None:  # the budget takes every candidate
+            pruned = pruned | candidates if candidates is not None else torch.ones_like(pruned)
+        else:
+            low, tie = flat < value, flat == value
+            if candidates is not None:
+                low, tie = low & candidates, tie & candidates
+            ties = int(tie.sum())
+            take = min(ties, left // size)
+            left = left - take * size if take == ties else 0  # a tie that does not fit ends the prefix
+            pruned = pruned | low | _first_true(tie, take)
+        keep = ~pruned
         original = scores[name]
         masks[name] = keep.reshape(original.shape).to(original.device)
     return masks
