@@ -119,76 +119,113 @@ def _normalized(flat: torch.Tensor, how: str | None) -> torch.Tensor:
 
 
 _DIGITS = 1 << 16
+_CHUNK = 1 << 20  # elements per pass: keys and digits live in cache-sized pieces, never in weight-sized arrays
 
 
-def _keys(flat: torch.Tensor) -> torch.Tensor:
-    """Integers ordered like the float scores (NaN already mapped): two's-complement bits, negatives flipped.
+def _int_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.int64 if dtype == torch.float64 else torch.int32
 
-    ``-0.0`` and ``+0.0`` get the same key 0, as they compare equal.
+
+def _keys(values: torch.Tensor, signed: bool) -> torch.Tensor:
+    """Integers ordered like the float ``values`` (NaN already mapped), ``-0.0`` and ``+0.0`` alike (key 0).
+
+    Non-negative floats are ordered like their bits, so without sign bits the bits are the keys (no copy);
+    otherwise negative values get their magnitude negated.
     """
-    int_dtype = torch.int64 if flat.dtype == torch.float64 else torch.int32
-    bits = flat.view(int_dtype)
+    bits = values.view(_int_dtype(values.dtype))
+    if not signed:
+        return bits
     sign = bits >> (bits.element_size() * 8 - 1)  # 0 or -1
-    key = bits & torch.iinfo(int_dtype).max  # the magnitude
+    key = bits & torch.iinfo(bits.dtype).max  # the magnitude
     return key.bitwise_xor_(sign).sub_(sign)  # negated where the sign was set: (x ^ -1) + 1 == -x
 
 
 def _digit(keys: torch.Tensor, level: int) -> torch.Tensor:
     """The ``level``-th 16-bit digit of ``keys``, from the top, as an index into a histogram."""
     shift = keys.element_size() * 8 - 16 * (level + 1)
-    if level == 0:
-        return (keys >> shift) + _DIGITS // 2  # arithmetic shift of a signed key: shift it to [0, 2**16)
-    return (keys >> shift) & (_DIGITS - 1)
+    if level == 0:  # arithmetic shift of a signed key: move it to [0, 2**16)
+        return torch.bitwise_right_shift(keys, shift).add_(_DIGITS // 2)
+    return torch.bitwise_right_shift(keys, shift).bitwise_and_(_DIGITS - 1)
 
 
-def _cut(keys: list[torch.Tensor], sizes: list[int], budget: int) -> tuple[int | None, int]:
-    """Weighted selection: the smallest key ``v`` with ``sum(size · count(key <= v)) > budget``.
+def _pieces(values: torch.Tensor, signed: bool, within: torch.Tensor | None):
+    """``(keys, within)`` of ``values`` chunk by chunk (``within``: which elements count, ``None``: all)."""
+    for start in range(0, values.numel(), _CHUNK):
+        yield _keys(values[start : start + _CHUNK], signed), None if within is None else within[start : start + _CHUNK]
 
-    Returns ``(v, budget - sum(size · count(key < v)))``, or ``(None, 0)`` when everything fits in the
-    budget. ``keys`` holds 1-D integer key tensors, one per layer, each element weighing ``sizes[i]``.
+
+def _cut(
+    values: list[torch.Tensor], sizes: list[int], budget: int, within: list[torch.Tensor | None] | None = None
+) -> tuple[torch.Tensor | None, int, list[int]]:
+    """Weighted selection: the smallest value ``v`` with ``sum(size · count(x <= v)) > budget``.
+
+    ``values`` holds 1-D float tensors of one dtype, one per layer, each element weighing ``sizes[i]``;
+    ``within[i]``, if given and not ``None``, says which elements of layer ``i`` take part. Returns ``v``
+    (a 0-d tensor), ``budget - sum(size · count(x < v))`` and each layer's count of ``x == v``; or
+    ``(None, 0, [])`` when everything fits in the budget.
     """
-    if not keys:
-        return None, 0
-    device = keys[0].device
-    levels = keys[0].element_size() * 8 // 16
-    left, prefix = budget, 0
+    if not values:
+        return None, 0, []
+    device, dtype = values[0].device, values[0].dtype
+    within = within or [None] * len(values)
+    signed = [bool(v.numel()) and int(v.view(_int_dtype(dtype)).min()) < 0 for v in values]
+    levels = torch.finfo(dtype).bits // 16
+    left, prefix, ties = budget, 0, []
+    subsets: list[torch.Tensor] = []
+
+    def sources(level: int) -> list:
+        if level == 0:  # the first level reads the layers; later ones the keys kept from the bucket
+            return [_pieces(v, s, w) for v, s, w in zip(values, signed, within)]
+        return [[(k, None)] for k in subsets]
+
     for level in range(levels):
-        histogram = torch.zeros(_DIGITS, dtype=torch.int64, device=device)
-        digits = []
-        for key, size in zip(keys, sizes):
-            digit = _digit(key, level)
-            digits.append(digit)
-            if key.numel():
-                histogram += torch.bincount(digit, minlength=_DIGITS) * size
-        cumulative = histogram.cumsum(0)
+        histogram = torch.zeros(_DIGITS + 1, dtype=torch.int64, device=device)  # the last bin: not taking part
+        for pieces, size in zip(sources(level), sizes):
+            for keys, part in pieces:
+                if keys.numel():
+                    digit = _digit(keys, level)
+                    if part is not None:
+                        digit.masked_fill_(~part, _DIGITS)
+                    histogram += torch.bincount(digit, minlength=_DIGITS + 1) * size
+        cumulative = histogram[:_DIGITS].cumsum(0)
         bucket = int(torch.searchsorted(cumulative, torch.tensor(left, device=device), right=True))
         if bucket == _DIGITS:  # only possible at the first level: the budget takes every candidate
-            return None, 0
+            return None, 0, []
         if bucket:
             left -= int(cumulative[bucket - 1])
+        chosen = [[(k, _digit(k, level) == bucket if p is None else (_digit(k, level) == bucket) & p)
+                   for k, p in pieces] for pieces in sources(level)]
         prefix = prefix * _DIGITS + bucket
-        keys = [key[digit == bucket] for key, digit in zip(keys, digits)]
-    width = levels * 16
-    return prefix - (1 << (width - 1)), left  # undo the first digit's offset
-
-
-def _key_value(key: int, dtype: torch.dtype) -> torch.Tensor:
-    """The float (0-d tensor of ``dtype``) whose key is ``key``."""
-    int_dtype = torch.int64 if dtype == torch.float64 else torch.int32
-    bits = key if key >= 0 else (-key) | torch.iinfo(int_dtype).min
-    return torch.tensor(bits, dtype=int_dtype).view(dtype)
+        if level < levels - 1:  # keep the keys of the chosen bucket for the next digit
+            subsets = [torch.cat([k[c] for k, c in pieces] or [torch.empty(0, dtype=_int_dtype(dtype))])
+                       for pieces in chosen]
+        else:
+            ties = [sum(int(c.sum()) for _, c in pieces) for pieces in chosen]
+    key = prefix - (1 << (levels * 16 - 1))  # undo the first digit's offset
+    bits = key if key >= 0 else (-key) | torch.iinfo(_int_dtype(dtype)).min
+    return torch.tensor(bits, dtype=_int_dtype(dtype)).view(dtype).to(device), left, ties
 
 
 def _first_true(mask: torch.Tensor, count: int) -> torch.Tensor:
     """``mask`` with only its first ``count`` ``True`` entries (in index order) left ``True``."""
-    if count <= 0:
-        return torch.zeros_like(mask)
     positions = mask.nonzero().squeeze(1)
-    if count >= positions.numel():
-        return mask
     first = torch.zeros_like(mask)
     first[positions[:count]] = True
     return first
+
+
+def _at_most(
+    flat: torch.Tensor, value: torch.Tensor, ties: int, take: int, within: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``flat < value`` plus the first ``take`` of the ``ties`` elements equal to ``value``, all ``within``."""
+    if take == ties:
+        chosen = flat <= value
+    else:
+        chosen = flat < value
+        if take:
+            tie = flat == value
+            chosen |= _first_true(tie if within is None else tie.logical_and_(within), take)
+    return chosen if within is None else chosen.logical_and_(within)
 
 
 def _smallest(flat: torch.Tensor, count: int) -> torch.Tensor:
@@ -197,9 +234,8 @@ def _smallest(flat: torch.Tensor, count: int) -> torch.Tensor:
         return torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
     if count >= flat.numel():
         return torch.ones(flat.shape, dtype=torch.bool, device=flat.device)
-    key, left = _cut([_keys(flat)], [1], count)
-    value = _key_value(key, flat.dtype).to(flat.device)
-    return (flat < value) | _first_true(flat == value, left)
+    value, left, (ties,) = _cut([flat], [1], count)
+    return _at_most(flat, value, ties, left)
 
 
 def local_keep_masks(
@@ -303,36 +339,31 @@ def global_keep_masks(
     if any(flat.dtype == torch.float64 for flat in flats):  # one key width for all (as torch.cat would promote)
         flats = [flat.double() for flat in flats]
     # per layer: the mandatory zeros (its `lo` lowest) and the candidates (the next `hi - lo`)
-    mandatory_masks, candidate_masks, candidate_keys = [], [], []
+    mandatory_masks, candidate_masks = [], []
     for flat, lo, hi in zip(flats, lows, highs):
-        below_lo = _smallest(flat, lo)
-        if hi >= flat.numel() and lo == 0:
-            candidates = None  # every element
-            candidate_keys.append(_keys(flat))
-        else:
-            candidates = _smallest(flat, hi) & ~below_lo
-            candidate_keys.append(_keys(flat[candidates]))
+        below_lo = _smallest(flat, lo) if lo else None
+        candidates = None  # every element
+        if hi < flat.numel() or lo:
+            candidates = _smallest(flat, hi)
+            if below_lo is not None:
+                candidates &= ~below_lo
         mandatory_masks.append(below_lo)
         candidate_masks.append(candidates)
     # one cut across layers: all candidates below `value`, then ties at `value` in (layer, index) order
-    key, left = _cut(candidate_keys, sizes, budget)
-    del candidate_keys
-    value = _key_value(key, flats[0].dtype).to(device) if key is not None else None
+    value, left, ties = _cut(flats, sizes, budget, candidate_masks)
 
     masks = {}
-    for name, flat, size, below_lo, candidates in zip(names, flats, sizes, mandatory_masks, candidate_masks):
-        pruned = below_lo
+    for i, (name, flat, size) in enumerate(zip(names, flats, sizes)):
+        below_lo, candidates = mandatory_masks[i], candidate_masks[i]
         if value is None:  # the budget takes every candidate
-            pruned = pruned | candidates if candidates is not None else torch.ones_like(pruned)
+            pruned = torch.ones(flat.shape, dtype=torch.bool, device=device) if candidates is None else candidates
         else:
-            low, tie = flat < value, flat == value
-            if candidates is not None:
-                low, tie = low & candidates, tie & candidates
-            ties = int(tie.sum())
-            take = min(ties, left // size)
-            left = left - take * size if take == ties else 0  # a tie that does not fit ends the prefix
-            pruned = pruned | low | _first_true(tie, take)
-        keep = ~pruned
+            take = min(ties[i], left // size)
+            left = left - take * size if take == ties[i] else 0  # a tie that does not fit ends the prefix
+            pruned = _at_most(flat, value, ties[i], take, candidates)
+        if below_lo is not None:
+            pruned |= below_lo
+        keep = pruned.logical_not_()
         original = scores[name]
         masks[name] = keep.reshape(original.shape).to(original.device)
     return masks
