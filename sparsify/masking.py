@@ -119,6 +119,15 @@ _INPLACE: dict[int, list[weakref.ref[MaskHook]]] = {}  # id(parameter) -> the in
 _optimizer_hook: list[torch.utils.hooks.RemovableHandle] = []
 
 
+# Optimizers whose update of an entry is exactly zero when that entry's weight, gradient and per-entry state
+# (momentum, moments) are zero, whatever the other entries hold: exact types only, a subclass may change the math.
+_ZERO_PRESERVING = tuple(
+    getattr(torch.optim, name)
+    for name in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta", "ASGD", "Rprop")
+    if hasattr(torch.optim, name)
+)
+
+
 def _rezero_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """Global optimizer post-step hook: put the zeros of in-place masks back into the stepped parameters."""
     if not _INPLACE:
@@ -129,7 +138,7 @@ def _rezero_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any)
                 hook = ref()
                 module = hook.bound_module() if hook is not None else None
                 if module is not None and module._parameters.get(hook._tensor_name + "_orig") is param:
-                    hook.zero_pruned(module)
+                    hook.after_step(module, optimizer)
                     break
 
 
@@ -171,13 +180,18 @@ class MaskHook(prune.BasePruningMethod):
       mode;
     * after every ``step()`` of any ``torch.optim.Optimizer`` holding the parameter (one global
       post-step hook, registered while in-place masks exist), the pruned entries are zeroed again:
-      momentum or Adam state from before a mask change would otherwise move them.
+      momentum or Adam state from before a mask change would otherwise move them. For the optimizers
+      whose update of an entry is exactly zero when its weight, gradient and state are (``SGD``,
+      ``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``RMSprop``, ``Adagrad``, ``Adadelta``,
+      ``ASGD``, ``Rprop``; exact classes), that first step after a mask change also zeroes the
+      optimizer's per-entry state at the pruned entries, and the following steps skip the re-zeroing
+      while the gradient keeps coming through the hook and the state tensors stay the same.
 
     What differs from the default mode:
 
     * **pruned weights cannot revive with their old value** — it is gone; a mask that keeps an entry
-      again restarts it from zero (with whatever optimizer state that entry had);
-    * optimizer state (momentum, Adam moments) at pruned entries is not cleared, only its effect;
+      again restarts it from zero (with zero optimizer state for the optimizers above, whatever state
+      it had for others);
     * an optimizer that is not a ``torch.optim.Optimizer`` (no step hooks) leaves pruned entries moved
       until the next mask change, and a mask changed between a forward and its backward raises
       autograd's in-place error (the default mode does the same when the mask buffer changes);
@@ -204,16 +218,21 @@ class MaskHook(prune.BasePruningMethod):
         self.param_position = 0  # where the parameter stood in module._parameters, to restore it there
         self._module_ref: weakref.ref[nn.Module] | None = None  # in-place mode: the module bound to
         self._grad_hook: torch.utils.hooks.RemovableHandle | None = None
+        self._grad_masked = False  # in-place mode: the gradient hook ran since the last optimizer step
+        self._settled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> its zeroed state
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_module_ref"] = state["_grad_hook"] = None  # bound again by the first forward of the copy
+        state["_settled"], state["_grad_masked"] = None, False  # the copy has other parameters and optimizers
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("mode", "default")
         state.setdefault("_module_ref", None)
         state.setdefault("_grad_hook", None)
+        state.setdefault("_grad_masked", False)
+        state["_settled"] = weakref.WeakKeyDictionary()
         self.__dict__.update(state)
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
@@ -270,10 +289,37 @@ class MaskHook(prune.BasePruningMethod):
         return self._module_ref() if self._module_ref is not None else None
 
     def zero_pruned(self, module: nn.Module) -> None:
-        """Set the pruned entries of ``<name>_orig`` to zero, in place."""
-        orig = module._parameters[self._tensor_name + "_orig"].detach()
+        """Set the pruned entries of ``<name>_orig`` to zero, in place (the mask may have changed)."""
+        self._settled = weakref.WeakKeyDictionary()
         with torch.no_grad():
+            orig = module._parameters[self._tensor_name + "_orig"].detach()
             select_into(orig, orig, module._buffers[self._tensor_name + "_mask"])
+
+    def after_step(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """After ``optimizer.step()``: zero the pruned entries again, unless the step provably left them at zero.
+
+        It did when the optimizer is one of `_ZERO_PRESERVING`, this step's gradient went through the
+        gradient hook, and the optimizer's per-entry state was zeroed at the pruned entries after the last
+        mask change (and is still the same state tensors). Otherwise the weights are zeroed and, for those
+        optimizers, so is that state, which makes the following steps free.
+        """
+        param = module._parameters[self._tensor_name + "_orig"]
+        state = [v for v in optimizer.state.get(param, {}).values()
+                 if isinstance(v, torch.Tensor) and v.shape == param.shape]
+        preserving = type(optimizer) in _ZERO_PRESERVING
+        settled = self._settled.get(optimizer)
+        masked, self._grad_masked = self._grad_masked, False
+        if preserving and masked and settled is not None and len(settled) == len(state) \
+                and all(ref() is tensor for ref, tensor in zip(settled, state)):
+            return
+        mask = module._buffers[self._tensor_name + "_mask"]
+        with torch.no_grad():
+            orig = param.detach()
+            select_into(orig, orig, mask)
+            if preserving:
+                for tensor in state:
+                    select_into(tensor, tensor, mask)
+                self._settled[optimizer] = [weakref.ref(t) for t in state]
 
     def _mask_grad(self, param: torch.Tensor) -> None:
         """Post-accumulate-grad hook: mask ``param.grad`` in place."""
@@ -283,6 +329,7 @@ class MaskHook(prune.BasePruningMethod):
             return
         with torch.no_grad():
             select_into(grad, grad, module._buffers[self._tensor_name + "_mask"])
+        self._grad_masked = True
 
     def _bind(self, module: nn.Module) -> None:
         """Attach the gradient hook and the optimizer re-zeroing to ``module``'s parameter."""

@@ -211,16 +211,41 @@ def test_inplace_mode_zeroes_the_parameter_and_the_forward_reads_it() -> None:
                                         "2.bias", "2.weight_amount", "2.weight_mask", "2.weight_orig"]
 
 
-@pytest.mark.parametrize("make_optimizer", [
-    lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.01),
-    lambda params: torch.optim.Adam(params, lr=0.01),
-    lambda params: torch.optim.AdamW(params, lr=0.01, foreach=False),
-])
+class _NoisySGD(torch.optim.SGD):
+    """Not a known zero-preserving optimizer: it moves every entry, so pruned ones must be zeroed after each step."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for param in group["params"]:
+                param.add_(0.01)
+        return loss
+
+
+_OPTIMIZERS = [
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True),
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1, maximize=True),
+    lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.01, amsgrad=True),
+    lambda p: torch.optim.AdamW(p, lr=0.01, foreach=False),
+    lambda p: torch.optim.Adamax(p, lr=0.01, weight_decay=0.01),
+    lambda p: torch.optim.NAdam(p, lr=0.01, decoupled_weight_decay=True, weight_decay=0.01),
+    lambda p: torch.optim.RAdam(p, lr=0.01),
+    lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.9, centered=True, weight_decay=0.01),
+    lambda p: torch.optim.Adagrad(p, lr=0.1, lr_decay=0.01, initial_accumulator_value=0.5),
+    lambda p: torch.optim.Adadelta(p, lr=1.0),
+    lambda p: torch.optim.ASGD(p, lr=0.1, weight_decay=0.01),
+    lambda p: torch.optim.Rprop(p, lr=0.01),
+    lambda p: _NoisySGD(p, lr=0.1, momentum=0.9),
+]
+
+
+@pytest.mark.parametrize("make_optimizer", _OPTIMIZERS)
 def test_inplace_mode_keeps_zeros_through_optimizer_steps_and_mask_changes(make_optimizer) -> None:
     net, masks = _inplace_net()
     optimizer = make_optimizer(net.parameters())
     gen = torch.Generator().manual_seed(3)
-    for step in range(5):
+    for step in range(6):
         optimizer.zero_grad()
         x = torch.randn(6, 40, generator=gen)
         net(x).pow(2).sum().backward()
@@ -234,6 +259,14 @@ def test_inplace_mode_keeps_zeros_through_optimizer_steps_and_mask_changes(make_
             masks[0] = masks[0] & (torch.rand(300, 40, generator=gen) > 0.5)
             set_mask(net[0], "weight", masks[0])
             assert torch.all(net[0].weight_orig[~masks[0]] == 0)
+        if step >= 3 and type(optimizer) is not _NoisySGD:  # momentum / first moments cleared at the new zeros
+            for key, value in optimizer.state[net[0].weight_orig].items():
+                if key in ("momentum_buffer", "exp_avg"):
+                    assert torch.all(value[~masks[0]] == 0)
+        if step == 1:
+            saved = copy.deepcopy(optimizer.state_dict())
+        if step == 4:  # an older state (momentum at today's zeros) loaded into the same optimizer
+            optimizer.load_state_dict(saved)
 
 
 def test_inplace_mode_matches_the_default_mode_on_kept_weights() -> None:
