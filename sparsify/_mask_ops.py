@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import sys
 import threading
+from typing import Any
 
 import torch
 
-__all__ = ["select_into", "sole_owner"]
+__all__ = ["MaskedWeight", "fast_path", "masked_into", "select_into", "sole_owner"]
 
 _INT_VIEW = {
     torch.float32: torch.int32,
@@ -122,3 +123,60 @@ def sole_owner(holder: dict, key: str, like: torch.Tensor) -> torch.Tensor | Non
     if sys.getrefcount(entry) > _SOLE_ENTRY_REFS or _storage_refs(entry) > _SOLE_STORAGE_REFS:
         return None
     return entry
+
+
+# -- the default mode's masked weight -------------------------------------------------------------------------
+
+
+class MaskedWeight(torch.autograd.Function):
+    """``where(mask, orig, 0)`` written into ``out``, with the gradient masked in place when it can be.
+
+    Same values and gradients as ``torch.where(mask, orig, 0.0)``, bit for bit; ``out`` must be memory nothing else uses
+    (see `sparsify._mask_ops.sole_owner`). The output is a new tensor object on ``out``'s memory, so a
+    graph that saved it keeps that memory marked as in use until its backward has run.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, orig: torch.Tensor, mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        select_into(out, orig, mask)
+        ctx.save_for_backward(mask)  # saved, so a mask changed before backward raises as autograd always does
+        ctx.set_materialize_grads(False)
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, None, None]:
+        (mask,) = ctx.saved_tensors
+        if grad is None or not ctx.needs_input_grad[0]:
+            return None, None, None
+        if torch.is_grad_enabled():  # create_graph=True: stay differentiable
+            return torch.where(mask, grad, 0.0), None, None
+        if type(grad) is not torch.Tensor or not grad.is_contiguous():
+            # e.g. an expanded or transposed gradient: make the contiguous copy that AccumulateGrad would
+            # make anyway (a layout like the parameter's), then mask that in place
+            grad = grad.clone(memory_format=torch.contiguous_format)
+        return select_into(grad, grad, mask), None, None
+
+
+def fast_path(orig: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Whether the buffer-reusing function can run: plain tensors, eager mode, no functorch transform."""
+    return (
+        type(orig) in (torch.Tensor, torch.nn.Parameter)
+        and type(mask) is torch.Tensor
+        and orig.layout == torch.strided
+        and not torch.compiler.is_compiling()
+        and not torch.is_inference_mode_enabled()
+        and not torch._C._are_functorch_transforms_active()
+    )
+
+
+def masked_into(holder: dict, key: str, orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``where(mask, orig, 0)`` in the memory of ``holder[key]`` when `sole_owner` allows it, else in new memory.
+
+    Differentiable when ``orig`` requires grad and grad mode is on (`MaskedWeight`); check `fast_path` first.
+    """
+    out = sole_owner(holder, key, orig)
+    if out is None:
+        out = torch.empty(orig.shape, dtype=orig.dtype, device=orig.device)
+    if torch.is_grad_enabled() and orig.requires_grad:
+        return MaskedWeight.apply(orig, mask, out)
+    return select_into(out, orig.detach(), mask)

@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ._mask_ops import select_into, sole_owner
+from ._mask_ops import fast_path, masked_into, select_into
 
 __all__ = [
     "MASK_MODES",
@@ -65,52 +65,6 @@ MASK_MODES = ("default", "inplace")
 def masked_weight(orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``orig`` with the entries where ``mask`` is ``False`` set to zero (gradients masked too)."""
     return torch.where(mask, orig, 0.0)  # a Python scalar: no tensor allocated, dtype follows orig
-
-
-class _MaskedWeight(torch.autograd.Function):
-    """``where(mask, orig, 0)`` written into ``out``, with the gradient masked in place when it can be.
-
-    Same values and gradients as `masked_weight`, bit for bit; ``out`` must be memory nothing else uses
-    (see `sparsify._mask_ops.sole_owner`). The output is a new tensor object on ``out``'s memory, so a
-    graph that saved it keeps that memory marked as in use until its backward has run.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, orig: torch.Tensor, mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        select_into(out, orig, mask)
-        ctx.save_for_backward(mask)  # saved, so a mask changed before backward raises as autograd always does
-        ctx.set_materialize_grads(False)
-        return out.detach()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, None, None]:
-        (mask,) = ctx.saved_tensors
-        if grad is None or not ctx.needs_input_grad[0]:
-            return None, None, None
-        if torch.is_grad_enabled():  # create_graph=True: stay differentiable
-            return masked_weight(grad, mask), None, None
-        if type(grad) is not torch.Tensor or not grad.is_contiguous():
-            # e.g. an expanded or transposed gradient: make the contiguous copy that AccumulateGrad would
-            # make anyway (a layout like the parameter's), then mask that in place
-            grad = grad.clone(memory_format=torch.contiguous_format)
-        return select_into(grad, grad, mask), None, None
-
-
-def _fast_path(orig: torch.Tensor, mask: torch.Tensor) -> bool:
-    """Whether the buffer-reusing function can run: plain tensors, eager mode, no functorch transform."""
-    return (
-        type(orig) in (torch.Tensor, nn.Parameter)
-        and type(mask) is torch.Tensor
-        and orig.layout == torch.strided
-        and not torch.compiler.is_compiling()
-        and not torch.is_inference_mode_enabled()
-        and not torch._C._are_functorch_transforms_active()
-    )
-
-
-def _output_buffer(module: nn.Module, name: str, orig: torch.Tensor) -> torch.Tensor:
-    out = sole_owner(module.__dict__, name, orig)
-    return out if out is not None else torch.empty(orig.shape, dtype=orig.dtype, device=orig.device)
 
 
 # -- in-place mode: parameters to re-zero after an optimizer step ------------------------------------------------
@@ -242,8 +196,8 @@ class MaskHook(prune.BasePruningMethod):
                 self._bind(module)
             return
         orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
-        if _fast_path(orig, mask):
-            setattr(module, name, _MaskedWeight.apply(orig, mask, _output_buffer(module, name, orig)))
+        if fast_path(orig, mask):
+            setattr(module, name, masked_into(module.__dict__, name, orig, mask))
         else:
             setattr(module, name, masked_weight(orig, mask))
 
@@ -264,8 +218,8 @@ class MaskHook(prune.BasePruningMethod):
             return
         orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
         with torch.no_grad():
-            if _fast_path(orig, mask):
-                setattr(module, name, select_into(_output_buffer(module, name, orig), orig.detach(), mask))
+            if fast_path(orig, mask):
+                setattr(module, name, masked_into(module.__dict__, name, orig.detach(), mask))
             else:
                 setattr(module, name, masked_weight(orig, mask))
 
