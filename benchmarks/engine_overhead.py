@@ -1,27 +1,29 @@
 """Training-step time, training memory and mask-update time: dense vs sparsify (both masking modes) vs Core ML Tools.
 
-Each measurement runs in its own subprocess (so memory is that variant's alone), and the variants are
-interleaved round by round (dense, sparsify, sparsify-inplace, coremltools, dense, ...) so that load from
-other processes hits all of them alike. Reported figures are medians over rounds; ratios are against dense
-and against Core ML Tools from the same run.
+    python benchmarks/engine_overhead.py --model cnn --rounds 5 --steps 100 --threads 1
+    python benchmarks/engine_overhead.py --model mlp --rounds 3 --steps 10 --threads 1 --mask-updates 1
 
-    python benchmarks/engine_overhead.py --model cnn --rounds 7
-    python benchmarks/engine_overhead.py --model mlp --rounds 5 --steps 5
-
-Per process: the model is built, prepared (pruned to 75 % by a polynomial schedule that updates the
-masks at *every* step, so each ``step()`` recomputes all masks), then ``--steps`` training steps are
-timed (forward + backward + SGD-with-momentum update, without ``pruner.step()``), then ``pruner.step()``
-is timed on its own. Step time is given as wall time and as process CPU time (user + system, all
-threads): on a shared machine the CPU time is the steadier of the two, since waiting for a core is
-not counted — page faults, which dominate the cost of fresh weight-sized tensors, are.
-
-Memory is read from ``/proc/self/status``: the peak resident set (``VmHWM``) is reset just before the
-timed training steps and read after them, and "training memory" is that peak minus the resident size
-just before the model was built (both libraries are imported before that point in every variant).
-The mask update's own peak is measured the same way, separately.
-
-``sparsify-inplace`` is the pruner's model with every mask reinstalled by
+Every variant trains the same model (same seed, same batch) with SGD (momentum 0.9), after being prepared
+and pruned to 75 % by a polynomial schedule that updates the masks at *every* ``pruner.step()`` (so each
+``step()`` recomputes all masks); the timed training steps (forward + backward + optimizer step) do not
+call ``pruner.step()``. ``sparsify-inplace`` is the pruner's model with every mask reinstalled by
 ``install_mask(..., mode="inplace")`` (see `_to_inplace_masks`).
+
+Each round runs, in fresh processes:
+
+* **time** — one process holding all variants, which take one training step each in turn, ``--steps``
+  times; the medians per variant are that round's step times. Taking turns step by step makes the load
+  of the moment (other processes on a shared machine) hit every variant alike. Step time is given as
+  wall time and as process CPU time (user + system, all threads): the CPU time does not count waiting
+  for a core, but does count page faults — the main cost of fresh weight-sized tensors.
+* **memory** — one process per variant, alone: the peak resident set (``VmHWM`` from
+  ``/proc/self/status``) is reset after ``prepare()``, the first mask computation and one warm-up step,
+  and read after ``--steps`` training steps; "training memory" is that peak minus the resident size
+  just before the model was built (both libraries are imported before that point in every variant).
+  Then ``--mask-updates`` calls of ``pruner.step()`` are timed, and their own peak (reset again) above
+  the resident size before them is the mask update's extra memory.
+
+Reported figures are medians over rounds; ratios are against dense and Core ML Tools from the same run.
 """
 
 from __future__ import annotations
@@ -89,17 +91,15 @@ def _to_inplace_masks(model) -> None:
             install_mask(module, name, mask, hook.amount, mode="inplace", **pattern)
 
 
-def worker(variant: str, model_name: str, steps: int, threads: int, mask_updates: int) -> dict[str, float]:
-    # Import both libraries in every variant, before the baseline, so library code is not counted.
+def _prepared(variant: str, model_name: str):
+    """``(model, pruner or None, train_step)`` for one variant, warmed up (optimizer state allocated)."""
     import coremltools.optimize.torch.pruning as coremltools_api
     import torch
     from torch import nn
 
     import sparsify as sparsify_api
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    baseline_kib = _status_kib("VmRSS")
     model, x, y = _build(model_name)
     pruner = None
     if variant != "dense":
@@ -119,14 +119,40 @@ def worker(variant: str, model_name: str, steps: int, threads: int, mask_updates
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
 
-    train_step()  # warm-up (allocates optimizer state)
-    _reset_peak()
-    wall, cpu = [], []
+    train_step()
+    return model, pruner, train_step
+
+
+def time_worker(variants: list[str], model_name: str, steps: int, threads: int) -> dict[str, dict[str, float]]:
+    """All variants in one process, one training step each in turn: the load of the moment hits them alike."""
+    import torch
+
+    torch.set_num_threads(threads)
+    steppers = {variant: _prepared(variant, model_name)[2] for variant in variants}
+    wall: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(steps):
-        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        for variant, train_step in steppers.items():
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            train_step()
+            wall[variant].append(time.perf_counter() - start_wall)
+            cpu[variant].append(time.process_time() - start_cpu)
+    return {v: {"step_s": statistics.median(wall[v]), "step_cpu_s": statistics.median(cpu[v])} for v in variants}
+
+
+def memory_worker(variant: str, model_name: str, steps: int, threads: int, mask_updates: int) -> dict[str, float]:
+    """One variant alone in its process: training memory, then the mask update's time and memory."""
+    import coremltools.optimize.torch.pruning  # noqa: F401  (imported before the baseline in every variant)
+    import torch
+
+    import sparsify  # noqa: F401
+
+    torch.set_num_threads(threads)
+    baseline_kib = _status_kib("VmRSS")
+    _, pruner, train_step = _prepared(variant, model_name)
+    _reset_peak()  # prepare() and the first mask computation are not training
+    for _ in range(steps):
         train_step()
-        wall.append(time.perf_counter() - start_wall)
-        cpu.append(time.process_time() - start_cpu)
     train_peak_kib = _status_kib("VmHWM")
     mask_times, mask_peak_kib = [], float("nan")
     if pruner is not None and mask_updates > 0:
@@ -138,8 +164,6 @@ def worker(variant: str, model_name: str, steps: int, threads: int, mask_updates
             mask_times.append(time.perf_counter() - start)
         mask_peak_kib = _status_kib("VmHWM") - before_kib
     return {
-        "step_s": statistics.median(wall),
-        "step_cpu_s": statistics.median(cpu),
         "train_mb": (train_peak_kib - baseline_kib) / 1024,
         "mask_update_s": statistics.median(mask_times) if mask_times else float("nan"),
         "mask_update_extra_mb": mask_peak_kib / 1024,
@@ -149,29 +173,36 @@ def worker(variant: str, model_name: str, steps: int, threads: int, mask_updates
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one process per variant each)")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per process")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (a timing process + a process per variant)")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per variant and process")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mask-updates", type=int, default=3, help="timed pruner.step() calls (0: none)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
-    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=(*VARIANTS, "time"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    variants = [v for v in VARIANTS if v in args.variants.split(",")]
+    if args.worker == "time":
+        print(json.dumps(time_worker(variants, args.model, args.steps, args.threads)))
+        return
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.steps, args.threads, args.mask_updates)))
+        print(json.dumps(memory_worker(args.worker, args.model, args.steps, args.threads, args.mask_updates)))
         return
 
-    variants = [v for v in VARIANTS if v in args.variants.split(",")]
+    def run(worker: str) -> dict:
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", worker, "--model", args.model, "--steps", str(args.steps),
+             "--threads", str(args.threads), "--mask-updates", str(args.mask_updates),
+             "--variants", ",".join(variants)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for round_index in range(args.rounds):
+        timed = run("time")
         for variant in variants:
-            out = subprocess.run(
-                [sys.executable, __file__, "--worker", variant, "--model", args.model,
-                 "--steps", str(args.steps), "--threads", str(args.threads),
-                 "--mask-updates", str(args.mask_updates)],
-                check=True, capture_output=True, text=True,
-            ).stdout
-            results[variant].append(json.loads(out.strip().splitlines()[-1]))
+            results[variant].append({**timed[variant], **run(variant)})
         print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
 
     def med(variant: str, key: str) -> float:

@@ -42,13 +42,14 @@ def _zero_like(x: torch.Tensor) -> torch.Tensor:
     return zero
 
 
-def _scratch_for(int_dtype: torch.dtype) -> torch.Tensor:
+def _scratch_for(int_dtype: torch.dtype, numel: int) -> torch.Tensor:
+    """This thread's integer buffer of at least ``min(numel, _CHUNK)`` elements (grown, never shrunk)."""
     buffers = getattr(_scratch, "buffers", None)
     if buffers is None:
         buffers = _scratch.buffers = {}
     buffer = buffers.get(int_dtype)
-    if buffer is None:
-        buffer = buffers[int_dtype] = torch.empty(_CHUNK, dtype=int_dtype)
+    if buffer is None or buffer.numel() < min(numel, _CHUNK):
+        buffer = buffers[int_dtype] = torch.empty(min(numel, _CHUNK), dtype=int_dtype)
     return buffer
 
 
@@ -71,7 +72,7 @@ def select_into(out: torch.Tensor, src: torch.Tensor, mask: torch.Tensor) -> tor
         torch.mul(src.view(int_dtype), mask.to(int_dtype), out=out.view(int_dtype))
         return out
     flat_src, flat_out, flat_mask = src.view(-1).view(int_dtype), out.view(-1).view(int_dtype), mask.view(-1)
-    scratch = _scratch_for(int_dtype)
+    scratch = _scratch_for(int_dtype, total)
     for start in range(0, total, _CHUNK):
         stop = min(start + _CHUNK, total)
         ones = scratch[: stop - start]
