@@ -17,7 +17,8 @@ Each round runs, in fresh processes:
   wall time and as process CPU time (user + system, all threads): the CPU time does not count waiting
   for a core, but does count page faults — the main cost of fresh weight-sized tensors.
 * **memory** — one process per variant, alone: the peak resident set (``VmHWM`` from
-  ``/proc/self/status``) is reset after ``prepare()``, the first mask computation and one warm-up step,
+  ``/proc/self/status``) is reset after ``prepare()``, the first mask computation, one warm-up step
+  and a ``malloc_trim`` (which returns the heap memory they freed to the system),
   and read after ``--steps`` training steps; "training memory" is that peak minus the resident size
   just before the model was built (both libraries are imported before that point in every variant).
   Then ``--mask-updates`` calls of ``pruner.step()`` are timed, and their own peak (reset again) above
@@ -29,6 +30,7 @@ Reported figures are medians over rounds; ratios are against dense and Core ML T
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import re
 import statistics
@@ -42,6 +44,10 @@ VARIANTS = ("dense", "sparsify", "sparsify-inplace", "coremltools")
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as status:
         return int(re.search(field + r":\s+(\d+)", status.read()).group(1))
+
+
+def _trim() -> None:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _reset_peak() -> None:
@@ -148,9 +154,11 @@ def memory_worker(variant: str, model_name: str, steps: int, threads: int, mask_
     import sparsify  # noqa: F401
 
     torch.set_num_threads(threads)
+    _trim()
     baseline_kib = _status_kib("VmRSS")
     _, pruner, train_step = _prepared(variant, model_name)
-    _reset_peak()  # prepare() and the first mask computation are not training
+    _trim()  # heap memory that prepare() and the first mask computation freed goes back to the system
+    _reset_peak()  # ... and their peak is not training
     for _ in range(steps):
         train_step()
     train_peak_kib = _status_kib("VmHWM")
