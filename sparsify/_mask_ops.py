@@ -132,9 +132,12 @@ def sole_owner(holder: dict, key: str, like: torch.Tensor) -> torch.Tensor | Non
 class MaskedWeight(torch.autograd.Function):
     """``where(mask, orig, 0)`` written into ``out``, with the gradient masked in place when it can be.
 
-    Same values and gradients as ``torch.where(mask, orig, 0.0)``, bit for bit; ``out`` must be memory nothing else uses
-    (see `sparsify._mask_ops.sole_owner`). The output is a new tensor object on ``out``'s memory, so a
-    graph that saved it keeps that memory marked as in use until its backward has run.
+    Same values and gradients as ``torch.where(mask, orig, 0.0)``, bit for bit; ``out`` must be memory
+    that nothing else uses (`sole_owner`). The output is a new tensor object on ``out``'s memory, so a
+    graph that saved it keeps that memory marked as in use until its backward has run. The incoming
+    gradient (the engine's own tensor, produced for this node) is masked in place when it is a plain
+    contiguous tensor; a hook that kept a reference to the gradient of ``module.<name>`` itself would
+    see it masked.
     """
 
     @staticmethod

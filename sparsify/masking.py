@@ -7,7 +7,8 @@ those names keep working:
 * ``<name>_mask`` — a ``bool`` buffer (``True`` = keep), shaped like the pattern's groups, e.g.
   ``[Co, 1, 1, 1]`` for per-channel pruning of a conv weight; it broadcasts against the weight;
 * ``<name>_amount`` — a 0-d float buffer with the scheduled sparsity;
-* ``<name>`` — a plain tensor attribute ``where(mask, orig, 0)``, refreshed by a forward pre-hook;
+* ``<name>`` — a plain tensor attribute ``where(mask, orig, 0)``, refreshed by a forward pre-hook (in
+  the in-place mode: ``<name>_orig`` itself);
 * ``module.pruning_method`` — the hook object, a `torch.nn.utils.prune.BasePruningMethod`,
   so ``torch.nn.utils.prune.is_pruned`` and ``torch.nn.utils.prune.remove`` work on it.
 
