@@ -196,11 +196,14 @@ class MaskHook(prune.BasePruningMethod):
             if not torch.compiler.is_compiling() and self.bound_module() is not module:
                 self._bind(module)
             return
-        orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
+        orig, mask = module._parameters.get(name + "_orig"), module._buffers.get(name + "_mask")
+        if orig is None or mask is None:  # held elsewhere (a reparametrization): the attribute protocol finds it
+            orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
+        # plain attribute writes (the name is no parameter, buffer or submodule any more): a hook runs every forward
         if fast_path(orig, mask):
-            setattr(module, name, masked_into(module.__dict__, name, orig, mask))
+            module.__dict__[name] = masked_into(module.__dict__, name, orig, mask)
         else:
-            setattr(module, name, masked_weight(orig, mask))
+            module.__dict__[name] = masked_weight(orig, mask)
 
     def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
         """Masks are computed by the pruner, not by the hook: this keeps the mask as it is."""
@@ -228,7 +231,7 @@ class MaskHook(prune.BasePruningMethod):
         """Forward post-hook: drop the autograd graph from the stored attribute."""
         current = module.__dict__.get(self._tensor_name)
         if isinstance(current, torch.Tensor) and current.grad_fn is not None:
-            setattr(module, self._tensor_name, current.detach())
+            module.__dict__[self._tensor_name] = current.detach()
 
     def after_load(self, module: nn.Module, incompatible_keys: Any) -> None:
         """load_state_dict post-hook: take the loaded amount and show the loaded mask at once."""
