@@ -168,6 +168,8 @@ class MaskHook(prune.BasePruningMethod):
         self.block_size = pattern.get("block_size", 1)
         self.granularity = pattern.get("granularity", "per_scalar")
         self.n_m_ratio = pattern.get("n_m_ratio")
+        self.tiles = pattern.get("tiles")  # NxM / n:m pattern text, for reports
+        self.pattern = pattern.get("pattern")  # the pattern's description
         self.dim = pattern.get("dim", 1)
         self.extra_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self.param_position = 0  # where the parameter stood in module._parameters, to restore it there
