@@ -322,7 +322,9 @@ class MaskHook(prune.BasePruningMethod):
             self._unbind()
         if name in module.__dict__:
             delattr(module, name)
-        orig = module._parameters.pop(name + "_orig")
+        orig = module._parameters.pop(name + "_orig", None)
+        if orig is None:  # interrupted before the parameter was renamed: it is still under its own name
+            orig = module._parameters.pop(name)
         mask = module._buffers.pop(name + "_mask", None)
         module._buffers.pop(name + "_amount", None)
         if bake:
@@ -408,9 +410,10 @@ def install_mask(
 
     hook = MaskHook(name, amount, mode=mode, **pattern)
     hook.param_position = list(module._parameters).index(name)
-    del module._parameters[name]
-    module.register_parameter(name + "_orig", param)
     try:
+        # the new name first, then the old one goes: an interruption in between leaves the Parameter reachable
+        module.register_parameter(name + "_orig", param)
+        del module._parameters[name]
         module.register_buffer(name + "_mask", mask.to(param.device))
         module.register_buffer(name + "_amount", torch.tensor(float(amount), device=param.device))
         module.register_forward_pre_hook(hook)
@@ -418,11 +421,12 @@ def install_mask(
         if mode == "inplace":  # the forward reads the parameter itself: nothing to refresh or detach
             hook._bind(module)
         else:
-            hook.extra_hooks.append(module.register_forward_hook(hook.detach))
+            # always_call: a forward that raises must not leave a graph-carrying tensor in module.<name>
+            hook.extra_hooks.append(module.register_forward_hook(hook.detach, always_call=True))
             if reader is not None:
                 relay = _ReaderRelay(hook, module)
                 hook.extra_hooks.append(reader.register_forward_pre_hook(relay.before))
-                hook.extra_hooks.append(reader.register_forward_hook(relay.after))
+                hook.extra_hooks.append(reader.register_forward_hook(relay.after, always_call=True))
         module.pruning_method = hook
         hook.refresh(module)
     except BaseException:  # leave the module exactly as it was

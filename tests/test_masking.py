@@ -357,3 +357,31 @@ def test_inplace_mode_under_torch_compile_follows_mask_updates() -> None:
         mask = mask & (torch.rand(16, 8) > 0.3)
         set_mask(model[0], "weight", mask)
         assert torch.allclose(compiled(x), model(x), atol=1e-6)
+
+
+def test_a_forward_that_raises_leaves_no_graph_on_the_weight() -> None:
+    import copy
+
+    layer = nn.Linear(4, 3)
+    install_mask(layer, "weight", torch.rand(3, 4) > 0.5)
+    with pytest.raises(RuntimeError):
+        layer(torch.randn(2, 5))  # wrong input size: the forward raises after the pre-hook ran
+    assert layer.weight.grad_fn is None
+    copy.deepcopy(layer)  # would fail on a non-leaf tensor
+    bake_mask(layer, "weight")
+    assert isinstance(layer.weight, nn.Parameter)
+
+
+def test_an_interrupt_while_installing_leaves_the_module_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = nn.Linear(4, 3)
+    before = list(layer._parameters.items())
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(layer, "register_buffer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        install_mask(layer, "weight")
+    monkeypatch.undo()
+    assert list(layer._parameters.items()) == before  # the same Parameter objects, in the same order
+    assert not hasattr(layer, "weight_orig") and not layer._forward_pre_hooks
