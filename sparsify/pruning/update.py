@@ -4,6 +4,10 @@ Local targets are ranked alone through their pattern (`sparsify.patterns.Pattern
 scheduled sparsity capped by ``max_sparsity``. Global targets are ranked together with the other targets
 their config entry selected (`sparsify.scope.global_keep_masks`), with the per-layer caps: the budget is
 the sum of every member's scheduled zeros, so a global ranking never prunes more than the schedules ask.
+
+The pattern and scope decide how many weights of each module are pruned; a layer-wise criterion (SparseGPT,
+Wanda) may then re-select *which* ones in `Scorer.after_masks`, calibrating each layer on the inputs of the
+layers already pruned before it. Its masks replace the chosen ones only with the same shape and count.
 """
 
 from __future__ import annotations
@@ -53,11 +57,36 @@ def compute_masks(
             masks = {name: mask if isinstance(targets[name].pattern, NMPattern) else
                      mask & targets[name].mask.expand(mask.shape) for name, mask in masks.items()}
         if fresh_scores:
-            scorer.after_masks(pruner, masks)
+            refined = scorer.after_masks(pruner, masks)
+            if refined is not None:
+                masks = _refined(targets, masks, refined)
     finally:
         if fresh_scores:
             scorer.end()
     return masks
+
+
+def _refined(
+    targets: Mapping[str, Target], masks: dict[str, torch.Tensor], refined: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Masks a scorer re-selected in `Scorer.after_masks`: same shape, same number of pruned weights."""
+    out = dict(masks)
+    for name, mask in refined.items():
+        if name not in masks:
+            raise RuntimeError(f"the scorer refined module {name!r}, which is not part of this mask update")
+        chosen = masks[name]
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != chosen.shape:
+            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise RuntimeError(f"module {name!r}: a refined mask must be bool {tuple(chosen.shape)}, got {got}")
+        shape = targets[name].orig.shape
+        before, after = int((~chosen.expand(shape)).sum()), int((~mask.expand(shape)).sum())
+        if before != after:
+            raise RuntimeError(
+                f"module {name!r}: the refined mask prunes {after} weights where the pattern and scope chose "
+                f"{before}; a refinement re-selects which weights are pruned, never how many"
+            )
+        out[name] = mask
+    return out
 
 
 def _checked(name: str, scores: torch.Tensor) -> torch.Tensor:

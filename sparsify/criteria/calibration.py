@@ -1,0 +1,269 @@
+"""Forward-only calibration for the layer-wise criteria (``sparsegpt``, ``wanda``): what each pruned layer sees.
+
+The data is the pruner's `GradSampler`, used forward only (its targets and ``loss_fn`` are ignored). Its first
+``num_batches`` items are kept for the whole mask update — the raw batches, never activations — so every pass
+sees the same samples. Then:
+
+* **forward order** — one forward of the first batch records the order in which the pruned modules are first
+  called, which of them receive the very same input tensor (the ``q``/``k``/``v`` projections of an attention
+  block, the two input layers of a gated MLP) and how often each is called per forward;
+* **stages** — consecutive modules (in forward order) fed the same input form one stage, calibrated together
+  and sharing one statistic (one Hessian for ``q``/``k``/``v``);
+* **a pass** runs every kept batch through the model in ``eval()`` mode under ``no_grad``, with forward
+  pre-hooks that hand each stage module's input to its statistic and that substitute the new weights of the
+  modules already pruned in this update — so each stage is calibrated on the inputs of the pruned model — and
+  it stops the forward (an exception caught here) once every stage module has been called, so the pass for
+  stage ``k`` runs the model only up to stage ``k``.
+
+`input_columns` turns a module input into the rows a layer-wise criterion needs: a ``Linear`` sees rows of
+``in_features``; a ``Conv1d`` / ``Conv2d`` (``groups=1``) sees its unfolded patches ``[Ci·kh·kw]`` — the order
+of ``weight.flatten(1)`` — one row per output position. A module whose weight its parent reads without calling
+it (``nn.MultiheadAttention``'s ``out_proj``) is never called, and the calibration says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..masking import MaskHook
+from .base import TargetView
+from .sampler import GradSampler
+
+__all__ = ["Calibration", "Stage", "check_layer", "input_columns"]
+
+logger = logging.getLogger(__name__)
+
+
+class _StopForward(Exception):
+    """Raised by a pre-hook once every module of the stage has seen its input: the rest of the forward is moot."""
+
+
+def check_layer(kind: str, name: str, module: nn.Module) -> None:
+    """Raise ``ValueError`` naming the module if criterion ``kind`` cannot calibrate it."""
+    where = f"criterion {kind!r}: module {name!r} ({type(module).__name__})"
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        if module.groups != 1:
+            raise ValueError(
+                f"{where} has groups={module.groups}: layer-wise calibration handles groups=1 only; exclude it "
+                f"(module_name_configs={{{name!r}: None}}) or give it another criterion"
+            )
+        return
+    if not isinstance(module, nn.Linear):
+        raise ValueError(
+            f"{where}: layer-wise calibration handles Linear, Conv1d and Conv2d; exclude it "
+            f"(module_name_configs={{{name!r}: None}}) or give it another criterion"
+        )
+
+
+def input_columns(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The 2-D float32 ``[rows, columns]`` view of one input of ``module`` (see the module docs)."""
+    x = inputs.detach()
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, module.in_features).float()
+    conv2d = isinstance(module, nn.Conv2d)
+    if x.dim() == (3 if conv2d else 2):  # an unbatched input
+        x = x.unsqueeze(0)
+    if not conv2d:
+        x = x.unsqueeze(-2)  # Conv1d as a Conv2d of height 1
+    kernel, stride, dilation = (tuple(v) if conv2d else (1, v[0]) for v in
+                                (module.kernel_size, module.stride, module.dilation))
+    padding: Any = module.padding
+    if isinstance(padding, str) or module.padding_mode != "zeros":
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+        padding = (0, 0)
+    elif not conv2d:
+        padding = (0, padding[0])
+    columns = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # [N, Ci·K, L]
+    return columns.transpose(1, 2).reshape(-1, columns.shape[1]).float()
+
+
+def _signature(module: nn.Module) -> tuple[Any, ...]:
+    """Modules with equal signatures fed the same tensor see the same columns (so share one statistic)."""
+    if isinstance(module, nn.Linear):
+        return ("linear", module.in_features)
+    return (type(module).__name__, module.in_channels, module.kernel_size, module.stride, module.padding,
+            module.dilation, module.padding_mode)
+
+
+@attrs.define
+class Stage:
+    """Modules calibrated in one pass; ``leader[name]`` is the module whose statistic ``name`` shares."""
+
+    names: list[str]
+    leader: dict[str, str]
+
+    @property
+    def leaders(self) -> list[str]:
+        return list(dict.fromkeys(self.leader.values()))
+
+
+class Calibration:
+    """The calibration batches of one mask update and the passes over them (see the module docs).
+
+    Args:
+        model: the prepared model.
+        sampler: the pruner's sampler (forward only).
+        targets: the pruned modules this calibration may observe or replace, by name.
+        num_batches: how many items of the sampler's data to keep.
+        owner: the criterion's name, for messages.
+    """
+
+    def __init__(
+        self, model: nn.Module, sampler: GradSampler, targets: Mapping[str, TargetView], num_batches: int, owner: str
+    ) -> None:
+        self.model = model
+        self.sampler = sampler
+        self.targets = targets
+        self.owner = owner
+        self.batches: list[tuple[tuple[Any, ...], dict[str, Any], Any]] = []
+        for batch in sampler.batches():
+            self.batches.append(batch)
+            if len(self.batches) == num_batches:
+                break
+        if not self.batches:
+            raise ValueError(f"{owner}: the calibration data yielded no batch; give it at least one")
+        if len(self.batches) < num_batches:
+            logger.warning("%s: the calibration data ran out after %d of num_batches=%d batches; using them",
+                           owner, len(self.batches), num_batches)
+        self._order: list[str] | None = None
+        self._inputs: dict[str, int] = {}
+        self._calls: dict[str, int] = {}
+
+    # -- forward order ------------------------------------------------------------------------
+
+    def _discover(self) -> None:
+        """Forward the first batch once, recording call order, shared inputs and calls per forward."""
+        seen: list[torch.Tensor] = []  # kept alive during the forward, so no tensor id is reused
+        order: list[str] = []
+        inputs: dict[str, int] = {}
+        calls: dict[str, int] = dict.fromkeys(self.targets, 0)
+
+        def record(name: str, _module: nn.Module, args: tuple[Any, ...]) -> None:
+            calls[name] += 1
+            if name in inputs or not args or not isinstance(args[0], torch.Tensor):
+                return
+            order.append(name)
+            for index, tensor in enumerate(seen):
+                if tensor is args[0]:
+                    inputs[name] = index
+                    return
+            inputs[name] = len(seen)
+            seen.append(args[0])
+
+        handles = [t.module.register_forward_pre_hook(_bind(record, n)) for n, t in self.targets.items()]
+        try:
+            self._forward(self.batches[0])
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [n for n in self.targets if n not in inputs]
+        if missing:
+            raise RuntimeError(
+                f"{self.owner}: module(s) {missing} were not called with a tensor input by the model's forward on "
+                f"the calibration data, so their inputs cannot be observed (a module whose parent reads its weight "
+                f"directly, such as nn.MultiheadAttention's out_proj, is never called); exclude them or give them "
+                f"another criterion"
+            )
+        self._order, self._inputs, self._calls = order, inputs, calls
+
+    def order(self, names: Sequence[str]) -> list[str]:
+        """``names`` in the order the model's forward first calls them."""
+        if self._order is None:
+            self._discover()
+        assert self._order is not None
+        wanted = set(names)
+        return [n for n in self._order if n in wanted]
+
+    def stages(self, names: Sequence[str], sequential: bool = True) -> list[Stage]:
+        """Stages over ``names`` (see the module docs); one stage of all of them when not ``sequential``."""
+        ordered = self.order(names)
+        groups: list[list[str]] = []
+        for name in ordered:
+            if sequential and groups and self._inputs[groups[-1][0]] != self._inputs[name]:
+                groups.append([name])
+            elif groups:
+                groups[-1].append(name)
+            else:
+                groups.append([name])
+        stages = []
+        for group in groups:
+            leader: dict[str, str] = {}
+            for name in group:
+                module = self.targets[name].module
+                leader[name] = next((other for other in leader if leader[other] == other
+                                     and self._inputs[other] == self._inputs[name]
+                                     and _signature(self.targets[other].module) == _signature(module)), name)
+            stages.append(Stage(group, leader))
+        return stages
+
+    # -- passes ---------------------------------------------------------------------------------
+
+    def run(
+        self,
+        stage: Stage,
+        observe: Callable[[str, torch.Tensor], None],
+        replaced: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        """One pass over the kept batches: ``observe(leader, columns)`` for each input of the stage's leaders,
+        with the weights in ``replaced`` (by module name, already masked) standing in for the current ones."""
+        if self._order is None:
+            self._discover()
+        replaced = replaced or {}
+        members = set(stage.names)
+        needed = {n: self._calls[n] for n in stage.names}
+        count: dict[str, int] = {}
+
+        def seen(name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+            if stage.leader[name] == name and args and isinstance(args[0], torch.Tensor):
+                observe(name, input_columns(module, args[0]))
+            count[name] = count.get(name, 0) + 1
+            if all(count.get(n, 0) >= c for n, c in needed.items()):
+                raise _StopForward
+
+        def swap(name: str, module: nn.Module, _args: tuple[Any, ...]) -> None:
+            setattr(module, self.targets[name].param_name, replaced[name])
+
+        handles = [self.targets[n].module.register_forward_pre_hook(_bind(swap, n)) for n in replaced]
+        handles += [self.targets[n].module.register_forward_pre_hook(_bind(seen, n)) for n in members]
+        try:
+            for batch in self.batches:
+                count.clear()
+                self._forward(batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+            for name in replaced:
+                _refresh(self.targets[name])
+
+    def _forward(self, batch: tuple[tuple[Any, ...], dict[str, Any], Any]) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                self.sampler.forward(self.model, batch)
+        except _StopForward:
+            pass
+        finally:
+            self.model.train(was_training)
+
+
+def _bind(function: Callable[..., None], name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        function(name, module, args)
+
+    return hook
+
+
+def _refresh(target: TargetView) -> None:
+    """Show the module's own masked weight again after a pass that substituted it."""
+    for hook in target.module._forward_pre_hooks.values():
+        if isinstance(hook, MaskHook) and hook._tensor_name == target.param_name:
+            hook.refresh(target.module)
