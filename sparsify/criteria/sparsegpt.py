@@ -174,26 +174,31 @@ def obs_prune(
     at each block and ``selector.column(j, start, W_block, diag)`` at each column, before ``j`` is pruned."""
     weight = weight.clone()
     diag = factor.diagonal()
+    per_column = getattr(selector, "per_column", True)
     for start, stop in _blocks(weight.shape[1], block_size, cuts):
         selector.block(start, stop, weight, diag)
         block = weight[:, start:stop].clone()
-        errors = torch.zeros_like(block)
+        errors = torch.empty_like(block)
         local = factor[start:stop, start:stop]
+        inverse = local.diagonal().reciprocal()
+        pruned = selector.pruned[:, start:stop]  # a view: a per-column selector fills it as the loop goes
         for i in range(stop - start):
-            selector.column(start + i, start, block, diag)
-            w = block[:, i]
-            q = torch.where(selector.pruned[:, start + i], torch.zeros_like(w), w)
-            error = (w - q) / local[i, i]
-            block[:, i:] -= error.unsqueeze(1) * local[i, i:].unsqueeze(0)
-            block[:, i] = q
-            errors[:, i] = error
+            if per_column:
+                selector.column(start + i, start, block, diag)
+            error = errors[:, i]
+            torch.mul(block[:, i], pruned[:, i], out=error)
+            error.mul_(inverse[i])
+            block[:, i:].addr_(error, local[i, i:], alpha=-1)
+            block[:, i].masked_fill_(pruned[:, i], 0.0)
         weight[:, start:stop] = block
-        weight[:, stop:] -= errors @ factor[start:stop, stop:]
+        weight[:, stop:].addmm_(errors, factor[start:stop, stop:], alpha=-1)
     return weight
 
 
 class _Groups:
     """Element / block / tile / channel patterns: the whole layer re-ranked through the pattern at every block."""
+
+    per_column = False
 
     def __init__(self, pattern: Pattern, shape: torch.Size, order: torch.Tensor | None, chosen: torch.Tensor,
                  frozen: torch.Tensor, alive: torch.Tensor, row_cost: torch.Tensor | None) -> None:
@@ -276,6 +281,8 @@ class _Runs:
 class _Fixed:
     """A pattern sparsify cannot re-select: the chosen mask, with the OBS update."""
 
+    per_column = False
+
     def __init__(self, pruned: torch.Tensor) -> None:
         self.pruned = pruned
 
@@ -340,7 +347,10 @@ class _SparseGPTScorer(LayerwiseScorer):
             mode, order, cuts, pattern = "groups", None, None, CoreMLPattern()
         factor, alive = statistic.factor(order, self.spec.damp)
         device = factor.device
-        weight = torch.where(current, orig, 0.0).to(device, torch.float32).reshape(shape[0], -1)
+        # n:m may bring weights back (the machine's masks only grow for the other patterns): start them from
+        # their trained values, as a regrown weight of any criterion does, rather than from zero
+        start = orig if isinstance(target.pattern, NMPattern) else torch.where(current, orig, 0.0)
+        weight = start.to(device, torch.float32).reshape(shape[0], -1)
         if order is not None:
             weight = weight[:, order]
         frozen = ~current.reshape(shape[0], -1).to(device)
