@@ -168,6 +168,41 @@ def test_each_layer_is_calibrated_on_the_pruned_and_updated_layers_before_it():
     assert not torch.allclose(pruned.fc2.weight.double(), unpruned_inputs, atol=1e-3)
 
 
+def test_update_bias_is_the_exact_damped_optimum_with_the_bias_as_a_never_pruned_input():
+    torch.manual_seed(9)
+    layer = nn.Linear(2, 1)
+    x = torch.randn(30, 2) + torch.tensor([2.0, -1.0])  # inputs with a mean, so the bias can help
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, 3.0]]))
+        layer.bias.fill_(0.25)
+    start = torch.tensor([0.5, 3.0, 0.25], dtype=torch.float64)
+    augmented = torch.cat([x, torch.ones(30, 1)], 1).double()
+    hessian = augmented.t() @ augmented / 30
+    damped = hessian + 0.01 * hessian.diagonal().mean() * torch.eye(3, dtype=torch.float64)
+    # weight 0 is pruned; the others move to minimise (w − w₀)ᵀ(H + λI)(w − w₀): w_F = w₀_F + A_FF⁻¹ A_F0 w₀_0
+    free = start[1:] + torch.linalg.solve(damped[1:, 1:], damped[1:, :1] * start[0]).squeeze(1)
+    pruned = one_shot(layer, x, {"kind": "sparsegpt", "update_bias": True})
+    assert torch.allclose(pruned.weight.double(), torch.tensor([[0.0, free[0]]], dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(pruned.bias.double(), free[1:], atol=1e-5)
+
+
+def test_asymmetric_fits_the_dense_outputs_from_the_pruned_inputs_then_prunes():
+    torch.manual_seed(10)
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(6, 10), act=nn.ReLU(), fc2=nn.Linear(10, 4)))
+    x = torch.randn(60, 6) @ torch.randn(6, 6)
+    dense_hidden = torch.relu(model.fc1(x)).detach().double()
+    w1, _ = paper_sparsegpt(model.fc1.weight.detach(), x, 0.5, rule="layer")
+    hidden = torch.relu(x.double() @ w1.t() + model.fc1.bias.detach().double())
+    hessian, cross = hidden.t() @ hidden / 60, dense_hidden.t() @ hidden / 60
+    damped = hessian + 0.01 * hessian.diagonal().mean() * torch.eye(10, dtype=torch.float64)
+    weight = model.fc2.weight.detach().double()
+    fitted = weight + weight @ (cross - hessian) @ torch.linalg.inv(damped)
+    w2, _ = paper_sparsegpt(fitted, hidden, 0.5, rule="layer")
+    pruned = one_shot(model, x, {"kind": "sparsegpt", "asymmetric": True})
+    assert torch.allclose(pruned.fc1.weight.double(), w1, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(pruned.fc2.weight.double(), w2, atol=1e-4, rtol=1e-3)
+
+
 # -- Wanda ---------------------------------------------------------------------------------------
 
 

@@ -210,36 +210,66 @@ class Calibration:
         self,
         stage: Stage,
         observe: Callable[[str, torch.Tensor], None],
-        replaced: Mapping[str, torch.Tensor] | None = None,
+        replaced: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        reference: Callable[[str, torch.Tensor], None] | None = None,
     ) -> None:
         """One pass over the kept batches: ``observe(leader, columns)`` for each input of the stage's leaders,
-        with the weights in ``replaced`` (by module name, already masked) standing in for the current ones."""
+        with the tensors in ``replaced`` (module name → parameter name → tensor; the pruned parameter already
+        masked) standing in for the current ones. With ``reference``, every batch is first run without the
+        replacements, calling ``reference(leader, columns)`` — so the same sample's input before and after the
+        update's earlier layers were pruned can be paired."""
         if self._order is None:
             self._discover()
         replaced = replaced or {}
-        members = set(stage.names)
         needed = {n: self._calls[n] for n in stage.names}
         count: dict[str, int] = {}
+        state = {"swap": True, "observe": observe}
+        saved: dict[tuple[str, str], torch.Tensor] = {}
 
         def seen(name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
             if stage.leader[name] == name and args and isinstance(args[0], torch.Tensor):
-                observe(name, input_columns(module, args[0]))
+                state["observe"](name, input_columns(module, args[0]))
             count[name] = count.get(name, 0) + 1
             if all(count.get(n, 0) >= c for n, c in needed.items()):
                 raise _StopForward
 
         def swap(name: str, module: nn.Module, _args: tuple[Any, ...]) -> None:
-            setattr(module, self.targets[name].param_name, replaced[name])
+            if not state["swap"]:
+                return
+            for key, value in replaced[name].items():
+                if key == self.targets[name].param_name:
+                    setattr(module, key, value)
+                else:  # a plain parameter (the bias): swap its data for this call only
+                    param = getattr(module, key)
+                    saved.setdefault((name, key), param.data)
+                    param.data = value
 
-        handles = [self.targets[n].module.register_forward_pre_hook(_bind(swap, n)) for n in replaced]
-        handles += [self.targets[n].module.register_forward_pre_hook(_bind(seen, n)) for n in members]
+        def restore(name: str, module: nn.Module, *_: Any) -> None:
+            for key in list(replaced.get(name, {})):
+                data = saved.pop((name, key), None)
+                if data is not None:
+                    getattr(module, key).data = data
+
+        handles = []
+        for name in replaced:
+            module = self.targets[name].module
+            handles += [module.register_forward_pre_hook(_bind(swap, name)),
+                        module.register_forward_hook(_bind(restore, name))]
+        handles += [self.targets[n].module.register_forward_pre_hook(_bind(seen, n)) for n in stage.names]
         try:
             for batch in self.batches:
+                if reference is not None:
+                    state.update(swap=False, observe=reference)
+                    count.clear()
+                    self._forward(batch)
+                    state.update(swap=True, observe=observe)
                 count.clear()
                 self._forward(batch)
         finally:
             for handle in handles:
                 handle.remove()
+            for (name, key), data in saved.items():
+                getattr(self.targets[name].module, key).data = data
             for name in replaced:
                 _refresh(self.targets[name])
 
@@ -255,8 +285,8 @@ class Calibration:
             self.model.train(was_training)
 
 
-def _bind(function: Callable[..., None], name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
-    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+def _bind(function: Callable[..., None], name: str) -> Callable[..., None]:
+    def hook(module: nn.Module, args: tuple[Any, ...], *_: Any) -> None:
         function(name, module, args)
 
     return hook

@@ -167,9 +167,15 @@ class LayerwiseScorer(Scorer):
 
     def prune_layer(
         self, pruner: PrunerView, name: str, chosen: torch.Tensor, statistic: Any
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(weight-shaped keep-mask with chosen's count, new weight or None)`` for module ``name``."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(weight-shaped keep-mask with chosen's count, new parameter values by name)`` for module ``name``:
+        the pruned parameter's new values count where the mask keeps them; others (a bias) are replaced."""
         raise NotImplementedError
+
+    def wants_reference(self) -> bool:
+        """Whether statistics need each sample's input before this update's earlier layers were pruned too
+        (their ``add_reference(columns)`` is then called before the matching ``add``)."""
+        return False
 
     # -- the machine's hooks ------------------------------------------------------------------
 
@@ -209,19 +215,23 @@ class LayerwiseScorer(Scorer):
         names = [n for n in masks if n in self.names]
         calibration = self._calibration(pruner, names)
         stages = calibration.stages(names, sequential=self.spec.sequential)
-        replaced: dict[str, torch.Tensor] = {}
+        replaced: dict[str, dict[str, torch.Tensor]] = {}
         refined: dict[str, torch.Tensor] = {}
-        weights: dict[str, torch.Tensor] = {}
+        updates: dict[str, dict[str, torch.Tensor]] = {}
         with tqdm(total=len(names), desc=f"{self.label} layers", unit="layer", leave=False,
                   disable=not getattr(pruner.sampler, "progress", True)) as bar:
             for stage in stages:
-                refined.update(self._stage(pruner, calibration, stage, masks, replaced, weights))
+                refined.update(self._stage(pruner, calibration, stage, masks, replaced, updates))
                 bar.update(len(stage.names))
         with torch.no_grad():
-            for name, weight in weights.items():
-                orig = pruner.targets[name].orig
-                keep = refined[name].expand(orig.shape)
-                orig.copy_(torch.where(keep, weight.to(orig.device, orig.dtype), orig))
+            for name, values in updates.items():
+                target = pruner.targets[name]
+                for key, value in values.items():
+                    param = getattr(target.module, key if key != target.param_name else key + "_orig")
+                    value = value.to(param.device, param.dtype)
+                    if key == target.param_name:
+                        value = torch.where(refined[name].expand(param.shape), value, param)
+                    param.copy_(value)
         return refined
 
     def _stage(
@@ -230,22 +240,27 @@ class LayerwiseScorer(Scorer):
         calibration: Calibration,
         stage: Stage,
         masks: Mapping[str, torch.Tensor],
-        replaced: dict[str, torch.Tensor],
-        weights: dict[str, torch.Tensor],
+        replaced: dict[str, dict[str, torch.Tensor]],
+        updates: dict[str, dict[str, torch.Tensor]],
     ) -> dict[str, torch.Tensor]:
         statistics = {leader: self.statistic(pruner.targets[leader].module) for leader in stage.leaders}
+        sequential = self.spec.sequential and bool(replaced)
+        reference = None
+        if sequential and self.wants_reference():
+            def reference(leader: str, columns: torch.Tensor) -> None:
+                statistics[leader].add_reference(columns)
         calibration.run(stage, lambda leader, columns: statistics[leader].add(columns),
-                        replaced if self.spec.sequential else None)
+                        replaced if sequential else None, reference)
         refined = {}
         for name in stage.names:
             target = pruner.targets[name]
             chosen = masks[name].expand(target.orig.shape)
-            keep, weight = self.prune_layer(pruner, name, chosen, statistics[stage.leader[name]])
+            keep, values = self.prune_layer(pruner, name, chosen, statistics[stage.leader[name]])
             refined[name] = to_mask_shape(keep, masks[name].shape)
-            if weight is not None:
-                weights[name] = weight
-            source = weight if weight is not None else target.orig.detach()
-            replaced[name] = torch.where(keep, source.to(target.orig.dtype), 0.0)
+            if values:
+                updates[name] = values
+            weight = values.get(target.param_name, target.orig.detach())
+            replaced[name] = {**values, target.param_name: torch.where(keep, weight.to(target.orig.dtype), 0.0)}
         return refined
 
     def end(self) -> None:

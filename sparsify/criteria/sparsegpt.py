@@ -71,10 +71,13 @@ def _to_damp(value: Any) -> float:
     return value
 
 
-def _to_bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise field_error(_OWNER, "sequential", value, "expected True or False", TypeError)
-    return value
+def _to_bool(field: str):
+    def convert(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise field_error(_OWNER, field, value, "expected True or False", TypeError)
+        return value
+
+    return convert
 
 
 @register_criterion
@@ -90,6 +93,12 @@ class SparseGPTCriterion(Criterion):
         damp: relative dampening ``λ = damp · mean(diag H)`` (``percdamp``, ``hessian_dampening``: 0.01).
         sequential: calibrate each layer on the outputs of the layers pruned and updated before it (else all
             layers on the current model, in one pass, holding every Hessian at once).
+        update_bias: let the layer's bias take part in the reconstruction (a constant input, never pruned, last
+            in the column order), so it absorbs the mean of the pruning error.
+        asymmetric: reconstruct each layer's output *before* this update, ``‖W X − Ŵ X̂‖²`` with ``X`` the
+            layer's input in the unpruned model and ``X̂`` in the pruned one (GPTAQ's asymmetric calibration),
+            instead of ``‖(W − Ŵ) X̂‖²``: the layer also corrects the error of the layers before it. Costs a
+            second forward per calibration batch and another ``C²`` matrix.
     """
 
     kind: ClassVar[str] = "sparsegpt"
@@ -98,37 +107,75 @@ class SparseGPTCriterion(Criterion):
     num_batches: int = attrs.field(default=128, converter=_positive("num_batches"))
     block_size: int = attrs.field(default=128, converter=_positive("block_size"))
     damp: float = attrs.field(default=0.01, converter=_to_damp)
-    sequential: bool = attrs.field(default=True, converter=_to_bool)
+    sequential: bool = attrs.field(default=True, converter=_to_bool("sequential"))
+    update_bias: bool = attrs.field(default=False, converter=_to_bool("update_bias"))
+    asymmetric: bool = attrs.field(default=False, converter=_to_bool("asymmetric"))
 
     def scorer(self) -> Scorer:
         return _SparseGPTScorer(self)
 
 
 class Hessian:
-    """``H = Σ x xᵀ / rows`` over input columns, float32 on the columns' device (``C²`` floats)."""
+    """``H = Σ x̂ x̂ᵀ / rows`` over input columns (float32, ``C²`` floats), with the column means (for the bias)
+    and, when references are given, the cross term ``Σ x x̂ᵀ / rows`` with the same samples' inputs before
+    this update's earlier layers were pruned (another ``C²``)."""
 
     def __init__(self) -> None:
         self.sum: torch.Tensor | None = None
+        self.column_sum: torch.Tensor | None = None
+        self.cross: torch.Tensor | None = None
+        self.reference_sum: torch.Tensor | None = None
         self.rows = 0
+        self.pending: list[torch.Tensor] = []
         self.factors: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def add_reference(self, columns: torch.Tensor) -> None:
+        self.pending.append(columns)
+
     def add(self, columns: torch.Tensor) -> None:
+        size = columns.shape[1]
         if self.sum is None:
-            self.sum = torch.zeros(columns.shape[1], columns.shape[1], device=columns.device)
+            self.sum = torch.zeros(size, size, device=columns.device)
+            self.column_sum = torch.zeros(size, device=columns.device)
+        assert self.column_sum is not None
         self.sum.addmm_(columns.t(), columns)
+        self.column_sum += columns.sum(0)
         self.rows += columns.shape[0]
+        if self.pending:
+            reference = self.pending.pop(0)
+            if self.cross is None:
+                self.cross = torch.zeros_like(self.sum)
+                self.reference_sum = torch.zeros_like(self.column_sum)
+            assert self.reference_sum is not None
+            self.cross.addmm_(reference.t(), columns)
+            self.reference_sum += reference.sum(0)
 
-    @property
-    def matrix(self) -> torch.Tensor:
-        assert self.sum is not None
-        return self.sum / max(self.rows, 1)
+    def matrices(self, order: torch.Tensor | None, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(H, G)`` in processing ``order``, each with a constant-one input appended last when ``bias``:
+        ``H = X̂ᵀX̂ / n`` and ``G = XᵀX̂ / n`` (``None`` without references)."""
+        assert self.sum is not None and self.column_sum is not None
+        rows = max(self.rows, 1)
 
-    def factor(self, order: torch.Tensor | None, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+        def arrange(matrix: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+            matrix = matrix / rows if order is None else matrix[order][:, order] / rows
+            if not bias:
+                return matrix
+            left = (left if order is None else left[order]) / rows
+            right = (right if order is None else right[order]) / rows
+            corner = torch.ones(1, 1, device=matrix.device)
+            return torch.cat([torch.cat([matrix, left.unsqueeze(1)], 1), torch.cat([right.unsqueeze(0), corner], 1)])
+
+        hessian = arrange(self.sum, self.column_sum, self.column_sum)
+        if self.cross is None:
+            return hessian, None
+        assert self.reference_sum is not None
+        return hessian, arrange(self.cross, self.reference_sum, self.column_sum)
+
+    def factor(self, order: torch.Tensor | None, damp: float, bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U, alive)`` for the columns in ``order`` (cached: layers sharing this input share it)."""
-        key = (None if order is None else tuple(order.tolist()), damp)
+        key = (None if order is None else tuple(order.tolist()), damp, bias)
         if key not in self.factors:
-            matrix = self.matrix if order is None else self.matrix[order][:, order]
-            self.factors[key] = inverse_factor(matrix, damp)
+            self.factors[key] = inverse_factor(self.matrices(order, bias)[0], damp)
         return self.factors[key]
 
 
@@ -167,16 +214,23 @@ def _blocks(columns: int, block_size: int, cuts: Sequence[int] | None) -> list[t
 
 
 def obs_prune(
-    weight: torch.Tensor, factor: torch.Tensor, selector: Any, block_size: int, cuts: Sequence[int] | None = None
+    weight: torch.Tensor,
+    factor: torch.Tensor,
+    selector: Any,
+    block_size: int,
+    cuts: Sequence[int] | None = None,
+    columns: int | None = None,
 ) -> torch.Tensor:
     """SparseGPT's column loop: ``weight`` (``rows × C``, float) pruned where ``selector.pruned`` says, with the
     OBS update through ``factor`` (`inverse_factor`'s ``U``). ``selector.block(start, stop, W, diag)`` is called
-    at each block and ``selector.column(j, start, W_block, diag)`` at each column, before ``j`` is pruned."""
+    at each block and ``selector.column(j, start, W_block, diag)`` at each column, before ``j`` is pruned. Only
+    the first ``columns`` are pruned (default: all); the rest (a bias column) only take the updates."""
     weight = weight.clone()
     diag = factor.diagonal()
     per_column = getattr(selector, "per_column", True)
-    for start, stop in _blocks(weight.shape[1], block_size, cuts):
-        selector.block(start, stop, weight, diag)
+    limit = weight.shape[1] if columns is None else columns
+    for start, stop in _blocks(limit, block_size, cuts):
+        selector.block(start, stop, weight[:, :limit], diag[:limit])
         block = weight[:, start:stop].clone()
         errors = torch.empty_like(block)
         local = factor[start:stop, start:stop]
@@ -334,25 +388,35 @@ class _SparseGPTScorer(LayerwiseScorer):
     def statistic(self, module: torch.nn.Module) -> Hessian:
         return Hessian()
 
+    def wants_reference(self) -> bool:
+        return self.spec.asymmetric
+
     def prune_layer(
         self, pruner: PrunerView, name: str, chosen: torch.Tensor, statistic: Hessian
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         target = pruner.targets[name]
         orig = target.orig.detach()
         shape, pattern = orig.shape, target.pattern
         current = target.mask.expand(shape)
+        bias = getattr(target.module, "bias", None) if self.spec.update_bias else None
         mode, order, cuts = _plan(pattern, shape, statistic.sum.device if statistic.sum is not None else orig.device)
         counts = nm_run_counts(chosen, pattern) if isinstance(pattern, NMPattern) else None
         if mode == "runs" and counts is None:  # the unstructured ramp-up stage of a scheduled n:m
             mode, order, cuts, pattern = "groups", None, None, CoreMLPattern()
-        factor, alive = statistic.factor(order, self.spec.damp)
-        device = factor.device
+        factor, alive = statistic.factor(order, self.spec.damp, bias is not None)
+        device, columns = factor.device, math.prod(shape[1:])
         # n:m may bring weights back (the machine's masks only grow for the other patterns): start them from
         # their trained values, as a regrown weight of any criterion does, rather than from zero
         start = orig if isinstance(target.pattern, NMPattern) else torch.where(current, orig, 0.0)
         weight = start.to(device, torch.float32).reshape(shape[0], -1)
         if order is not None:
             weight = weight[:, order]
+        if bias is not None:
+            weight = torch.cat([weight, bias.detach().to(device, torch.float32).unsqueeze(1)], 1)
+        hessian, cross = statistic.matrices(order, bias is not None)
+        if cross is not None:  # ‖W X − Ŵ X̂‖²: first the least-squares fit of the dense outputs (ridge toward W)
+            weight = weight + (weight @ (cross - hessian)) @ factor.t() @ factor
+        alive = alive[:columns]
         frozen = ~current.reshape(shape[0], -1).to(device)
         if order is not None:
             frozen = frozen[:, order]
@@ -367,10 +431,14 @@ class _SparseGPTScorer(LayerwiseScorer):
         else:
             row_cost = None
             if mode == "rows":
-                matrix = statistic.matrix if order is None else statistic.matrix[order][:, order]
-                row_cost = ((weight @ matrix) * weight).sum(1)
+                live = weight[:, :columns]
+                row_cost = ((live @ hessian[:columns, :columns]) * live).sum(1)
             selector = _Groups(pattern, shape, order, chosen.to(device), frozen, alive.float(), row_cost)
-        new = obs_prune(weight, factor, selector, self.spec.block_size, cuts)
+        new = obs_prune(weight, factor, selector, self.spec.block_size, cuts, columns)
+        values: dict[str, torch.Tensor] = {}
+        if bias is not None:
+            values["bias"] = new[:, columns].to(bias.device, bias.dtype)
+            new = new[:, :columns]
         pruned = selector.pruned
         if order is not None:
             unordered = torch.empty_like(new)
@@ -380,7 +448,7 @@ class _SparseGPTScorer(LayerwiseScorer):
             flat[:, order] = pruned
             pruned = flat
         keep = (~pruned).reshape(shape).to(orig.device)
-        self.log.append({"module": name, "columns": weight.shape[1], "rows": weight.shape[0],
-                         "hessian_bytes": 4 * weight.shape[1] ** 2, "samples": statistic.rows, "mode": mode})
-        return keep, new.reshape(shape).to(orig.device, orig.dtype)
-
+        self.log.append({"module": name, "columns": columns, "rows": shape[0], "samples": statistic.rows,
+                         "hessian_bytes": 4 * weight.shape[1] ** 2, "mode": mode})
+        values[target.param_name] = new.reshape(shape).to(orig.device, orig.dtype)
+        return keep, values

@@ -96,7 +96,7 @@ class _WandaScorer(LayerwiseScorer):
 
     def prune_layer(
         self, pruner: PrunerView, name: str, chosen: torch.Tensor, statistic: ColumnNorms
-    ) -> tuple[torch.Tensor, None]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         target = pruner.targets[name]
         current = target.mask.expand(target.orig.shape)
         scores = wanda_scores(torch.where(current, target.orig.detach(), 0.0), statistic.mean_squares)
@@ -105,4 +105,4 @@ class _WandaScorer(LayerwiseScorer):
             ranked = per_output_ranks(scores, frozen)
         else:
             ranked = encode(scores, frozen, frozen)
-        return reselect(target.pattern, ranked, chosen), None
+        return reselect(target.pattern, ranked, chosen), {}
