@@ -10,7 +10,10 @@ global) and the test accuracy is measured, with no fine-tuning:
 * Core ML Tools SparseGPT — ``LayerwiseCompressor`` with ``ModuleSparseGPTConfig`` (float32 weights: no
   quantization), ``calibration_nsamples`` = the calibration batches;
 * sparsify magnitude, SparseGPT, Wanda, M-FAC (``Pruner(..., sampler).prune_now()``);
-* sparsify's best combinations (listed in ``BEST``).
+* sparsify's best combinations (``BEST``): SparseGPT with its bias update and asymmetric calibration, per layer
+  and global; global SparseGPT (its budget ranked by Wanda's scores); SparseGPT at per-layer levels from a
+  magnitude sensitivity scan on 2 000 training images (`sparsify.analysis.budget.allocate_budget`); global
+  M-FAC with 4 recomputations.
 
 Every data-driven method gets the same calibration images: ``--calib-batches`` batches of ``--calib-batch``
 training images (M-FAC takes one gradient per batch). Each (level, method) is timed over ``--rounds`` rounds,
@@ -26,6 +29,7 @@ import argparse
 import copy
 import logging
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -135,8 +139,41 @@ METHODS: dict[str, tuple[Method, str]] = {
     "sparsify Wanda": (sparsify_with("wanda"), "per layer"),
     "sparsify M-FAC": (sparsify_with({"kind": "mfac", "num_grads": 128}), "per layer"),
 }
+def sparsegpt_budget(criterion) -> Method:
+    """A per-layer budget from a magnitude sensitivity scan on held-out training images (`allocate_budget`,
+    method "scan"), then SparseGPT at each layer's level."""
+
+    def run(model: nn.Module, sparsity: float, calibration) -> nn.Module:
+        from sparsify.analysis.budget import allocate_budget
+        from sparsify.analysis.sensitivity import sensitivity_scan
+
+        images, labels = VALIDATION
+
+        def evaluate(candidate: nn.Module) -> float:
+            with torch.no_grad():
+                return float((candidate(images).argmax(1) == labels).float().mean())
+
+        scan = sensitivity_scan(copy.deepcopy(model).eval(), evaluate, progress=False,
+                                sparsities=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98))
+        budget = allocate_budget(None, sparsity, scan=scan)
+        configs = {re.escape(name): ModulePrunerConfig(target_sparsity=level, criterion=criterion)
+                   if budget.zeros[name] else None for name, level in budget.sparsities.items()}
+        pruner = Pruner(model, PrunerConfig(module_name_configs=configs),
+                        sampler=GradSampler(calibration, F.cross_entropy, progress=False))
+        pruner.prepare()
+        pruner.prune_now()
+        return pruner.finalize(inplace=True)
+
+    return run
+
+
+VALIDATION: tuple[torch.Tensor, torch.Tensor] = (torch.empty(0), torch.empty(0))
+BIAS_ASYMMETRIC = {"kind": "sparsegpt", "update_bias": True, "asymmetric": True}
 BEST: dict[str, tuple[Method, str]] = {
+    "sparsify SparseGPT + bias + asymmetric": (sparsify_with(BIAS_ASYMMETRIC), "per layer"),
     "sparsify SparseGPT, global (Wanda-ranked budget)": (sparsify_with("sparsegpt", scope="global"), "global"),
+    "sparsify SparseGPT + bias + asymmetric, global": (sparsify_with(BIAS_ASYMMETRIC, scope="global"), "global"),
+    "sparsify SparseGPT + bias + asymmetric, sensitivity budget": (sparsegpt_budget(BIAS_ASYMMETRIC), "global"),
     "sparsify M-FAC, global, 4 recomputations": (
         sparsify_with({"kind": "mfac", "num_grads": 128, "num_recomputations": 4}, scope="global"), "global"),
 }
@@ -164,6 +201,9 @@ def main() -> None:
     generator = torch.Generator().manual_seed(1000 + args.seed)
     index = torch.randperm(len(data.train_y), generator=generator)[: args.calib_batches * args.calib_batch]
     calibration = list(zip(data.train_x[index].split(args.calib_batch), data.train_y[index].split(args.calib_batch)))
+    held = torch.randperm(len(data.train_y), generator=generator)[:2000]  # training images, for the scan
+    global VALIDATION
+    VALIDATION = (data.train_x[held], data.train_y[held])
     methods = {**METHODS, **BEST}
     chosen = {k: v for k, v in methods.items() if args.methods is None or k in args.methods}
     results: dict[str, dict[float, float]] = {k: {} for k in chosen}

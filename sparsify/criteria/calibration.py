@@ -9,6 +9,9 @@ sees the same samples. Then:
   block, the two input layers of a gated MLP) and how often each is called per forward;
 * **stages** — consecutive modules (in forward order) fed the same input form one stage, calibrated together
   and sharing one statistic (one Hessian for ``q``/``k``/``v``);
+* **merged forwards** — consecutive batches whose inputs differ only in their first dimension are concatenated,
+  as long as the largest pruned layer's (unfolded) input stays under `MERGED_COLUMNS` floats (64 MiB): the same
+  rows in fewer forwards (so the model must treat samples independently in ``eval()`` mode, as batch norm does);
 * **a pass** runs every kept batch through the model in ``eval()`` mode under ``no_grad``, with forward
   pre-hooks that hand each stage module's input to its statistic and that substitute the new weights of the
   modules already pruned in this update — so each stage is calibrated on the inputs of the pruned model — and
@@ -23,8 +26,10 @@ it (``nn.MultiheadAttention``'s ``out_proj``) is never called, and the calibrati
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -39,6 +44,11 @@ from .sampler import GradSampler
 __all__ = ["Calibration", "Stage", "check_layer", "input_columns"]
 
 logger = logging.getLogger(__name__)
+
+
+#: calibration items are concatenated into forwards whose largest layer input (unfolded) stays under this many
+#: floats (64 MiB) — fewer, larger forwards over the same rows
+MERGED_COLUMNS = 2**24
 
 
 class _StopForward(Exception):
@@ -146,9 +156,14 @@ class Calibration:
         inputs: dict[str, int] = {}
         calls: dict[str, int] = dict.fromkeys(self.targets, 0)
 
-        def record(name: str, _module: nn.Module, args: tuple[Any, ...]) -> None:
+        largest = [0]
+
+        def record(name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
             calls[name] += 1
-            if name in inputs or not args or not isinstance(args[0], torch.Tensor):
+            if not args or not isinstance(args[0], torch.Tensor):
+                return
+            largest[0] = max(largest[0], _columns_size(module, args[0]))
+            if name in inputs:
                 return
             order.append(name)
             for index, tensor in enumerate(seen):
@@ -160,7 +175,8 @@ class Calibration:
 
         handles = [t.module.register_forward_pre_hook(_bind(record, n)) for n, t in self.targets.items()]
         try:
-            self._forward(self.batches[0])
+            with _evaluating(self.model):
+                self._forward(self.batches[0])
         finally:
             for handle in handles:
                 handle.remove()
@@ -173,6 +189,7 @@ class Calibration:
                 f"another criterion"
             )
         self._order, self._inputs, self._calls = order, inputs, calls
+        self.batches = _merged(self.batches, max(1, MERGED_COLUMNS // max(largest[0], 1)))
 
     def order(self, names: Sequence[str]) -> list[str]:
         """``names`` in the order the model's forward first calls them."""
@@ -257,14 +274,15 @@ class Calibration:
                         module.register_forward_hook(_bind(restore, name))]
         handles += [self.targets[n].module.register_forward_pre_hook(_bind(seen, n)) for n in stage.names]
         try:
-            for batch in self.batches:
-                if reference is not None:
-                    state.update(swap=False, observe=reference)
+            with _evaluating(self.model):
+                for batch in self.batches:
+                    if reference is not None:
+                        state.update(swap=False, observe=reference)
+                        count.clear()
+                        self._forward(batch)
+                        state.update(swap=True, observe=observe)
                     count.clear()
                     self._forward(batch)
-                    state.update(swap=True, observe=observe)
-                count.clear()
-                self._forward(batch)
         finally:
             for handle in handles:
                 handle.remove()
@@ -274,15 +292,77 @@ class Calibration:
                 _refresh(self.targets[name])
 
     def _forward(self, batch: tuple[tuple[Any, ...], dict[str, Any], Any]) -> None:
-        was_training = self.model.training
-        self.model.eval()
         try:
             with torch.no_grad():
                 self.sampler.forward(self.model, batch)
         except _StopForward:
             pass
-        finally:
-            self.model.train(was_training)
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """``eval()`` mode for a pass, then each module's own mode back."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+def _columns_size(module: nn.Module, inputs: torch.Tensor) -> int:
+    """How many floats `input_columns` makes of one input (an unfolded convolution input is larger)."""
+    if isinstance(module, nn.Conv2d):
+        return inputs.numel() * math.prod(module.kernel_size) // math.prod(module.stride)
+    if isinstance(module, nn.Conv1d):
+        return inputs.numel() * module.kernel_size[0] // module.stride[0]
+    return inputs.numel()
+
+
+def _mergeable(first: Any, other: Any) -> bool:
+    if isinstance(first, torch.Tensor):
+        return (isinstance(other, torch.Tensor) and first.dim() > 0 and first.dim() == other.dim()
+                and first.shape[1:] == other.shape[1:] and first.dtype == other.dtype and first.device == other.device)
+    if isinstance(first, Mapping):
+        return isinstance(other, Mapping) and first.keys() == other.keys() and all(
+            _mergeable(first[k], other[k]) for k in first)
+    if isinstance(first, (tuple, list)):
+        return (type(first) is type(other) and len(first) == len(other)
+                and all(_mergeable(a, b) for a, b in zip(first, other)))
+    try:
+        return bool(first == other)
+    except Exception:  # an odd object that cannot be compared is simply not merged
+        return False
+
+
+def _concatenated(values: list[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(values)
+    if isinstance(first, Mapping):
+        return {k: _concatenated([v[k] for v in values]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concatenated(list(parts)) for parts in zip(*values))
+    return first
+
+
+def _merged(batches: list[Any], factor: int) -> list[Any]:
+    """Consecutive batches concatenated along dim 0, ``factor`` at a time, where their inputs allow (same
+    shapes but the first, equal non-tensor arguments): fewer, larger forwards with the same rows. Targets are
+    dropped (unused)."""
+    if factor <= 1:
+        return batches
+    merged: list[Any] = []
+    group: list[Any] = []
+    for args, kwargs, _ in batches:
+        if group and (len(group) == factor or not _mergeable(group[0], (args, kwargs))):
+            merged.append((*_concatenated(group), None))
+            group = []
+        group.append((args, kwargs))
+    if group:
+        merged.append((*_concatenated(group), None))
+    return merged
 
 
 def _bind(function: Callable[..., None], name: str) -> Callable[..., None]:
