@@ -30,7 +30,16 @@ from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
 from .base import Criterion, PrunerView, Scorer
 from .calibration import Calibration, Stage, check_layer
 
-__all__ = ["ColumnNorms", "LayerwiseScorer", "nm_run_counts", "reselect", "to_mask_shape"]
+__all__ = [
+    "ColumnNorms",
+    "LayerwiseScorer",
+    "encode",
+    "nm_run_counts",
+    "pruned_groups_of",
+    "reselect",
+    "to_mask_shape",
+    "wanda_scores",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +104,7 @@ def reselect(
     chosen: torch.Tensor,
     *,
     nm_counts: torch.Tensor | None = None,
+    chosen_groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A weight-shaped keep-mask with the same pattern and count as ``chosen``, ranked by ``scores``.
 
@@ -102,6 +112,7 @@ def reselect(
     ``chosen`` is the weight-shaped keep-mask the pattern and scope chose. Core ML and tile patterns prune as many
     of their groups as ``chosen`` does (a partial block at the end keeps ``chosen``'s decision, so the count is
     exact); n:m prunes ``nm_counts`` (`nm_run_counts`) in every run; any other pattern keeps ``chosen``.
+    ``chosen_groups`` (`pruned_groups` of ``chosen``) saves recomputing it when one layer is re-selected often.
     """
     if isinstance(pattern, NMPattern):
         counts = nm_run_counts(chosen, pattern) if nm_counts is None else nm_counts
@@ -111,7 +122,7 @@ def reselect(
     if not isinstance(pattern, (CoreMLPattern, TilePattern)):
         return chosen.clone()
     grouped, sizes = pattern.groups(scores)
-    pruned_groups = pattern.groups(chosen.float())[0] == 0
+    pruned_groups = pruned_groups_of(pattern, chosen) if chosen_groups is None else chosen_groups
     flat = grouped.reshape(-1).clone()
     if isinstance(sizes, torch.Tensor) and (sizes != sizes.max()).any():
         partial = (sizes != sizes.max()).reshape(-1)
@@ -120,6 +131,11 @@ def reselect(
                                     torch.full_like(flat[partial], math.inf))
     keep = ~lowest(flat, int(pruned_groups.sum())).reshape(grouped.shape)
     return pattern.expand(keep, scores).expand(scores.shape)
+
+
+def pruned_groups_of(pattern: Pattern, chosen: torch.Tensor) -> torch.Tensor:
+    """Which of the pattern's groups the weight-shaped keep-mask ``chosen`` prunes (Core ML and tile patterns)."""
+    return pattern.groups(chosen.float())[0] == 0
 
 
 class ColumnNorms:

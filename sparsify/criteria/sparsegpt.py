@@ -45,9 +45,9 @@ import attrs
 import torch
 
 from .._checks import as_float, as_int, check_range, field_error
-from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern
+from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
 from .base import Criterion, PrunerView, Scorer, register_criterion
-from .layerwise import LayerwiseScorer, encode, nm_run_counts, reselect
+from .layerwise import LayerwiseScorer, encode, nm_run_counts, pruned_groups_of, reselect
 
 __all__ = ["Hessian", "SparseGPTCriterion", "inverse_factor", "obs_prune"]
 
@@ -258,8 +258,13 @@ class _Groups:
                  frozen: torch.Tensor, alive: torch.Tensor, row_cost: torch.Tensor | None) -> None:
         self.pattern, self.shape, self.order, self.alive, self.row_cost = pattern, shape, order, alive, row_cost
         self.chosen = chosen  # weight-shaped keep-mask the pattern and scope chose
+        plain = isinstance(pattern, (CoreMLPattern, TilePattern))
+        self.chosen_groups = pruned_groups_of(pattern, chosen) if plain else None
         self.pruned = frozen.clone()  # in processing order
         self.decided = frozen.clone()
+        # single weights: rank only the undecided ones against the layer's remaining count (same result, cheaper)
+        self.elementwise = row_cost is None and _single_weights(pattern)
+        self.total = int((~chosen).sum()) if self.elementwise else 0
 
     def to_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         if self.order is None:
@@ -275,19 +280,35 @@ class _Groups:
     def block(self, start: int, stop: int, weight: torch.Tensor, diag: torch.Tensor) -> None:
         if bool(self.decided[:, start:stop].all()):
             return
+        if self.elementwise:
+            saliency = weight[:, start:].square() / diag[start:].square() * self.alive[start:]
+            open_ = ~self.decided[:, start:]
+            need = self.total - int(self.pruned.sum())
+            lowest_ = lowest(torch.where(open_, saliency, math.inf).reshape(-1), need).reshape(open_.shape)
+            width = stop - start
+            self.pruned[:, start:stop] |= lowest_[:, :width] & open_[:, :width]
+            self.decided[:, start:stop] = True
+            return
         if self.row_cost is not None:  # whole rows: decided once, by their exact cost
             saliency = (self.row_cost.clamp(min=0) / weight.shape[1]).sqrt().unsqueeze(1).expand_as(weight)
             start, stop = 0, weight.shape[1]
         else:
             saliency = weight.square() / diag.square() * self.alive
         scores = encode(saliency, self.decided, self.pruned)
-        keep = self.from_weight(reselect(self.pattern, self.to_weight(scores), self.chosen))
+        keep = self.from_weight(reselect(self.pattern, self.to_weight(scores), self.chosen,
+                                         chosen_groups=self.chosen_groups))
         open_ = ~self.decided[:, start:stop]
         self.pruned[:, start:stop] |= open_ & ~keep[:, start:stop]
         self.decided[:, start:stop] = True
 
     def column(self, j: int, start: int, block: torch.Tensor, diag: torch.Tensor) -> None:
         pass
+
+
+def _single_weights(pattern: Pattern) -> bool:
+    if isinstance(pattern, CoreMLPattern):
+        return pattern.granularity == "per_scalar" and pattern.block_size <= 1
+    return isinstance(pattern, TilePattern) and pattern.out_size == 1 and pattern.in_size == 1
 
 
 class _Runs:
