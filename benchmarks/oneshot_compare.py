@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import logging
 import os
 import re
@@ -170,6 +171,7 @@ def sparsegpt_budget(criterion) -> Method:
 VALIDATION: tuple[torch.Tensor, torch.Tensor] = (torch.empty(0), torch.empty(0))
 BIAS_ASYMMETRIC = {"kind": "sparsegpt", "update_bias": True, "asymmetric": True}
 BEST: dict[str, tuple[Method, str]] = {
+    "sparsify SparseGPT + asymmetric": (sparsify_with({"kind": "sparsegpt", "asymmetric": True}), "per layer"),
     "sparsify SparseGPT + bias + asymmetric": (sparsify_with(BIAS_ASYMMETRIC), "per layer"),
     "sparsify SparseGPT, global (Wanda-ranked budget)": (sparsify_with("sparsegpt", scope="global"), "global"),
     "sparsify SparseGPT + bias + asymmetric, global": (sparsify_with(BIAS_ASYMMETRIC, scope="global"), "global"),
@@ -177,6 +179,15 @@ BEST: dict[str, tuple[Method, str]] = {
     "sparsify M-FAC, global, 4 recomputations": (
         sparsify_with({"kind": "mfac", "num_grads": 128, "num_recomputations": 4}, scope="global"), "global"),
 }
+
+
+def quiet_coremltools() -> None:
+    """Core ML Tools gives its loggers their own INFO level: set each to ERROR."""
+    for module in ("coremltools.optimize.torch.layerwise_compression", "coremltools.optimize.torch.pruning"):
+        importlib.import_module(module)  # creates the loggers
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("coremltools"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main() -> None:
@@ -191,7 +202,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="1: stable timings on a shared machine")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    quiet_coremltools()
     torch.set_num_threads(args.threads)
     data, name = load()
     model = trained(data, name, args.seed, args.epochs)

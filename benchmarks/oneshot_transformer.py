@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import logging
 import os
 import statistics
@@ -126,6 +127,15 @@ METHODS = {
 PATTERNS = {"50 %": {"target_sparsity": 0.5}, "2:4": {"n_m_ratio": [2, 4]}}
 
 
+def quiet_coremltools() -> None:
+    """Core ML Tools gives its loggers their own INFO level: set each to ERROR."""
+    for module in ("coremltools.optimize.torch.layerwise_compression", "coremltools.optimize.torch.pruning"):
+        importlib.import_module(module)  # creates the loggers
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("coremltools"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=4)
@@ -138,7 +148,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="1: stable timings on a shared machine")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    quiet_coremltools()
     torch.set_num_threads(args.threads)
     train, test_text = corpus(60, 0), corpus(20, 60)
     model = trained(args, train)
