@@ -222,6 +222,18 @@ def test_wanda_scores_weights_by_magnitude_times_input_norm():
     assert torch.equal(per_output.weight, torch.tensor([[0.0, 1.0], [0.0, 4.0]]))
 
 
+def test_wanda_on_a_convolution_uses_the_norms_of_its_unfolded_input_columns():
+    torch.manual_seed(11)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(10, 3, 6, 6) * torch.tensor([1.0, 5.0, 0.2]).reshape(1, 3, 1, 1)
+    columns = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 27)
+    scores = conv.weight.detach().abs().flatten(1) * columns.square().mean(0).sqrt()
+    expected = torch.ones(108, dtype=torch.bool)
+    expected[scores.flatten().argsort()[:54]] = False
+    pruned = one_shot(conv, x, {"kind": "wanda", "per_output": False})
+    assert torch.equal(pruned.weight.flatten() != 0, expected)
+
+
 def test_wanda_along_output_channels_is_magnitude_since_a_column_shares_its_input_norm():
     torch.manual_seed(6)
     layer = nn.Linear(8, 8)
