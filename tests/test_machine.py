@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sparsify import ModulePrunerConfig, Pruner, PrunerConfig
-from sparsify.criteria import criterion_kinds
+from sparsify.criteria import GradSampler, criterion_kinds
 
 CRITERIA = {
     "magnitude": "magnitude",
@@ -19,7 +19,10 @@ CRITERIA = {
     "snip": "snip",
     "snip_momentum": {"kind": "snip_momentum", "decay": 0.8},
     "mfac": {"kind": "mfac", "num_grads": 4, "fisher_block_size": 64},
+    "sparsegpt": {"kind": "sparsegpt", "num_batches": 2, "block_size": 32},
+    "wanda": {"kind": "wanda", "num_batches": 2},
 }
+CALIBRATED = {"sparsegpt", "wanda"}  # layer-wise: they need calibration data (a tiny set here)
 PATTERNS = {
     "unstructured": {},
     "per_kernel": {"granularity": "per_kernel"},
@@ -58,6 +61,7 @@ def test_every_combination_lands_on_its_target(criterion, caplog):
     caplog.set_level(logging.ERROR)
     torch.manual_seed(1)
     x, y = torch.randn(8, 4, 8, 8), torch.randint(0, 4, (8,))
+    sampler = GradSampler([(x[:4], None), (x[4:], None)], progress=False) if criterion in CALIBRATED else None
     failures = []
     for (pattern, fields), scope, (schedule, scheduler) in itertools.product(
         PATTERNS.items(), ("local", "global"), SCHEDULES.items()
@@ -66,7 +70,7 @@ def test_every_combination_lands_on_its_target(criterion, caplog):
         config = PrunerConfig(global_config=ModulePrunerConfig(
             target_sparsity=TARGET, scheduler=scheduler, criterion=CRITERIA[criterion], scope=scope, **fields
         ))
-        pruner = Pruner(model, config)
+        pruner = Pruner(model, config, sampler=sampler)
         model = pruner.prepare(inplace=True)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         for _ in range(8):

@@ -2,7 +2,8 @@
 
 One module per criterion on the `Criterion` / `Scorer` contract (`sparsify.criteria.base`): magnitude
 (Core ML Tools'), the gradient family of Neural Compressor (``gradient``, ``snip``, ``snip_momentum``) and
-second-order M-FAC. Data-dependent criteria read gradients from the training loop or from a `GradSampler`.
+second-order M-FAC, and the layer-wise SparseGPT and Wanda. Data-dependent criteria read gradients from the
+training loop or from a `GradSampler`; the layer-wise ones run it forward only, layer by layer.
 """
 
 from .base import Criterion, PrunerView, Scorer, TargetView, criterion_from_dict, criterion_kinds, register_criterion
@@ -10,6 +11,8 @@ from .gradient import GradientCriterion, SnipCriterion, SnipMomentumCriterion
 from .magnitude import MagnitudeCriterion
 from .mfac import MFACCriterion
 from .sampler import GradSampler, NotEnoughDataError, as_grad_sampler
+from .sparsegpt import SparseGPTCriterion
+from .wanda import WandaCriterion
 
 __all__ = [
     "Criterion",
@@ -22,7 +25,9 @@ __all__ = [
     "Scorer",
     "SnipCriterion",
     "SnipMomentumCriterion",
+    "SparseGPTCriterion",
     "TargetView",
+    "WandaCriterion",
     "as_grad_sampler",
     "criterion_from_dict",
     "criterion_kinds",

@@ -13,7 +13,8 @@ A criterion has two halves:
 At a mask update the pruner calls, for the modules being updated: `Scorer.begin` (collect what the
 scores need: gradients from a sampler, a Fisher), `Scorer.scores` per module (element scores, higher
 = keep), then — after the pattern and scope have turned scores into masks — `Scorer.after_masks` (for
-example the OBS weight update) and `Scorer.end`. Scorers see the pruner only through `PrunerView`, so
+example the OBS weight update; a layer-wise criterion may return re-selected masks there, keeping each
+module's count) and `Scorer.end`. Scorers see the pruner only through `PrunerView`, so
 this package does not import the pruner.
 """
 
@@ -109,8 +110,15 @@ class Scorer(abc.ABC):
     def scores(self, pruner: PrunerView, name: str) -> torch.Tensor:
         """Element scores of module ``name``'s parameter (its shape; higher = keep)."""
 
-    def after_masks(self, pruner: PrunerView, masks: Mapping[str, torch.Tensor]) -> None:  # noqa: B027 (a hook: doing nothing is the default)
-        """After the new masks of the update are known, before they are installed."""
+    def after_masks(self, pruner: PrunerView, masks: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor] | None:
+        """After the new masks of the update are known, before they are installed.
+
+        May return replacement masks for some modules (``None``: keep them all). The pattern and scope have
+        fixed how many weights each module loses; a layer-wise criterion (SparseGPT, Wanda) re-selects which,
+        module by module in forward order, so each is calibrated on the inputs of the modules already pruned
+        before it. A replacement must have the chosen mask's shape and number of pruned weights (checked).
+        """
+        return None
 
     def end(self) -> None:  # noqa: B027 (a hook: doing nothing is the default)
         """After an update (also when it failed): drop per-update data."""

@@ -12,7 +12,8 @@ A `GradSampler` is built from *data* and a *loss function*:
 
 * ``loss_fn(outputs, target)`` — returns a scalar tensor. ``outputs`` is exactly what the model
   returned (tuples are *not* unpacked, unlike SparseML's sampler, whose own tutorial indexes
-  ``outputs[0]`` a second time).
+  ``outputs[0]`` a second time). Forward-only criteria (``sparsegpt``, ``wanda``) only run the model on
+  the data: for them ``loss_fn`` may be ``None`` and the targets are ignored.
 
 Each item gives one gradient (the mini-batch gradient of that item's loss). Tensors are moved to the
 device of the model's first parameter. While sampling the model is in ``eval()`` mode (dropout off,
@@ -85,7 +86,8 @@ class GradSampler:
 
     Args:
         data: an iterable of items, or a zero-argument callable returning a fresh iterable.
-        loss_fn: ``loss_fn(model_outputs, loss_target) -> scalar tensor``.
+        loss_fn: ``loss_fn(model_outputs, loss_target) -> scalar tensor``; ``None`` when only forward-only
+            criteria (``sparsegpt``, ``wanda``) use the sampler.
         progress: show a tqdm progress bar while collecting.
 
     Example::
@@ -95,10 +97,13 @@ class GradSampler:
     """
 
     def __init__(
-        self, data: Iterable[Any] | Callable[[], Iterable[Any]], loss_fn: LossFn, *, progress: bool = True
+        self, data: Iterable[Any] | Callable[[], Iterable[Any]], loss_fn: LossFn | None = None, *, progress: bool = True
     ) -> None:
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable as loss_fn(outputs, target), got {type(loss_fn).__name__}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(
+                f"loss_fn must be callable as loss_fn(outputs, target) (or None for forward-only criteria), got "
+                f"{type(loss_fn).__name__}"
+            )
         if not (callable(data) or isinstance(data, Iterable)):
             raise TypeError(
                 f"data must be an iterable of batches or a zero-argument callable returning one, got "
@@ -116,8 +121,22 @@ class GradSampler:
         for item in source:
             yield split_batch(item)
 
+    def forward(self, model: nn.Module, batch: tuple[tuple[Any, ...], dict[str, Any], Any]) -> Any:
+        """Run ``model`` on ``batch`` (moved to the model's device) and return its outputs; the target is unused.
+
+        What forward-only criteria (``sparsegpt``, ``wanda``) call; the caller chooses ``no_grad`` and the mode.
+        """
+        device = _first_device(model)
+        args, kwargs, _ = _to_device(batch, device) if device is not None else batch
+        return model(*args, **kwargs)
+
     def loss(self, model: nn.Module, batch: tuple[tuple[Any, ...], dict[str, Any], Any]) -> torch.Tensor:
         """Forward ``batch`` through ``model`` and return the scalar loss."""
+        if self.loss_fn is None:
+            raise ValueError(
+                "this GradSampler has loss_fn=None, so it cannot give gradients: build it as "
+                "GradSampler(data, loss_fn) for gradient-based criteria (mfac, gradient, snip, ...)"
+            )
         device = _first_device(model)
         args, kwargs, target = _to_device(batch, device) if device is not None else batch
         loss = self.loss_fn(model(*args, **kwargs), target)

@@ -5,10 +5,16 @@ scheduled sparsity capped by ``max_sparsity``. Global targets are ranked togethe
 their config entry selected (`sparsify.scope.global_keep_masks`), with the per-layer caps: the budget is
 the sum of every member's scheduled zeros, so a global ranking never prunes more than the schedules ask.
 
+<<<<<<< HEAD
 Patterns see every weight as ``[out, in, *kernel]``: a target whose weight is stored ``[in, out]``
 (``Target.transposed``: transformers' ``Conv1D``) is scored in its own layout, ranked on the transposed
 scores, and its masks are transposed back — so a criterion, the installed mask and ``after_masks`` all
 use the stored layout, and a per-output-channel mask of shape ``[out, 1]`` is stored as ``[1, out]``.
+=======
+The pattern and scope decide how many weights of each module are pruned; a layer-wise criterion (SparseGPT,
+Wanda) may then re-select *which* ones in `Scorer.after_masks`, calibrating each layer on the inputs of the
+layers already pruned before it. Its masks replace the chosen ones only with the same shape and count.
+>>>>>>> sparsegpt
 """
 
 from __future__ import annotations
@@ -60,7 +66,9 @@ def compute_masks(
             masks = {name: mask if isinstance(targets[name].pattern, NMPattern) else
                      mask & targets[name].mask.expand(mask.shape) for name, mask in masks.items()}
         if fresh_scores:
-            scorer.after_masks(pruner, masks)
+            refined = scorer.after_masks(pruner, masks)
+            if refined is not None:
+                masks = _refined(targets, masks, refined)
     finally:
         if fresh_scores:
             scorer.end()
@@ -70,6 +78,29 @@ def compute_masks(
 def _oriented(target: Target, tensor: torch.Tensor) -> torch.Tensor:
     """``[in, out]`` ↔ ``[out, in]`` for a transposed target (its own inverse); other targets unchanged."""
     return tensor.t() if target.transposed else tensor
+
+
+def _refined(
+    targets: Mapping[str, Target], masks: dict[str, torch.Tensor], refined: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Masks a scorer re-selected in `Scorer.after_masks`: same shape, same number of pruned weights."""
+    out = dict(masks)
+    for name, mask in refined.items():
+        if name not in masks:
+            raise RuntimeError(f"the scorer refined module {name!r}, which is not part of this mask update")
+        chosen = masks[name]
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != chosen.shape:
+            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise RuntimeError(f"module {name!r}: a refined mask must be bool {tuple(chosen.shape)}, got {got}")
+        shape = targets[name].orig.shape
+        before, after = int((~chosen.expand(shape)).sum()), int((~mask.expand(shape)).sum())
+        if before != after:
+            raise RuntimeError(
+                f"module {name!r}: the refined mask prunes {after} weights where the pattern and scope chose "
+                f"{before}; a refinement re-selects which weights are pruned, never how many"
+            )
+        out[name] = mask
+    return out
 
 
 def _checked(name: str, scores: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,289 @@
+"""What ``sparsegpt`` and ``wanda`` share: re-selecting masks layer by layer on calibration data.
+
+How a layer-wise criterion fits the one machine (`sparsify.pruning.update`):
+
+1. `Scorer.begin` — for modules ranked globally only, one pass over the calibration data collects every
+   module's input column norms ``‖X_j‖`` and `Scorer.scores` returns Wanda's ``|W_ij|·‖X_j‖`` (the output
+   energy a weight carries, comparable across layers), so the scope's ranking sets each layer's budget on the
+   data. Modules ranked locally score ``|W|``: their count is fixed by their own level anyway.
+2. The pattern and scope turn those scores into masks, as for every criterion: they fix **how many** weights
+   (and, for n:m, how many per run) each module loses.
+3. `Scorer.after_masks` re-selects **which** — module by module in forward order (`sparsify.criteria.calibration`
+   stages), each calibrated on the inputs of the modules already pruned (and, for SparseGPT, updated) before it
+   — and returns the new masks; the machine checks that each keeps its count (`_refined` in the update).
+
+`reselect` is the count-preserving selection both criteria use: the pattern's own groups, ranked by new
+scores, pruning as many groups as the chosen mask prunes (n:m: as many weights in every run).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from tqdm.auto import tqdm
+
+from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
+from .base import Criterion, PrunerView, Scorer
+from .calibration import Calibration, Stage, check_layer
+
+__all__ = [
+    "ColumnNorms",
+    "LayerwiseScorer",
+    "encode",
+    "nm_run_counts",
+    "pruned_groups_of",
+    "reselect",
+    "to_mask_shape",
+    "wanda_scores",
+]
+
+logger = logging.getLogger(__name__)
+
+_LIVE_FLOOR, _LIVE_CEIL = 1e-12, 1e12
+
+
+def to_mask_shape(keep: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """A weight-shaped keep-mask reduced to the stored mask's ``shape`` (its broadcast dimensions)."""
+    for dim, size in enumerate(shape):
+        if size == 1 and keep.shape[dim] != 1:
+            keep = keep.narrow(dim, 0, 1)
+    return keep.contiguous()
+
+
+def encode(scores: torch.Tensor, decided: torch.Tensor | None, pruned: torch.Tensor | None) -> torch.Tensor:
+    """Scores for a ranking that must honour earlier decisions: decided-pruned → 0, decided-kept → +inf, the
+    rest scaled into ``[1e-12, 1e12]`` (strictly above every decided-pruned weight, norms stay finite)."""
+    scores = scores.float()
+    live = scores if decided is None else scores[~decided]
+    scale = float(live.max()) if live.numel() else 0.0
+    scaled = (scores / scale if scale > 0 and math.isfinite(scale) else torch.zeros_like(scores))
+    scaled = scaled.nan_to_num(0.0).clamp(_LIVE_FLOOR, _LIVE_CEIL)
+    if decided is None:
+        return scaled
+    assert pruned is not None
+    fixed = torch.where(pruned, torch.zeros_like(scaled), torch.full_like(scaled, math.inf))
+    return torch.where(decided, fixed, scaled)
+
+
+def nm_run_counts(chosen: torch.Tensor, pattern: NMPattern) -> torch.Tensor | None:
+    """Zeros of the chosen weight-shaped keep-mask in every n:m run (``[rows, runs]``, runs padded at the end),
+    or ``None`` when the full runs do not all hold 0 or one same ``k > 0`` zeros (the unstructured ramp-up
+    stage of a scheduled n:m, which is then re-selected unstructured)."""
+    moved = (~chosen).movedim(pattern.dim, -1)
+    rows = moved.reshape(-1, moved.shape[-1]).float()
+    channels, m = rows.shape[-1], pattern.m
+    padded = torch.nn.functional.pad(rows, (0, (-channels) % m))
+    counts = padded.reshape(rows.shape[0], -1, m).sum(-1).round().long()
+    full = counts[:, : channels // m]
+    distinct = set(full.unique().tolist()) - {0}
+    if len(distinct) > 1 or (not distinct and int(counts.sum()) != 0):
+        return None
+    return counts
+
+
+def _nm_keep(scores: torch.Tensor, counts: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
+    """Keep-mask pruning the ``counts[row, run]`` lowest scores of every run (ties: the earlier first)."""
+    moved = scores.movedim(pattern.dim, -1)
+    shape = moved.shape
+    rows = moved.reshape(-1, shape[-1])
+    channels, m = rows.shape[-1], pattern.m
+    padded = torch.nn.functional.pad(rows, (0, (-channels) % m), value=math.inf)
+    runs = padded.reshape(rows.shape[0], -1, m)
+    ranks = torch.argsort(torch.argsort(runs, dim=-1, stable=True), dim=-1)
+    keep = ranks >= counts.unsqueeze(-1)
+    return keep.reshape(rows.shape[0], -1)[:, :channels].reshape(shape).movedim(-1, pattern.dim)
+
+
+def reselect(
+    pattern: Pattern,
+    scores: torch.Tensor,
+    chosen: torch.Tensor,
+    *,
+    nm_counts: torch.Tensor | None = None,
+    chosen_groups: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A weight-shaped keep-mask with the same pattern and count as ``chosen``, ranked by ``scores``.
+
+    ``scores`` are weight-shaped, non-negative, higher = keep (`encode` them to honour earlier decisions);
+    ``chosen`` is the weight-shaped keep-mask the pattern and scope chose. Core ML and tile patterns prune as many
+    of their groups as ``chosen`` does (a partial block at the end keeps ``chosen``'s decision, so the count is
+    exact); n:m prunes ``nm_counts`` (`nm_run_counts`) in every run; any other pattern keeps ``chosen``.
+    ``chosen_groups`` (`pruned_groups` of ``chosen``) saves recomputing it when one layer is re-selected often.
+    """
+    if isinstance(pattern, NMPattern):
+        counts = nm_run_counts(chosen, pattern) if nm_counts is None else nm_counts
+        if counts is not None:
+            return _nm_keep(scores, counts, pattern)
+        pattern = CoreMLPattern()
+    if not isinstance(pattern, (CoreMLPattern, TilePattern)):
+        return chosen.clone()
+    grouped, sizes = pattern.groups(scores)
+    pruned_groups = pruned_groups_of(pattern, chosen) if chosen_groups is None else chosen_groups
+    flat = grouped.reshape(-1).clone()
+    if isinstance(sizes, torch.Tensor) and (sizes != sizes.max()).any():
+        partial = (sizes != sizes.max()).reshape(-1)
+        was_pruned = pruned_groups.reshape(-1)[partial]
+        flat[partial] = torch.where(was_pruned, torch.full_like(flat[partial], -1.0),
+                                    torch.full_like(flat[partial], math.inf))
+    keep = ~lowest(flat, int(pruned_groups.sum())).reshape(grouped.shape)
+    return pattern.expand(keep, scores).expand(scores.shape)
+
+
+def pruned_groups_of(pattern: Pattern, chosen: torch.Tensor) -> torch.Tensor:
+    """Which of the pattern's groups the weight-shaped keep-mask ``chosen`` prunes (Core ML and tile patterns)."""
+    return pattern.groups(chosen.float())[0] == 0
+
+
+class ColumnNorms:
+    """Mean square of every input column, ``‖X_j‖² / rows`` (Wanda's statistic; a few floats per column)."""
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None
+        self.rows = 0
+
+    def add(self, columns: torch.Tensor) -> None:
+        squares = columns.square().sum(0)
+        self.sums = squares if self.sums is None else self.sums + squares
+        self.rows += columns.shape[0]
+
+    @property
+    def mean_squares(self) -> torch.Tensor:
+        assert self.sums is not None
+        return self.sums / max(self.rows, 1)
+
+
+def wanda_scores(weight: torch.Tensor, mean_squares: torch.Tensor) -> torch.Tensor:
+    """``|W_ij| · sqrt(mean x_j²)`` in the weight's shape (columns in ``flatten(1)`` order)."""
+    flat = weight.detach().float().reshape(weight.shape[0], -1).abs()
+    return (flat * mean_squares.to(flat.device).sqrt()).reshape(weight.shape)
+
+
+class LayerwiseScorer(Scorer):
+    """The shared runtime half (see the module docs); subclasses give a statistic and `prune_layer`."""
+
+    monotone: ClassVar[bool] = True
+    label: ClassVar[str] = ""
+
+    def __init__(self, spec: Criterion) -> None:
+        self.spec = spec
+        self.names: list[str] = []
+        self.preliminary: dict[str, torch.Tensor] = {}
+        self.calibration: Calibration | None = None
+        self.log: list[dict[str, Any]] = []
+
+    # -- subclass API -------------------------------------------------------------------------
+
+    def statistic(self, module: torch.nn.Module) -> Any:
+        """A fresh accumulator with ``add(columns)`` for one stage leader."""
+        raise NotImplementedError
+
+    def prune_layer(
+        self, pruner: PrunerView, name: str, chosen: torch.Tensor, statistic: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(weight-shaped keep-mask with chosen's count, new parameter values by name)`` for module ``name``:
+        the pruned parameter's new values count where the mask keeps them; others (a bias) are replaced."""
+        raise NotImplementedError
+
+    def wants_reference(self) -> bool:
+        """Whether statistics need each sample's input before this update's earlier layers were pruned too
+        (their ``add_reference(columns)`` is then called before the matching ``add``)."""
+        return False
+
+    # -- the machine's hooks ------------------------------------------------------------------
+
+    def attach(self, pruner: PrunerView, names: list[str]) -> None:
+        kind = type(self.spec).kind
+        if pruner.sampler is None:
+            raise ValueError(
+                f"criterion {kind!r} calibrates every layer on data: pass sampler=GradSampler(data) to the Pruner "
+                f"(forward only: loss_fn may be None)"
+            )
+        for name in names:
+            check_layer(kind, name, pruner.targets[name].module)
+        self.names = list(names)
+
+    def _calibration(self, pruner: PrunerView, names: list[str]) -> Calibration:
+        if self.calibration is None:
+            targets = {n: pruner.targets[n] for n in self.names}
+            self.calibration = Calibration(pruner.model, pruner.sampler, targets, self.spec.num_batches, self.label)
+        return self.calibration
+
+    def begin(self, pruner: PrunerView, names: list[str]) -> None:
+        ranked = [n for n in names if pruner.targets[n].config.scope == "global"]
+        if not ranked:
+            return
+        calibration = self._calibration(pruner, names)
+        stage = calibration.stages(ranked, sequential=False)[0]
+        norms = {leader: ColumnNorms() for leader in stage.leaders}
+        calibration.run(stage, lambda leader, columns: norms[leader].add(columns))
+        for name in ranked:
+            self.preliminary[name] = wanda_scores(_masked(pruner, name), norms[stage.leader[name]].mean_squares)
+
+    def scores(self, pruner: PrunerView, name: str) -> torch.Tensor:
+        found = self.preliminary.get(name)
+        return found if found is not None else _masked(pruner, name).abs()
+
+    def after_masks(self, pruner: PrunerView, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        names = [n for n in masks if n in self.names]
+        calibration = self._calibration(pruner, names)
+        stages = calibration.stages(names, sequential=self.spec.sequential)
+        replaced: dict[str, dict[str, torch.Tensor]] = {}
+        refined: dict[str, torch.Tensor] = {}
+        updates: dict[str, dict[str, torch.Tensor]] = {}
+        with tqdm(total=len(names), desc=f"{self.label} layers", unit="layer", leave=False,
+                  disable=not getattr(pruner.sampler, "progress", True)) as bar:
+            for stage in stages:
+                refined.update(self._stage(pruner, calibration, stage, masks, replaced, updates))
+                bar.update(len(stage.names))
+        with torch.no_grad():
+            for name, values in updates.items():
+                target = pruner.targets[name]
+                for key, value in values.items():
+                    param = getattr(target.module, key if key != target.param_name else key + "_orig")
+                    value = value.to(param.device, param.dtype)
+                    if key == target.param_name:
+                        value = torch.where(refined[name].expand(param.shape), value, param)
+                    param.copy_(value)
+        return refined
+
+    def _stage(
+        self,
+        pruner: PrunerView,
+        calibration: Calibration,
+        stage: Stage,
+        masks: Mapping[str, torch.Tensor],
+        replaced: dict[str, dict[str, torch.Tensor]],
+        updates: dict[str, dict[str, torch.Tensor]],
+    ) -> dict[str, torch.Tensor]:
+        statistics = {leader: self.statistic(pruner.targets[leader].module) for leader in stage.leaders}
+        sequential = self.spec.sequential and bool(replaced)
+        reference = None
+        if sequential and self.wants_reference():
+            def reference(leader: str, columns: torch.Tensor) -> None:
+                statistics[leader].add_reference(columns)
+        calibration.run(stage, lambda leader, columns: statistics[leader].add(columns),
+                        replaced if sequential else None, reference)
+        refined = {}
+        for name in stage.names:
+            target = pruner.targets[name]
+            chosen = masks[name].expand(target.orig.shape)
+            keep, values = self.prune_layer(pruner, name, chosen, statistics[stage.leader[name]])
+            refined[name] = to_mask_shape(keep, masks[name].shape)
+            if values:
+                updates[name] = values
+            weight = values.get(target.param_name, target.orig.detach())
+            replaced[name] = {**values, target.param_name: torch.where(keep, weight.to(target.orig.dtype), 0.0)}
+        return refined
+
+    def end(self) -> None:
+        self.preliminary = {}
+        self.calibration = None
+
+
+def _masked(pruner: PrunerView, name: str) -> torch.Tensor:
+    target = pruner.targets[name]
+    return torch.where(target.mask, target.orig.detach(), 0.0)

@@ -1,0 +1,475 @@
+r"""``sparsegpt``: layer-wise OBS pruning with weight reconstruction (Frantar & Alistarh, 2023).
+
+For one layer with weight ``W`` (``rows × columns``; a convolution's ``weight.flatten(1)``) and calibration
+inputs ``X`` (one column per input feature or unfolded patch element), SparseGPT minimises the layer's output
+error ``‖W X − Ŵ X‖²`` under the mask, using the Hessian ``H = X Xᵀ / n`` of that error:
+
+1. ``H ← H + λ I`` with ``λ = damp · mean(diag H)`` (SparseGPT's ``percdamp``, Core ML Tools'
+   ``hessian_dampening``); inputs that are always zero get ``H_jj = 1`` and their weights score 0;
+2. ``U`` = the upper Cholesky factor of ``H⁻¹``;
+3. columns are processed left to right in blocks of ``block_size`` (the paper's lazy batches, Core ML Tools'
+   ``processing_group_size``). At each block the mask is chosen on the *current* weights with the saliency
+   ``w_ij² / U_jj²``; then each column ``j`` in turn is pruned and its error ``(w_j − q_j) / U_jj`` is spread
+   over the later columns of the block through row ``j`` of ``U`` (the OBS update), the block's accumulated
+   error reaching the rest of the layer at its end.
+
+How the mask is chosen inside that loop, by pattern (the pattern and scope fixed each layer's count before):
+
+* element, block and tile patterns — at every block, the whole layer is ranked again through the pattern's
+  own groups (weights already decided keep their decision), and the groups inside the block are fixed. So the
+  layer's count is exact and, unlike the paper's fixed share per block, columns may differ in sparsity. Groups
+  never straddle blocks: a convolution's columns are reordered (kernel position major) for tiles and kept in
+  ``flatten(1)`` order for kernels and whole input channels, and block edges move to group edges;
+* n:m along input channels — every run of ``m`` columns is decided when the loop reaches it, on the weights
+  updated so far (the paper's n:m); along output channels every column is decided when reached;
+* whole output channels (``per_channel``, ``"Nxchannel"``) — rows are chosen once by their exact cost
+  ``w_r H w_rᵀ`` (a removed row cannot be compensated within the layer);
+* any other pattern keeps the chosen mask and gets the OBS update only.
+
+Memory per layer with ``C`` input columns: the float32 Hessian and its inverse factor, ``2·C²·4`` bytes at
+rest and ``3·C²·4`` at the Cholesky peak (``C = 4096``: 192 MiB), plus two float32 copies of the weight and
+one unfolded calibration batch; layers sharing an input (``q``/``k``/``v``) share one Hessian. With
+``sequential=False`` every layer's Hessian is held at once. Layers pruned earlier in the same update stand in
+with their new weights for the later layers' calibration.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from .._checks import as_float, as_int, check_range, field_error
+from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
+from .base import Criterion, PrunerView, Scorer, register_criterion
+from .layerwise import LayerwiseScorer, encode, nm_run_counts, pruned_groups_of, reselect
+
+__all__ = ["Hessian", "SparseGPTCriterion", "inverse_factor", "obs_prune"]
+
+logger = logging.getLogger(__name__)
+
+_OWNER = "SparseGPTCriterion"
+
+
+def _positive(field: str):
+    def convert(value: Any) -> int:
+        value = as_int(_OWNER, field, value)
+        check_range(_OWNER, field, value, 1)
+        return value
+
+    return convert
+
+
+def _to_damp(value: Any) -> float:
+    value = as_float(_OWNER, "damp", value)
+    check_range(_OWNER, "damp", value, 0.0, low_open=True)
+    return value
+
+
+def _to_bool(field: str):
+    def convert(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise field_error(_OWNER, field, value, "expected True or False", TypeError)
+        return value
+
+    return convert
+
+
+@register_criterion
+@attrs.define(eq=True, frozen=True)
+class SparseGPTCriterion(Criterion):
+    """Layer-wise OBS with the SparseGPT weight update (see the module docs).
+
+    Args:
+        num_batches: how many items of the sampler's data calibrate each update (128 in the paper and in Core
+            ML Tools' ``calibration_nsamples``).
+        block_size: columns per lazy-update block and mask-selection step (SparseGPT's ``blocksize``, Core ML
+            Tools' ``processing_group_size``: 128).
+        damp: relative dampening ``λ = damp · mean(diag H)`` (``percdamp``, ``hessian_dampening``: 0.01).
+        sequential: calibrate each layer on the outputs of the layers pruned and updated before it (else all
+            layers on the current model, in one pass, holding every Hessian at once).
+        update_bias: let the layer's bias take part in the reconstruction (a constant input, never pruned, last
+            in the column order), so it absorbs the mean of the pruning error.
+        asymmetric: reconstruct each layer's output *before* this update, ``‖W X − Ŵ X̂‖²`` with ``X`` the
+            layer's input in the unpruned model and ``X̂`` in the pruned one (GPTAQ's asymmetric calibration),
+            instead of ``‖(W − Ŵ) X̂‖²``: the layer also corrects the error of the layers before it. Costs a
+            second forward per calibration batch and another ``C²`` matrix.
+    """
+
+    kind: ClassVar[str] = "sparsegpt"
+    needs_data: ClassVar[bool] = True
+
+    num_batches: int = attrs.field(default=128, converter=_positive("num_batches"))
+    block_size: int = attrs.field(default=128, converter=_positive("block_size"))
+    damp: float = attrs.field(default=0.01, converter=_to_damp)
+    sequential: bool = attrs.field(default=True, converter=_to_bool("sequential"))
+    update_bias: bool = attrs.field(default=False, converter=_to_bool("update_bias"))
+    asymmetric: bool = attrs.field(default=False, converter=_to_bool("asymmetric"))
+
+    def scorer(self) -> Scorer:
+        return _SparseGPTScorer(self)
+
+
+class Hessian:
+    """``H = Σ x̂ x̂ᵀ / rows`` over input columns (float32, ``C²`` floats), with the column means (for the bias)
+    and, when references are given, the cross term ``Σ x x̂ᵀ / rows`` with the same samples' inputs before
+    this update's earlier layers were pruned (another ``C²``)."""
+
+    def __init__(self) -> None:
+        self.sum: torch.Tensor | None = None
+        self.column_sum: torch.Tensor | None = None
+        self.cross: torch.Tensor | None = None
+        self.reference_sum: torch.Tensor | None = None
+        self.rows = 0
+        self.pending: list[torch.Tensor] = []
+        self.factors: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def add_reference(self, columns: torch.Tensor) -> None:
+        self.pending.append(columns)
+
+    def add(self, columns: torch.Tensor) -> None:
+        size = columns.shape[1]
+        if self.sum is None:
+            self.sum = torch.zeros(size, size, device=columns.device)
+            self.column_sum = torch.zeros(size, device=columns.device)
+        assert self.column_sum is not None
+        self.sum.addmm_(columns.t(), columns)
+        self.column_sum += columns.sum(0)
+        self.rows += columns.shape[0]
+        if self.pending:
+            reference = self.pending.pop(0)
+            if self.cross is None:
+                self.cross = torch.zeros_like(self.sum)
+                self.reference_sum = torch.zeros_like(self.column_sum)
+            assert self.reference_sum is not None
+            self.cross.addmm_(reference.t(), columns)
+            self.reference_sum += reference.sum(0)
+
+    def matrices(self, order: torch.Tensor | None, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(H, G)`` in processing ``order``, each with a constant-one input appended last when ``bias``:
+        ``H = X̂ᵀX̂ / n`` and ``G = XᵀX̂ / n`` (``None`` without references)."""
+        assert self.sum is not None and self.column_sum is not None
+        rows = max(self.rows, 1)
+
+        def arrange(matrix: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+            matrix = matrix / rows if order is None else matrix[order][:, order] / rows
+            if not bias:
+                return matrix
+            left = (left if order is None else left[order]) / rows
+            right = (right if order is None else right[order]) / rows
+            corner = torch.ones(1, 1, device=matrix.device)
+            return torch.cat([torch.cat([matrix, left.unsqueeze(1)], 1), torch.cat([right.unsqueeze(0), corner], 1)])
+
+        hessian = arrange(self.sum, self.column_sum, self.column_sum)
+        if self.cross is None:
+            return hessian, None
+        assert self.reference_sum is not None
+        return hessian, arrange(self.cross, self.reference_sum, self.column_sum)
+
+    def factor(self, order: torch.Tensor | None, damp: float, bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U, alive)`` for the columns in ``order`` (cached: layers sharing this input share it)."""
+        key = (None if order is None else tuple(order.tolist()), damp, bias)
+        if key not in self.factors:
+            self.factors[key] = inverse_factor(self.matrices(order, bias)[0], damp)
+        return self.factors[key]
+
+
+def inverse_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, alive)``: the upper Cholesky factor of ``(H + λI)⁻¹`` (dead inputs set to ``H_jj = 1``) and which
+    input columns ever see a non-zero value. Damping grows tenfold (with a warning) while ``H`` is singular."""
+    matrix = hessian.clone()
+    diag = matrix.diagonal()
+    alive = diag > 0
+    diag[~alive] = 1.0
+    step = damp * float(diag.mean())
+    diag.add_(step)
+    for attempt in range(6):
+        factor, info = torch.linalg.cholesky_ex(matrix)
+        if int(info) == 0:
+            break
+        logger.warning("SparseGPT: the damped Hessian is not positive definite; damping %g× more", 10 ** (attempt + 1))
+        diag.add_(step * (10 ** (attempt + 1) - 10**attempt))
+    else:
+        raise RuntimeError("SparseGPT: the Hessian stayed singular after damping it 100000× more; check the inputs")
+    inverse = torch.cholesky_inverse(factor)
+    del factor, matrix
+    return torch.linalg.cholesky(inverse, upper=True), alive
+
+
+def _blocks(columns: int, block_size: int, cuts: Sequence[int] | None) -> list[tuple[int, int]]:
+    """``[start, stop)`` blocks of about ``block_size`` columns whose edges lie on ``cuts`` (all if ``None``)."""
+    blocks, start = [], 0
+    while start < columns:
+        stop = min(start + block_size, columns)
+        if cuts is not None and stop < columns:
+            stop = cuts[bisect.bisect_left(cuts, stop)]
+        blocks.append((start, stop))
+        start = stop
+    return blocks
+
+
+def obs_prune(
+    weight: torch.Tensor,
+    factor: torch.Tensor,
+    selector: Any,
+    block_size: int,
+    cuts: Sequence[int] | None = None,
+    columns: int | None = None,
+) -> torch.Tensor:
+    """SparseGPT's column loop: ``weight`` (``rows × C``, float) pruned where ``selector.pruned`` says, with the
+    OBS update through ``factor`` (`inverse_factor`'s ``U``). ``selector.block(start, stop, W, diag)`` is called
+    at each block and ``selector.column(j, start, W_block, diag)`` at each column, before ``j`` is pruned. Only
+    the first ``columns`` are pruned (default: all); the rest (a bias column) only take the updates."""
+    weight = weight.clone()
+    diag = factor.diagonal()
+    per_column = getattr(selector, "per_column", True)
+    limit = weight.shape[1] if columns is None else columns
+    for start, stop in _blocks(limit, block_size, cuts):
+        selector.block(start, stop, weight[:, :limit], diag[:limit])
+        block = weight[:, start:stop].clone()
+        errors = torch.empty_like(block)
+        local = factor[start:stop, start:stop]
+        inverse = local.diagonal().reciprocal()
+        pruned = selector.pruned[:, start:stop]  # a view: a per-column selector fills it as the loop goes
+        for i in range(stop - start):
+            if per_column:
+                selector.column(start + i, start, block, diag)
+            error = errors[:, i]
+            torch.mul(block[:, i], pruned[:, i], out=error)
+            error.mul_(inverse[i])
+            block[:, i:].addr_(error, local[i, i:], alpha=-1)
+            block[:, i].masked_fill_(pruned[:, i], 0.0)
+        weight[:, start:stop] = block
+        weight[:, stop:].addmm_(errors, factor[start:stop, stop:], alpha=-1)
+    return weight
+
+
+class _Groups:
+    """Element / block / tile / channel patterns: the whole layer re-ranked through the pattern at every block."""
+
+    per_column = False
+
+    def __init__(self, pattern: Pattern, shape: torch.Size, order: torch.Tensor | None, chosen: torch.Tensor,
+                 frozen: torch.Tensor, alive: torch.Tensor, row_cost: torch.Tensor | None) -> None:
+        self.pattern, self.shape, self.order, self.alive, self.row_cost = pattern, shape, order, alive, row_cost
+        self.chosen = chosen  # weight-shaped keep-mask the pattern and scope chose
+        plain = isinstance(pattern, (CoreMLPattern, TilePattern))
+        self.chosen_groups = pruned_groups_of(pattern, chosen) if plain else None
+        self.pruned = frozen.clone()  # in processing order
+        self.decided = frozen.clone()
+        # single weights: rank only the undecided ones against the layer's remaining count (same result, cheaper)
+        self.elementwise = row_cost is None and _single_weights(pattern)
+        self.total = int((~chosen).sum()) if self.elementwise else 0
+
+    def to_weight(self, matrix: torch.Tensor) -> torch.Tensor:
+        if self.order is None:
+            return matrix.reshape(self.shape)
+        flat = torch.empty_like(matrix)
+        flat[:, self.order] = matrix
+        return flat.reshape(self.shape)
+
+    def from_weight(self, tensor: torch.Tensor) -> torch.Tensor:
+        flat = tensor.reshape(self.shape[0], -1)
+        return flat if self.order is None else flat[:, self.order]
+
+    def block(self, start: int, stop: int, weight: torch.Tensor, diag: torch.Tensor) -> None:
+        if bool(self.decided[:, start:stop].all()):
+            return
+        if self.elementwise:
+            saliency = weight[:, start:].square() / diag[start:].square() * self.alive[start:]
+            open_ = ~self.decided[:, start:]
+            need = self.total - int(self.pruned.sum())
+            lowest_ = lowest(torch.where(open_, saliency, math.inf).reshape(-1), need).reshape(open_.shape)
+            width = stop - start
+            self.pruned[:, start:stop] |= lowest_[:, :width] & open_[:, :width]
+            self.decided[:, start:stop] = True
+            return
+        if self.row_cost is not None:  # whole rows: decided once, by their exact cost
+            saliency = (self.row_cost.clamp(min=0) / weight.shape[1]).sqrt().unsqueeze(1).expand_as(weight)
+            start, stop = 0, weight.shape[1]
+        else:
+            saliency = weight.square() / diag.square() * self.alive
+        scores = encode(saliency, self.decided, self.pruned)
+        keep = self.from_weight(reselect(self.pattern, self.to_weight(scores), self.chosen,
+                                         chosen_groups=self.chosen_groups))
+        open_ = ~self.decided[:, start:stop]
+        self.pruned[:, start:stop] |= open_ & ~keep[:, start:stop]
+        self.decided[:, start:stop] = True
+
+    def column(self, j: int, start: int, block: torch.Tensor, diag: torch.Tensor) -> None:
+        pass
+
+
+def _single_weights(pattern: Pattern) -> bool:
+    if isinstance(pattern, CoreMLPattern):
+        return pattern.granularity == "per_scalar" and pattern.block_size <= 1
+    return isinstance(pattern, TilePattern) and pattern.out_size == 1 and pattern.in_size == 1
+
+
+class _Runs:
+    """n:m: ``counts[row, run]`` zeros chosen in every run when the loop reaches it (runs along input channels:
+    consecutive columns in kernel-position-major order; along output channels: within each column)."""
+
+    def __init__(self, pattern: NMPattern, counts: torch.Tensor, kernel: int, channels: int,
+                 alive: torch.Tensor, rows: int) -> None:
+        self.m, self.dim, self.counts, self.alive = pattern.m, pattern.dim, counts, alive
+        self.pruned = torch.zeros(rows, kernel * channels, dtype=torch.bool, device=counts.device)
+        runs_per_segment = math.ceil(channels / self.m) if self.dim == 1 else 0
+        self.starts: dict[int, tuple[int, int, int]] = {}  # column → (run stop, count column index)
+        if self.dim == 1:
+            # counts are [rows·kernel, runs] in the weight's (Co, k, runs) layout; see `nm_run_counts`
+            for k in range(kernel):
+                for r in range(runs_per_segment):
+                    first = k * channels + r * self.m
+                    self.starts[first] = (min(first + self.m, (k + 1) * channels), k, r)
+        self.kernel = kernel
+
+    def block(self, start: int, stop: int, weight: torch.Tensor, diag: torch.Tensor) -> None:
+        pass
+
+    def column(self, j: int, start: int, block: torch.Tensor, diag: torch.Tensor) -> None:
+        rows = block.shape[0]
+        if self.dim == 1:
+            found = self.starts.get(j)
+            if found is None:
+                return
+            stop, k, r = found
+            cols = slice(j - start, stop - start)
+            saliency = block[:, cols].square() / diag[j:stop].square() * self.alive[j:stop]
+            count = self.counts.reshape(rows, self.kernel, -1)[:, k, r]
+            ranks = torch.argsort(torch.argsort(saliency, dim=1, stable=True), dim=1)
+            self.pruned[:, j:stop] = ranks < count.unsqueeze(1)
+            return
+        # dim=0: runs of m consecutive rows in column j; counts are [(kernel·Ci), row runs] over columns
+        saliency = block[:, j - start].square() * self.alive[j]
+        padded = torch.nn.functional.pad(saliency, (0, (-rows) % self.m), value=math.inf).reshape(-1, self.m)
+        ranks = torch.argsort(torch.argsort(padded, dim=1, stable=True), dim=1)
+        chosen = ranks < self.counts[j].unsqueeze(1)
+        self.pruned[:, j] = chosen.reshape(-1)[:rows]
+
+
+class _Fixed:
+    """A pattern sparsify cannot re-select: the chosen mask, with the OBS update."""
+
+    per_column = False
+
+    def __init__(self, pruned: torch.Tensor) -> None:
+        self.pruned = pruned
+
+    def block(self, *_: Any) -> None:
+        pass
+
+    def column(self, *_: Any) -> None:
+        pass
+
+
+def _kernel_major(channels: int, kernel: int, device: torch.device) -> torch.Tensor:
+    """Processing order ``(k, ci)`` → ``flatten(1)`` column ``ci·K + k``."""
+    return torch.arange(channels * kernel, device=device).reshape(channels, kernel).t().reshape(-1)
+
+
+def _plan(
+    pattern: Pattern, shape: torch.Size, device: torch.device
+) -> tuple[str, torch.Tensor | None, list[int] | None]:
+    """``(mode, processing order or None, allowed block edges or None for any)`` for a weight of ``shape``."""
+    channels = shape[1]
+    kernel = math.prod(shape[2:]) if len(shape) > 2 else 1
+    total = channels * kernel
+    if isinstance(pattern, NMPattern):
+        if pattern.dim == 0:
+            return "runs", None, None
+        order = _kernel_major(channels, kernel, device) if kernel > 1 else None
+        cuts = sorted({k * channels + r for k in range(kernel + 1) for r in range(0, channels, pattern.m)} | {total})
+        return "runs", order, [c for c in cuts if c <= total]
+    if isinstance(pattern, CoreMLPattern):
+        if pattern.granularity == "per_channel" and len(shape) > 1:
+            return "rows", None, None
+        if pattern.granularity == "per_kernel" and len(shape) > 2:
+            return "groups", None, list(range(0, total + 1, kernel))
+        return "groups", None, None
+    if isinstance(pattern, TilePattern):
+        if pattern.in_size is None:
+            return "rows", None, None
+        if pattern.out_size is None:
+            return "groups", None, list(range(0, total + 1, pattern.in_size * kernel))
+        order = _kernel_major(channels, kernel, device) if kernel > 1 else None
+        cuts = sorted({k * channels + r for k in range(kernel) for r in range(0, channels, pattern.in_size)} | {total})
+        return "groups", order, cuts
+    return "fixed", None, None
+
+
+class _SparseGPTScorer(LayerwiseScorer):
+    label: ClassVar[str] = "SparseGPT"
+
+    def statistic(self, module: torch.nn.Module) -> Hessian:
+        return Hessian()
+
+    def wants_reference(self) -> bool:
+        return self.spec.asymmetric
+
+    def prune_layer(
+        self, pruner: PrunerView, name: str, chosen: torch.Tensor, statistic: Hessian
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        target = pruner.targets[name]
+        orig = target.orig.detach()
+        shape, pattern = orig.shape, target.pattern
+        current = target.mask.expand(shape)
+        bias = getattr(target.module, "bias", None) if self.spec.update_bias else None
+        mode, order, cuts = _plan(pattern, shape, statistic.sum.device if statistic.sum is not None else orig.device)
+        counts = nm_run_counts(chosen, pattern) if isinstance(pattern, NMPattern) else None
+        if mode == "runs" and counts is None:  # the unstructured ramp-up stage of a scheduled n:m
+            mode, order, cuts, pattern = "groups", None, None, CoreMLPattern()
+        factor, alive = statistic.factor(order, self.spec.damp, bias is not None)
+        device, columns = factor.device, math.prod(shape[1:])
+        # n:m may bring weights back (the machine's masks only grow for the other patterns): start them from
+        # their trained values, as a regrown weight of any criterion does, rather than from zero
+        start = orig if isinstance(target.pattern, NMPattern) else torch.where(current, orig, 0.0)
+        weight = start.to(device, torch.float32).reshape(shape[0], -1)
+        if order is not None:
+            weight = weight[:, order]
+        if bias is not None:
+            weight = torch.cat([weight, bias.detach().to(device, torch.float32).unsqueeze(1)], 1)
+        hessian, cross = statistic.matrices(order, bias is not None)
+        if cross is not None:  # ‖W X − Ŵ X̂‖²: first the least-squares fit of the dense outputs (ridge toward W)
+            weight = weight + (weight @ (cross - hessian)) @ factor.t() @ factor
+        alive = alive[:columns]
+        frozen = ~current.reshape(shape[0], -1).to(device)
+        if order is not None:
+            frozen = frozen[:, order]
+        selector: Any
+        if mode == "runs":
+            assert counts is not None and isinstance(pattern, NMPattern)
+            kernel = math.prod(shape[2:]) if len(shape) > 2 else 1
+            selector = _Runs(pattern, counts.to(device), kernel, shape[1], alive.float(), shape[0])
+        elif mode == "fixed":
+            pruned = ~chosen.reshape(shape[0], -1).to(device)
+            selector = _Fixed(pruned if order is None else pruned[:, order])
+        else:
+            row_cost = None
+            if mode == "rows":
+                live = weight[:, :columns]
+                row_cost = ((live @ hessian[:columns, :columns]) * live).sum(1)
+            selector = _Groups(pattern, shape, order, chosen.to(device), frozen, alive.float(), row_cost)
+        new = obs_prune(weight, factor, selector, self.spec.block_size, cuts, columns)
+        values: dict[str, torch.Tensor] = {}
+        if bias is not None:
+            values["bias"] = new[:, columns].to(bias.device, bias.dtype)
+            new = new[:, :columns]
+        pruned = selector.pruned
+        if order is not None:
+            unordered = torch.empty_like(new)
+            unordered[:, order] = new
+            new = unordered
+            flat = torch.empty_like(pruned)
+            flat[:, order] = pruned
+            pruned = flat
+        keep = (~pruned).reshape(shape).to(orig.device)
+        self.log.append({"module": name, "columns": columns, "rows": shape[0], "samples": statistic.rows,
+                         "hessian_bytes": 4 * weight.shape[1] ** 2, "mode": mode})
+        values[target.param_name] = new.reshape(shape).to(orig.device, orig.dtype)
+        return keep, values

@@ -1,0 +1,108 @@
+r"""``wanda``: prune by ``|W_ij| · ‖X_j‖₂`` — weight magnitude times input activation norm (Sun et al., 2023).
+
+Wanda ("pruning by Weights AND Activations") scores each weight by how much output it carries on calibration
+data, ``|W_ij|·‖X_j‖₂``, where ``X_j`` is input column ``j`` over every calibration sample (and every token or
+output position); it needs no gradient, no Hessian and no weight update. Here:
+
+* the statistic is one float per input column (``mean x_j²``), so memory is negligible: ``in_features`` floats
+  per layer (``Ci·kh·kw`` for a convolution), plus the calibration batches themselves;
+* layers are calibrated in forward order, each on the inputs of the layers already pruned before it
+  (``sequential=True``, as the paper's code does block by block), or all at once from the current model;
+* ``per_output=True`` compares weights within each output row (the paper's "per output" comparison group:
+  every row loses the same share), for the element-wise patterns; structured patterns (blocks, channels, n:m,
+  tiles) rank their own groups, which already fixes how many each row or run loses.
+
+Every pattern works: the pattern and scope fix each layer's count (globally ranked layers use Wanda's scores
+of the unpruned model for that), then each layer's weights are re-selected on its calibrated inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from .._checks import as_int, check_range, field_error
+from ..patterns import CoreMLPattern, TilePattern
+from .base import Criterion, PrunerView, Scorer, register_criterion
+from .layerwise import ColumnNorms, LayerwiseScorer, encode, reselect, wanda_scores
+
+__all__ = ["WandaCriterion"]
+
+_OWNER = "WandaCriterion"
+
+
+def _to_batches(value: Any) -> int:
+    value = as_int(_OWNER, "num_batches", value)
+    check_range(_OWNER, "num_batches", value, 1)
+    return value
+
+
+def _to_bool(field: str):
+    def convert(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise field_error(_OWNER, field, value, "expected True or False", TypeError)
+        return value
+
+    return convert
+
+
+@register_criterion
+@attrs.define(eq=True, frozen=True)
+class WandaCriterion(Criterion):
+    """``|W|·‖X‖₂`` on calibration data (see the module docs).
+
+    Args:
+        num_batches: how many items of the sampler's data calibrate each update (128 in the paper's code).
+        sequential: calibrate each layer on the outputs of the layers pruned before it (else all layers on
+            the current model, in one pass).
+        per_output: compare weights within each output row (element-wise patterns only).
+    """
+
+    kind: ClassVar[str] = "wanda"
+    needs_data: ClassVar[bool] = True
+
+    num_batches: int = attrs.field(default=128, converter=_to_batches)
+    sequential: bool = attrs.field(default=True, converter=_to_bool("sequential"))
+    per_output: bool = attrs.field(default=True, converter=_to_bool("per_output"))
+
+    def scorer(self) -> Scorer:
+        return _WandaScorer(self)
+
+
+def _element_wise(pattern: Any) -> bool:
+    if isinstance(pattern, CoreMLPattern):
+        return pattern.granularity == "per_scalar" and pattern.block_size <= 1
+    return isinstance(pattern, TilePattern) and pattern.out_size == 1 and pattern.in_size == 1
+
+
+def per_output_ranks(scores: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """Scores whose layer-wide ranking prunes about the same share of every output row: each weight's rank
+    within its row over the row length, already-pruned weights lowest (0)."""
+    rows = scores.reshape(scores.shape[0], -1).float()
+    order = torch.argsort(torch.where(pruned.reshape(rows.shape), -1.0, rows), dim=1, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(rows.shape[1], device=rows.device).expand_as(order))
+    quantile = (ranks + 1).float() / rows.shape[1]
+    return torch.where(pruned.reshape(rows.shape), 0.0, quantile).reshape(scores.shape)
+
+
+class _WandaScorer(LayerwiseScorer):
+    label: ClassVar[str] = "Wanda"
+
+    def statistic(self, module: torch.nn.Module) -> ColumnNorms:
+        return ColumnNorms()
+
+    def prune_layer(
+        self, pruner: PrunerView, name: str, chosen: torch.Tensor, statistic: ColumnNorms
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        target = pruner.targets[name]
+        current = target.mask.expand(target.orig.shape)
+        scores = wanda_scores(torch.where(current, target.orig.detach(), 0.0), statistic.mean_squares)
+        frozen = ~current
+        if self.spec.per_output and _element_wise(target.pattern):
+            ranked = per_output_ranks(scores, frozen)
+        else:
+            ranked = encode(scores, frozen, frozen)
+        return reselect(target.pattern, ranked, chosen), {}
