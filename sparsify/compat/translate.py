@@ -23,9 +23,9 @@ Translations (see ``docs/recipes.md``):
 * ``available_devices`` with CUDA absent becomes the CPU with a warning (done by the reader, before any
   work).
 
+``SparseGPTModifier`` / INC ``sparse_gpt`` run as the ``"sparsegpt"`` criterion, Wanda as ``"wanda"``.
 Refused here, before any work, with `UnsupportedFeatureError` naming the feature, file and line: a method
-this sparsify has no criterion for (``SparseGPTModifier`` / INC ``sparse_gpt`` → ``"sparsegpt"``, Wanda →
-``"wanda"``), an ``Embedding`` weight. An INC n:m target below N/M becomes ``pattern="n:m"`` (that share of
+this sparsify has no criterion for, an ``Embedding`` weight. An INC n:m target below N/M becomes ``pattern="n:m"`` (that share of
 whole runs made n:m-sparse, as INC does).
 """
 
