@@ -25,8 +25,8 @@ Translations (see ``docs/recipes.md``):
 
 ``SparseGPTModifier`` / INC ``sparse_gpt`` run as the ``"sparsegpt"`` criterion, Wanda as ``"wanda"``.
 Refused here, before any work, with `UnsupportedFeatureError` naming the feature, file and line: a method
-this sparsify has no criterion for, an ``Embedding`` weight. An INC n:m target below N/M becomes ``pattern="n:m"`` (that share of
-whole runs made n:m-sparse, as INC does).
+this sparsify has no criterion for, an ``Embedding`` weight. An INC n:m target below N/M becomes
+``pattern="n:m"`` (that share of whole runs made n:m-sparse, as INC does).
 """
 
 from __future__ import annotations
