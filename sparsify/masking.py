@@ -7,14 +7,28 @@ those names keep working:
 * ``<name>_mask`` — a ``bool`` buffer (``True`` = keep), shaped like the pattern's groups, e.g.
   ``[Co, 1, 1, 1]`` for per-channel pruning of a conv weight; it broadcasts against the weight;
 * ``<name>_amount`` — a 0-d float buffer with the scheduled sparsity;
-* ``<name>`` — a plain tensor attribute ``where(mask, orig, 0)``, refreshed by a forward pre-hook;
+* ``<name>`` — a plain tensor attribute ``where(mask, orig, 0)``, refreshed by a forward pre-hook (in
+  the in-place mode: ``<name>_orig`` itself);
 * ``module.pruning_method`` — the hook object, a `torch.nn.utils.prune.BasePruningMethod`,
   so ``torch.nn.utils.prune.is_pruned`` and ``torch.nn.utils.prune.remove`` work on it.
 
+Two modes, chosen per parameter by `install_mask` (``mode=``):
+
+* ``"default"`` — Core ML Tools' semantics: ``<name>_orig`` keeps the trained values of pruned
+  weights, so a later mask can revive them; the forward pass uses ``where(mask, orig, 0)`` and the
+  gradient reaching ``<name>_orig`` is masked the same way.
+* ``"inplace"`` — pruned entries are zeroed in the parameter itself; see `MaskHook` for what
+  differs and when to choose it.
+
 Differences from Core ML Tools, each for a reason:
 
-* The mask is ``bool`` (1 byte per weight) instead of float32 (4 bytes), and it is applied with
-  ``torch.where`` rather than a multiply, so no float copy of the mask is ever made.
+* The mask is ``bool`` (1 byte per weight) instead of float32 (4 bytes), and no float copy of it is
+  ever made: `sparsify._mask_ops.select_into` applies it as an integer multiply, bit for bit the
+  result of ``torch.where(mask, orig, 0)``.
+* The masked weight of a forward pass is written into the memory of the previous one when nothing
+  holds that any more (no autograd graph waiting for its backward, no user reference), and the
+  incoming gradient is masked in place: a training step allocates no weight-sized tensor that dense
+  training would not.
 * Outside a forward pass ``module.<name>`` is always the *current* masked weight, detached: masks
   refresh it when they change (so ``report()`` is right straight after ``step()``), and a forward
   post-hook detaches it after each forward (so deep copies and pickles never meet a non-leaf tensor).
@@ -25,13 +39,18 @@ Differences from Core ML Tools, each for a reason:
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from ._mask_ops import fast_path, masked_into, select_into
 
 __all__ = [
+    "MASK_MODES",
     "MaskHook",
     "bake_mask",
     "install_mask",
@@ -41,10 +60,62 @@ __all__ = [
     "uninstall_mask",
 ]
 
+MASK_MODES = ("default", "inplace")
+
 
 def masked_weight(orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``orig`` with the entries where ``mask`` is ``False`` set to zero (gradients masked too)."""
     return torch.where(mask, orig, 0.0)  # a Python scalar: no tensor allocated, dtype follows orig
+
+
+# -- in-place mode: parameters to re-zero after an optimizer step ------------------------------------------------
+
+_INPLACE: dict[int, list[weakref.ref[MaskHook]]] = {}  # id(parameter) -> the in-place hooks bound to it
+_optimizer_hook: list[torch.utils.hooks.RemovableHandle] = []
+
+
+# Optimizers whose update of an entry is exactly zero when that entry's weight, gradient and per-entry state
+# (momentum, moments) are zero, whatever the other entries hold: exact types only, a subclass may change the math.
+_ZERO_PRESERVING = tuple(
+    getattr(torch.optim, name)
+    for name in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta", "ASGD", "Rprop")
+    if hasattr(torch.optim, name)
+)
+
+
+def _rezero_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Global optimizer post-step hook: put the zeros of in-place masks back into the stepped parameters."""
+    if not _INPLACE:
+        return
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for ref in _INPLACE.get(id(param), ()):
+                hook = ref()
+                module = hook.bound_module() if hook is not None else None
+                if module is not None and module._parameters.get(hook._tensor_name + "_orig") is param:
+                    hook.after_step(module, optimizer)
+                    break
+
+
+def _register_inplace(param: nn.Parameter, hook: MaskHook) -> None:
+    for key in [k for k, refs in _INPLACE.items() if all(r() is None for r in refs)]:
+        del _INPLACE[key]  # hooks of modules that were garbage-collected
+    refs = _INPLACE.setdefault(id(param), [])
+    if not any(r() is hook for r in refs):
+        refs.append(weakref.ref(hook))
+    if not _optimizer_hook:
+        _optimizer_hook.append(register_optimizer_step_post_hook(_rezero_after_step))
+
+
+def _unregister_inplace(param: nn.Parameter | None, hook: MaskHook) -> None:
+    if param is not None:
+        refs = [r for r in _INPLACE.get(id(param), []) if r() is not None and r() is not hook]
+        if refs:
+            _INPLACE[id(param)] = refs
+        else:
+            _INPLACE.pop(id(param), None)
+    if not _INPLACE and _optimizer_hook:
+        _optimizer_hook.pop().remove()
 
 
 class MaskHook(prune.BasePruningMethod):
@@ -53,19 +124,88 @@ class MaskHook(prune.BasePruningMethod):
     Also stored as ``module.pruning_method``. ``amount`` is the scheduled sparsity; the remaining
     fields describe the pattern for reports and for the Core ML Tools–style introspection that
     existing scripts do (``module.pruning_method.amount`` and friends).
+
+    ``mode="inplace"`` trades Core ML Tools' semantics for the speed and memory of dense training:
+
+    * the pruned entries of ``<name>_orig`` are set to zero whenever the mask changes, and
+      ``module.<name>`` *is* that parameter, so the forward pass reads it directly (the pre-hook does
+      nothing but notice, after a deep copy or unpickling, which parameter it now belongs to);
+    * the gradient is masked in place once accumulated (a post-accumulate-grad hook on the parameter),
+      so gradient clipping, criteria and optimizer statistics see the same gradient as in the default
+      mode;
+    * after every ``step()`` of any ``torch.optim.Optimizer`` holding the parameter (one global
+      post-step hook, registered while in-place masks exist), the pruned entries are zeroed again:
+      momentum or Adam state from before a mask change would otherwise move them. For the optimizers
+      whose update of an entry is exactly zero when its weight, gradient and state are (``SGD``,
+      ``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``RMSprop``, ``Adagrad``, ``Adadelta``,
+      ``ASGD``, ``Rprop``; exact classes), that first step after a mask change also zeroes the
+      optimizer's per-entry state at the pruned entries, and the following steps skip the re-zeroing
+      while the gradient keeps coming through the hook and the state tensors stay the same.
+
+    What differs from the default mode:
+
+    * **pruned weights cannot revive with their old value** — it is gone; a mask that keeps an entry
+      again restarts it from zero (with zero optimizer state for the optimizers above, whatever state
+      it had for others);
+    * an optimizer that is not a ``torch.optim.Optimizer`` (no step hooks) leaves pruned entries moved
+      until the next mask change, and a mask changed between a forward and its backward raises
+      autograd's in-place error (the default mode does the same when the mask buffer changes);
+    * `uninstall_mask` cannot bring zeroed values back.
+
+    Choose it when the schedule only ever adds zeros (magnitude pruning to a target) and step time or
+    memory matter; keep the default for criteria that let weights regrow, and for exact Core ML
+    Tools behaviour.
     """
 
     PRUNING_TYPE = "unstructured"
 
-    def __init__(self, name: str, amount: float = 0.0, **pattern: Any) -> None:
+    def __init__(self, name: str, amount: float = 0.0, *, mode: str = "default", **pattern: Any) -> None:
+        if mode not in MASK_MODES:
+            raise ValueError(f"mode={mode!r} is invalid: allowed values are {', '.join(map(repr, MASK_MODES))}")
         self._tensor_name = name
         self.amount = amount
+        self.mode = mode
         self.block_size = pattern.get("block_size", 1)
         self.granularity = pattern.get("granularity", "per_scalar")
         self.n_m_ratio = pattern.get("n_m_ratio")
+        self.tiles = pattern.get("tiles")  # NxM / n:m pattern text, for reports
+        self.pattern = pattern.get("pattern")  # the pattern's description
         self.dim = pattern.get("dim", 1)
         self.extra_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self.param_position = 0  # where the parameter stood in module._parameters, to restore it there
+        self._module_ref: weakref.ref[nn.Module] | None = None  # in-place mode: the module bound to
+        self._grad_hook: torch.utils.hooks.RemovableHandle | None = None
+        self._grad_masked = False  # in-place mode: the gradient hook ran since the last optimizer step
+        self._settled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> its zeroed state
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_module_ref"] = state["_grad_hook"] = None  # bound again by the first forward of the copy
+        state["_settled"], state["_grad_masked"] = None, False  # the copy has other parameters and optimizers
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("mode", "default")
+        state.setdefault("_module_ref", None)
+        state.setdefault("_grad_hook", None)
+        state.setdefault("_grad_masked", False)
+        state["_settled"] = weakref.WeakKeyDictionary()
+        self.__dict__.update(state)
+
+    def __call__(self, module: nn.Module, inputs: Any) -> None:
+        name = self._tensor_name
+        if self.mode == "inplace":
+            if not torch.compiler.is_compiling() and self.bound_module() is not module:
+                self._bind(module)
+            return
+        orig, mask = module._parameters.get(name + "_orig"), module._buffers.get(name + "_mask")
+        if orig is None or mask is None:  # held elsewhere (a reparametrization): the attribute protocol finds it
+            orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
+        # plain attribute writes (the name is no parameter, buffer or submodule any more): a hook runs every forward
+        if fast_path(orig, mask):
+            module.__dict__[name] = masked_into(module.__dict__, name, orig, mask)
+        else:
+            module.__dict__[name] = masked_weight(orig, mask)
 
     def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
         """Masks are computed by the pruner, not by the hook: this keeps the mask as it is."""
@@ -76,33 +216,115 @@ class MaskHook(prune.BasePruningMethod):
         return masked_weight(getattr(module, name + "_orig"), getattr(module, name + "_mask"))
 
     def refresh(self, module: nn.Module) -> None:
-        """Recompute ``module.<name>`` without building an autograd graph."""
+        """Bring ``module.<name>`` up to date with the mask, without building an autograd graph."""
+        name = self._tensor_name
+        if self.mode == "inplace":
+            self.zero_pruned(module)
+            module.__dict__[name] = module._parameters[name + "_orig"]
+            return
+        orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
         with torch.no_grad():
-            setattr(module, self._tensor_name, self.apply_mask(module))
+            if fast_path(orig, mask):
+                setattr(module, name, masked_into(module.__dict__, name, orig.detach(), mask))
+            else:
+                setattr(module, name, masked_weight(orig, mask))
 
     def detach(self, module: nn.Module, *args: Any) -> None:
         """Forward post-hook: drop the autograd graph from the stored attribute."""
         current = module.__dict__.get(self._tensor_name)
         if isinstance(current, torch.Tensor) and current.grad_fn is not None:
-            setattr(module, self._tensor_name, current.detach())
+            module.__dict__[self._tensor_name] = current.detach()
 
     def after_load(self, module: nn.Module, incompatible_keys: Any) -> None:
         """load_state_dict post-hook: take the loaded amount and show the loaded mask at once."""
         self.amount = float(getattr(module, self._tensor_name + "_amount"))
+        if self.mode == "inplace":
+            self._bind(module)  # ``assign=True`` may have brought a new parameter object
         self.refresh(module)
+
+    # -- in-place mode ------------------------------------------------------------------------------------------
+
+    def bound_module(self) -> nn.Module | None:
+        """In-place mode: the module whose parameter the gradient and optimizer hooks act on."""
+        return self._module_ref() if self._module_ref is not None else None
+
+    def zero_pruned(self, module: nn.Module) -> None:
+        """Set the pruned entries of ``<name>_orig`` to zero, in place (the mask may have changed)."""
+        self._settled = weakref.WeakKeyDictionary()
+        with torch.no_grad():
+            orig = module._parameters[self._tensor_name + "_orig"].detach()
+            select_into(orig, orig, module._buffers[self._tensor_name + "_mask"])
+
+    def after_step(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """After ``optimizer.step()``: zero the pruned entries again, unless the step provably left them at zero.
+
+        It did when the optimizer is one of `_ZERO_PRESERVING`, this step's gradient went through the
+        gradient hook, and the optimizer's per-entry state was zeroed at the pruned entries after the last
+        mask change (and is still the same state tensors). Otherwise the weights are zeroed and, for those
+        optimizers, so is that state, which makes the following steps free.
+        """
+        param = module._parameters[self._tensor_name + "_orig"]
+        state = [v for v in optimizer.state.get(param, {}).values()
+                 if isinstance(v, torch.Tensor) and v.shape == param.shape]
+        preserving = type(optimizer) in _ZERO_PRESERVING
+        settled = self._settled.get(optimizer)
+        masked, self._grad_masked = self._grad_masked, False
+        if preserving and masked and settled is not None and len(settled) == len(state) \
+                and all(ref() is tensor for ref, tensor in zip(settled, state)):
+            return
+        mask = module._buffers[self._tensor_name + "_mask"]
+        with torch.no_grad():
+            orig = param.detach()
+            select_into(orig, orig, mask)
+            if preserving:
+                for tensor in state:
+                    select_into(tensor, tensor, mask)
+                self._settled[optimizer] = [weakref.ref(t) for t in state]
+
+    def _mask_grad(self, param: torch.Tensor) -> None:
+        """Post-accumulate-grad hook: mask ``param.grad`` in place."""
+        module = self.bound_module()
+        grad = param.grad
+        if module is None or grad is None or grad.layout != torch.strided:
+            return
+        with torch.no_grad():
+            select_into(grad, grad, module._buffers[self._tensor_name + "_mask"])
+        self._grad_masked = True
+
+    def _bind(self, module: nn.Module) -> None:
+        """Attach the gradient hook and the optimizer re-zeroing to ``module``'s parameter."""
+        self._unbind()
+        param = module._parameters[self._tensor_name + "_orig"]
+        if param.requires_grad:
+            self._grad_hook = param.register_post_accumulate_grad_hook(self._mask_grad)
+        self._module_ref = weakref.ref(module)
+        _register_inplace(param, self)
+
+    def _unbind(self) -> None:
+        module = self.bound_module()
+        if self._grad_hook is not None:
+            self._grad_hook.remove()
+            self._grad_hook = None
+        param = module._parameters.get(self._tensor_name + "_orig") if module is not None else None
+        _unregister_inplace(param, self)
+        self._module_ref = None
 
     def remove(self, module: nn.Module, bake: bool = True) -> nn.Module:
         """Remove everything `install_mask` added, leaving a plain parameter.
 
         With ``bake=True`` (what ``torch.nn.utils.prune.remove`` calls) the masked entries of the
-        parameter are set to zero; with ``bake=False`` the parameter is restored untouched. The
-        pre-hook entry itself is left for the caller to delete, as ``torch.nn.utils.prune.remove``
-        expects.
+        parameter are set to zero; with ``bake=False`` the parameter is restored untouched (in the
+        in-place mode, zeroed entries stay zero). The pre-hook entry itself is left for the caller to
+        delete, as ``torch.nn.utils.prune.remove`` expects.
         """
         name = self._tensor_name
+        if self.bound_module() is module:
+            self._unbind()
         if name in module.__dict__:
             delattr(module, name)
-        orig = module._parameters.pop(name + "_orig")
+        orig = module._parameters.pop(name + "_orig", None)
+        if orig is None:  # interrupted before the parameter was renamed: it is still under its own name
+            orig = module._parameters.pop(name)
         mask = module._buffers.pop(name + "_mask", None)
         module._buffers.pop(name + "_amount", None)
         if bake:
@@ -154,6 +376,7 @@ def install_mask(
     amount: float = 0.0,
     *,
     reader: nn.Module | None = None,
+    mode: str = "default",
     **pattern: Any,
 ) -> MaskHook:
     """Replace ``module.<name>`` by ``<name>_orig`` × ``<name>_mask`` applied before every forward.
@@ -166,6 +389,8 @@ def install_mask(
         amount: the scheduled sparsity to record in ``<name>_amount``.
         reader: a parent module that reads ``module.<name>`` in its own forward (as
             ``nn.MultiheadAttention`` does with ``out_proj.weight``); it gets the refresh hooks too.
+        mode: ``"default"`` (Core ML Tools' semantics: ``<name>_orig`` keeps pruned values) or
+            ``"inplace"`` (pruned entries zeroed in the parameter itself; see `MaskHook`).
         pattern: descriptive fields stored on the hook (``block_size``, ``granularity``, ...).
     """
     if is_masked(module, name):
@@ -177,21 +402,31 @@ def install_mask(
         mask = torch.ones_like(param, dtype=torch.bool)
     if mask.dtype != torch.bool:
         raise TypeError(f"mask for {type(module).__name__}.{name} must be bool, got {mask.dtype}")
+    if mask.dim() > param.dim() or any(m not in (1, p) for m, p in zip(reversed(mask.shape), reversed(param.shape))):
+        raise ValueError(
+            f"mask for {type(module).__name__}.{name} has shape {tuple(mask.shape)}: allowed are shapes that "
+            f"broadcast to the parameter's {tuple(param.shape)}"
+        )
 
-    hook = MaskHook(name, amount, **pattern)
+    hook = MaskHook(name, amount, mode=mode, **pattern)
     hook.param_position = list(module._parameters).index(name)
-    del module._parameters[name]
-    module.register_parameter(name + "_orig", param)
     try:
+        # the new name first, then the old one goes: an interruption in between leaves the Parameter reachable
+        module.register_parameter(name + "_orig", param)
+        del module._parameters[name]
         module.register_buffer(name + "_mask", mask.to(param.device))
         module.register_buffer(name + "_amount", torch.tensor(float(amount), device=param.device))
         module.register_forward_pre_hook(hook)
-        hook.extra_hooks.append(module.register_forward_hook(hook.detach))
         hook.extra_hooks.append(module.register_load_state_dict_post_hook(hook.after_load))
-        if reader is not None:
-            relay = _ReaderRelay(hook, module)
-            hook.extra_hooks.append(reader.register_forward_pre_hook(relay.before))
-            hook.extra_hooks.append(reader.register_forward_hook(relay.after))
+        if mode == "inplace":  # the forward reads the parameter itself: nothing to refresh or detach
+            hook._bind(module)
+        else:
+            # always_call: a forward that raises must not leave a graph-carrying tensor in module.<name>
+            hook.extra_hooks.append(module.register_forward_hook(hook.detach, always_call=True))
+            if reader is not None:
+                relay = _ReaderRelay(hook, module)
+                hook.extra_hooks.append(reader.register_forward_pre_hook(relay.before))
+                hook.extra_hooks.append(reader.register_forward_hook(relay.after, always_call=True))
         module.pruning_method = hook
         hook.refresh(module)
     except BaseException:  # leave the module exactly as it was
@@ -218,7 +453,7 @@ def bake_mask(module: nn.Module, name: str = "weight") -> None:
 
 
 def uninstall_mask(module: nn.Module, name: str = "weight") -> None:
-    """Undo `install_mask`, restoring the parameter exactly as it was (used to roll back)."""
+    """Undo `install_mask`, restoring the parameter as it was (used to roll back; in-place zeros stay)."""
     _take_hook(module, name).remove(module, bake=False)
 
 

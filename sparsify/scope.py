@@ -32,7 +32,8 @@ Each layer first prunes its ``min_sparsity`` share (its lowest-scoring groups); 
 up to its ``max_sparsity`` share are candidates. The candidates of all layers are ranked together and
 the lowest are pruned until the global count is reached. This is exactly the fixed point of Intel
 Neural Compressor's water-filling loop (pin any layer that crosses a cap at the cap, recompute the
-threshold for the rest, repeat), computed in one sort, and it hits the global count exactly:
+threshold for the rest, repeat), computed without sorting (next section), and it hits the global count
+exactly:
 
 * when every group stands for one weight, the pruned count is exactly ``W - keep_count(W, s)``;
 * when groups stand for several weights, the lowest-scoring groups are taken while the total stays
@@ -40,6 +41,17 @@ threshold for the rest, repeat), computed in one sort, and it hits the global co
 
 If the caps make the target impossible (``sum(min) > target`` or ``sum(max) < target``), the caps win
 and a warning says which sparsity was reached instead.
+
+Linear time: a threshold instead of a sort
+------------------------------------------
+The pruned set is always "every candidate scoring below a threshold ``v``, plus the first few that score
+exactly ``v`` in (layer, index) order", so only ``v`` and that tie count are needed, not a full ranking.
+``v`` is found by a radix selection on the scores' bits: each score is mapped to an integer key with the
+same order (``-0.0`` and ``+0.0`` alike), a histogram of the top 16 bits — every element counted
+``weights_per_group`` times — says which bucket the cut falls in, and the few elements of that bucket
+are refined on the next 16 bits, and so on (2 levels for float32, 4 for float64). Each level is one pass
+of element-wise operations and a ``bincount``; the per-layer caps are selections of the same kind.
+Results are identical to a stable sort of all scores, ties included.
 """
 
 from __future__ import annotations
@@ -106,6 +118,126 @@ def _normalized(flat: torch.Tensor, how: str | None) -> torch.Tensor:
     return flat / scale if 0 < scale < float("inf") else flat
 
 
+_DIGITS = 1 << 16
+_CHUNK = 1 << 20  # elements per pass: keys and digits live in cache-sized pieces, never in weight-sized arrays
+
+
+def _int_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.int64 if dtype == torch.float64 else torch.int32
+
+
+def _keys(values: torch.Tensor, signed: bool) -> torch.Tensor:
+    """Integers ordered like the float ``values`` (NaN already mapped), ``-0.0`` and ``+0.0`` alike (key 0).
+
+    Non-negative floats are ordered like their bits, so without sign bits the bits are the keys (no copy);
+    otherwise negative values get their magnitude negated.
+    """
+    bits = values.view(_int_dtype(values.dtype))
+    if not signed:
+        return bits
+    sign = bits >> (bits.element_size() * 8 - 1)  # 0 or -1
+    key = bits & torch.iinfo(bits.dtype).max  # the magnitude
+    return key.bitwise_xor_(sign).sub_(sign)  # negated where the sign was set: (x ^ -1) + 1 == -x
+
+
+def _digit(keys: torch.Tensor, level: int) -> torch.Tensor:
+    """The ``level``-th 16-bit digit of ``keys``, from the top, as an index into a histogram."""
+    shift = keys.element_size() * 8 - 16 * (level + 1)
+    if level == 0:  # arithmetic shift of a signed key: move it to [0, 2**16)
+        return torch.bitwise_right_shift(keys, shift).add_(_DIGITS // 2)
+    return torch.bitwise_right_shift(keys, shift).bitwise_and_(_DIGITS - 1)
+
+
+def _pieces(values: torch.Tensor, signed: bool, within: torch.Tensor | None):
+    """``(keys, within)`` of ``values`` chunk by chunk (``within``: which elements count, ``None``: all)."""
+    for start in range(0, values.numel(), _CHUNK):
+        yield _keys(values[start : start + _CHUNK], signed), None if within is None else within[start : start + _CHUNK]
+
+
+def _cut(
+    values: list[torch.Tensor], sizes: list[int], budget: int, within: list[torch.Tensor | None] | None = None
+) -> tuple[torch.Tensor | None, int, list[int]]:
+    """Weighted selection: the smallest value ``v`` with ``sum(size · count(x <= v)) > budget``.
+
+    ``values`` holds 1-D float tensors of one dtype, one per layer, each element weighing ``sizes[i]``;
+    ``within[i]``, if given and not ``None``, says which elements of layer ``i`` take part. Returns ``v``
+    (a 0-d tensor), ``budget - sum(size · count(x < v))`` and each layer's count of ``x == v``; or
+    ``(None, 0, [])`` when everything fits in the budget.
+    """
+    if not values:
+        return None, 0, []
+    device, dtype = values[0].device, values[0].dtype
+    within = within or [None] * len(values)
+    signed = [bool(v.numel()) and int(v.view(_int_dtype(dtype)).min()) < 0 for v in values]
+    levels = torch.finfo(dtype).bits // 16
+    left, prefix, ties = budget, 0, []
+    subsets: list[torch.Tensor] = []
+
+    def sources(level: int) -> list:
+        if level == 0:  # the first level reads the layers; later ones the keys kept from the bucket
+            return [_pieces(v, s, w) for v, s, w in zip(values, signed, within)]
+        return [[(k, None)] for k in subsets]
+
+    for level in range(levels):
+        histogram = torch.zeros(_DIGITS + 1, dtype=torch.int64, device=device)  # the last bin: not taking part
+        for pieces, size in zip(sources(level), sizes):
+            for keys, part in pieces:
+                if keys.numel():
+                    digit = _digit(keys, level)
+                    if part is not None:
+                        digit.masked_fill_(~part, _DIGITS)
+                    histogram += torch.bincount(digit, minlength=_DIGITS + 1) * size
+        cumulative = histogram[:_DIGITS].cumsum(0)
+        bucket = int(torch.searchsorted(cumulative, torch.tensor(left, device=device), right=True))
+        if bucket == _DIGITS:  # only possible at the first level: the budget takes every candidate
+            return None, 0, []
+        if bucket:
+            left -= int(cumulative[bucket - 1])
+        chosen = [[(k, _digit(k, level) == bucket if p is None else (_digit(k, level) == bucket) & p)
+                   for k, p in pieces] for pieces in sources(level)]
+        prefix = prefix * _DIGITS + bucket
+        if level < levels - 1:  # keep the keys of the chosen bucket for the next digit
+            subsets = [torch.cat([k[c] for k, c in pieces] or [torch.empty(0, dtype=_int_dtype(dtype))])
+                       for pieces in chosen]
+        else:
+            ties = [sum(int(c.sum()) for _, c in pieces) for pieces in chosen]
+    key = prefix - (1 << (levels * 16 - 1))  # undo the first digit's offset
+    bits = key if key >= 0 else (-key) | torch.iinfo(_int_dtype(dtype)).min
+    return torch.tensor(bits, dtype=_int_dtype(dtype)).view(dtype).to(device), left, ties
+
+
+def _first_true(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """``mask`` with only its first ``count`` ``True`` entries (in index order) left ``True``."""
+    positions = mask.nonzero().squeeze(1)
+    first = torch.zeros_like(mask)
+    first[positions[:count]] = True
+    return first
+
+
+def _at_most(
+    flat: torch.Tensor, value: torch.Tensor, ties: int, take: int, within: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``flat < value`` plus the first ``take`` of the ``ties`` elements equal to ``value``, all ``within``."""
+    if take == ties:
+        chosen = flat <= value
+    else:
+        chosen = flat < value
+        if take:
+            tie = flat == value
+            chosen |= _first_true(tie if within is None else tie.logical_and_(within), take)
+    return chosen if within is None else chosen.logical_and_(within)
+
+
+def _smallest(flat: torch.Tensor, count: int) -> torch.Tensor:
+    """``bool`` mask of the ``count`` lowest scores of a 1-D tensor, ties by index (what a stable argsort gives)."""
+    if count <= 0:
+        return torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
+    if count >= flat.numel():
+        return torch.ones(flat.shape, dtype=torch.bool, device=flat.device)
+    value, left, (ties,) = _cut([flat], [1], count)
+    return _at_most(flat, value, ties, left)
+
+
 def local_keep_masks(
     scores: Mapping[str, torch.Tensor], sparsity: PerLayer
 ) -> dict[str, torch.Tensor]:
@@ -118,10 +250,7 @@ def local_keep_masks(
         level = _per_layer(sparsity, name, 0.0)
         _check_fraction("sparsity", name, level)
         flat = _rankable(score.detach().reshape(-1))
-        keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-        order = torch.argsort(flat, stable=True)
-        keep[order[: pruned_count(flat.numel(), level)]] = False
-        masks[name] = keep.reshape(score.shape)
+        masks[name] = ~_smallest(flat, pruned_count(flat.numel(), level)).reshape(score.shape)
     return masks
 
 
@@ -207,26 +336,34 @@ def global_keep_masks(
         )
     budget = max(0, target - mandatory)
 
-    orders, cand_scores, cand_sizes = [], [], []
-    for flat, size, lo, hi in zip(flats, sizes, lows, highs):
-        order = torch.argsort(flat, stable=True)
-        orders.append(order)
-        cand_scores.append(flat[order[lo:hi]])
-        cand_sizes.append(torch.full((hi - lo,), size, dtype=torch.int64, device=device))
-    all_scores = torch.cat(cand_scores)
-    all_sizes = torch.cat(cand_sizes)
-    ranking = torch.argsort(all_scores, stable=True)
-    cumulative = torch.cumsum(all_sizes[ranking], 0)
-    taken = int(torch.searchsorted(cumulative, torch.tensor(budget, device=device), right=True))
-    chosen = torch.zeros(all_scores.numel(), dtype=torch.bool, device=device)
-    chosen[ranking[:taken]] = True
+    if any(flat.dtype == torch.float64 for flat in flats):  # one key width for all (as torch.cat would promote)
+        flats = [flat.double() for flat in flats]
+    # per layer: the mandatory zeros (its `lo` lowest) and the candidates (the next `hi - lo`)
+    mandatory_masks, candidate_masks = [], []
+    for flat, lo, hi in zip(flats, lows, highs):
+        below_lo = _smallest(flat, lo) if lo else None
+        candidates = None  # every element
+        if hi < flat.numel() or lo:
+            candidates = _smallest(flat, hi)
+            if below_lo is not None:
+                candidates &= ~below_lo
+        mandatory_masks.append(below_lo)
+        candidate_masks.append(candidates)
+    # one cut across layers: all candidates below `value`, then ties at `value` in (layer, index) order
+    value, left, ties = _cut(flats, sizes, budget, candidate_masks)
 
-    masks, offset = {}, 0
-    for name, flat, order, lo, hi in zip(names, flats, orders, lows, highs):
-        keep = torch.ones(flat.numel(), dtype=torch.bool, device=device)
-        keep[order[:lo]] = False
-        keep[order[lo:hi][chosen[offset : offset + hi - lo]]] = False
-        offset += hi - lo
+    masks = {}
+    for i, (name, flat, size) in enumerate(zip(names, flats, sizes)):
+        below_lo, candidates = mandatory_masks[i], candidate_masks[i]
+        if value is None:  # the budget takes every candidate
+            pruned = torch.ones(flat.shape, dtype=torch.bool, device=device) if candidates is None else candidates
+        else:
+            take = min(ties[i], left // size)
+            left = left - take * size if take == ties[i] else 0  # a tie that does not fit ends the prefix
+            pruned = _at_most(flat, value, ties[i], take, candidates)
+        if below_lo is not None:
+            pruned |= below_lo
+        keep = pruned.logical_not_()
         original = scores[name]
         masks[name] = keep.reshape(original.shape).to(original.device)
     return masks

@@ -238,3 +238,30 @@ def test_a_mostly_nan_layer_is_still_pruned_to_its_target_and_reported(caplog):
     assert int((~layer.weight_mask).sum()) == 50
     assert not layer.weight_mask.view(-1)[:50].any()
     assert "60 of 100 scores are NaN or infinite" in caplog.text
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "snip_momentum"])
+def test_in_place_masking_trains_to_the_same_target_with_pruned_entries_zero_in_the_parameter(criterion):
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 4, 8, 8), torch.randint(0, 4, (8,))
+    model = small_model()
+    config = PrunerConfig(global_config=ModulePrunerConfig(
+        target_sparsity=0.5, criterion=criterion, masking="inplace", pattern="4x1",
+        scheduler={"kind": "linear", "start_step": 0, "end_step": 4, "frequency": 2}))
+    pruner = Pruner(model, config)
+    model = pruner.prepare(inplace=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(6):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        pruner.step()
+        for target in pruner.targets.values():  # the parameter itself holds the zeros, after every step
+            assert not target.orig.detach()[~target.mask.expand(target.orig.shape)].any()
+    final = pruner.finalize(inplace=True)
+    for name, module in final.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            assert int((module.weight == 0).sum()) == module.weight.numel() // 2, name
+    assert ModulePrunerConfig(masking="inplace").as_dict()["masking"] == "inplace"
+    with pytest.raises(ValueError, match="masking='fast' is invalid"):
+        ModulePrunerConfig(masking="fast")

@@ -147,8 +147,8 @@ def test_infer_pattern_tiles() -> None:
 
 @pytest.mark.parametrize(("tiles", "name"), [("4x1", "block 4"), ("1x4", "1x4"), ("2x2", "2x2")])
 def test_tile_pruned_models_name_their_tiles(tiles: str, name: str) -> None:
-    """A conv and a linear pruned with the engine's tile pattern: named by their tiles, prepared (the hook
-    carries no tile fields, the zeros are read), finalized (inferred) or with the config (config)."""
+    """A conv and a linear pruned with the engine's tile pattern: named by their tiles, prepared (from the mask
+    hook's tile field), finalized (inferred from the zeros) or with the config (config)."""
     import sparsify
 
     torch.manual_seed(0)
@@ -158,7 +158,7 @@ def test_tile_pruned_models_name_their_tiles(tiles: str, name: str) -> None:
     pruner = sparsify.Pruner(model, config)
     prepared = pruner.prepare()
     pruner.step()
-    assert [(r.pattern, r.pattern_source) for r in model_report(prepared).layers] == [(name, "inferred")] * 2
+    assert [(r.pattern, r.pattern_source) for r in model_report(prepared).layers] == [(name, "hook")] * 2
     finalized = pruner.finalize()
     assert [r.pattern for r in model_report(finalized).layers] == [name, name]
     assert [(r.pattern, r.pattern_source) for r in model_report(finalized, requested=config).layers] == [

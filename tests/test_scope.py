@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsify.patterns import keep_count, ranked_mask
-from sparsify.scope import global_keep_masks, local_keep_masks, pruned_count
+from sparsify.scope import _normalized, _per_layer, _rankable, global_keep_masks, local_keep_masks, pruned_count
 
 
 def _pruned(masks, sizes=None):
@@ -157,3 +157,131 @@ def test_property_global_ranking_is_a_threshold(sizes, sparsity, seed):
     if pruned.numel() and kept.numel():
         assert pruned.max() <= kept.min()
     assert int(pruned.numel()) == pruned_count(sum(sizes), sparsity)
+
+
+# -- the linear-time selection gives the masks of the sort-based implementation it replaced ------------------------
+
+
+def _reference_local(scores, sparsity):
+    """The sort-based `local_keep_masks` before the linear-time selection (kept as the reference)."""
+    masks = {}
+    for name, score in scores.items():
+        flat = _rankable(score.detach().reshape(-1))
+        keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+        order = torch.argsort(flat, stable=True)
+        keep[order[: pruned_count(flat.numel(), _per_layer(sparsity, name, 0.0))]] = False
+        masks[name] = keep.reshape(score.shape)
+    return masks
+
+
+def _reference_global(scores, sparsity, *, weights_per_group=None, min_sparsity=0.0, max_sparsity=1.0,
+                      normalize=None, layer_weights=None):
+    """The sort-based `global_keep_masks` before the linear-time selection (argument checks left out)."""
+    names = list(scores)
+    flats, sizes, weights, lows, highs, mandatory = [], [], [], [], [], 0
+    for name in names:
+        size = int(_per_layer(weights_per_group, name, 1))
+        lo_s, hi_s = _per_layer(min_sparsity, name, 0.0), _per_layer(max_sparsity, name, 1.0)
+        flat = _rankable(scores[name].detach().reshape(-1))
+        n = flat.numel()
+        flats.append(_normalized(flat, normalize))
+        sizes.append(size)
+        if layer_weights is None or name not in layer_weights:
+            weights.append(n * size)
+            highs.append(pruned_count(n, hi_s))
+            lows.append(pruned_count(n, lo_s))
+        else:
+            weights.append(int(layer_weights[name]))
+            highs.append(min(n, pruned_count(weights[-1], hi_s) // size))
+            lows.append(min(highs[-1], -(-pruned_count(weights[-1], lo_s) // size)))
+        mandatory += lows[-1] * size
+    budget = max(0, pruned_count(sum(weights), float(sparsity)) - mandatory)
+    orders, cand_scores, cand_sizes = [], [], []
+    for flat, size, lo, hi in zip(flats, sizes, lows, highs):
+        order = torch.argsort(flat, stable=True)
+        orders.append(order)
+        cand_scores.append(flat[order[lo:hi]])
+        cand_sizes.append(torch.full((hi - lo,), size, dtype=torch.int64))
+    all_scores, all_sizes = torch.cat(cand_scores), torch.cat(cand_sizes)
+    ranking = torch.argsort(all_scores, stable=True)
+    cumulative = torch.cumsum(all_sizes[ranking], 0)
+    taken = int(torch.searchsorted(cumulative, torch.tensor(budget), right=True))
+    chosen = torch.zeros(all_scores.numel(), dtype=torch.bool)
+    chosen[ranking[:taken]] = True
+    masks, offset = {}, 0
+    for name, flat, order, lo, hi in zip(names, flats, orders, lows, highs):
+        keep = torch.ones(flat.numel(), dtype=torch.bool)
+        keep[order[:lo]] = False
+        keep[order[lo:hi][chosen[offset : offset + hi - lo]]] = False
+        offset += hi - lo
+        masks[name] = keep.reshape(scores[name].shape)
+    return masks
+
+
+_SPECIALS = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, -1.0, 1e-30])
+
+
+def _random_scores(gen, n, kind, dtype):
+    raw = torch.randn(n, generator=gen, dtype=torch.float64)
+    if kind == "ties":
+        raw = raw.mul(2).round()  # few distinct values, +0.0 and -0.0 among them
+    elif kind == "specials":
+        raw[torch.randint(0, n, (max(1, n // 4),), generator=gen)] = _SPECIALS[
+            torch.randint(0, len(_SPECIALS), (max(1, n // 4),), generator=gen)].double()
+    elif kind == "abs":
+        raw = raw.abs()
+    return raw.to(dtype)
+
+
+_layer_specs = st.lists(
+    st.tuples(st.integers(1, 60), st.integers(1, 4), st.sampled_from([None, 0.0, 0.2, 0.5]),
+              st.sampled_from([None, 1.0, 0.9, 0.6]), st.booleans()),
+    min_size=1, max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(layers=_layer_specs, sparsity=st.floats(0.0, 1.0), seed=st.integers(0, 2**31),
+       kind=st.sampled_from(["plain", "ties", "specials", "abs"]),
+       normalize=st.sampled_from([None, "mean", "l2", "max"]),
+       double=st.sampled_from([False, True, "mixed"]), nm=st.booleans())
+def test_property_identical_to_the_sort_based_implementation(layers, sparsity, seed, kind, normalize, double, nm):
+    gen = torch.Generator().manual_seed(seed)
+    scores, sizes, lows, highs, layer_weights = {}, {}, {}, {}, {}
+    for i, (n, size, low, high, shaped) in enumerate(layers):
+        dtype = torch.float64 if double is True or (double == "mixed" and i % 2) else torch.float32
+        flat = _random_scores(gen, n * (2 if shaped else 1), kind, dtype)
+        scores[f"l{i}"] = flat.reshape(2, n) if shaped else flat
+        sizes[f"l{i}"] = size
+        if low is not None:
+            lows[f"l{i}"] = low
+        if high is not None:
+            highs[f"l{i}"] = max(high, low or 0.0)
+        if nm:  # n:m-like runs: a group of `size` zeros stands for a run of 2 * size weights
+            layer_weights[f"l{i}"] = scores[f"l{i}"].numel() * size * 2
+    kwargs = {"weights_per_group": sizes, "min_sparsity": lows, "max_sparsity": highs, "normalize": normalize,
+              "layer_weights": layer_weights or None}
+    got = global_keep_masks(scores, sparsity, **kwargs)
+    expected = _reference_global(scores, sparsity, **kwargs)
+    assert got.keys() == expected.keys()
+    for name in got:
+        assert torch.equal(got[name], expected[name]), name
+    local = local_keep_masks(scores, sparsity)
+    for name, mask in _reference_local(scores, sparsity).items():
+        assert torch.equal(local[name], mask), name
+
+
+def test_large_layers_with_heavy_ties_match_the_sort_based_implementation():
+    gen = torch.Generator().manual_seed(0)
+    scores = {
+        "zeros": torch.zeros(70_000),
+        "few": torch.randint(0, 5, (300, 400), generator=gen).float(),
+        "spread": torch.randn(90_000, generator=gen).abs(),
+        "double": torch.randn(50_000, generator=gen, dtype=torch.float64).abs(),
+    }
+    for sparsity in (0.1, 0.5, 0.77, 0.95):
+        caps = {"min_sparsity": {"few": 0.3}, "max_sparsity": {"zeros": 0.6, "spread": 0.98}}
+        got = global_keep_masks(scores, sparsity, weights_per_group={"few": 3}, **caps)
+        expected = _reference_global(scores, sparsity, weights_per_group={"few": 3}, **caps)
+        for name in scores:
+            assert torch.equal(got[name], expected[name]), (sparsity, name)

@@ -16,6 +16,7 @@ import attrs
 
 from .._checks import field_error
 from ..criteria import Criterion, MagnitudeCriterion, criterion_from_dict
+from ..masking import MASK_MODES
 from ..patterns import GRANULARITIES, CoreMLPattern, NMPattern, Pattern, TilePattern, parse_pattern
 from ..schedules import ConstantSparsityScheduler, PruningScheduler
 from ..scope import NORMALIZATIONS
@@ -127,6 +128,10 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
         min_sparsity: in global scope, the least sparsity of a layer.
         max_sparsity: the most sparsity of a layer, in either scope (INC's ``max_sparsity_ratio_per_op``).
         normalize: how global ranking compares layers: ``None`` (raw scores), ``"mean"``, ``"l2"``, ``"max"``.
+        masking: ``"default"`` (Core ML Tools' semantics: ``weight_orig`` keeps pruned values, a later mask can
+            revive them) or ``"inplace"`` (pruned entries zeroed in the parameter, gradients masked in place and
+            re-zeroed after each optimizer step, so the forward pass reads the parameter directly: close to dense
+            speed and memory; pruned weights cannot come back — see `sparsify.masking`).
     """
 
     scheduler: PruningScheduler = attrs.field(
@@ -145,6 +150,7 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
     min_sparsity: float = attrs.field(default=0.0, converter=fields.fraction(_OWNER, "min_sparsity"))
     max_sparsity: float = attrs.field(default=1.0, converter=fields.fraction(_OWNER, "max_sparsity"))
     normalize: str | None = attrs.field(default=None, converter=fields.one_of(_OWNER, "normalize", NORMALIZATIONS))
+    masking: str = attrs.field(default="default", converter=fields.one_of(_OWNER, "masking", MASK_MODES))
 
     def __attrs_post_init__(self) -> None:
         check_module_config(attrs.asdict(self, recurse=False), type(self).__name__)

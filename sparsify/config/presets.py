@@ -69,6 +69,7 @@ class ModuleMagnitudePrunerConfig(ModulePrunerConfig):
     min_sparsity: float = attrs.field(default=0.0, init=False, repr=False)
     max_sparsity: float = attrs.field(default=1.0, init=False, repr=False)
     normalize: str | None = attrs.field(default=None, init=False, repr=False)
+    masking: str = attrs.field(default="default", init=False, repr=False)
 
 
 @attrs.define(on_setattr=[attrs.setters.convert, attrs.setters.validate])

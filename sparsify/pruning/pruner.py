@@ -187,13 +187,14 @@ class Pruner:
         describe = _hook_fields(plan)
         if plan.owner is not None:
             owner = self._pruner_info[plan.owner]
-            install_mask(module, config.param_name, owner.mask, owner.sparsity_level, reader=reader, **describe)
+            install_mask(module, config.param_name, owner.mask, owner.sparsity_level, reader=reader,
+                         mode=config.masking, **describe)
             owner.tied_to.append(plan.name)
             return module, config.param_name
         param = getattr(module, config.param_name)
         shape = plan.pattern.mask_shape(param.shape[::-1] if plan.transposed else param.shape)
         ones = torch.ones(shape[::-1] if plan.transposed else shape, dtype=torch.bool, device=param.device)
-        install_mask(module, config.param_name, ones, 0.0, reader=reader, **describe)
+        install_mask(module, config.param_name, ones, 0.0, reader=reader, mode=config.masking, **describe)
         self._pruner_info[plan.name] = Target(
             plan.name, module, config, plan.pattern, plan.entry, config.initial_sparsity, transposed=plan.transposed
         )
