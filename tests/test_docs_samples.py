@@ -8,6 +8,8 @@ exactly the names listed, nothing else (not even ``import torch``): a sample tha
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
 import subprocess
 import sys
@@ -69,6 +71,26 @@ def _page_id(page: Path) -> str:
 
 PAGES_WITH_SAMPLES = [page for page in PAGES if samples(page)]
 
+# Extras a page may need; without them its samples are skipped (with `pip install -e ".[dev]"` all are there).
+OPTIONAL = {"transformers": "hf", "torchvision": "vision", "matplotlib": "plot", "sklearn": "data"}
+
+
+def missing_extras(codes: list[str]) -> list[str]:
+    """The optional packages the samples import that are not installed."""
+    names = set()
+    for code in codes:
+        try:
+            tree = ast.parse(code)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    return sorted(f"{name} (extra '{OPTIONAL[name]}')" for name in names & set(OPTIONAL)
+                  if importlib.util.find_spec(name) is None)
+
 RUNNER = """
 import sys, traceback
 namespace = {"__name__": "__main__"}
@@ -100,6 +122,9 @@ def test_page_samples_run(page: Path, tmp_path: Path) -> None:
     found = [(number, line, code, SKIPPED.get((page_id, number), "")) for number, line, code in samples(page)]
     if all(skip for *_, skip in found):
         pytest.skip(f"every sample of {page_id} is in SKIPPED")
+    missing = missing_extras([code for _, _, code, skip in found if not skip])
+    if missing:
+        pytest.skip(f"{page_id} needs {', '.join(missing)}, not installed")
     script = "\n".join([
         "import torch; torch.set_num_threads(1); del torch",  # the suite runs two processes on two cores
         f"PAGE = {page_id!r}",
