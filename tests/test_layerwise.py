@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections import OrderedDict
+from pathlib import Path
 from typing import ClassVar
 
 import attrs
@@ -328,6 +331,18 @@ def test_a_forward_only_sampler_cannot_give_gradients():
     sampler = GradSampler([(torch.randn(2, 4), None)], progress=False)
     with pytest.raises(ValueError, match="loss_fn=None, so it cannot give gradients"):
         next(sampler.gradients(nn.Linear(4, 2), [], 1))
+
+
+@pytest.mark.slow
+def test_ddp_ranks_sum_their_statistics_and_match_a_single_process(tmp_path):
+    job = Path(__file__).resolve().parent / "jobs" / "layerwise_ddp_job.py"
+    subprocess.run([sys.executable, str(job), str(tmp_path)], check=True, timeout=300)
+    rank0, rank1, single = (torch.load(tmp_path / f"{n}.pt") for n in ("rank0", "rank1", "single"))
+    for criterion, state in rank0.items():
+        for key, value in state.items():
+            assert torch.equal(value, rank1[criterion][key]), (criterion, key)
+            assert torch.equal(value == 0, single[criterion][key] == 0), (criterion, key)
+            assert torch.allclose(value, single[criterion][key], atol=1e-5), (criterion, key)
 
 
 # -- the engine's refinement contract ------------------------------------------------------------

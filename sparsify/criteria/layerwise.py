@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
@@ -37,6 +38,7 @@ __all__ = [
     "nm_run_counts",
     "pruned_groups_of",
     "reselect",
+    "summed_over_ranks",
     "to_mask_shape",
     "wanda_scores",
 ]
@@ -138,6 +140,18 @@ def pruned_groups_of(pattern: Pattern, chosen: torch.Tensor) -> torch.Tensor:
     return pattern.groups(chosen.float())[0] == 0
 
 
+def summed_over_ranks(tensors: list[torch.Tensor], rows: int) -> int:
+    """Sum ``tensors`` (in place) and ``rows`` over the ranks of a multi-process group, so every rank prunes
+    from every rank's calibration data and all ranks choose the same masks; a no-op outside one."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    for tensor in tensors:
+        dist.all_reduce(tensor)
+    total = torch.tensor([float(rows)], device=tensors[0].device if tensors else "cpu")
+    dist.all_reduce(total)
+    return int(total.item())
+
+
 class ColumnNorms:
     """Mean square of every input column, ``‖X_j‖² / rows`` (Wanda's statistic; a few floats per column)."""
 
@@ -149,6 +163,10 @@ class ColumnNorms:
         squares = columns.square().sum(0)
         self.sums = squares if self.sums is None else self.sums + squares
         self.rows += columns.shape[0]
+
+    def synchronize(self) -> None:
+        assert self.sums is not None
+        self.rows = summed_over_ranks([self.sums], self.rows)
 
     @property
     def mean_squares(self) -> torch.Tensor:
@@ -220,6 +238,8 @@ class LayerwiseScorer(Scorer):
         stage = calibration.stages(ranked, sequential=False)[0]
         norms = {leader: ColumnNorms() for leader in stage.leaders}
         calibration.run(stage, lambda leader, columns: norms[leader].add(columns))
+        for statistic in norms.values():
+            statistic.synchronize()
         for name in ranked:
             self.preliminary[name] = wanda_scores(_masked(pruner, name), norms[stage.leader[name]].mean_squares)
 
@@ -267,6 +287,8 @@ class LayerwiseScorer(Scorer):
                 statistics[leader].add_reference(columns)
         calibration.run(stage, lambda leader, columns: statistics[leader].add(columns),
                         replaced if sequential else None, reference)
+        for statistic in statistics.values():
+            statistic.synchronize()
         refined = {}
         for name in stage.names:
             target = pruner.targets[name]

@@ -47,7 +47,7 @@ import torch
 from .._checks import as_float, as_int, check_range, field_error
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
 from .base import Criterion, PrunerView, Scorer, register_criterion
-from .layerwise import LayerwiseScorer, encode, nm_run_counts, pruned_groups_of, reselect
+from .layerwise import LayerwiseScorer, encode, nm_run_counts, pruned_groups_of, reselect, summed_over_ranks
 
 __all__ = ["Hessian", "SparseGPTCriterion", "inverse_factor", "obs_prune"]
 
@@ -149,6 +149,11 @@ class Hessian:
             assert self.reference_sum is not None
             self.cross.addmm_(reference.t(), columns)
             self.reference_sum += reference.sum(0)
+
+    def synchronize(self) -> None:
+        """Sum the statistics of every rank of a multi-process group (`summed_over_ranks`)."""
+        parts = [t for t in (self.sum, self.column_sum, self.cross, self.reference_sum) if t is not None]
+        self.rows = summed_over_ranks(parts, self.rows)
 
     def matrices(self, order: torch.Tensor | None, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(H, G)`` in processing ``order``, each with a constant-one input appended last when ``bias``:
