@@ -62,6 +62,13 @@ def test_ddp_two_processes_identical_masks_equal_to_single_process(tmp_path: Pat
         assert torch.equal(value, rank1["mfac_state"][key]), key
     masks = [rank0["mfac_state"][f"{i}.weight_mask"] for i in (0, 2)]
     assert sum(int((m == 0).sum()) for m in masks) == 270  # global ranking: 75 % of all 360 weights
+    # snip-momentum under DDP with gradient_as_bucket_view=True: same state and masks on both ranks, non-trivial
+    assert set(rank0["snip_masks"]) == {"0.weight_mask", "2.weight_mask"}
+    for key, mask in rank0["snip_masks"].items():
+        assert torch.equal(mask, rank1["snip_masks"][key]), key
+        assert int((~mask).sum()) == int(0.75 * mask.numel())
+    for name, state in rank0["snip_state"].items():
+        assert torch.equal(state, rank1["snip_state"][name]), name
     assert "pruning masks differ between rank" in rank0["divergence_caught"]
     assert "0.weight_mask" in rank1["divergence_caught"]
 

@@ -46,6 +46,16 @@ def build(second_order: bool = False) -> tuple[nn.Module, Pruner]:
     return pruner.prepare(inplace=True), pruner
 
 
+def build_snip() -> tuple[nn.Module, Pruner]:
+    """snip-momentum: a criterion with state fed by every rank's (averaged) gradient."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 3))
+    config = PrunerConfig(global_config=ModulePrunerConfig(
+        target_sparsity=0.75, scheduler=PolynomialDecayScheduler(update_steps=[2, 4, 6]), criterion="snip_momentum"))
+    pruner = Pruner(model, config)
+    return pruner.prepare(inplace=True), pruner
+
+
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(100 + step)
     return torch.randn(8, 12, generator=g), torch.randint(0, 3, (8,), generator=g)
@@ -75,6 +85,14 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
         train(nn.parallel.DistributedDataParallel(mfac_model, broadcast_buffers=False), mfac_pruner, rank)
         check_masks_consistent(mfac_model)
         result["mfac_state"] = {k: v.clone() for k, v in mfac_model.state_dict().items()}
+        # snip-momentum with gradient-bucket views and no buffer broadcast: each rank folds the gradient DDP
+        # averaged into its own moving average and ranks on its own, so its masks must agree by themselves
+        snip_model, snip_pruner = build_snip()
+        ddp_snip = nn.parallel.DistributedDataParallel(
+            snip_model, broadcast_buffers=False, gradient_as_bucket_view=True)
+        train(ddp_snip, snip_pruner, rank)
+        result["snip_masks"] = {k: v.clone() for k, v in snip_model.state_dict().items() if k.endswith("_mask")}
+        result["snip_state"] = snip_pruner.state_dict()["criterion_state"]
         # a deliberate divergence must be caught by the check
         if rank == 1:
             model[0].weight_mask[0, 0] = ~model[0].weight_mask[0, 0]
