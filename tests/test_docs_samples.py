@@ -52,9 +52,6 @@ PROVIDED: dict[str, tuple[str, tuple[str, ...]]] = {
 
 # (page, sample number from 1) -> why it is skipped. Shrink this list; never grow it.
 SKIPPED: dict[tuple[str, int], str] = {
-    ("docs/export.md", 2): "a signature, not code: fence it as ```text",
-    ("docs/export.md", 4): "uses `example`, which the page never defines",
-    ("docs/reports.md", 4): "lacks 'import torch'",
 }
 
 
