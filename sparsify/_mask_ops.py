@@ -6,7 +6,7 @@ also allocates a fresh tensor, whose first touch costs page faults (about 25 ms 
 float copy of the mask (Core ML Tools' choice) would be fast but costs 4 bytes per weight.
 
 What is done instead: the floating-point tensor is viewed as integers of the same width, and
-multiplied by the mask converted to 0/1 integers in chunks of 262 144 elements. Integer
+multiplied by the mask converted to 0/1 integers in chunks of 262 144 elements per thread. Integer
 multiplication by 0 or 1 gives exactly the bits of ``where(mask, x, 0)`` (``+0.0`` where pruned, the
 original bits — NaN and ``-0.0`` included — where kept), it is vectorized, and the only temporary is
 one chunk (1 MiB, kept per thread, so it stays in cache). Off CPU, ``torch.where(..., out=)`` is already a
@@ -29,7 +29,7 @@ _INT_VIEW = {
     torch.float16: torch.int16,
     torch.bfloat16: torch.int16,
 }
-_CHUNK = 1 << 18  # elements per chunk: 1 MiB of 0/1 integers stays in cache (measured: 64 Ki to 1 Mi, this best)
+_CHUNK = 1 << 18  # elements per chunk and thread: 1 MiB of 0/1 integers stays in cache (measured 64 Ki-1 Mi: best)
 _SMALL = 1 << 15  # up to this many elements the scalar loop of torch.where costs less than three ops' overhead
 
 _zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
@@ -44,13 +44,13 @@ def _zero_like(x: torch.Tensor) -> torch.Tensor:
 
 
 def _scratch_for(int_dtype: torch.dtype, numel: int) -> torch.Tensor:
-    """This thread's integer buffer of at least ``min(numel, _CHUNK)`` elements (grown, never shrunk)."""
+    """This thread's integer buffer of at least ``numel`` elements (grown, never shrunk)."""
     buffers = getattr(_scratch, "buffers", None)
     if buffers is None:
         buffers = _scratch.buffers = {}
     buffer = buffers.get(int_dtype)
-    if buffer is None or buffer.numel() < min(numel, _CHUNK):
-        buffer = buffers[int_dtype] = torch.empty(min(numel, _CHUNK), dtype=int_dtype)
+    if buffer is None or buffer.numel() < numel:
+        buffer = buffers[int_dtype] = torch.empty(numel, dtype=int_dtype)
     return buffer
 
 
@@ -73,9 +73,10 @@ def select_into(out: torch.Tensor, src: torch.Tensor, mask: torch.Tensor) -> tor
         torch.mul(src.view(int_dtype), mask.to(int_dtype), out=out.view(int_dtype))
         return out
     flat_src, flat_out, flat_mask = src.view(-1).view(int_dtype), out.view(-1).view(int_dtype), mask.view(-1)
-    scratch = _scratch_for(int_dtype, total)
-    for start in range(0, total, _CHUNK):
-        stop = min(start + _CHUNK, total)
+    chunk = _CHUNK * max(1, torch.get_num_threads())  # each op splits a chunk between the threads
+    scratch = _scratch_for(int_dtype, min(total, chunk))
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
         ones = scratch[: stop - start]
         ones.copy_(flat_mask[start:stop])
         torch.mul(flat_src[start:stop], ones, out=flat_out[start:stop])
