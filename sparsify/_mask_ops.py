@@ -6,11 +6,11 @@ also allocates a fresh tensor, whose first touch costs page faults (about 25 ms 
 float copy of the mask (Core ML Tools' choice) would be fast but costs 4 bytes per weight.
 
 What is done instead: the floating-point tensor is viewed as integers of the same width, and
-multiplied by the mask converted to 0/1 integers in chunks of 262 144 elements per thread. Integer
+multiplied by the mask converted to 0/1 integers in chunks (256 Ki elements on one thread). Integer
 multiplication by 0 or 1 gives exactly the bits of ``where(mask, x, 0)`` (``+0.0`` where pruned, the
 original bits — NaN and ``-0.0`` included — where kept), it is vectorized, and the only temporary is
-one chunk (1 MiB, kept per thread, so it stays in cache). Off CPU, ``torch.where(..., out=)`` is already a
-single fast kernel and is used.
+one chunk (1 MiB on one thread, so it stays in cache; kept per thread). Off CPU, ``torch.where(...,
+out=)`` is already a single fast kernel and is used.
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ _INT_VIEW = {
     torch.float16: torch.int16,
     torch.bfloat16: torch.int16,
 }
-_CHUNK = 1 << 18  # elements per chunk and thread: 1 MiB of 0/1 integers stays in cache (measured 64 Ki-1 Mi: best)
+_CHUNK = 1 << 18  # elements per chunk, one thread: 1 MiB of 0/1 integers stays in cache (measured 64 Ki-1 Mi: best)
+# With several threads every op is a parallel region, and on busy cores each one can wait for a descheduled
+# worker (measured: a 16 Mi-element pass in 256 Ki chunks took from 6 ms to 1 s on 2 shared cores), so the
+# chunks are larger: 1 Mi elements per thread, 16 regions for a 4096 x 4096 weight on 2 threads.
+_THREADED_CHUNK = 1 << 20
 _SMALL = 1 << 15  # up to this many elements the scalar loop of torch.where costs less than three ops' overhead
 
 _zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
@@ -73,7 +77,8 @@ def select_into(out: torch.Tensor, src: torch.Tensor, mask: torch.Tensor) -> tor
         torch.mul(src.view(int_dtype), mask.to(int_dtype), out=out.view(int_dtype))
         return out
     flat_src, flat_out, flat_mask = src.view(-1).view(int_dtype), out.view(-1).view(int_dtype), mask.view(-1)
-    chunk = _CHUNK * max(1, torch.get_num_threads())  # each op splits a chunk between the threads
+    threads = torch.get_num_threads()
+    chunk = _CHUNK if threads <= 1 else _THREADED_CHUNK * threads
     scratch = _scratch_for(int_dtype, min(total, chunk))
     for start in range(0, total, chunk):
         stop = min(start + chunk, total)
