@@ -6,11 +6,11 @@ also allocates a fresh tensor, whose first touch costs page faults (about 25 ms 
 float copy of the mask (Core ML Tools' choice) would be fast but costs 4 bytes per weight.
 
 What is done instead: the floating-point tensor is viewed as integers of the same width, and
-multiplied by the mask converted to 0/1 integers in chunks of 262 144 elements. Integer
+multiplied by the mask converted to 0/1 integers in chunks (256 Ki elements on one thread). Integer
 multiplication by 0 or 1 gives exactly the bits of ``where(mask, x, 0)`` (``+0.0`` where pruned, the
 original bits — NaN and ``-0.0`` included — where kept), it is vectorized, and the only temporary is
-one chunk (1 MiB, kept per thread, so it stays in cache). Off CPU, ``torch.where(..., out=)`` is already a
-single fast kernel and is used.
+one chunk (1 MiB on one thread, so it stays in cache; kept per thread). Off CPU, ``torch.where(...,
+out=)`` is already a single fast kernel and is used.
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ _INT_VIEW = {
     torch.float16: torch.int16,
     torch.bfloat16: torch.int16,
 }
-_CHUNK = 1 << 18  # elements per chunk: 1 MiB of 0/1 integers stays in cache (measured: 64 Ki to 1 Mi, this best)
+_CHUNK = 1 << 18  # elements per chunk, one thread: 1 MiB of 0/1 integers stays in cache (measured 64 Ki-1 Mi: best)
+# With several threads every op is a parallel region, and on busy cores each one can wait for a descheduled
+# worker (measured: a 16 Mi-element pass in 256 Ki chunks took from 6 ms to 1 s on 2 shared cores), so the
+# chunks are larger: 1 Mi elements per thread, 16 regions for a 4096 x 4096 weight on 2 threads.
+_THREADED_CHUNK = 1 << 20
 _SMALL = 1 << 15  # up to this many elements the scalar loop of torch.where costs less than three ops' overhead
 
 _zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
@@ -44,13 +48,13 @@ def _zero_like(x: torch.Tensor) -> torch.Tensor:
 
 
 def _scratch_for(int_dtype: torch.dtype, numel: int) -> torch.Tensor:
-    """This thread's integer buffer of at least ``min(numel, _CHUNK)`` elements (grown, never shrunk)."""
+    """This thread's integer buffer of at least ``numel`` elements (grown, never shrunk)."""
     buffers = getattr(_scratch, "buffers", None)
     if buffers is None:
         buffers = _scratch.buffers = {}
     buffer = buffers.get(int_dtype)
-    if buffer is None or buffer.numel() < min(numel, _CHUNK):
-        buffer = buffers[int_dtype] = torch.empty(min(numel, _CHUNK), dtype=int_dtype)
+    if buffer is None or buffer.numel() < numel:
+        buffer = buffers[int_dtype] = torch.empty(numel, dtype=int_dtype)
     return buffer
 
 
@@ -73,9 +77,11 @@ def select_into(out: torch.Tensor, src: torch.Tensor, mask: torch.Tensor) -> tor
         torch.mul(src.view(int_dtype), mask.to(int_dtype), out=out.view(int_dtype))
         return out
     flat_src, flat_out, flat_mask = src.view(-1).view(int_dtype), out.view(-1).view(int_dtype), mask.view(-1)
-    scratch = _scratch_for(int_dtype, total)
-    for start in range(0, total, _CHUNK):
-        stop = min(start + _CHUNK, total)
+    threads = torch.get_num_threads()
+    chunk = _CHUNK if threads <= 1 else _THREADED_CHUNK * threads
+    scratch = _scratch_for(int_dtype, min(total, chunk))
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
         ones = scratch[: stop - start]
         ones.copy_(flat_mask[start:stop])
         torch.mul(flat_src[start:stop], ones, out=flat_out[start:stop])
@@ -163,14 +169,16 @@ class MaskedWeight(torch.autograd.Function):
 
 
 def fast_path(orig: torch.Tensor, mask: torch.Tensor) -> bool:
-    """Whether the buffer-reusing function can run, and pays: plain tensors, eager mode, no functorch transform.
+    """Whether the buffer-reusing function can run, and pays: plain tensors, eager mode (no tracing, compiling
+    or functorch transform).
 
     Below ``_SMALL`` elements it does not pay: a fresh ``torch.where`` and its C++ backward cost less
     than a Python autograd function (measured: 42 vs 64 µs per step for 288 weights, 110 vs 145 µs
     for 18 432), and tensors that small are allocated without page faults.
     """
     return (
-        orig.numel() > _SMALL
+        not torch.jit.is_tracing()  # first: under tracing, numel() would be a traced value
+        and orig.numel() > _SMALL
         and type(orig) in (torch.Tensor, torch.nn.Parameter)
         and type(mask) is torch.Tensor
         and orig.layout == torch.strided
