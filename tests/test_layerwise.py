@@ -327,6 +327,19 @@ def test_bad_settings_and_unsupported_layers_fail_early_naming_them():
     assert int((~pruner.targets["out_proj"].mask).sum()) == 0  # the failed update changed nothing
 
 
+def test_settings_round_trip_through_a_config_dict():
+    entry = {"target_sparsity": 0.7, "criterion": {"kind": "sparsegpt", "block_size": 64, "damp": 0.05,
+                                                   "update_bias": True, "asymmetric": True}}
+    config = PrunerConfig.from_dict({"global_config": entry})
+    criterion = config.global_config.criterion
+    assert criterion.as_dict() == {"kind": "sparsegpt", "num_batches": 128, "block_size": 64, "damp": 0.05,
+                                   "sequential": True, "update_bias": True, "asymmetric": True}
+    assert criterion.describe() == "sparsegpt(block_size=64, damp=0.05, update_bias=True, asymmetric=True)"
+    assert PrunerConfig.from_dict(config.as_dict()) == config
+    assert criterion_from_dict("wanda").as_dict() == {"kind": "wanda", "num_batches": 128, "sequential": True,
+                                                      "per_output": True}
+
+
 def test_a_forward_only_sampler_cannot_give_gradients():
     sampler = GradSampler([(torch.randn(2, 4), None)], progress=False)
     with pytest.raises(ValueError, match="loss_fn=None, so it cannot give gradients"):
