@@ -171,6 +171,7 @@ def sparsegpt_budget(criterion) -> Method:
 VALIDATION: tuple[torch.Tensor, torch.Tensor] = (torch.empty(0), torch.empty(0))
 BIAS_ASYMMETRIC = {"kind": "sparsegpt", "update_bias": True, "asymmetric": True}
 BEST: dict[str, tuple[Method, str]] = {
+    "sparsify SparseGPT + bias": (sparsify_with({"kind": "sparsegpt", "update_bias": True}), "per layer"),
     "sparsify SparseGPT + asymmetric": (sparsify_with({"kind": "sparsegpt", "asymmetric": True}), "per layer"),
     "sparsify SparseGPT + bias + asymmetric": (sparsify_with(BIAS_ASYMMETRIC), "per layer"),
     "sparsify SparseGPT, global (Wanda-ranked budget)": (sparsify_with("sparsegpt", scope="global"), "global"),

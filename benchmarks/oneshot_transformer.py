@@ -8,7 +8,8 @@ pruned in one shot — 50 % unstructured and 2:4 — with no fine-tuning, and th
 measured:
 
 * Core ML Tools SparseGPT — ``LayerwiseCompressor`` over ``model.layers.N`` with the ``"gpt"`` input cacher;
-* sparsify magnitude, SparseGPT and Wanda (``Pruner(..., sampler).prune_now()``).
+* sparsify magnitude, SparseGPT (default; ``sequential=False``: every layer calibrated on the unpruned model in
+  one pass; ``asymmetric=True``), and Wanda (``Pruner(..., sampler).prune_now()``).
 
 Both SparseGPTs get the same calibration sequences. ``transformers`` is needed; it was installed for this
 benchmark with ``pip install --target /tmp/sparsify-hf transformers --no-deps`` and put on ``PYTHONPATH``:
@@ -122,6 +123,8 @@ METHODS = {
     "Core ML Tools SparseGPT": coreml_sparsegpt,
     "sparsify magnitude": sparsify_with("magnitude"),
     "sparsify SparseGPT": sparsify_with("sparsegpt"),
+    "sparsify SparseGPT, sequential=False": sparsify_with({"kind": "sparsegpt", "sequential": False}),
+    "sparsify SparseGPT + asymmetric": sparsify_with({"kind": "sparsegpt", "asymmetric": True}),
     "sparsify Wanda": sparsify_with("wanda"),
 }
 PATTERNS = {"50 %": {"target_sparsity": 0.5}, "2:4": {"n_m_ratio": [2, 4]}}

@@ -304,6 +304,67 @@ def test_q_k_v_projections_share_one_stage_and_one_statistic():
     assert all(int((~t.mask).sum()) == 32 for t in pruner.targets.values())
 
 
+class _Stack(nn.Module):
+    """Decoder-style: an embedding, blocks in a ModuleList called with one shared keyword argument, a head."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up, self.down = nn.Linear(8, 16), nn.Linear(16, 8)
+
+        def forward(self, x, scale=None):
+            return x + self.down(torch.relu(self.up(x))) * scale
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(12)
+        self.embed = nn.Linear(4, 8)
+        self.blocks = nn.ModuleList(self.Block() for _ in range(3))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x, scale = self.embed(x), torch.tensor(0.5)
+        for block in self.blocks:
+            x = block(x, scale=scale)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("criterion", ["sparsegpt", {"kind": "sparsegpt", "asymmetric": True}, "wanda"])
+def test_a_chain_of_blocks_runs_each_block_on_cached_inputs_with_the_same_result(criterion, monkeypatch):
+    from sparsify.criteria import chain
+
+    x = torch.randn(40, 5, 4)
+    config = PrunerConfig(global_config=ModulePrunerConfig(target_sparsity=0.6, criterion=criterion))
+
+    def pruned() -> dict[str, torch.Tensor]:
+        pruner = Pruner(_Stack(), config, sampler_of(x))
+        pruner.prepare(inplace=True)
+        pruner.prune_now()
+        return pruner.finalize(inplace=True).state_dict()
+
+    with_chain = pruned()
+    probe = chain.ChainProbe(_Stack())
+    assert [n for n, _ in probe.candidates] == ["blocks"]
+    monkeypatch.setattr(chain.ChainProbe, "result", lambda self, targets: None)
+    without = pruned()
+    for key, value in with_chain.items():
+        assert torch.equal(value == 0, without[key] == 0), key
+        assert torch.allclose(value, without[key], atol=1e-5), key
+
+
+def test_the_chain_probe_finds_decoder_blocks_and_the_calibration_uses_them():
+    model = _Stack()
+    config = PrunerConfig(global_config=ModulePrunerConfig(criterion="wanda"))
+    pruner = Pruner(model, config, sampler_of(torch.randn(8, 4)))
+    pruner.prepare(inplace=True)
+    calibration = Calibration(model, pruner.sampler, pruner.targets, 2, "test")
+    assert [s.names for s in calibration.stages(list(pruner.targets))][:3] == [["embed"], ["blocks.0.up"],
+                                                                              ["blocks.0.down"]]
+    assert calibration.chain is not None
+    assert [name for name, _ in calibration.chain.blocks] == ["blocks.0", "blocks.1", "blocks.2"]
+    assert calibration.chain.block_of("blocks.1.down") == 1 and calibration.chain.block_of("head") is None
+
+
 def test_bad_settings_and_unsupported_layers_fail_early_naming_them():
     with pytest.raises(ValueError, match=r"SparseGPTCriterion.damp=0.0 is invalid"):
         criterion_from_dict({"kind": "sparsegpt", "damp": 0.0})
@@ -325,6 +386,19 @@ def test_bad_settings_and_unsupported_layers_fail_early_naming_them():
     with pytest.raises(RuntimeError, match=r"\['out_proj'\] were not called"):
         pruner.prune_now()
     assert int((~pruner.targets["out_proj"].mask).sum()) == 0  # the failed update changed nothing
+
+
+def test_settings_round_trip_through_a_config_dict():
+    entry = {"target_sparsity": 0.7, "criterion": {"kind": "sparsegpt", "block_size": 64, "damp": 0.05,
+                                                   "update_bias": True, "asymmetric": True}}
+    config = PrunerConfig.from_dict({"global_config": entry})
+    criterion = config.global_config.criterion
+    assert criterion.as_dict() == {"kind": "sparsegpt", "num_batches": 128, "block_size": 64, "damp": 0.05,
+                                   "sequential": True, "update_bias": True, "asymmetric": True}
+    assert criterion.describe() == "sparsegpt(block_size=64, damp=0.05, update_bias=True, asymmetric=True)"
+    assert PrunerConfig.from_dict(config.as_dict()) == config
+    assert criterion_from_dict("wanda").as_dict() == {"kind": "wanda", "num_batches": 128, "sequential": True,
+                                                      "per_output": True}
 
 
 def test_a_forward_only_sampler_cannot_give_gradients():

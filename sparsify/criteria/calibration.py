@@ -16,7 +16,9 @@ sees the same samples. Then:
   pre-hooks that hand each stage module's input to its statistic and that substitute the new weights of the
   modules already pruned in this update — so each stage is calibrated on the inputs of the pruned model — and
   it stops the forward (an exception caught here) once every stage module has been called, so the pass for
-  stage ``k`` runs the model only up to stage ``k``.
+  stage ``k`` runs the model only up to stage ``k``;
+* **block chains** — when the pruned layers sit in a chain of blocks (decoder layers, an ``nn.Sequential``), a
+  stage inside a block runs that block alone on its cached inputs (`sparsify.criteria.chain`).
 
 `input_columns` turns a module input into the rows a layer-wise criterion needs: a ``Linear`` sees rows of
 ``in_features``; a ``Conv1d`` / ``Conv2d`` (``groups=1``) sees its unfolded patches ``[Ci·kh·kw]`` — the order
@@ -26,10 +28,8 @@ it (``nn.MultiheadAttention``'s ``out_proj``) is never called, and the calibrati
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..masking import MaskHook
+from ._passes import StopForward, bind, columns_size, evaluating, merged, swapped
 from .base import TargetView
+from .chain import BlockInputs, Chain, ChainProbe
 from .sampler import GradSampler
 
 __all__ = ["Calibration", "Stage", "check_layer", "input_columns"]
@@ -49,10 +50,6 @@ logger = logging.getLogger(__name__)
 #: calibration items are concatenated into forwards whose largest layer input (unfolded) stays under this many
 #: floats (64 MiB) — fewer, larger forwards over the same rows
 MERGED_COLUMNS = 2**24
-
-
-class _StopForward(Exception):
-    """Raised by a pre-hook once every module of the stage has seen its input: the rest of the forward is moot."""
 
 
 def check_layer(kind: str, name: str, module: nn.Module) -> None:
@@ -124,12 +121,18 @@ class Calibration:
         targets: the pruned modules this calibration may observe or replace, by name.
         num_batches: how many items of the sampler's data to keep.
         owner: the criterion's name, for messages.
+        reference: passes will pair inputs with the unpruned model's (``run(..., reference=...)``), so a chain keeps
+            its blocks' reference inputs too.
     """
 
     def __init__(
-        self, model: nn.Module, sampler: GradSampler, targets: Mapping[str, TargetView], num_batches: int, owner: str
+        self, model: nn.Module, sampler: GradSampler, targets: Mapping[str, TargetView], num_batches: int, owner: str,
+        reference: bool = False,
     ) -> None:
         self.model = model
+        self.reference = reference
+        self.chain: Chain | None = None
+        self._blocks: BlockInputs | None = None
         self.sampler = sampler
         self.targets = targets
         self.owner = owner
@@ -162,7 +165,7 @@ class Calibration:
             calls[name] += 1
             if not args or not isinstance(args[0], torch.Tensor):
                 return
-            largest[0] = max(largest[0], _columns_size(module, args[0]))
+            largest[0] = max(largest[0], columns_size(module, args[0]))
             if name in inputs:
                 return
             order.append(name)
@@ -173,13 +176,16 @@ class Calibration:
             inputs[name] = len(seen)
             seen.append(args[0])
 
-        handles = [t.module.register_forward_pre_hook(_bind(record, n)) for n, t in self.targets.items()]
+        handles = [t.module.register_forward_pre_hook(bind(record, n)) for n, t in self.targets.items()]
+        probe = ChainProbe(self.model)
         try:
-            with _evaluating(self.model):
+            probe.attach()
+            with evaluating(self.model):
                 self._forward(self.batches[0])
         finally:
             for handle in handles:
                 handle.remove()
+            self.chain = probe.result(list(self.targets))
         missing = [n for n in self.targets if n not in inputs]
         if missing:
             raise RuntimeError(
@@ -189,7 +195,9 @@ class Calibration:
                 f"another criterion"
             )
         self._order, self._inputs, self._calls = order, inputs, calls
-        self.batches = _merged(self.batches, max(1, MERGED_COLUMNS // max(largest[0], 1)))
+        self.batches = merged(self.batches, max(1, MERGED_COLUMNS // max(largest[0], 1)))
+        if self.chain is not None:
+            self._blocks = BlockInputs(self.chain, self.reference)
 
     def order(self, names: Sequence[str]) -> list[str]:
         """``names`` in the order the model's forward first calls them."""
@@ -240,140 +248,59 @@ class Calibration:
         replaced = replaced or {}
         needed = {n: self._calls[n] for n in stage.names}
         count: dict[str, int] = {}
-        state = {"swap": True, "observe": observe}
-        saved: dict[tuple[str, str], torch.Tensor] = {}
+        state: dict[str, Any] = {"swap": True, "observe": observe}
 
         def seen(name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
             if stage.leader[name] == name and args and isinstance(args[0], torch.Tensor):
                 state["observe"](name, input_columns(module, args[0]))
             count[name] = count.get(name, 0) + 1
             if all(count.get(n, 0) >= c for n, c in needed.items()):
-                raise _StopForward
+                raise StopForward
 
-        def swap(name: str, module: nn.Module, _args: tuple[Any, ...]) -> None:
-            if not state["swap"]:
-                return
-            for key, value in replaced[name].items():
-                if key == self.targets[name].param_name:
-                    setattr(module, key, value)
-                else:  # a plain parameter (the bias): swap its data for this call only
-                    param = getattr(module, key)
-                    saved.setdefault((name, key), param.data)
-                    param.data = value
-
-        def restore(name: str, module: nn.Module, *_: Any) -> None:
-            for key in list(replaced.get(name, {})):
-                data = saved.pop((name, key), None)
-                if data is not None:
-                    getattr(module, key).data = data
-
-        handles = []
-        for name in replaced:
-            module = self.targets[name].module
-            handles += [module.register_forward_pre_hook(_bind(swap, name)),
-                        module.register_forward_hook(_bind(restore, name))]
-        handles += [self.targets[n].module.register_forward_pre_hook(_bind(seen, n)) for n in stage.names]
-        try:
-            with _evaluating(self.model):
-                for batch in self.batches:
-                    if reference is not None:
-                        state.update(swap=False, observe=reference)
+        blocks = {self.chain.block_of(n) for n in stage.names} if self.chain is not None else {None}
+        block = blocks.pop() if len(blocks) == 1 else None
+        with evaluating(self.model):
+            if block is not None:
+                assert self._blocks is not None
+                self._blocks.advance(block, self._forward, self.batches, self.targets, replaced)
+                module = self._blocks.chain.blocks[block][1]
+                runs = [(lambda a=args, k=kwargs: self._call(module, a, k)) for args, kwargs in
+                        zip(self._blocks.inputs, self._blocks.kwargs)]
+                dense = [(lambda a=args, k=kwargs: self._call(module, a, k)) for args, kwargs in
+                         zip(self._blocks.dense, self._blocks.kwargs)]
+            else:
+                runs = [(lambda b=batch: self._forward(b)) for batch in self.batches]
+                dense = runs
+            if reference is not None and len(dense) != len(runs):
+                raise RuntimeError(f"{self.owner}: reference inputs were not kept (Calibration(reference=True))")
+            handles = [self.targets[n].module.register_forward_pre_hook(bind(seen, n)) for n in stage.names]
+            try:
+                with swapped(self.targets, replaced, lambda: state["swap"]):
+                    for index, run in enumerate(runs):
+                        if reference is not None:
+                            state.update(swap=False, observe=reference)
+                            count.clear()
+                            dense[index]()
+                            state.update(swap=True, observe=observe)
                         count.clear()
-                        self._forward(batch)
-                        state.update(swap=True, observe=observe)
-                    count.clear()
-                    self._forward(batch)
-        finally:
-            for handle in handles:
-                handle.remove()
-            for (name, key), data in saved.items():
-                getattr(self.targets[name].module, key).data = data
-            for name in replaced:
-                _refresh(self.targets[name])
+                        run()
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+    @staticmethod
+    def _call(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            with torch.no_grad():
+                module(*args, **kwargs)
+        except StopForward:
+            pass
 
     def _forward(self, batch: tuple[tuple[Any, ...], dict[str, Any], Any]) -> None:
         try:
             with torch.no_grad():
                 self.sampler.forward(self.model, batch)
-        except _StopForward:
+        except StopForward:
             pass
 
 
-@contextlib.contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """``eval()`` mode for a pass, then each module's own mode back."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
-
-
-def _columns_size(module: nn.Module, inputs: torch.Tensor) -> int:
-    """How many floats `input_columns` makes of one input (an unfolded convolution input is larger)."""
-    if isinstance(module, nn.Conv2d):
-        return inputs.numel() * math.prod(module.kernel_size) // math.prod(module.stride)
-    if isinstance(module, nn.Conv1d):
-        return inputs.numel() * module.kernel_size[0] // module.stride[0]
-    return inputs.numel()
-
-
-def _mergeable(first: Any, other: Any) -> bool:
-    if isinstance(first, torch.Tensor):
-        return (isinstance(other, torch.Tensor) and first.dim() > 0 and first.dim() == other.dim()
-                and first.shape[1:] == other.shape[1:] and first.dtype == other.dtype and first.device == other.device)
-    if isinstance(first, Mapping):
-        return isinstance(other, Mapping) and first.keys() == other.keys() and all(
-            _mergeable(first[k], other[k]) for k in first)
-    if isinstance(first, (tuple, list)):
-        return (type(first) is type(other) and len(first) == len(other)
-                and all(_mergeable(a, b) for a, b in zip(first, other)))
-    try:
-        return bool(first == other)
-    except Exception:  # an odd object that cannot be compared is simply not merged
-        return False
-
-
-def _concatenated(values: list[Any]) -> Any:
-    first = values[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(values)
-    if isinstance(first, Mapping):
-        return {k: _concatenated([v[k] for v in values]) for k in first}
-    if isinstance(first, (tuple, list)):
-        return type(first)(_concatenated(list(parts)) for parts in zip(*values))
-    return first
-
-
-def _merged(batches: list[Any], factor: int) -> list[Any]:
-    """Consecutive batches concatenated along dim 0, ``factor`` at a time, where their inputs allow (same
-    shapes but the first, equal non-tensor arguments): fewer, larger forwards with the same rows. Targets are
-    dropped (unused)."""
-    if factor <= 1:
-        return batches
-    merged: list[Any] = []
-    group: list[Any] = []
-    for args, kwargs, _ in batches:
-        if group and (len(group) == factor or not _mergeable(group[0], (args, kwargs))):
-            merged.append((*_concatenated(group), None))
-            group = []
-        group.append((args, kwargs))
-    if group:
-        merged.append((*_concatenated(group), None))
-    return merged
-
-
-def _bind(function: Callable[..., None], name: str) -> Callable[..., None]:
-    def hook(module: nn.Module, args: tuple[Any, ...], *_: Any) -> None:
-        function(name, module, args)
-
-    return hook
-
-
-def _refresh(target: TargetView) -> None:
-    """Show the module's own masked weight again after a pass that substituted it."""
-    for hook in target.module._forward_pre_hooks.values():
-        if isinstance(hook, MaskHook) and hook._tensor_name == target.param_name:
-            hook.refresh(target.module)

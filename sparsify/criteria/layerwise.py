@@ -227,7 +227,8 @@ class LayerwiseScorer(Scorer):
     def _calibration(self, pruner: PrunerView, names: list[str]) -> Calibration:
         if self.calibration is None:
             targets = {n: pruner.targets[n] for n in self.names}
-            self.calibration = Calibration(pruner.model, pruner.sampler, targets, self.spec.num_batches, self.label)
+            self.calibration = Calibration(pruner.model, pruner.sampler, targets, self.spec.num_batches, self.label,
+                                           reference=self.wants_reference())
         return self.calibration
 
     def begin(self, pruner: PrunerView, names: list[str]) -> None:

@@ -1,0 +1,151 @@
+"""Forward-pass plumbing shared by the layer-wise calibration (`sparsify.criteria.calibration`, `.chain`).
+
+Hooks that stop a forward early, substitute the new weights of modules already pruned in the current update
+(the pruned parameter through its masked attribute, a bias by swapping its data for the call only), switch the
+model to ``eval()`` for a pass, and concatenate calibration batches into fewer, larger forwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..masking import MaskHook
+from .base import TargetView
+
+__all__ = ["StopForward", "bind", "columns_size", "evaluating", "merged", "swapped"]
+
+
+class StopForward(Exception):
+    """Raised by a pre-hook once every module of a stage has seen its input: the rest of the forward is moot."""
+
+
+def bind(function: Callable[..., None], name: str) -> Callable[..., None]:
+    """A forward (pre-)hook calling ``function(name, module, args)``."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...], *_: Any) -> None:
+        function(name, module, args)
+
+    return hook
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``eval()`` mode for a pass, then each module's own mode back."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+@contextlib.contextmanager
+def swapped(
+    targets: Mapping[str, TargetView],
+    replaced: Mapping[str, Mapping[str, torch.Tensor]],
+    active: Callable[[], bool] = lambda: True,
+) -> Iterator[None]:
+    """While inside, every call of a module in ``replaced`` (name → parameter name → tensor) uses those tensors
+    (when ``active()``): the pruned parameter through its masked attribute, any other (a bias) by swapping its
+    data for that call only. Everything is restored on exit, also after an exception."""
+    saved: dict[tuple[str, str], torch.Tensor] = {}
+
+    def swap(name: str, module: nn.Module, _args: tuple[Any, ...]) -> None:
+        if not active():
+            return
+        for key, value in replaced[name].items():
+            if key == targets[name].param_name:
+                setattr(module, key, value)
+            else:
+                param = getattr(module, key)
+                saved.setdefault((name, key), param.data)
+                param.data = value
+
+    def restore(name: str, module: nn.Module, _args: tuple[Any, ...]) -> None:
+        for key in list(replaced[name]):
+            data = saved.pop((name, key), None)
+            if data is not None:
+                getattr(module, key).data = data
+
+    handles = []
+    for name in replaced:
+        module = targets[name].module
+        handles += [module.register_forward_pre_hook(bind(swap, name)),
+                    module.register_forward_hook(bind(restore, name))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for (name, key), data in saved.items():
+            getattr(targets[name].module, key).data = data
+        for name in replaced:
+            _refresh(targets[name])
+
+
+def _refresh(target: TargetView) -> None:
+    """Show the module's own masked weight again after a pass that substituted it."""
+    for hook in target.module._forward_pre_hooks.values():
+        if isinstance(hook, MaskHook) and hook._tensor_name == target.param_name:
+            hook.refresh(target.module)
+
+
+def columns_size(module: nn.Module, inputs: torch.Tensor) -> int:
+    """How many floats the layer's input columns take (an unfolded convolution input is larger)."""
+    if isinstance(module, nn.Conv2d):
+        return inputs.numel() * math.prod(module.kernel_size) // math.prod(module.stride)
+    if isinstance(module, nn.Conv1d):
+        return inputs.numel() * module.kernel_size[0] // module.stride[0]
+    return inputs.numel()
+
+
+def _mergeable(first: Any, other: Any) -> bool:
+    if isinstance(first, torch.Tensor):
+        return (isinstance(other, torch.Tensor) and first.dim() > 0 and first.dim() == other.dim()
+                and first.shape[1:] == other.shape[1:] and first.dtype == other.dtype and first.device == other.device)
+    if isinstance(first, Mapping):
+        return isinstance(other, Mapping) and first.keys() == other.keys() and all(
+            _mergeable(first[k], other[k]) for k in first)
+    if isinstance(first, (tuple, list)):
+        return (type(first) is type(other) and len(first) == len(other)
+                and all(_mergeable(a, b) for a, b in zip(first, other)))
+    try:
+        return bool(first == other)
+    except Exception:  # an odd object that cannot be compared is simply not merged
+        return False
+
+
+def _concatenated(values: list[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(values)
+    if isinstance(first, Mapping):
+        return {k: _concatenated([v[k] for v in values]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concatenated(list(parts)) for parts in zip(*values))
+    return first
+
+
+def merged(batches: list[Any], factor: int) -> list[Any]:
+    """Consecutive ``(args, kwargs, target)`` batches concatenated along dim 0, ``factor`` at a time, where their
+    inputs allow (same shapes but the first, equal non-tensor arguments): fewer, larger forwards with the same
+    rows. Targets are dropped (unused)."""
+    if factor <= 1:
+        return batches
+    out: list[Any] = []
+    group: list[Any] = []
+    for args, kwargs, _ in batches:
+        if group and (len(group) == factor or not _mergeable(group[0], (args, kwargs))):
+            out.append((*_concatenated(group), None))
+            group = []
+        group.append((args, kwargs))
+    if group:
+        out.append((*_concatenated(group), None))
+    return out
