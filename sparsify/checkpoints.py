@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .masking import masked_weight
-from .model_files import DEFAULT_MAX_BYTES, FileRefusedError, check_file_size, read_tensor_file
+from .model_files import DEFAULT_MAX_BYTES, FileRefusedError, read_tensor_file
 
 __all__ = [
     "DEFAULT_MAX_BYTES", "FileRefusedError", "dense_state_dict", "load_checkpoint_file", "load_state_dict",

@@ -20,7 +20,11 @@ from sparsify import (
     PolynomialDecayScheduler,
 )
 from sparsify.checkpoints import (
-    FileRefusedError, dense_state_dict, load_checkpoint_file, load_state_dict, state_dict_layout,
+    FileRefusedError,
+    dense_state_dict,
+    load_checkpoint_file,
+    load_state_dict,
+    state_dict_layout,
 )
 from sparsify.distributed import check_masks_consistent, mask_checksums
 from sparsify.schedules import scheduler_from_dict
