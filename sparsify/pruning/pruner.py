@@ -142,16 +142,22 @@ class Pruner:
         original = self._model
         model = original if inplace else copy.deepcopy(original)
         installed: list[tuple[nn.Module, str]] = []
+        backup: list[tuple[nn.Parameter, torch.Tensor]] = []
         try:
             for plan in plans:
                 installed.append(self._install(model, plan))
             self._model = model
             initial = {n: t.sparsity_level for n, t in self._pruner_info.items() if t.sparsity_level > 0}
             if initial:
+                # in-place masks zero the user's own parameters: keep their values until prepare() succeeds
+                backup = self._inplace_values(initial) if model is original else []
                 self._apply_levels(initial, fresh_scores=False)
             self._attach_scorers()
         except BaseException:
             self._uninstall(installed)
+            with torch.no_grad():
+                for param, values in backup:
+                    param.copy_(values)
             self._model = original
             raise
         protect_save_pretrained(model)  # Hugging Face-style models: save_pretrained writes the masked weights
@@ -159,6 +165,13 @@ class Pruner:
             logger.info("%s: %s, criterion %s, %s scope", name, target.pattern.describe(),
                         target.config.criterion.describe(), target.config.scope)
         return model
+
+    def _inplace_values(self, levels: dict[str, float]) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """Copies of the parameters that in-place masks are about to zero (the modules in ``levels`` and their
+        global peers)."""
+        names = self._with_global_peers(levels)
+        return [(target.orig, target.orig.detach().clone()) for name, target in self._pruner_info.items()
+                if name in names and target.config.masking == "inplace"]
 
     def _uninstall(self, installed: list[tuple[nn.Module, str]]) -> None:
         """Remove the masks and hooks in ``installed`` (newest first), leaving the parameters as they are."""
