@@ -25,7 +25,7 @@ from ..distributed import refuse_fsdp
 from ..masking import bake_mask, install_mask, is_masked, set_mask, uninstall_mask
 from ..patterns import CoreMLPattern, NMPattern
 from .metadata import METADATA_VERSION_BUFFER, register_coreml_metadata
-from .plan import Plan, Target, plan_model
+from .plan import Plan, Target, inplace_backup, plan_model
 from .saving import protect_save_pretrained, unprotect_save_pretrained
 from .update import compute_masks
 
@@ -150,7 +150,8 @@ class Pruner:
             initial = {n: t.sparsity_level for n, t in self._pruner_info.items() if t.sparsity_level > 0}
             if initial:
                 # in-place masks zero the user's own parameters: keep their values until prepare() succeeds
-                backup = self._inplace_values(initial) if model is original else []
+                peers = self._with_global_peers(initial)
+                backup = inplace_backup(self._pruner_info[n] for n in peers) if model is original else []
                 self._apply_levels(initial, fresh_scores=False)
             self._attach_scorers()
         except BaseException:
@@ -165,13 +166,6 @@ class Pruner:
             logger.info("%s: %s, criterion %s, %s scope", name, target.pattern.describe(),
                         target.config.criterion.describe(), target.config.scope)
         return model
-
-    def _inplace_values(self, levels: dict[str, float]) -> list[tuple[nn.Parameter, torch.Tensor]]:
-        """Copies of the parameters that in-place masks are about to zero (the modules in ``levels`` and their
-        global peers)."""
-        names = self._with_global_peers(levels)
-        return [(target.orig, target.orig.detach().clone()) for name, target in self._pruner_info.items()
-                if name in names and target.config.masking == "inplace"]
 
     def _uninstall(self, installed: list[tuple[nn.Module, str]]) -> None:
         """Remove the masks and hooks in ``installed`` (newest first), leaving the parameters as they are."""
