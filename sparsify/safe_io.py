@@ -230,7 +230,7 @@ def yaml_from_markdown(text: str, name: str | None = None, *, require: bool = Tr
 _Base: Any = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
 
 
-class _Loader(_Base):  # type: ignore[misc, valid-type]
+class _Loader(_Base):
     """SafeLoader whose containers remember lines and whose local tags become `Tagged`."""
 
     def __init__(self, stream: Any) -> None:
@@ -321,7 +321,7 @@ def _scan(text: str, name: str | None, max_nodes: int, max_depth: int) -> None:
             if isinstance(event, yaml.AliasEvent):
                 if event.anchor in open_anchors:
                     raise SourceError(f"the alias *{event.anchor} refers to a node that contains it", name, line)
-                count = anchors.get(event.anchor, 1)
+                count = anchors.get(event.anchor, 1) if event.anchor is not None else 1
             else:
                 count = 1
                 if event.anchor:
@@ -399,7 +399,7 @@ def load_yaml(
     name = _name_of(source)
     text = read_text(source, max_bytes=max_bytes)
     if markdown is None:
-        markdown = bool(name) and name.lower().endswith(_MARKDOWN_SUFFIXES)
+        markdown = name is not None and name.lower().endswith(_MARKDOWN_SUFFIXES)
     if markdown:
         text = yaml_from_markdown(text, name)
     return load_yaml_text(text, name, max_nodes=max_nodes, max_depth=max_depth, local_tags=local_tags)
