@@ -33,7 +33,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
 import attrs
 import yaml
@@ -45,6 +45,7 @@ __all__ = [
     "LoadedYaml",
     "SourceError",
     "Tagged",
+    "YamlLimits",
     "YamlList",
     "YamlMap",
     "line_of",
@@ -59,6 +60,13 @@ DEFAULT_MAX_NODES = 1_000_000
 DEFAULT_MAX_DEPTH = 100
 
 _MARKDOWN_SUFFIXES = (".md", ".markdown")
+
+
+class YamlLimits(TypedDict, total=False):
+    """The limits readers pass on to `load_yaml_text` as keyword arguments (``**limits``)."""
+
+    max_nodes: int
+    max_depth: int
 
 
 class SourceError(ValueError):
