@@ -14,10 +14,8 @@
 * prepared → dense/finalized: ``weight = where(mask, weight_orig, 0)``;
 * Core ML metadata buffers are dropped when the model has none, and kept when it has them.
 
-Files are read with ``torch.load(weights_only=True)`` (`load_checkpoint_file`), after a size check.
-
-For files from strangers, `sparsify.model_files.read_tensor_file` (re-exported here) reads the tensors
-without ``torch.load`` at all.
+Files are read by `load_checkpoint_file` through `sparsify.model_files.read_tensor_file` (re-exported
+here), after a size check: it builds tensors and plain containers without ``torch.load`` at all.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ import torch
 from torch import nn
 
 from .masking import masked_weight
-from .model_files import DEFAULT_MAX_BYTES, FileRefusedError, check_file_size, read_tensor_file
+from .model_files import DEFAULT_MAX_BYTES, FileRefusedError, read_tensor_file
 
 __all__ = [
     "DEFAULT_MAX_BYTES", "FileRefusedError", "dense_state_dict", "load_checkpoint_file", "load_state_dict",
@@ -128,7 +126,17 @@ def load_state_dict(
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
-    """``torch.load(path, weights_only=True)`` of a file of at most ``max_bytes``: tensors and plain
-    containers only, never code."""
-    check_file_size(path, max_bytes, "checkpoint")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A ``torch.save`` checkpoint of at most ``max_bytes``, read by `read_tensor_file`: tensors and plain
+    containers only, never code, whatever the installed torch's ``weights_only`` unpickler would allow
+    (it had code-execution bugs before torch 2.10). Tensors are moved to ``map_location``."""
+    return _to_device(read_tensor_file(path, max_bytes=max_bytes), map_location)
+
+
+def _to_device(value: Any, device: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return type(value)((key, _to_device(item, device)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(item, device) for item in value)
+    return value

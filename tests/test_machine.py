@@ -269,3 +269,26 @@ def test_in_place_masking_trains_to_the_same_target_with_pruned_entries_zero_in_
     assert ModulePrunerConfig(masking="inplace").as_dict()["masking"] == "inplace"
     with pytest.raises(ValueError, match="masking='fast' is invalid"):
         ModulePrunerConfig(masking="fast")
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_an_interrupt_in_prepare_restores_the_zeros_of_in_place_masks(monkeypatch: pytest.MonkeyPatch, scope) -> None:
+    torch.manual_seed(2)
+    model = small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    parameters = dict(model.named_parameters())
+    config = PrunerConfig(global_config=ModulePrunerConfig(
+        initial_sparsity=0.5, target_sparsity=0.8, masking="inplace", scope=scope, criterion="snip_momentum"))
+    pruner = Pruner(model, config)
+
+    def interrupted(self: Pruner) -> None:  # the initial masks are in, their zeros written into the parameters
+        assert sum(int((module.weight_orig == 0).sum()) for module in model.modules() if hasattr(module, "weight_orig"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pruner, "_attach_scorers", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pruner.prepare(inplace=True)
+    assert dict(model.named_parameters()) == parameters  # the same Parameter objects
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
+    assert not any(module._forward_pre_hooks for module in model.modules())

@@ -19,7 +19,13 @@ from sparsify import (
     ModuleMagnitudePrunerConfig,
     PolynomialDecayScheduler,
 )
-from sparsify.checkpoints import dense_state_dict, load_checkpoint_file, load_state_dict, state_dict_layout
+from sparsify.checkpoints import (
+    FileRefusedError,
+    dense_state_dict,
+    load_checkpoint_file,
+    load_state_dict,
+    state_dict_layout,
+)
 from sparsify.distributed import check_masks_consistent, mask_checksums
 from sparsify.schedules import scheduler_from_dict
 
@@ -207,14 +213,14 @@ def test_yaml_alias_bomb_is_rejected_quickly() -> None:
         MagnitudePrunerConfig.from_yaml(io.StringIO("\n".join(levels) + "\n"))
 
 
-def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
+def test_checkpoints_never_unpickle_code(tmp_path: Path) -> None:
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
 
     path = tmp_path / "evil.pt"
     torch.save({"x": Evil()}, path)
-    with pytest.raises(Exception, match="Weights only load failed"):
+    with pytest.raises(FileRefusedError, match="print"):
         load_checkpoint_file(path)
 
 

@@ -105,11 +105,25 @@ def test_global_summary_weights_by_params_and_skips_not_applicable() -> None:
     assert global_summary(only_odd)["block2_weight_sparsity"] == -1
 
 
-def test_report_prints_coremltools_table() -> None:
-    report = Report({"conv1": {"#params": 216, "structured_weight_sparsity": 0.0,
-                               "unstructured_weight_sparsity": 0.5, "block2_weight_sparsity": 0.25}})
-    assert repr(report).splitlines() == [
+def test_report_prints_coremltools_table_within_100_columns() -> None:
+    row = {"#params": 216, "structured_weight_sparsity": 0.0, "unstructured_weight_sparsity": 0.5,
+           "block2_weight_sparsity": 0.25}
+    assert repr(Report({"conv1": row})).splitlines() == [  # Core ML Tools' table: exactly 100 columns
         " name | #params | structured_weight_sparsity | unstructured_weight_sparsity | block2_weight_sparsity",
         "----- | ------- | -------------------------- | ---------------------------- | ----------------------",
         "conv1 |     216 |                    0.00000 |                      0.50000 |                0.25000",
+    ]
+    # a six-letter name ("global") would make it 101: the headers split at an underscore instead
+    assert repr(Report({"conv1": row, "global": row})).splitlines() == [
+        "       |         |     structured_ |   unstructured_ | block2_weight_",
+        "  name | #params | weight_sparsity | weight_sparsity |       sparsity",
+        "------ | ------- | --------------- | --------------- | --------------",
+        " conv1 |     216 |         0.00000 |         0.50000 |        0.25000",
+        "global |     216 |         0.00000 |         0.50000 |        0.25000",
+    ]
+    narrow = Report({"fc": {"#params": 8, "unstructured_weight_sparsity": 0.5}})
+    assert repr(narrow).splitlines() == [
+        "name | #params | unstructured_weight_sparsity",
+        "---- | ------- | ----------------------------",
+        "  fc |       8 |                      0.50000",
     ]

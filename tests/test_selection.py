@@ -95,7 +95,19 @@ def test_dry_run_lists_every_module_without_changing_it() -> None:
     assert by_name["head"].action == "skip" and "classifier head" in by_name["head"].reason
     assert rows.selected() == ["features.0", "features.3", "fc2"]
     text = str(rows)
-    assert "exponential(start_step=0, end_step=100, frequency=10)" in text
+    lines = text.splitlines()
+    assert max(map(len, lines[: len(rows) + 2])) <= 100  # the table; long cells are keyed, spelled out below
+    assert lines[0].split() == ["name", "type", "shape", "action", "reason", "settings"]
+    assert lines[2].split() == ["features.0", "Conv2d", "8x3x3x3", "prune", "global_config", "#1"]
+    assert lines[3].split() == ["features.1", "BatchNorm2d", "8", "skip", "*1"]
+    assert lines[len(rows) + 2:] == [
+        "*1 type BatchNorm2d is not supported",
+        "*2 excluded by name rule 'fc'",
+        "*3 classifier head kept dense (keep_classifier_dense)",
+        "#1 pattern 4x1, criterion snip_momentum, final 0.9000, scope global [0, 0.98], "
+        "schedule exponential(start_step=0, end_step=100, frequency=10)",
+        "3 of 6 modules pruned, covering 856 of 1008 listed weights",
+    ]
     assert "3 of 6 modules pruned" in text
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
     assert not any(hasattr(m, "weight_orig") for m in net.modules())

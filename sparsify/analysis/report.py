@@ -78,18 +78,42 @@ def _cell(value: object) -> str:
     return f"{value:.5f}" if isinstance(value, float) else str(value)
 
 
+TABLE_WIDTH = 100
+"""Widest line `Report` prints: longer headers are split over two lines to stay within it."""
+
+
+def _split_header(header: str) -> tuple[str, str]:
+    """Split at the ``_`` or space nearest the middle (kept at the end of the first line); ``("", header)``
+    when there is none."""
+    cuts = [i for i, char in enumerate(header) if char in "_ "]
+    if not cuts:
+        return "", header
+    cut = min(cuts, key=lambda i: abs(2 * i + 1 - len(header))) + 1
+    return header[:cut].rstrip(), header[cut:]
+
+
+def _render(header_lines: list[list[str]], rows: list[list[str]]) -> list[str]:
+    widths = [max(map(len, column)) for column in zip(*header_lines, *rows)]
+    lines = [" | ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in header_lines]
+    lines.append(" | ".join("-" * w for w in widths))
+    lines += [" | ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+    return lines
+
+
 class Report(UserDict):
-    """A dict of per-module statistics that prints as Core ML Tools' table."""
+    """A dict of per-module statistics that prints as Core ML Tools' table — with headers split over two
+    lines when one line would be wider than `TABLE_WIDTH` (Core ML Tools' own report is 101 columns wide)."""
 
     def __repr__(self) -> str:
         if not self.data:
             return ""
         columns = ["name", *next(iter(self.data.values())).keys()]
-        table = [columns] + [[str(name)] + [_cell(row[c]) for c in columns[1:]] for name, row in self.data.items()]
-        widths = [max(map(len, col)) for col in zip(*table)]
-        lines = [" | ".join(cell.rjust(w) for cell, w in zip(table[0], widths))]
-        lines.append(" | ".join("-" * w for w in widths))
-        lines += [" | ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in table[1:]]
+        rows = [[str(name)] + [_cell(row[c]) for c in columns[1:]] for name, row in self.data.items()]
+        lines = _render([columns], rows)
+        if max(map(len, lines)) > TABLE_WIDTH:
+            narrow = _render([list(line) for line in zip(*map(_split_header, columns))], rows)
+            if max(map(len, narrow)) < max(map(len, lines)):
+                lines = narrow
         return "\n".join(lines)
 
     __str__ = __repr__

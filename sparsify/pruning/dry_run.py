@@ -55,6 +55,35 @@ class DryRunRow:
 _COLUMNS = ("name", "type", "shape", "action", "reason", "pattern", "criterion", "final", "scope", "schedule")
 
 
+TABLE_WIDTH = 100
+"""Widest table line: past it, each row's settings become a key (``#1``) and reasons longer than
+`_KEYED_CELL` another (``*1``), both spelled out under the table."""
+_KEYED_CELL = 16
+
+
+def _layout(table: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _keyed_layout(table: list[list[str]]) -> tuple[list[str], list[str]]:
+    """The table with one ``settings`` column of keys, and the legend of the keys."""
+    reasons: dict[str, str] = {}
+    settings: dict[str, str] = {}
+    rows = [[*table[0][:5], "settings"]]
+    for row in table[1:]:
+        reason = row[4]
+        if len(reason) > _KEYED_CELL:
+            reason = reasons.setdefault(reason, f"*{len(reasons) + 1}")
+        described = ", ".join(f"{name} {value}" for name, value in zip(_COLUMNS[5:], row[5:]) if value)
+        key = settings.setdefault(described, f"#{len(settings) + 1}") if described else ""
+        rows.append([*row[:4], reason, key])
+    legend = [f"{key} {text}" for text, key in reasons.items()] + [f"{key} {text}" for text, key in settings.items()]
+    return _layout(rows), legend
+
+
 class DryRunTable(list):
     """A list of `DryRunRow` that prints as a table."""
 
@@ -69,11 +98,12 @@ class DryRunTable(list):
             cells = [row.name or "(root)", row.type, shape, row.action, row.reason]
             cells += [str(row.settings.get(c, "")) for c in _COLUMNS[5:]]
             table.append(cells)
-        widths = [max(len(r[i]) for r in table) for i in range(len(_COLUMNS))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines, legend = _layout(table), []
+        if max(map(len, lines)) > TABLE_WIDTH:
+            lines, legend = _keyed_layout(table)
         pruned = [r for r in self if r.action == "prune"]
         total = sum(r.params for r in self if r.shape)
+        lines += legend
         lines.append(
             f"{len(pruned)} of {len(self)} modules pruned, covering {sum(r.params for r in pruned)} of "
             f"{total} listed weights"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -24,6 +25,7 @@ __all__ = [
     "Target",
     "check_target",
     "classifier_head_name",
+    "inplace_backup",
     "is_transposed",
     "pattern_shape",
     "plan_model",
@@ -240,3 +242,9 @@ def _warn_unsupported_name_rules(model: nn.Module, config: Any) -> None:
                 "name rule %r matches only module(s) sparsify does not prune: %s (supported: %s)", pattern,
                 ", ".join(f"{n} ({t})" for n, t in unsupported), allowed,
             )
+
+
+def inplace_backup(targets: Iterable[Target]) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """Copies of the parameters of the ``masking="inplace"`` targets, whose pruned entries are about to be
+    zeroed in the user's own parameters: what `Pruner.prepare` puts back if it is interrupted."""
+    return [(target.orig, target.orig.detach().clone()) for target in targets if target.config.masking == "inplace"]

@@ -25,7 +25,7 @@ from ..distributed import refuse_fsdp
 from ..masking import bake_mask, install_mask, is_masked, set_mask, uninstall_mask
 from ..patterns import CoreMLPattern, NMPattern
 from .metadata import METADATA_VERSION_BUFFER, register_coreml_metadata
-from .plan import Plan, Target, plan_model
+from .plan import Plan, Target, inplace_backup, plan_model
 from .saving import protect_save_pretrained, unprotect_save_pretrained
 from .update import compute_masks
 
@@ -142,16 +142,23 @@ class Pruner:
         original = self._model
         model = original if inplace else copy.deepcopy(original)
         installed: list[tuple[nn.Module, str]] = []
+        backup: list[tuple[nn.Parameter, torch.Tensor]] = []
         try:
             for plan in plans:
                 installed.append(self._install(model, plan))
             self._model = model
             initial = {n: t.sparsity_level for n, t in self._pruner_info.items() if t.sparsity_level > 0}
             if initial:
+                # in-place masks zero the user's own parameters: keep their values until prepare() succeeds
+                peers = self._with_global_peers(initial)
+                backup = inplace_backup(self._pruner_info[n] for n in peers) if model is original else []
                 self._apply_levels(initial, fresh_scores=False)
             self._attach_scorers()
         except BaseException:
             self._uninstall(installed)
+            with torch.no_grad():
+                for param, values in backup:
+                    param.copy_(values)
             self._model = original
             raise
         protect_save_pretrained(model)  # Hugging Face-style models: save_pretrained writes the masked weights
