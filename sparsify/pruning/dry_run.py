@@ -98,6 +98,7 @@ class DryRunTable(list):
             cells = [row.name or "(root)", row.type, shape, row.action, row.reason]
             cells += [str(row.settings.get(c, "")) for c in _COLUMNS[5:]]
             table.append(cells)
+        legend: list[str]
         lines, legend = _layout(table), []
         if max(map(len, lines)) > TABLE_WIDTH:
             lines, legend = _keyed_layout(table)
