@@ -136,7 +136,8 @@ def _to_device(value: Any, device: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, Mapping):
-        return type(value)((key, _to_device(item, device)) for key, item in value.items())
+        mapping_class: Any = type(value)  # a concrete class (dict, OrderedDict) that takes (key, value) pairs
+        return mapping_class((key, _to_device(item, device)) for key, item in value.items())
     if isinstance(value, (list, tuple)):
         return type(value)(_to_device(item, device) for item in value)
     return value

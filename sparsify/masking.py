@@ -92,7 +92,8 @@ def _rezero_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any)
             for ref in _INPLACE.get(id(param), ()):
                 hook = ref()
                 module = hook.bound_module() if hook is not None else None
-                if module is not None and module._parameters.get(hook._tensor_name + "_orig") is param:
+                if hook is not None and module is not None \
+                        and module._parameters.get(hook._tensor_name + "_orig") is param:
                     hook.after_step(module, optimizer)
                     break
 
@@ -251,9 +252,11 @@ class MaskHook(prune.BasePruningMethod):
     def zero_pruned(self, module: nn.Module) -> None:
         """Set the pruned entries of ``<name>_orig`` to zero, in place (the mask may have changed)."""
         self._settled = weakref.WeakKeyDictionary()
+        param, mask = module._parameters[self._tensor_name + "_orig"], module._buffers[self._tensor_name + "_mask"]
+        assert param is not None and mask is not None  # install_mask registered both
         with torch.no_grad():
-            orig = module._parameters[self._tensor_name + "_orig"].detach()
-            select_into(orig, orig, module._buffers[self._tensor_name + "_mask"])
+            orig = param.detach()
+            select_into(orig, orig, mask)
 
     def after_step(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """After ``optimizer.step()``: zero the pruned entries again, unless the step provably left them at zero.
@@ -264,6 +267,7 @@ class MaskHook(prune.BasePruningMethod):
         optimizers, so is that state, which makes the following steps free.
         """
         param = module._parameters[self._tensor_name + "_orig"]
+        assert param is not None  # install_mask registered it
         state = [v for v in optimizer.state.get(param, {}).values()
                  if isinstance(v, torch.Tensor) and v.shape == param.shape]
         preserving = type(optimizer) in _ZERO_PRESERVING
@@ -273,6 +277,7 @@ class MaskHook(prune.BasePruningMethod):
                 and all(ref() is tensor for ref, tensor in zip(settled, state)):
             return
         mask = module._buffers[self._tensor_name + "_mask"]
+        assert mask is not None  # install_mask registered it
         with torch.no_grad():
             orig = param.detach()
             select_into(orig, orig, mask)
@@ -287,14 +292,17 @@ class MaskHook(prune.BasePruningMethod):
         grad = param.grad
         if module is None or grad is None or grad.layout != torch.strided:
             return
+        mask = module._buffers[self._tensor_name + "_mask"]
+        assert mask is not None  # install_mask registered it
         with torch.no_grad():
-            select_into(grad, grad, module._buffers[self._tensor_name + "_mask"])
+            select_into(grad, grad, mask)
         self._grad_masked = True
 
     def _bind(self, module: nn.Module) -> None:
         """Attach the gradient hook and the optimizer re-zeroing to ``module``'s parameter."""
         self._unbind()
         param = module._parameters[self._tensor_name + "_orig"]
+        assert param is not None  # install_mask registered it
         if param.requires_grad:
             self._grad_hook = param.register_post_accumulate_grad_hook(self._mask_grad)
         self._module_ref = weakref.ref(module)
@@ -309,7 +317,8 @@ class MaskHook(prune.BasePruningMethod):
         _unregister_inplace(param, self)
         self._module_ref = None
 
-    def remove(self, module: nn.Module, bake: bool = True) -> nn.Module:
+    # torch declares remove() -> None; returning the module as well is harmless (prune.remove ignores it)
+    def remove(self, module: nn.Module, bake: bool = True) -> nn.Module:  # type: ignore[override]
         """Remove everything `install_mask` added, leaving a plain parameter.
 
         With ``bake=True`` (what ``torch.nn.utils.prune.remove`` calls) the masked entries of the
@@ -328,6 +337,7 @@ class MaskHook(prune.BasePruningMethod):
         mask = module._buffers.pop(name + "_mask", None)
         module._buffers.pop(name + "_amount", None)
         if bake:
+            assert orig is not None and mask is not None  # baking follows a complete install_mask
             with torch.no_grad():
                 orig.data = masked_weight(orig, mask).data
         for handle in self.extra_hooks:
@@ -427,7 +437,8 @@ def install_mask(
                 relay = _ReaderRelay(hook, module)
                 hook.extra_hooks.append(reader.register_forward_pre_hook(relay.before))
                 hook.extra_hooks.append(reader.register_forward_hook(relay.after, always_call=True))
-        module.pruning_method = hook
+        # nn.Module.__setattr__ is typed for tensors and modules only; any attribute may be set
+        module.pruning_method = hook  # type: ignore[assignment]
         hook.refresh(module)
     except BaseException:  # leave the module exactly as it was
         _detach_pre_hook(module, hook)

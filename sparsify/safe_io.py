@@ -33,7 +33,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
 import attrs
 import yaml
@@ -45,6 +45,7 @@ __all__ = [
     "LoadedYaml",
     "SourceError",
     "Tagged",
+    "YamlLimits",
     "YamlList",
     "YamlMap",
     "line_of",
@@ -59,6 +60,13 @@ DEFAULT_MAX_NODES = 1_000_000
 DEFAULT_MAX_DEPTH = 100
 
 _MARKDOWN_SUFFIXES = (".md", ".markdown")
+
+
+class YamlLimits(TypedDict, total=False):
+    """The limits readers pass on to `load_yaml_text` as keyword arguments (``**limits``)."""
+
+    max_nodes: int
+    max_depth: int
 
 
 class SourceError(ValueError):
@@ -230,7 +238,7 @@ def yaml_from_markdown(text: str, name: str | None = None, *, require: bool = Tr
 _Base: Any = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
 
 
-class _Loader(_Base):  # type: ignore[misc, valid-type]
+class _Loader(_Base):
     """SafeLoader whose containers remember lines and whose local tags become `Tagged`."""
 
     def __init__(self, stream: Any) -> None:
@@ -321,7 +329,7 @@ def _scan(text: str, name: str | None, max_nodes: int, max_depth: int) -> None:
             if isinstance(event, yaml.AliasEvent):
                 if event.anchor in open_anchors:
                     raise SourceError(f"the alias *{event.anchor} refers to a node that contains it", name, line)
-                count = anchors.get(event.anchor, 1)
+                count = anchors.get(event.anchor, 1) if event.anchor is not None else 1
             else:
                 count = 1
                 if event.anchor:
@@ -399,7 +407,7 @@ def load_yaml(
     name = _name_of(source)
     text = read_text(source, max_bytes=max_bytes)
     if markdown is None:
-        markdown = bool(name) and name.lower().endswith(_MARKDOWN_SUFFIXES)
+        markdown = name is not None and name.lower().endswith(_MARKDOWN_SUFFIXES)
     if markdown:
         text = yaml_from_markdown(text, name)
     return load_yaml_text(text, name, max_nodes=max_nodes, max_depth=max_depth, local_tags=local_tags)

@@ -235,6 +235,7 @@ def _smallest(flat: torch.Tensor, count: int) -> torch.Tensor:
     if count >= flat.numel():
         return torch.ones(flat.shape, dtype=torch.bool, device=flat.device)
     value, left, (ties,) = _cut([flat], [1], count)
+    assert value is not None  # count < numel: the cut falls inside
     return _at_most(flat, value, ties, left)
 
 

@@ -33,9 +33,10 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
+import torch
 from torch import nn
 
 from ..config import MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
@@ -234,8 +235,8 @@ def _scan_allocation(
                 level = (low + high) / 2
                 low, high = (level, high) if filled(level) < remaining else (low, level)
             level = high
-        for n, x0, x1 in group:
-            zeros[n] += scan.params[n] * min(max(level - x0, 0.0), x1 - x0)
+        for layer, x0, x1 in group:
+            zeros[layer] += scan.params[layer] * min(max(level - x0, 0.0), x1 - x0)
         remaining -= filled(level)
     return zeros
 
@@ -325,7 +326,7 @@ def allocate_budget(
         if model is None:
             raise ValueError(f"method={method!r} needs the model")
         names = prunable_layers(model, layers)
-        weights = {name: model.get_submodule(name).weight.detach() for name in names}
+        weights = {name: cast(torch.Tensor, model.get_submodule(name).weight).detach() for name in names}
         params = {name: w.numel() for name, w in weights.items()}
         top = 1.0
     if not names:
@@ -342,6 +343,7 @@ def allocate_budget(
         )
 
     if method == "scan":
+        assert scan is not None  # checked above
         zeros = _scan_allocation(scan, names, total, lo, hi)
     elif method == "erk":
         raw = {n: sum(weights[n].shape) / params[n] for n in names}

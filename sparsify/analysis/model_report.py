@@ -22,14 +22,14 @@ Print it with `ModelReport.to_text` (also ``str()``), or export `ModelReport.to_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 import torch
 from torch import nn
 
-from ..config import OptimizationConfig
+from ..config import ModulePrunerConfig, OptimizationConfig
 from ..pruning.plan import is_transposed
 from .layer_report import LayerReport, ModelReport
 from .pattern_names import describe_pattern, infer_pattern
@@ -201,7 +201,9 @@ def _batchnorms_after_convs(
 def _fused_bias(bias: torch.Tensor | None, bn: dict[str, torch.Tensor | None]) -> torch.Tensor:
     """The bias of a conv with its batch norm folded in (eps = 1e-5, the default: it only matters for
     telling equal biases apart)."""
-    mean, var = bn["running_mean"].float(), bn["running_var"].float()
+    running_mean, running_var = bn["running_mean"], bn["running_var"]
+    assert running_mean is not None and running_var is not None  # _batchnorms_after_convs pairs only these
+    mean, var = running_mean.float(), running_var.float()
     gamma = bn["weight"].float() if bn["weight"] is not None else torch.ones_like(mean)
     beta = bn["bias"].float() if bn["bias"] is not None else torch.zeros_like(mean)
     base = bias.float() if bias is not None else torch.zeros_like(mean)
@@ -222,6 +224,7 @@ def _requested_for(requested: Requested, weight: _Weight, model: nn.Module | Non
         config = requested.get_module_config(weight.module, module)
         if config is None:
             return 0.0, None
+        assert isinstance(config, ModulePrunerConfig)  # every OptimizationConfig holds these
         pattern = describe_pattern(config.n_m_ratio, config.block_size, config.granularity, config.dim,
                                    getattr(config, "pattern", None))
         return config.final_sparsity, pattern
@@ -238,6 +241,7 @@ def _check_args(requested: Requested, rule: str, target: str, names: list[str], 
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is invalid: allowed values are {', '.join(map(repr, TARGETS))}")
     check_compression(palettize_bits, quantize, target, rule)
+    values: Iterable[float]
     if isinstance(requested, Mapping):
         unknown = sorted(set(requested) - set(names))
         if unknown:

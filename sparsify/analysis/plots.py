@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -57,7 +57,7 @@ def _save(fig: Any, path: str | Path) -> Path:
 def _as_matrix(weight: torch.Tensor | nn.Module) -> torch.Tensor:
     """A 2-D float view: rows are output channels, columns everything else (1-D: one row)."""
     if isinstance(weight, nn.Module):
-        weight = weight.weight
+        weight = cast(torch.Tensor, weight.weight)
     tensor = weight.detach().float().cpu()
     if tensor.dim() == 0:
         return tensor.reshape(1, 1)

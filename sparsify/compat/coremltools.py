@@ -120,7 +120,7 @@ class CompressionMetadata:
     member names (``["pruning"]``) and held as values (``[1]``), which is what the buffer stores.
     """
 
-    param_name: str = attrs.field(validator=attrs.validators.optional(attrs.validators.instance_of(str)))
+    param_name: str | None = attrs.field(validator=attrs.validators.optional(attrs.validators.instance_of(str)))
     quantization_n_bits: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int))
     )
@@ -147,6 +147,7 @@ class CompressionMetadata:
         return cls(**data)
 
     def _buffer_name(self, field: str) -> str:
+        assert self.param_name is not None, "CompressionMetadata.param_name is None: its buffers have no name"
         return BUFFER_NAME_SEPARATOR.join([STATE_DICT_METADATA_BUFFER_PREFIX, self.param_name, field])
 
     def register(self, module: nn.Module, override_compression_type: bool = False) -> None:

@@ -24,9 +24,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
+import torch
 from torch import nn
 
 from ..safe_io import SourceError, where
@@ -153,7 +154,8 @@ def _keep_prunable(names: list[str], params: Mapping[str, tuple[str, nn.Module, 
     """The module names of the selected Linear / Conv / Embedding weights (`RecipePlan.resolve` decides
     about embeddings); any other parameter (a norm layer's weight a loose regex caught, a bias) stays
     dense, with one warning."""
-    kept, left = [], []
+    kept: list[str] = []
+    left: list[str] = []
     for full in names:
         _, module, param_name = params[full]
         prunable = _prunable(module, param_name) or (isinstance(module, nn.Embedding) and param_name == "weight")
@@ -414,7 +416,7 @@ class RecipePlan:
                                                  f"{rule.sparsity}")
                     if group.method == "lock" and name in owner:
                         continue  # an earlier group prunes it; its masks are kept anyway
-                    shape = tuple(model.get_submodule(name).weight.shape)
+                    shape = tuple(cast(torch.Tensor, model.get_submodule(name).weight).shape)
                     if not group.structure.divides(shape):
                         if group.structure.indivisible == "skip":
                             skipped[name] = f"shape {shape} is not divided by {group.structure.describe()}"

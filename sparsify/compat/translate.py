@@ -34,9 +34,10 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import attrs
+import torch
 from torch import nn
 
 from ..config import ModulePrunerConfig, PrunerConfig
@@ -75,7 +76,7 @@ class StepLevelsScheduler(PruningScheduler):
 
     kind: ClassVar[str] = "step_levels"
 
-    steps: tuple[int, ...] = attrs.field(converter=tuple)
+    steps: tuple[int, ...] = attrs.field(converter=tuple[int, ...])  # calls tuple(); typed for mypy's attrs plugin
     levels: tuple[float, ...] = attrs.field(converter=lambda v: tuple(float(x) for x in v))
 
     def __attrs_post_init__(self) -> None:
@@ -180,7 +181,7 @@ def _pattern_fields(group: PruningGroup, module: nn.Module | None, target: float
     if structure.kind == "tile":
         assert structure.tile is not None
         out, inp = structure.tile.split("x")
-        weight = module.weight if module is not None else None
+        weight = cast(torch.Tensor, module.weight) if module is not None else None
         if out == "channel" and weight is not None and weight.dim() > 2:
             out = str(weight.shape[0])  # INC: one column of [Co, K·Ci] = one input channel at one position
         return {"pattern": f"{out}x{inp}"}
@@ -190,7 +191,7 @@ def _pattern_fields(group: PruningGroup, module: nn.Module | None, target: float
 def _module_config(group: PruningGroup, module: nn.Module, target: float | None, scheduler: Any,
                    one_shot: bool, steps_per_epoch: float | None = None) -> ModulePrunerConfig:
     if target is None:  # keep the zeros it has: magnitude at its zero fraction, fixed at prepare()
-        weight = module.weight.detach()
+        weight = cast(torch.Tensor, module.weight).detach()
         zeros = int((weight == 0).sum())
         level = min(1.0, (zeros + 0.25) / weight.numel()) if zeros else 0.0
         return ModulePrunerConfig(scheduler=ConstantSparsityScheduler(begin_step=0), initial_sparsity=level,
@@ -247,7 +248,7 @@ def pruner_config(plan: RecipePlan, model: nn.Module, *, steps_per_epoch: float 
                 names[re.escape(name)] = _module_config(group, module, None, scheduler, one_shot)
                 continue
             fields = _pattern_fields(group, module, target)
-            key = (target, tuple(sorted(fields.items())))
+            key: tuple[Any, ...] = (target, tuple(sorted(fields.items())))
             if group.scope == "global":
                 key = ("global",)
                 if "pattern" in fields and len({_pattern_fields(group, model.get_submodule(n), t).get("pattern")

@@ -71,8 +71,9 @@ class OptimizationConfig(Dictable):
     supported_modules: ClassVar[tuple[type[nn.Module], ...]] = ()
 
     global_config: ModuleOptimizationConfig | None
-    module_type_configs: dict[ModuleKey, ModuleOptimizationConfig | None]
-    module_name_configs: dict[str, ModuleOptimizationConfig | None]
+    # Mapping, not dict: each subclass stores dicts of its own module config class
+    module_type_configs: Mapping[ModuleKey, ModuleOptimizationConfig | None]
+    module_name_configs: Mapping[str, ModuleOptimizationConfig | None]
 
     # -- validation --------------------------------------------------------------------------
 
@@ -255,8 +256,9 @@ class PrunerConfig(OptimizationConfig):
         factory=OrderedDict, converter=lambda v: PrunerConfig._to_name_configs(v)
     )
     module_types: tuple[str, ...] | None = attrs.field(default=None, converter=_to_module_types)
+    # mypy's attrs plugin cannot type a converter that a call returns (fields.py): hence ignore[misc]
     keep_classifier_dense: bool = attrs.field(
-        default=False, converter=fields.boolean("PrunerConfig", "keep_classifier_dense")
+        default=False, converter=fields.boolean("PrunerConfig", "keep_classifier_dense")  # type: ignore[misc]
     )
 
     def __attrs_post_init__(self) -> None:

@@ -134,23 +134,24 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
             speed and memory; pruned weights cannot come back — see `sparsify.masking`).
     """
 
+    # mypy's attrs plugin cannot type a converter that a call returns (fields.py): hence ignore[misc] below
     scheduler: PruningScheduler = attrs.field(
-        factory=lambda: ConstantSparsityScheduler(begin_step=0), converter=fields.scheduler(_OWNER)
+        factory=lambda: ConstantSparsityScheduler(begin_step=0), converter=fields.scheduler(_OWNER)  # type: ignore[misc]
     )
-    initial_sparsity: float = attrs.field(default=0.0, converter=fields.fraction(_OWNER, "initial_sparsity"))
-    target_sparsity: float = attrs.field(default=0.5, converter=fields.fraction(_OWNER, "target_sparsity"))
+    initial_sparsity: float = attrs.field(default=0.0, converter=fields.fraction(_OWNER, "initial_sparsity"))  # type: ignore[misc]
+    target_sparsity: float = attrs.field(default=0.5, converter=fields.fraction(_OWNER, "target_sparsity"))  # type: ignore[misc]
     granularity: str = attrs.field(default="per_scalar", converter=_to_granularity)
-    block_size: int = attrs.field(default=1, converter=fields.positive_int(_OWNER, "block_size"))
-    n_m_ratio: tuple[int, int] | None = attrs.field(default=None, converter=fields.n_m_ratio(_OWNER))
-    dim: int = attrs.field(default=1, converter=fields.dim(_OWNER))
-    param_name: str = attrs.field(default="weight", converter=fields.param_name(_OWNER))
+    block_size: int = attrs.field(default=1, converter=fields.positive_int(_OWNER, "block_size"))  # type: ignore[misc]
+    n_m_ratio: tuple[int, int] | None = attrs.field(default=None, converter=fields.n_m_ratio(_OWNER))  # type: ignore[misc]
+    dim: int = attrs.field(default=1, converter=fields.dim(_OWNER))  # type: ignore[misc]
+    param_name: str = attrs.field(default="weight", converter=fields.param_name(_OWNER))  # type: ignore[misc]
     criterion: Criterion = attrs.field(factory=MagnitudeCriterion, converter=_to_criterion)
     pattern: str | None = attrs.field(default=None, converter=_to_pattern)
-    scope: str = attrs.field(default="local", converter=fields.one_of(_OWNER, "scope", SCOPES))
-    min_sparsity: float = attrs.field(default=0.0, converter=fields.fraction(_OWNER, "min_sparsity"))
-    max_sparsity: float = attrs.field(default=1.0, converter=fields.fraction(_OWNER, "max_sparsity"))
-    normalize: str | None = attrs.field(default=None, converter=fields.one_of(_OWNER, "normalize", NORMALIZATIONS))
-    masking: str = attrs.field(default="default", converter=fields.one_of(_OWNER, "masking", MASK_MODES))
+    scope: str = attrs.field(default="local", converter=fields.one_of(_OWNER, "scope", SCOPES))  # type: ignore[misc]
+    min_sparsity: float = attrs.field(default=0.0, converter=fields.fraction(_OWNER, "min_sparsity"))  # type: ignore[misc]
+    max_sparsity: float = attrs.field(default=1.0, converter=fields.fraction(_OWNER, "max_sparsity"))  # type: ignore[misc]
+    normalize: str | None = attrs.field(default=None, converter=fields.one_of(_OWNER, "normalize", NORMALIZATIONS))  # type: ignore[misc]
+    masking: str = attrs.field(default="default", converter=fields.one_of(_OWNER, "masking", MASK_MODES))  # type: ignore[misc]
 
     def __attrs_post_init__(self) -> None:
         check_module_config(attrs.asdict(self, recurse=False), type(self).__name__)

@@ -53,16 +53,17 @@ class ModuleMagnitudePrunerConfig(ModulePrunerConfig):
         param_name: the parameter to prune.
     """
 
+    # mypy's attrs plugin cannot type a converter that a call returns (fields.py): hence ignore[misc] below
     scheduler: PruningScheduler = attrs.field(
-        factory=lambda: ConstantSparsityScheduler(begin_step=0), converter=fields.scheduler(_OWNER)
+        factory=lambda: ConstantSparsityScheduler(begin_step=0), converter=fields.scheduler(_OWNER)  # type: ignore[misc]
     )
-    initial_sparsity: float = attrs.field(default=0.0, converter=fields.fraction(_OWNER, "initial_sparsity"))
-    target_sparsity: float = attrs.field(default=0.5, converter=fields.fraction(_OWNER, "target_sparsity"))
+    initial_sparsity: float = attrs.field(default=0.0, converter=fields.fraction(_OWNER, "initial_sparsity"))  # type: ignore[misc]
+    target_sparsity: float = attrs.field(default=0.5, converter=fields.fraction(_OWNER, "target_sparsity"))  # type: ignore[misc]
     granularity: str = attrs.field(default="per_scalar", converter=_to_granularity)
-    block_size: int = attrs.field(default=1, converter=fields.positive_int(_OWNER, "block_size"))
-    n_m_ratio: tuple[int, int] | None = attrs.field(default=None, converter=fields.n_m_ratio(_OWNER))
-    dim: int = attrs.field(default=1, converter=fields.dim(_OWNER))
-    param_name: str = attrs.field(default="weight", converter=fields.param_name(_OWNER))
+    block_size: int = attrs.field(default=1, converter=fields.positive_int(_OWNER, "block_size"))  # type: ignore[misc]
+    n_m_ratio: tuple[int, int] | None = attrs.field(default=None, converter=fields.n_m_ratio(_OWNER))  # type: ignore[misc]
+    dim: int = attrs.field(default=1, converter=fields.dim(_OWNER))  # type: ignore[misc]
+    param_name: str = attrs.field(default="weight", converter=fields.param_name(_OWNER))  # type: ignore[misc]
     criterion: Criterion = attrs.field(factory=MagnitudeCriterion, init=False, repr=False)
     pattern: str | None = attrs.field(default=None, init=False, repr=False)
     scope: str = attrs.field(default="local", init=False, repr=False)

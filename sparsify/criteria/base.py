@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..config.module import ModulePrunerConfig
+    from ..patterns import Pattern
 
 __all__ = [
     "Criterion",
@@ -46,7 +50,18 @@ class TargetView(Protocol):
 
     name: str
     module: nn.Module
-    param_name: str
+
+    @property
+    def param_name(self) -> str:
+        """The pruned parameter's name (``"weight"``)."""
+
+    @property
+    def config(self) -> ModulePrunerConfig:
+        """The module's config entry."""
+
+    @property
+    def pattern(self) -> Pattern:
+        """The pattern the module's masks follow."""
 
     @property
     def orig(self) -> nn.Parameter:

@@ -74,6 +74,7 @@ def input_columns(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     x = inputs.detach()
     if isinstance(module, nn.Linear):
         return x.reshape(-1, module.in_features).float()
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d))  # check_layer admits Linear, Conv1d and Conv2d only
     conv2d = isinstance(module, nn.Conv2d)
     if x.dim() == (3 if conv2d else 2):  # an unbatched input
         x = x.unsqueeze(0)
@@ -259,6 +260,8 @@ class Calibration:
 
         blocks = {self.chain.block_of(n) for n in stage.names} if self.chain is not None else {None}
         block = blocks.pop() if len(blocks) == 1 else None
+        runs: list[Callable[..., None]]
+        dense: list[Callable[..., None]]
         with evaluating(self.model):
             if block is not None:
                 assert self._blocks is not None

@@ -140,7 +140,7 @@ class FisherInverse:
         self.dtype = grads.dtype
         self.block_size = d if block_size is None else min(block_size, d)
         self._home = grads.device
-        devices = [torch.device(x) for x in devices] if devices else [grads.device]
+        placed = [torch.device(x) for x in devices] if devices else [grads.device]
 
         self.fisher_scale = _squared_norm(grads) / (m * d)
         if damp_mode == "absolute":
@@ -152,7 +152,7 @@ class FisherInverse:
         self.damp_ratio = self.damp / self.fisher_scale if self.fisher_scale > 0 else math.inf
         self._check_damping(damp_mode)
 
-        self._runs = self._layout(devices)
+        self._runs = self._layout(placed)
         diag_parts = [self._factor(grads, run) for run in self._runs]
         self._diag = torch.cat([p.to(self._home) for p in diag_parts])
 
@@ -401,6 +401,7 @@ class MemoryPlan:
         """The largest ``num_grads`` (at most the planned one) that fits the budget; 0 if none does."""
         if self.fits:
             return self.num_grads
+        assert self.budget is not None  # without a budget everything fits
         low, high = 0, self.num_grads  # bytes grow with m: bisect
         while low < high:
             mid = (low + high + 1) // 2

@@ -21,15 +21,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
-from .base import Criterion, PrunerView, Scorer
+from .base import PrunerView, Scorer
 from .calibration import Calibration, Stage, check_layer
+
+if TYPE_CHECKING:
+    from .sparsegpt import SparseGPTCriterion
+    from .wanda import WandaCriterion
 
 __all__ = [
     "ColumnNorms",
@@ -186,7 +190,7 @@ class LayerwiseScorer(Scorer):
     monotone: ClassVar[bool] = True
     label: ClassVar[str] = ""
 
-    def __init__(self, spec: Criterion) -> None:
+    def __init__(self, spec: WandaCriterion | SparseGPTCriterion) -> None:
         self.spec = spec
         self.names: list[str] = []
         self.preliminary: dict[str, torch.Tensor] = {}

@@ -156,8 +156,9 @@ class MFACCriterion(Criterion):
     damp: float = attrs.field(default=0.01, converter=_to_damp)
     damp_mode: str = attrs.field(default="relative", converter=_to_damp_mode)
     fisher_block_size: int | None = attrs.field(default=2000, converter=_to_block_size)
-    obs_update: bool = attrs.field(default=True, converter=_to_bool("obs_update"))
-    num_recomputations: int = attrs.field(default=1, converter=_positive("num_recomputations"))
+    # mypy's attrs plugin cannot type a converter that a call returns: hence ignore[misc] below
+    obs_update: bool = attrs.field(default=True, converter=_to_bool("obs_update"))  # type: ignore[misc]
+    num_recomputations: int = attrs.field(default=1, converter=_positive("num_recomputations"))  # type: ignore[misc]
     grads_device: str = attrs.field(default="cpu", converter=_to_grads_device)
     devices: tuple[str, ...] | None = attrs.field(default=None, converter=_to_devices)
     memory_budget: float | int | None = attrs.field(default=0.5, converter=_to_budget)
@@ -432,7 +433,7 @@ class _MFACScorer(Scorer):
 
 def _entries(pruner: PrunerView, names: list[str]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """``(name, weight_orig, flat indices of the unpruned weights)`` for ``names``."""
-    entries = []
+    entries: list[tuple[str, torch.Tensor, torch.Tensor]] = []
     for name in names:
         target = pruner.targets[name]
         keep = target.mask.expand(target.orig.shape)

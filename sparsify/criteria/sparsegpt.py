@@ -104,12 +104,13 @@ class SparseGPTCriterion(Criterion):
     kind: ClassVar[str] = "sparsegpt"
     needs_data: ClassVar[bool] = True
 
-    num_batches: int = attrs.field(default=128, converter=_positive("num_batches"))
-    block_size: int = attrs.field(default=128, converter=_positive("block_size"))
+    # mypy's attrs plugin cannot type a converter that a call returns: hence ignore[misc] below
+    num_batches: int = attrs.field(default=128, converter=_positive("num_batches"))  # type: ignore[misc]
+    block_size: int = attrs.field(default=128, converter=_positive("block_size"))  # type: ignore[misc]
     damp: float = attrs.field(default=0.01, converter=_to_damp)
-    sequential: bool = attrs.field(default=True, converter=_to_bool("sequential"))
-    update_bias: bool = attrs.field(default=False, converter=_to_bool("update_bias"))
-    asymmetric: bool = attrs.field(default=False, converter=_to_bool("asymmetric"))
+    sequential: bool = attrs.field(default=True, converter=_to_bool("sequential"))  # type: ignore[misc]
+    update_bias: bool = attrs.field(default=False, converter=_to_bool("update_bias"))  # type: ignore[misc]
+    asymmetric: bool = attrs.field(default=False, converter=_to_bool("asymmetric"))  # type: ignore[misc]
 
     def scorer(self) -> Scorer:
         return _SparseGPTScorer(self)
@@ -410,6 +411,7 @@ def _plan(
 
 class _SparseGPTScorer(LayerwiseScorer):
     label: ClassVar[str] = "SparseGPT"
+    spec: SparseGPTCriterion
 
     def statistic(self, module: torch.nn.Module) -> Hessian:
         return Hessian()

@@ -64,8 +64,9 @@ class WandaCriterion(Criterion):
     needs_data: ClassVar[bool] = True
 
     num_batches: int = attrs.field(default=128, converter=_to_batches)
-    sequential: bool = attrs.field(default=True, converter=_to_bool("sequential"))
-    per_output: bool = attrs.field(default=True, converter=_to_bool("per_output"))
+    # mypy's attrs plugin cannot type a converter that a call returns: hence ignore[misc] below
+    sequential: bool = attrs.field(default=True, converter=_to_bool("sequential"))  # type: ignore[misc]
+    per_output: bool = attrs.field(default=True, converter=_to_bool("per_output"))  # type: ignore[misc]
 
     def scorer(self) -> Scorer:
         return _WandaScorer(self)
@@ -90,6 +91,7 @@ def per_output_ranks(scores: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor
 
 class _WandaScorer(LayerwiseScorer):
     label: ClassVar[str] = "Wanda"
+    spec: WandaCriterion
 
     def statistic(self, module: torch.nn.Module) -> ColumnNorms:
         return ColumnNorms()

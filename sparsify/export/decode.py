@@ -102,7 +102,9 @@ def _lut(values: dict[str, Value], indices_key: str, op: str, mask: np.ndarray, 
     blocks = _blocks(mask, shape, lut.shape[: len(shape)])
     if blocks is None:
         return None
-    return lut[(*blocks, indices.reshape(-1).astype(np.int64), 0)]
+    # a named key: mypy 2.4 takes the inline lut[(*blocks, ...)] for 3.11's lut[*blocks, ...]
+    key: tuple[np.ndarray | int, ...] = (*blocks, indices.reshape(-1).astype(np.int64), 0)
+    return lut[key]
 
 
 def _shift(values: dict[str, Value], data_key: str, op: str, mask: np.ndarray, shape: tuple[int, ...],

@@ -130,6 +130,7 @@ def plan_storage(
     """``{constant name: form}`` for every constant not stored plain dense; warns about pruned tensors
     that will not be stored sparse."""
     located = set(origin.values())
+    tname: str | None
     for tname in sorted(pruned - located):
         shape = tuple(tensors[tname].shape) if tname in tensors else "?"
         log.warn(f"{tname} (pruned, shape {shape}) was not found among the Core ML weights (unused by forward, "

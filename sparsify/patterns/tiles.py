@@ -102,6 +102,7 @@ class TilePattern(Pattern):
     def weights_per_group(self, shape: torch.Size | tuple[int, ...]) -> int:
         co, k, ci = dims(shape)
         if self.out_size is None:
+            assert self.in_size is not None  # __attrs_post_init__ refuses channelxchannel
             return co * k * self.in_size
         if self.in_size is None:
             return self.out_size * k * ci
@@ -114,6 +115,7 @@ class TilePattern(Pattern):
         view = as_3d(scores)
         co, k, ci = view.shape
         if self.out_size is None:
+            assert self.in_size is not None  # __attrs_post_init__ refuses channelxchannel
             return view.reshape(co, k, ci // self.in_size, self.in_size).mean(dim=(0, 1, 3)).reshape(1, 1, -1)
         if self.in_size is None:
             return view.reshape(co // self.out_size, self.out_size * k * ci).mean(dim=1).reshape(-1, 1, 1)
@@ -131,6 +133,7 @@ class TilePattern(Pattern):
 
     def _group_shape(self, co: int, k: int, ci: int) -> tuple[int, int, int]:
         if self.out_size is None:
+            assert self.in_size is not None  # __attrs_post_init__ refuses channelxchannel
             return (1, 1, ci // self.in_size)
         if self.in_size is None:
             return (co // self.out_size, 1, 1)

@@ -27,7 +27,7 @@ import attrs
 import torch
 from torch import nn
 
-from ..config import OptimizationConfig
+from ..config import ModulePrunerConfig, OptimizationConfig
 from .plan import SkipModule, check_target, classifier_head_name
 
 __all__ = ["DryRunRow", "DryRunTable", "dry_run"]
@@ -98,6 +98,7 @@ class DryRunTable(list):
             cells = [row.name or "(root)", row.type, shape, row.action, row.reason]
             cells += [str(row.settings.get(c, "")) for c in _COLUMNS[5:]]
             table.append(cells)
+        legend: list[str]
         lines, legend = _layout(table), []
         if max(map(len, lines)) > TABLE_WIDTH:
             lines, legend = _keyed_layout(table)
@@ -168,6 +169,7 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
         module_config, reason = None, f"type {type(module).__name__} is not supported"
         if is_supported:
             module_config, reason = config.lookup(name, module)
+        assert module_config is None or isinstance(module_config, ModulePrunerConfig)
         param_name = module_config.param_name if module_config is not None else "weight"
         param = getattr(module, param_name, None)
         shape = tuple(param.shape) if isinstance(param, torch.Tensor) else None

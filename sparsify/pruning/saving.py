@@ -86,7 +86,8 @@ would list them as unexpected keys and drop them).
         self.model = model
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        method = type(self.model).save_pretrained
+        model_class: Any = type(self.model)  # duck-typed: installed only where the class has save_pretrained
+        method = model_class.save_pretrained
         bound = inspect.signature(method).bind(self.model, *args, **kwargs)
         masked = _masked_tensors(self.model)
         bound.arguments["state_dict"] = plain_state_dict(self.model, bound.arguments.get("state_dict"))

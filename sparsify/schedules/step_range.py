@@ -86,8 +86,9 @@ class StepRangeScheduler(PruningScheduler):
         frequency: prune every ``frequency`` steps from ``start_step`` (≥ 1).
     """
 
-    start_step: int = attrs.field(default=0, converter=_non_negative_int("StepRangeScheduler.start_step"))
-    end_step: int = attrs.field(default=0, converter=_non_negative_int("StepRangeScheduler.end_step"))
+    # mypy's attrs plugin cannot type a converter that a call returns: hence ignore[misc] below
+    start_step: int = attrs.field(default=0, converter=_non_negative_int("StepRangeScheduler.start_step"))  # type: ignore[misc]
+    end_step: int = attrs.field(default=0, converter=_non_negative_int("StepRangeScheduler.end_step"))  # type: ignore[misc]
     frequency: int = attrs.field(default=1, converter=_positive_int)
 
     def __attrs_post_init__(self) -> None:

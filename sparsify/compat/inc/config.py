@@ -88,7 +88,8 @@ def _search(patterns: tuple[str, ...]) -> str:
 
 def _model_free(plan: RecipePlan) -> PrunerConfig:
     names: dict[str, ModulePrunerConfig | None] = {}
-    type_sets = set()
+    type_sets: set[tuple[str, ...]] = set()
+    types: tuple[str, ...] | None
     for group in plan.groups:
         selection = group.targets[0].selection
         if group.method == "lock" or not isinstance(selection, IncOps):

@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ...safe_io import DEFAULT_MAX_BYTES, SourceError, Tagged, line_of, load_yaml_text, read_text
 from ..plan import (
@@ -41,6 +41,11 @@ from ..plan import (
     TargetRule,
     UnsupportedFeatureError,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ...safe_io import YamlLimits
 
 __all__ = ["INC_DEFAULTS", "read_inc_config", "read_inc_data"]
 
@@ -425,7 +430,7 @@ def read_inc_data(data: Any, path: str | None = None) -> RecipePlan:
 
 
 def read_inc_config(source: str | Path | IO[str] | Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES,
-                    **limits: int) -> RecipePlan:
+                    **limits: Unpack[YamlLimits]) -> RecipePlan:
     """Read an INC pruning config — a dict, or a YAML file path or stream — into a plan."""
     if isinstance(source, Mapping):
         return read_inc_data(source)

@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
@@ -54,6 +54,11 @@ from ..plan import (
 )
 from .expressions import evaluate_recipe, override_variables
 from .selection import LayerTargets
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ...safe_io import YamlLimits
 
 __all__ = ["read_recipe", "read_recipe_data", "read_recipe_text", "recipe_text_to_yaml"]
 
@@ -241,6 +246,7 @@ def _gradual(tag: str, fields: Mapping[str, Any], origin: Origin) -> PruningGrou
     notes = []
     if fixed is not None:
         for rule in targets:
+            assert rule.sparsity is not None  # each came from a final_sparsity above
             if abs(rule.sparsity - fixed) > 1e-2:
                 raise origin.error(f"final_sparsity={rule.sparsity:g} with mask_type={fields['mask_type']!r}: "
                                    f"SparseML's N:M requires the sparsity of the pattern, {fixed:g} (within 0.01)")
@@ -442,7 +448,9 @@ def read_recipe_data(data: Any, path: str | None = None, variables: Mapping[str,
     return plan
 
 
-def read_recipe(source: str | Path | IO[str], *, max_bytes: int = DEFAULT_MAX_BYTES, **limits: int) -> RecipePlan:
+def read_recipe(
+    source: str | Path | IO[str], *, max_bytes: int = DEFAULT_MAX_BYTES, **limits: Unpack[YamlLimits]
+) -> RecipePlan:
     """Read a recipe file (``.yaml``, ``.md``) or stream into a plan.
 
     ``max_bytes`` and ``limits`` (``max_nodes``, ``max_depth``) are `sparsify.safe_io`'s. Text of
@@ -465,7 +473,7 @@ def recipe_text_to_yaml(text: str, name: str | None = None) -> str:
     return text
 
 
-def read_recipe_text(text: str, name: str | None = None, **limits: int) -> RecipePlan:
+def read_recipe_text(text: str, name: str | None = None, **limits: Unpack[YamlLimits]) -> RecipePlan:
     """Read recipe text (YAML, or Markdown with front matter / a ```yaml block); ``name`` is for messages."""
     loaded = load_yaml_text(recipe_text_to_yaml(text, name), name, **limits)
     return read_recipe_data(loaded.data, name, duplicates=loaded.duplicates)

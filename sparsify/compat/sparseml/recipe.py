@@ -21,7 +21,7 @@ import copy
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from torch import nn
 
@@ -128,7 +128,7 @@ class Recipe:
 
 
 def _drop_layers(plan: RecipePlan, model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    replaced = []
+    replaced: list[tuple[nn.Module, str, nn.Module]] = []
     for drop in plan.layer_drops:
         for name in drop.layers:
             parent_name, _, child = name.rpartition(".")
@@ -209,7 +209,7 @@ class ScheduledModifierManager:
         if isinstance(recipe_variables, str):
             import json
 
-            recipe_variables = json.loads(recipe_variables)
+            recipe_variables = cast(Mapping[str, Any], json.loads(recipe_variables))  # SparseML passes a JSON object
         if isinstance(file_path, str) and "\n" in file_path:  # SparseML accepts recipe text here too
             return cls(Recipe.from_string(file_path, recipe_variables))
         return cls(Recipe.from_yaml(file_path, recipe_variables))
