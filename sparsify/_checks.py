@@ -7,14 +7,17 @@ fails when it is written rather than hours into training.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
     "as_float",
     "as_int",
+    "boolean",
     "check_in",
     "check_range",
     "field_error",
+    "positive_int",
 ]
 
 
@@ -67,3 +70,25 @@ def check_in(owner: str, field: str, value: Any, allowed: tuple[Any, ...]) -> No
     """Raise ``ValueError`` unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise field_error(owner, field, value, f"allowed values are {', '.join(map(repr, allowed))}")
+
+
+def boolean(owner: str, field: str) -> Callable[[Any], bool]:
+    """``True`` or ``False`` exactly (``1`` or ``"yes"`` are refused rather than guessed)."""
+
+    def convert(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise field_error(owner, field, value, "expected True or False", TypeError)
+        return value
+
+    return convert
+
+
+def positive_int(owner: str, field: str) -> Callable[[Any], int]:
+    """An integer ``>= 1``."""
+
+    def convert(value: Any) -> int:
+        value = as_int(owner, field, value)
+        check_range(owner, field, value, 1)
+        return value
+
+    return convert

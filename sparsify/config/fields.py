@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from .._checks import as_float, as_int, check_in, check_range, field_error
+from .._checks import as_float, as_int, boolean, check_in, check_range, field_error, positive_int
 from ..schedules import PruningScheduler, scheduler_from_dict
 
 __all__ = [
@@ -40,17 +40,6 @@ def fraction(owner: str, field: str) -> Callable[[Any], float]:
     def convert(value: Any) -> float:
         value = as_float(owner, field, value)
         check_range(owner, field, value, 0.0, 1.0)
-        return value
-
-    return convert
-
-
-def boolean(owner: str, field: str) -> Callable[[Any], bool]:
-    """``True`` or ``False`` exactly (``1`` or ``"yes"`` are refused rather than guessed)."""
-
-    def convert(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise field_error(owner, field, value, "expected True or False", TypeError)
         return value
 
     return convert
@@ -109,17 +98,6 @@ def one_of(owner: str, field: str, allowed: tuple[Any, ...]) -> Callable[[Any], 
 
     def convert(value: Any) -> Any:
         check_in(owner, field, value, allowed)
-        return value
-
-    return convert
-
-
-def positive_int(owner: str, field: str) -> Callable[[Any], int]:
-    """An integer ``>= 1``."""
-
-    def convert(value: Any) -> int:
-        value = as_int(owner, field, value)
-        check_range(owner, field, value, 1)
         return value
 
     return convert

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from .._checks import as_float, as_int, check_in, check_range, field_error
+from .._checks import as_float, as_int, boolean, check_in, check_range, field_error
 from ..distributed import gather_rows
 from .base import Criterion, PrunerView, Scorer, register_criterion
 from .fisher import DAMP_MODES, FisherInverse, plan_memory
@@ -120,14 +120,6 @@ def _to_budget(value: Any) -> float | int | None:
     )
 
 
-def _to_bool(field: str):
-    def convert(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise field_error(_OWNER, field, value, "expected True or False", TypeError)
-        return value
-
-    return convert
-
 
 @register_criterion
 @attrs.define(eq=True, frozen=True)
@@ -157,7 +149,7 @@ class MFACCriterion(Criterion):
     damp_mode: str = attrs.field(default="relative", converter=_to_damp_mode)
     fisher_block_size: int | None = attrs.field(default=2000, converter=_to_block_size)
     # mypy's attrs plugin cannot type a converter that a call returns: hence ignore[misc] below
-    obs_update: bool = attrs.field(default=True, converter=_to_bool("obs_update"))  # type: ignore[misc]
+    obs_update: bool = attrs.field(default=True, converter=boolean(_OWNER, "obs_update"))  # type: ignore[misc]
     num_recomputations: int = attrs.field(default=1, converter=_positive("num_recomputations"))  # type: ignore[misc]
     grads_device: str = attrs.field(default="cpu", converter=_to_grads_device)
     devices: tuple[str, ...] | None = attrs.field(default=None, converter=_to_devices)

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from .._checks import as_float, as_int, check_range, field_error
+from .._checks import as_float, boolean, check_range, positive_int
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
 from .base import Criterion, PrunerView, Scorer, register_criterion
 from .layerwise import LayerwiseScorer, encode, nm_run_counts, pruned_groups_of, reselect, summed_over_ranks
@@ -56,28 +56,12 @@ logger = logging.getLogger(__name__)
 _OWNER = "SparseGPTCriterion"
 
 
-def _positive(field: str):
-    def convert(value: Any) -> int:
-        value = as_int(_OWNER, field, value)
-        check_range(_OWNER, field, value, 1)
-        return value
-
-    return convert
-
 
 def _to_damp(value: Any) -> float:
     value = as_float(_OWNER, "damp", value)
     check_range(_OWNER, "damp", value, 0.0, low_open=True)
     return value
 
-
-def _to_bool(field: str):
-    def convert(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise field_error(_OWNER, field, value, "expected True or False", TypeError)
-        return value
-
-    return convert
 
 
 @register_criterion
@@ -105,12 +89,12 @@ class SparseGPTCriterion(Criterion):
     needs_data: ClassVar[bool] = True
 
     # mypy's attrs plugin cannot type a converter that a call returns: hence ignore[misc] below
-    num_batches: int = attrs.field(default=128, converter=_positive("num_batches"))  # type: ignore[misc]
-    block_size: int = attrs.field(default=128, converter=_positive("block_size"))  # type: ignore[misc]
+    num_batches: int = attrs.field(default=128, converter=positive_int(_OWNER, "num_batches"))  # type: ignore[misc]
+    block_size: int = attrs.field(default=128, converter=positive_int(_OWNER, "block_size"))  # type: ignore[misc]
     damp: float = attrs.field(default=0.01, converter=_to_damp)
-    sequential: bool = attrs.field(default=True, converter=_to_bool("sequential"))  # type: ignore[misc]
-    update_bias: bool = attrs.field(default=False, converter=_to_bool("update_bias"))  # type: ignore[misc]
-    asymmetric: bool = attrs.field(default=False, converter=_to_bool("asymmetric"))  # type: ignore[misc]
+    sequential: bool = attrs.field(default=True, converter=boolean(_OWNER, "sequential"))  # type: ignore[misc]
+    update_bias: bool = attrs.field(default=False, converter=boolean(_OWNER, "update_bias"))  # type: ignore[misc]
+    asymmetric: bool = attrs.field(default=False, converter=boolean(_OWNER, "asymmetric"))  # type: ignore[misc]
 
     def scorer(self) -> Scorer:
         return _SparseGPTScorer(self)

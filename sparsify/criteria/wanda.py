@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from .._checks import as_int, check_range, field_error
+from .._checks import as_int, boolean, check_range
 from ..patterns import CoreMLPattern, TilePattern
 from .base import Criterion, PrunerView, Scorer, register_criterion
 from .layerwise import ColumnNorms, LayerwiseScorer, encode, reselect, wanda_scores
@@ -38,14 +38,6 @@ def _to_batches(value: Any) -> int:
     check_range(_OWNER, "num_batches", value, 1)
     return value
 
-
-def _to_bool(field: str):
-    def convert(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise field_error(_OWNER, field, value, "expected True or False", TypeError)
-        return value
-
-    return convert
 
 
 @register_criterion
@@ -65,8 +57,8 @@ class WandaCriterion(Criterion):
 
     num_batches: int = attrs.field(default=128, converter=_to_batches)
     # mypy's attrs plugin cannot type a converter that a call returns: hence ignore[misc] below
-    sequential: bool = attrs.field(default=True, converter=_to_bool("sequential"))  # type: ignore[misc]
-    per_output: bool = attrs.field(default=True, converter=_to_bool("per_output"))  # type: ignore[misc]
+    sequential: bool = attrs.field(default=True, converter=boolean(_OWNER, "sequential"))  # type: ignore[misc]
+    per_output: bool = attrs.field(default=True, converter=boolean(_OWNER, "per_output"))  # type: ignore[misc]
 
     def scorer(self) -> Scorer:
         return _WandaScorer(self)
