@@ -19,7 +19,7 @@ Every data-driven method gets the same calibration images: ``--calib-batches`` b
 training images (M-FAC takes one gradient per batch). Each (level, method) is timed over ``--rounds`` rounds,
 the methods interleaved within each round, and the median wall-clock time is printed with the load average.
 
-    python benchmarks/oneshot_compare.py                     # ~20 min on 2 busy cores (training: ~8 min, once)
+    python benchmarks/oneshot_compare.py                     # ~35 min on 2 busy cores (training: ~8 min, once)
     python benchmarks/oneshot_compare.py --rounds 1 --methods "Core ML Tools SparseGPT" "sparsify SparseGPT"
 """
 
