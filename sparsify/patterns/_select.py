@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["cut", "fill_first_ties", "smallest", "at_most"]
+__all__ = ["at_most", "cut", "fill_first_ties", "smallest"]
 
 _DIGITS = 1 << 16
 #: elements per piece: keys, digits and comparisons live in cache-sized pieces, never in score-sized arrays
