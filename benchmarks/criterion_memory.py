@@ -30,7 +30,7 @@ Models: ``local`` — one ``Linear(8192, 8192)`` (67 M weights, no bias); ``glob
 ``Linear(4096, 4096)`` ranked together (67 M weights). Constant overheads (a few MiB) are below 0.1 B/weight
 at this size. Patterns: ``per_scalar`` (unstructured), ``block4`` (Core ML Tools' ``block_size=4``), ``4x1``
 (Neural Compressor's tile), ``2:4`` (``n_m_ratio=(2, 4)``). Rounds interleave the trees (``--tree``) case by
-case; the table shows medians.
+case; the table shows medians of the memory and of the update's wall time (one thread by default).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 CRITERIA = ("magnitude", "gradient", "snip", "snip_momentum")
@@ -61,14 +62,16 @@ def _status_kib(field: str) -> int:
         return int(re.search(field + r":\s+(\d+)", status.read()).group(1))
 
 
-def _measure(action) -> int:
-    """Bytes the peak resident set grows by while ``action()`` runs (see the module docs)."""
+def _measure(action) -> tuple[int, float]:
+    """Bytes the peak resident set grows by while ``action()`` runs (see the module docs), and its seconds."""
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     before = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # reset the peak resident set (VmHWM) to the current size
+    start = time.perf_counter()
     action()
-    return (_status_kib("VmHWM") - before) * 1024
+    seconds = time.perf_counter() - start
+    return (_status_kib("VmHWM") - before) * 1024, seconds
 
 
 def _model(scope: str, size: int):
@@ -109,17 +112,18 @@ def worker(criterion: str, scope: str, pattern: str, threads: int, size: int) ->
     torch.set_num_threads(threads)
     if criterion == "calibrate":
         numel = size * size
-        extra = _measure(lambda: torch.ones(numel, dtype=torch.bool))
+        extra, _ = _measure(lambda: torch.ones(numel, dtype=torch.bool))
         return {"bytes_per_weight": extra / numel, "numel": numel}
     _, small = _pruner(scope, criterion, pattern, 64)
     small.prune_now(0.5)  # warm-up: every code path of the update once, on 4 K weights
     model, pruner = _pruner(scope, criterion, pattern, size)
     numel = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight_orig"))
-    extra = _measure(lambda: pruner.prune_now(0.5))
+    extra, seconds = _measure(lambda: pruner.prune_now(0.5))
     masks = [b for n, b in model.named_buffers() if n.endswith("weight_mask")]
     pruned = sum(int((~m).sum()) for m in masks)
     checksum = sum(int(m.reshape(-1).nonzero()[:4096].sum()) for m in masks)
-    return {"bytes_per_weight": extra / numel, "numel": numel, "pruned": pruned, "checksum": checksum}
+    return {"bytes_per_weight": extra / numel, "seconds": seconds, "numel": numel, "pruned": pruned,
+            "checksum": checksum}
 
 
 def _run(tree: str, case: tuple[str, str, str], threads: int, size: int) -> dict[str, float]:
@@ -168,10 +172,12 @@ def main() -> None:
     print(f"\n{results[(next(iter(trees)), cases[0])][0]['numel']:,} weights per case; rounds={args.rounds} "
           f"threads={args.threads}; calibration (1 B/weight allocated): "
           f"{statistics.median(calibration):.3f} B/weight\n")
-    print("| criterion | scope | pattern | " + " | ".join(f"{n} (B/weight)" for n in trees) + " |")
-    print("|---|---|---|" + "---|" * len(trees))
+    print("| criterion | scope | pattern | " + " | ".join(f"{n} (B/weight)" for n in trees) + " | "
+          + " | ".join(f"{n} (s)" for n in trees) + " |")
+    print("|---|---|---|" + "---|" * (2 * len(trees)))
     for case in cases:
         cells = [f"{statistics.median(r['bytes_per_weight'] for r in results[(n, case)]):.1f}" for n in trees]
+        cells += [f"{statistics.median(r['seconds'] for r in results[(n, case)]):.2f}" for n in trees]
         print(f"| {' | '.join(case)} | {' | '.join(cells)} |")
 
 
