@@ -162,6 +162,7 @@ def main() -> None:
         for case in cases:
             for name, tree in trees.items():
                 results.setdefault((name, case), []).append(_run(tree, case, args.threads, args.size))
+                print(json.dumps({"tree": name, "case": case, **results[(name, case)][-1]}), file=sys.stderr)
             print(f"round {round_index + 1}/{args.rounds}: {case} done", file=sys.stderr)
 
     for case in cases:  # every tree must build the same masks
