@@ -46,11 +46,12 @@ Linear time: a threshold instead of a sort
 ------------------------------------------
 The pruned set is always "every candidate scoring below a threshold ``v``, plus the first few that score
 exactly ``v`` in (layer, index) order", so only ``v`` and that tie count are needed, not a full ranking.
-``v`` is found by a radix selection on the scores' bits: each score is mapped to an integer key with the
-same order (``-0.0`` and ``+0.0`` alike), a histogram of the top 16 bits — every element counted
-``weights_per_group`` times — says which bucket the cut falls in, and the few elements of that bucket
-are refined on the next 16 bits, and so on (2 levels for float32, 4 for float64). Each level is one pass
-of element-wise operations and a ``bincount``; the per-layer caps are selections of the same kind.
+``v`` is found by a radix selection on the scores' bits (`sparsify.patterns._select`): each score is mapped
+to an integer key with the same order (``-0.0`` and ``+0.0`` alike), a histogram of the top 16 bits — every
+element counted ``weights_per_group`` times — says which bucket the cut falls in, and the next pass
+histograms the next 16 bits of that bucket's elements only (2 passes for float32, 4 for float64). Every pass
+streams over the scores in pieces of about a million elements, so the ranking allocates nothing of the
+scores' size but its ``bool`` masks; the per-layer caps are selections of the same kind.
 Results are identical to a stable sort of all scores, ties included.
 """
 
@@ -62,6 +63,9 @@ from collections.abc import Mapping
 import torch
 
 from .patterns import keep_count
+from .patterns._select import at_most as _at_most
+from .patterns._select import cut as _cut
+from .patterns._select import smallest as _smallest
 
 __all__ = ["NORMALIZATIONS", "global_keep_masks", "local_keep_masks", "pruned_count"]
 
@@ -116,127 +120,6 @@ def _normalized(flat: torch.Tensor, how: str | None) -> torch.Tensor:
     else:
         raise ValueError(_bad_normalize(how))
     return flat / scale if 0 < scale < float("inf") else flat
-
-
-_DIGITS = 1 << 16
-_CHUNK = 1 << 20  # elements per pass: keys and digits live in cache-sized pieces, never in weight-sized arrays
-
-
-def _int_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.int64 if dtype == torch.float64 else torch.int32
-
-
-def _keys(values: torch.Tensor, signed: bool) -> torch.Tensor:
-    """Integers ordered like the float ``values`` (NaN already mapped), ``-0.0`` and ``+0.0`` alike (key 0).
-
-    Non-negative floats are ordered like their bits, so without sign bits the bits are the keys (no copy);
-    otherwise negative values get their magnitude negated.
-    """
-    bits = values.view(_int_dtype(values.dtype))
-    if not signed:
-        return bits
-    sign = bits >> (bits.element_size() * 8 - 1)  # 0 or -1
-    key = bits & torch.iinfo(bits.dtype).max  # the magnitude
-    return key.bitwise_xor_(sign).sub_(sign)  # negated where the sign was set: (x ^ -1) + 1 == -x
-
-
-def _digit(keys: torch.Tensor, level: int) -> torch.Tensor:
-    """The ``level``-th 16-bit digit of ``keys``, from the top, as an index into a histogram."""
-    shift = keys.element_size() * 8 - 16 * (level + 1)
-    if level == 0:  # arithmetic shift of a signed key: move it to [0, 2**16)
-        return torch.bitwise_right_shift(keys, shift).add_(_DIGITS // 2)
-    return torch.bitwise_right_shift(keys, shift).bitwise_and_(_DIGITS - 1)
-
-
-def _pieces(values: torch.Tensor, signed: bool, within: torch.Tensor | None):
-    """``(keys, within)`` of ``values`` chunk by chunk (``within``: which elements count, ``None``: all)."""
-    for start in range(0, values.numel(), _CHUNK):
-        yield _keys(values[start : start + _CHUNK], signed), None if within is None else within[start : start + _CHUNK]
-
-
-def _cut(
-    values: list[torch.Tensor], sizes: list[int], budget: int, within: list[torch.Tensor | None] | None = None
-) -> tuple[torch.Tensor | None, int, list[int]]:
-    """Weighted selection: the smallest value ``v`` with ``sum(size · count(x <= v)) > budget``.
-
-    ``values`` holds 1-D float tensors of one dtype, one per layer, each element weighing ``sizes[i]``;
-    ``within[i]``, if given and not ``None``, says which elements of layer ``i`` take part. Returns ``v``
-    (a 0-d tensor), ``budget - sum(size · count(x < v))`` and each layer's count of ``x == v``; or
-    ``(None, 0, [])`` when everything fits in the budget.
-    """
-    if not values:
-        return None, 0, []
-    device, dtype = values[0].device, values[0].dtype
-    within = within or [None] * len(values)
-    signed = [bool(v.numel()) and int(v.view(_int_dtype(dtype)).min()) < 0 for v in values]
-    levels = torch.finfo(dtype).bits // 16
-    left, prefix, ties = budget, 0, []
-    subsets: list[torch.Tensor] = []
-
-    def sources(level: int) -> list:
-        if level == 0:  # the first level reads the layers; later ones the keys kept from the bucket
-            return [_pieces(v, s, w) for v, s, w in zip(values, signed, within)]
-        return [[(k, None)] for k in subsets]
-
-    for level in range(levels):
-        histogram = torch.zeros(_DIGITS + 1, dtype=torch.int64, device=device)  # the last bin: not taking part
-        for pieces, size in zip(sources(level), sizes):
-            for keys, part in pieces:
-                if keys.numel():
-                    digit = _digit(keys, level)
-                    if part is not None:
-                        digit.masked_fill_(~part, _DIGITS)
-                    histogram += torch.bincount(digit, minlength=_DIGITS + 1) * size
-        cumulative = histogram[:_DIGITS].cumsum(0)
-        bucket = int(torch.searchsorted(cumulative, torch.tensor(left, device=device), right=True))
-        if bucket == _DIGITS:  # only possible at the first level: the budget takes every candidate
-            return None, 0, []
-        if bucket:
-            left -= int(cumulative[bucket - 1])
-        chosen = [[(k, _digit(k, level) == bucket if p is None else (_digit(k, level) == bucket) & p)
-                   for k, p in pieces] for pieces in sources(level)]
-        prefix = prefix * _DIGITS + bucket
-        if level < levels - 1:  # keep the keys of the chosen bucket for the next digit
-            subsets = [torch.cat([k[c] for k, c in pieces] or [torch.empty(0, dtype=_int_dtype(dtype))])
-                       for pieces in chosen]
-        else:
-            ties = [sum(int(c.sum()) for _, c in pieces) for pieces in chosen]
-    key = prefix - (1 << (levels * 16 - 1))  # undo the first digit's offset
-    bits = key if key >= 0 else (-key) | torch.iinfo(_int_dtype(dtype)).min
-    return torch.tensor(bits, dtype=_int_dtype(dtype)).view(dtype).to(device), left, ties
-
-
-def _first_true(mask: torch.Tensor, count: int) -> torch.Tensor:
-    """``mask`` with only its first ``count`` ``True`` entries (in index order) left ``True``."""
-    positions = mask.nonzero().squeeze(1)
-    first = torch.zeros_like(mask)
-    first[positions[:count]] = True
-    return first
-
-
-def _at_most(
-    flat: torch.Tensor, value: torch.Tensor, ties: int, take: int, within: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``flat < value`` plus the first ``take`` of the ``ties`` elements equal to ``value``, all ``within``."""
-    if take == ties:
-        chosen = flat <= value
-    else:
-        chosen = flat < value
-        if take:
-            tie = flat == value
-            chosen |= _first_true(tie if within is None else tie.logical_and_(within), take)
-    return chosen if within is None else chosen.logical_and_(within)
-
-
-def _smallest(flat: torch.Tensor, count: int) -> torch.Tensor:
-    """``bool`` mask of the ``count`` lowest scores of a 1-D tensor, ties by index (what a stable argsort gives)."""
-    if count <= 0:
-        return torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
-    if count >= flat.numel():
-        return torch.ones(flat.shape, dtype=torch.bool, device=flat.device)
-    value, left, (ties,) = _cut([flat], [1], count)
-    assert value is not None  # count < numel: the cut falls inside
-    return _at_most(flat, value, ties, left)
 
 
 def local_keep_masks(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.distributed as dist
@@ -31,13 +31,10 @@ from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
 from .base import PrunerView, Scorer
 from .calibration import Calibration, Stage, check_layer
 
-if TYPE_CHECKING:
-    from .sparsegpt import SparseGPTCriterion
-    from .wanda import WandaCriterion
-
 __all__ = [
     "ColumnNorms",
     "LayerwiseScorer",
+    "LayerwiseSpec",
     "encode",
     "nm_run_counts",
     "pruned_groups_of",
@@ -184,13 +181,26 @@ def wanda_scores(weight: torch.Tensor, mean_squares: torch.Tensor) -> torch.Tens
     return (flat * mean_squares.to(flat.device).sqrt()).reshape(weight.shape)
 
 
+class LayerwiseSpec(Protocol):
+    """What the shared runtime reads from a layer-wise criterion's settings (`SparseGPTCriterion`,
+    `WandaCriterion`)."""
+
+    kind: ClassVar[str]
+
+    @property
+    def num_batches(self) -> int: ...
+
+    @property
+    def sequential(self) -> bool: ...
+
+
 class LayerwiseScorer(Scorer):
     """The shared runtime half (see the module docs); subclasses give a statistic and `prune_layer`."""
 
     monotone: ClassVar[bool] = True
     label: ClassVar[str] = ""
 
-    def __init__(self, spec: WandaCriterion | SparseGPTCriterion) -> None:
+    def __init__(self, spec: LayerwiseSpec) -> None:
         self.spec = spec
         self.names: list[str] = []
         self.preliminary: dict[str, torch.Tensor] = {}

@@ -56,9 +56,17 @@ class Pattern(abc.ABC):
         equal scores, so a criterion whose masks only grow reaches its count without reviving anything.
         """
         grouped, sizes = self.groups(scores)
-        first = self.groups(kept.float())[0] == 0 if kept is not None else None
+        first = self.pruned_groups(kept) if kept is not None else None
         keep = rank_keep(grouped, sizes, math.prod(scores.shape), sparsity, first)
         return self.expand(keep, scores)
+
+    def pruned_groups(self, kept: torch.Tensor) -> torch.Tensor:
+        """``True`` for the groups whose group score of the 0/1 ``kept`` mask is 0 (`groups`' shape).
+
+        This default scores a float copy of the mask (4 bytes per weight); the patterns here override it with
+        the same answer from ``bool`` reductions.
+        """
+        return self.groups(kept.float())[0] == 0
 
     def weights_per_group(self, shape: Shape) -> int:
         """How many weights pruning one (full) group zeroes — what global ranking counts."""

@@ -18,6 +18,7 @@ import math
 import attrs
 import torch
 
+from . import _select
 from .base import Pattern, Shape
 from .ranking import rank_keep, rankable
 
@@ -63,13 +64,21 @@ def group_scores(scores: torch.Tensor, granularity: str = "per_scalar", block_si
 
 
 def _block_norms(unit: torch.Tensor, block_size: int) -> torch.Tensor:
-    """L2 norm of every block of ``block_size`` consecutive output channels (zero-padded at the end)."""
-    channels = unit.shape[0]
-    padding = (-channels) % block_size
-    if padding:
-        unit = torch.cat([unit, unit.new_zeros((padding, *unit.shape[1:]))], dim=0)
-    blocks = unit.reshape(unit.shape[0] // block_size, block_size, *unit.shape[1:])
-    return blocks.pow(2).sum(1).sqrt()
+    """L2 norm of every block of ``block_size`` consecutive output channels (zero-padded at the end).
+
+    Computed a piece of whole blocks at a time, so the squares never take a copy of all the scores.
+    """
+    channels, rest = unit.shape[0], unit.shape[1:]
+    step = max(1, _select.CHUNK // max(math.prod(rest) * block_size, 1)) * block_size  # channels per piece
+    blocks = unit.new_empty((-(-channels // block_size), *rest))
+    for start in range(0, channels, step):
+        part = unit[start : start + step]
+        padding = (-part.shape[0]) % block_size
+        if padding:
+            part = torch.cat([part, part.new_zeros((padding, *rest))], dim=0)
+        norms = part.reshape(part.shape[0] // block_size, block_size, *rest).pow(2).sum(1).sqrt()
+        blocks[start // block_size : start // block_size + norms.shape[0]] = norms
+    return blocks
 
 
 @attrs.frozen
@@ -112,8 +121,23 @@ class CoreMLPattern(Pattern):
 
     def local_mask(self, scores: torch.Tensor, sparsity: float, kept: torch.Tensor | None = None) -> torch.Tensor:
         grouped, units, total = self._unit_groups(scores)
-        first = self._unit_groups(kept.float())[0] == 0 if kept is not None else None
+        first = self.pruned_groups(kept) if kept is not None else None
         return self.expand(rank_keep(grouped, units, total, sparsity, first), scores)
+
+    def pruned_groups(self, kept: torch.Tensor) -> torch.Tensor:
+        """Units (then blocks) whose every member is pruned — where the L2 norm of the 0/1 mask is 0."""
+        gone = ~kept.bool()
+        rank = gone.dim()
+        if self.granularity == "per_kernel" and rank >= 3:
+            gone = gone.flatten(2).all(-1).reshape(*gone.shape[:2], *[1] * (rank - 2))
+        elif self.granularity == "per_channel" and rank >= 2:
+            gone = gone.flatten(1).all(-1).reshape(gone.shape[0], *[1] * (rank - 1))
+        if self.block_size <= 1:
+            return gone
+        padding = (-gone.shape[0]) % self.block_size  # padded channels score 0, like pruned ones
+        if padding:
+            gone = torch.cat([gone, gone.new_ones((padding, *gone.shape[1:]))], dim=0)
+        return gone.reshape(gone.shape[0] // self.block_size, self.block_size, *gone.shape[1:]).all(1)
 
     def expand(self, keep: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         shape = scores.shape

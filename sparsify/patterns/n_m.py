@@ -21,10 +21,12 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable
 
 import attrs
 import torch
 
+from . import _select
 from .base import Pattern, Shape
 from .coreml import ranked_mask
 from .ranking import rankable
@@ -54,16 +56,38 @@ def n_m_mask(scores: torch.Tensor, n_m_ratio: tuple[int, int], dim: int = 1) -> 
             f"channels) or 1 (input channels) of a weight of rank >= 2"
         )
     moved = rankable(scores).movedim(dim, -1)
-    rows = moved.reshape(-1, moved.shape[-1])
-    channels = rows.shape[-1]
-    padded = torch.nn.functional.pad(rows, (0, (-channels) % m))
+    return _by_rows(moved, lambda rows: _run_mask(moved[rows], n, m)).movedim(-1, dim)
+
+
+def _by_rows(view: torch.Tensor, piece: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+    """``piece`` applied to slices of ``view``'s first dimension, about ``CHUNK`` elements at a time, stacked.
+
+    Run-wise work (sorting every run of ``m``) allocates int64 indices and sorted copies: done piece by piece,
+    they take a few pieces of memory instead of 12 bytes per weight.
+    """
+    rows = view.shape[0]
+    if rows == 0:
+        return piece(slice(0, 0))
+    step = max(1, _select.CHUNK // max(math.prod(view.shape[1:]), 1))
+    out = None
+    for start in range(0, rows, step):
+        part = piece(slice(start, start + step))
+        if out is None:
+            out = part.new_empty((rows, *part.shape[1:]))
+        out[start : start + part.shape[0]] = part
+    assert out is not None  # rows > 0: at least one piece
+    return out
+
+
+def _run_mask(block: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep-mask of ``block`` (``[..., channels]``) zeroing the ``n`` lowest of every run of ``m`` channels."""
+    channels = block.shape[-1]
+    padded = torch.nn.functional.pad(block.reshape(-1, channels), (0, (-channels) % m))
     runs = padded.reshape(-1, m)
     mask = torch.ones_like(runs, dtype=torch.bool)
     if n:
-        lowest = torch.argsort(runs, dim=1, stable=True)[:, :n]
-        mask.scatter_(1, lowest, False)
-    mask = mask.reshape(padded.shape)[:, :channels]
-    return mask.reshape(moved.shape).movedim(-1, dim)
+        mask.scatter_(1, torch.argsort(runs, dim=1, stable=True)[:, :n], False)
+    return mask.reshape(padded.shape)[:, :channels].reshape(block.shape)
 
 
 def n_m_zero_count(shape: torch.Size | tuple[int, ...], n_m_ratio: tuple[int, int], dim: int = 1) -> int:
@@ -144,30 +168,47 @@ class NMPattern(Pattern):
             return n_m_mask(scores, (self.n, self.m), self.dim)
         return scheduled_n_m_mask(scores, sparsity, (self.n, self.m), self.dim)
 
-    def _runs(self, scores: torch.Tensor) -> torch.Tensor:
+    def _view(self, scores: torch.Tensor) -> torch.Tensor:
+        """``[a, k, b]`` with the runs along ``b`` (`as_3d`, transposed for ``dim=0``): a view where it can be."""
         view = as_3d(scores)
-        if self.dim == 0:
-            view = view.transpose(0, 2)
+        return view.transpose(0, 2) if self.dim == 0 else view
+
+    def _runs(self, view: torch.Tensor) -> torch.Tensor:
         a, k, b = view.shape
         return view.reshape(a, k, b // self.m, self.m)
 
     def groups(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int]:
-        runs = self._runs(rankable(scores))
-        return torch.sort(runs, dim=-1, stable=True).values[..., : self.n].sum(-1), self.n
+        view = self._view(rankable(scores))
+
+        def lowest_sums(rows: slice) -> torch.Tensor:
+            return torch.sort(self._runs(view[rows]), dim=-1, stable=True).values[..., : self.n].sum(-1)
+
+        return _by_rows(view, lowest_sums), self.n
+
+    def pruned_groups(self, kept: torch.Tensor) -> torch.Tensor:
+        """Runs that already have ``n`` zeros (the sum of their ``n`` lowest 0/1 mask values is 0)."""
+        gone = self._runs(self._view(~kept.bool()))
+        return gone.sum(-1, dtype=torch.int32) >= self.n
 
     def weights_per_group(self, shape: Shape) -> int:
         return self.n
 
     def expand(self, keep: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Element mask: runs not kept lose their ``n`` lowest weights."""
-        runs = self._runs(rankable(scores))
-        sparse = torch.ones_like(runs, dtype=torch.bool)
-        sparse.scatter_(-1, torch.argsort(runs, dim=-1, stable=True)[..., : self.n], False)
-        mask = sparse | keep.reshape(runs.shape[:-1]).unsqueeze(-1)
-        view = mask.reshape(runs.shape[0], runs.shape[1], -1)
+        view = self._view(rankable(scores))
+        a, k, b = view.shape
+        keep = keep.reshape(a, k, b // self.m)
+
+        def run_masks(rows: slice) -> torch.Tensor:
+            runs = self._runs(view[rows])
+            sparse = torch.ones_like(runs, dtype=torch.bool)
+            sparse.scatter_(-1, torch.argsort(runs, dim=-1, stable=True)[..., : self.n], False)
+            return sparse.logical_or_(keep[rows].unsqueeze(-1)).reshape(runs.shape[0], runs.shape[1], -1)
+
+        mask = _by_rows(view, run_masks)
         if self.dim == 0:
-            view = view.transpose(0, 2)
-        return from_3d(view.contiguous(), scores.shape)
+            mask = mask.transpose(0, 2)
+        return from_3d(mask.contiguous(), scores.shape)
 
 
 def n_m_from_string(text: str) -> tuple[int, int]:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from ._select import at_most, cut, fill_first_ties
+
 __all__ = ["keep_count", "lowest", "pruned_count", "rank_keep", "rankable"]
 
 
@@ -42,26 +44,29 @@ def pruned_count(num: int, sparsity: float) -> int:
 
 
 def lowest(flat: torch.Tensor, count: int, first: torch.Tensor | None = None) -> torch.Tensor:
-    """Bool mask of the ``count`` lowest entries of 1-D ``flat``, in linear time.
+    """Bool mask of the ``count`` lowest entries of 1-D ``flat``, in linear time and chunk-sized memory.
 
     Ties at the threshold are broken by position — entries where ``first`` is ``True`` (weights already
-    pruned, for criteria whose masks only grow) before the others.
+    pruned, for criteria whose masks only grow) before the others. The threshold comes from a streaming radix
+    selection (`sparsify.patterns._select`), not ``kthvalue``, which copies the scores and allocates an int64
+    index per score (12 bytes per weight).
     """
     size = flat.numel()
     if count <= 0:
         return torch.zeros(size, dtype=torch.bool, device=flat.device)
     if count >= size:
         return torch.ones(size, dtype=torch.bool, device=flat.device)
-    threshold = torch.kthvalue(flat.cpu() if flat.device.type == "mps" else flat, count).values.to(flat.device)
-    chosen = flat < threshold
-    missing = count - int(chosen.sum())
-    tied = flat == threshold
-    for group in ((tied & first, tied & ~first) if first is not None else (tied,)):
-        if missing <= 0:
-            break
-        index = group.nonzero().squeeze(1)[:missing]  # only the tied entries: no per-weight int64 buffer
-        chosen[index] = True
-        missing -= index.numel()
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    value, missing, (ties,) = cut([flat], [1], count)
+    assert value is not None  # 0 < count < size: the cut falls inside
+    if first is None:
+        return at_most(flat, value, ties, missing)
+    chosen = at_most(flat, value, ties, 0)  # strictly below the threshold
+    if missing:
+        missing = fill_first_ties(chosen, flat, value, missing, first)  # already pruned first
+    if missing:
+        fill_first_ties(chosen, flat, value, missing, ~first)
     return chosen
 
 
@@ -88,4 +93,4 @@ def rank_keep(
         taken = int(torch.searchsorted(cumulative, torch.tensor(budget, device=flat.device), right=True))
         pruned = torch.zeros_like(flat, dtype=torch.bool)
         pruned[order[:taken]] = True
-    return (~pruned).reshape(scores.shape)
+    return pruned.logical_not_().reshape(scores.shape)  # in place: `pruned` is ours

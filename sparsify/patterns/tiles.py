@@ -111,16 +111,22 @@ class TilePattern(Pattern):
     def groups(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int]:
         return self._tile_means(rankable(scores)), self.weights_per_group(scores.shape)
 
-    def _tile_means(self, scores: torch.Tensor) -> torch.Tensor:
+    def pruned_groups(self, kept: torch.Tensor) -> torch.Tensor:
+        """Tiles whose every member is pruned (the mean of the 0/1 mask is 0), from ``bool`` reductions."""
+        return self._tile_means(~kept.bool(), "all")
+
+    def _tile_means(self, scores: torch.Tensor, how: str = "mean") -> torch.Tensor:
+        """Each tile's ``scores.mean`` (or ``.all`` for a ``bool`` tensor, ``how="all"``)."""
         view = as_3d(scores)
         co, k, ci = view.shape
         if self.out_size is None:
             assert self.in_size is not None  # __attrs_post_init__ refuses channelxchannel
-            return view.reshape(co, k, ci // self.in_size, self.in_size).mean(dim=(0, 1, 3)).reshape(1, 1, -1)
+            tiles, dims_ = view.reshape(co, k, ci // self.in_size, self.in_size), (0, 1, 3)
+            return getattr(tiles, how)(dim=dims_).reshape(1, 1, -1)
         if self.in_size is None:
-            return view.reshape(co // self.out_size, self.out_size * k * ci).mean(dim=1).reshape(-1, 1, 1)
+            return getattr(view.reshape(co // self.out_size, self.out_size * k * ci), how)(dim=1).reshape(-1, 1, 1)
         tiles = view.reshape(co // self.out_size, self.out_size, k, ci // self.in_size, self.in_size)
-        return tiles.mean(dim=(1, 4))
+        return getattr(tiles, how)(dim=(1, 4))
 
     def expand(self, keep: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         co, k, ci = as_3d(scores).shape

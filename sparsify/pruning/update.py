@@ -5,16 +5,18 @@ scheduled sparsity capped by ``max_sparsity``. Global targets are ranked togethe
 their config entry selected (`sparsify.scope.global_keep_masks`), with the per-layer caps: the budget is
 the sum of every member's scheduled zeros, so a global ranking never prunes more than the schedules ask.
 
-<<<<<<< HEAD
 Patterns see every weight as ``[out, in, *kernel]``: a target whose weight is stored ``[in, out]``
 (``Target.transposed``: transformers' ``Conv1D``) is scored in its own layout, ranked on the transposed
 scores, and its masks are transposed back — so a criterion, the installed mask and ``after_masks`` all
 use the stored layout, and a per-output-channel mask of shape ``[out, 1]`` is stored as ``[1, out]``.
-=======
+
 The pattern and scope decide how many weights of each module are pruned; a layer-wise criterion (SparseGPT,
 Wanda) may then re-select *which* ones in `Scorer.after_masks`, calibrating each layer on the inputs of the
 layers already pruned before it. Its masks replace the chosen ones only with the same shape and count.
->>>>>>> sparsegpt
+
+Memory: an update allocates little beyond the new ``bool`` masks (see ``docs/benchmarks.md``, "Criterion
+memory at a mask update"): scores are checked and ranked piece by piece (`sparsify.patterns._select`), never
+copied, sorted or indexed with int64 whole.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Mapping
 import torch
 
 from ..criteria import PrunerView, Scorer
-from ..patterns import NMPattern, pruned_count
+from ..patterns import NMPattern, _select, pruned_count
 from ..scope import global_keep_masks
 from .plan import Target
 
@@ -93,7 +95,7 @@ def _refined(
             got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise RuntimeError(f"module {name!r}: a refined mask must be bool {tuple(chosen.shape)}, got {got}")
         shape = targets[name].orig.shape
-        before, after = int((~chosen.expand(shape)).sum()), int((~mask.expand(shape)).sum())
+        before, after = _pruned_weights(chosen, shape), _pruned_weights(mask, shape)
         if before != after:
             raise RuntimeError(
                 f"module {name!r}: the refined mask prunes {after} weights where the pattern and scope chose "
@@ -103,8 +105,16 @@ def _refined(
     return out
 
 
+def _pruned_weights(mask: torch.Tensor, shape: torch.Size) -> int:
+    """Zeros of ``mask`` broadcast to ``shape``, counted without a copy (``bool.sum()`` makes an int64 one)."""
+    return shape.numel() - int(torch.count_nonzero(mask)) * (shape.numel() // max(mask.numel(), 1))
+
+
 def _checked(name: str, scores: torch.Tensor) -> torch.Tensor:
-    bad = int((~torch.isfinite(scores)).sum())
+    flat = scores.detach().reshape(-1) if scores.is_contiguous() else scores.detach().flatten()
+    bad = 0
+    for start in range(0, flat.numel(), _select.CHUNK):  # isfinite() of all scores at once takes 9 B/weight
+        bad += int(torch.isfinite(flat[start : start + _select.CHUNK]).logical_not_().count_nonzero())
     if bad:
         logger.warning(
             "module %r: %d of %d scores are NaN or infinite (diverged weights or gradients?); NaN ranks lowest "
@@ -136,7 +146,7 @@ def _global_masks(
         normalize=members[0].config.normalize,
     )
     masks = {t.name: t.pattern.expand(keep[t.name], scores[t.name]) for t in members}
-    zeros = sum(int((~m.expand(scores[n].shape)).sum()) for n, m in masks.items())
+    zeros = sum(_pruned_weights(m, scores[n].shape) for n, m in masks.items())
     logger.info("global ranking of %d module(s) at %.4f: %d of %d weights pruned (%.4f)",
                 len(members), sparsity, zeros, total, zeros / max(total, 1))
     return masks
