@@ -183,3 +183,12 @@ def test_empty_update_steps_keep_initial_sparsity_as_coremltools() -> None:
     for name in theirs:
         assert torch.equal(ours[name], theirs[name]), name
         assert ours[name].float().mean().item() == pytest.approx(0.25, abs=0.01)
+
+
+def test_metadata_without_a_parameter_name_cannot_register() -> None:
+    metadata = CompressionMetadata(None, compression_type=["pruning"])  # allowed, as in Core ML Tools
+    module = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"CompressionMetadata.param_name=None is invalid here: register\(\) names "
+                                         r"its buffers '_COREML_/<param_name>/<field>'"):
+        metadata.register(module)
+    assert not [name for name, _ in module.named_buffers()]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import logging
+import math
+import re
 
 import pytest
 import torch
@@ -342,3 +344,16 @@ modifiers:
         Recipe.from_string("- 1\n- 2\n")  # a top-level list is a list of modifiers, as in SparseML
     with pytest.raises(SourceError, match="the recipe is empty"):
         Recipe.from_string("")
+
+
+def test_recipe_variables_as_json_must_be_an_object() -> None:
+    body = "sparsity: 0.5\nmodifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.0, " \
+           "final_sparsity: eval(sparsity), start_epoch: 0, end_epoch: 0, update_frequency: 1}\n"
+    manager = ScheduledModifierManager.from_yaml(body, recipe_variables='{"sparsity": 0.7}')
+    model = nn.Sequential(nn.Linear(8, 8))
+    manager.apply(model)
+    assert int((model[0].weight == 0).sum()) == 64 - math.ceil(64 * (1 - 0.7))  # 44: the variable was applied
+    for text, kind in (("[0.7]", "list"), ("0.7", "float"), ('"x"', "str")):
+        with pytest.raises(ValueError, match=rf"recipe_variables='{re.escape(text)}' is invalid: allowed a mapping "
+                                             rf"or a JSON object .* got a JSON {kind}"):
+            ScheduledModifierManager.from_yaml(body, recipe_variables=text)

@@ -147,7 +147,11 @@ class CompressionMetadata:
         return cls(**data)
 
     def _buffer_name(self, field: str) -> str:
-        assert self.param_name is not None, "CompressionMetadata.param_name is None: its buffers have no name"
+        if self.param_name is None:  # allowed at construction, as in Core ML Tools, but buffers need a name
+            raise ValueError(
+                "CompressionMetadata.param_name=None is invalid here: register() names its buffers "
+                "'_COREML_/<param_name>/<field>', so set the parameter's name (for example 'weight')"
+            )
         return BUFFER_NAME_SEPARATOR.join([STATE_DICT_METADATA_BUFFER_PREFIX, self.param_name, field])
 
     def register(self, module: nn.Module, override_compression_type: bool = False) -> None:

@@ -209,7 +209,11 @@ class ScheduledModifierManager:
         if isinstance(recipe_variables, str):
             import json
 
-            recipe_variables = cast(Mapping[str, Any], json.loads(recipe_variables))  # SparseML passes a JSON object
+            parsed = json.loads(recipe_variables)  # SparseML passes a JSON object
+            if not isinstance(parsed, dict):
+                raise ValueError(f"recipe_variables={recipe_variables!r} is invalid: allowed a mapping or a JSON "
+                                 f"object such as '{{\"num_epochs\": 10}}', got a JSON {type(parsed).__name__}")
+            recipe_variables = cast(Mapping[str, Any], parsed)
         if isinstance(file_path, str) and "\n" in file_path:  # SparseML accepts recipe text here too
             return cls(Recipe.from_string(file_path, recipe_variables))
         return cls(Recipe.from_yaml(file_path, recipe_variables))
