@@ -14,8 +14,6 @@ from typing import Any, ClassVar
 import attrs
 from torch import nn
 
-from ..criteria import Criterion, MagnitudeCriterion
-from ..schedules import ConstantSparsityScheduler, PruningScheduler
 from . import fields
 from .model import SUPPORTED_MODULES, ModuleKey, OptimizationConfig
 from .module import ModuleOptimizationConfig, ModulePrunerConfig, check_module_config
@@ -25,20 +23,43 @@ __all__ = ["MagnitudePrunerConfig", "ModuleMagnitudePrunerConfig"]
 _OWNER = "ModuleMagnitudePrunerConfig"
 
 
-def _to_granularity(value: Any) -> str:
-    from .module import _to_granularity as convert
+CORE_ML_FIELDS = (
+    "scheduler", "initial_sparsity", "target_sparsity", "granularity", "block_size", "n_m_ratio", "dim", "param_name",
+)
+"""Core ML Tools' ``ModuleMagnitudePrunerConfig`` fields, in its order."""
 
-    try:
-        return convert(value)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("ModulePrunerConfig", _OWNER, 1)) from exc
+
+def _named_after(owner: str, convert: Any) -> Any:
+    """``convert``, with its errors naming ``owner`` instead of ``ModulePrunerConfig``."""
+
+    def converter(value: Any) -> Any:
+        try:
+            return convert(value)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(str(exc).replace("ModulePrunerConfig", owner, 1)) from exc
+
+    return converter
+
+
+def _core_ml_fields_only(cls: type, attributes: list[attrs.Attribute]) -> list[attrs.Attribute]:
+    """Keep Core ML Tools' fields (their checks named after the preset); fix every other field at its default,
+    out of ``__init__``, the repr and ``as_dict``."""
+    return [
+        a.evolve(converter=_named_after(cls.__name__, a.converter)) if a.name in CORE_ML_FIELDS and a.converter
+        else a if a.name in CORE_ML_FIELDS
+        else a.evolve(init=False, repr=False, converter=None)
+        for a in attributes
+    ]
 
 
 def _check(values: Any) -> None:
     check_module_config(values, _OWNER)
 
 
-@attrs.define(on_setattr=[attrs.setters.convert, attrs.setters.validate, fields.revalidate_with(_check)])
+@attrs.define(
+    on_setattr=[attrs.setters.convert, attrs.setters.validate, fields.revalidate_with(_check)],
+    field_transformer=_core_ml_fields_only,
+)
 class ModuleMagnitudePrunerConfig(ModulePrunerConfig):
     """How one module is magnitude-pruned — Core ML Tools' fields, order and defaults.
 
@@ -52,25 +73,6 @@ class ModuleMagnitudePrunerConfig(ModulePrunerConfig):
         dim: ``1`` for n:m runs along input channels, ``0`` along output channels.
         param_name: the parameter to prune.
     """
-
-    # mypy's attrs plugin cannot type a converter that a call returns (fields.py): hence ignore[misc] below
-    scheduler: PruningScheduler = attrs.field(
-        factory=lambda: ConstantSparsityScheduler(begin_step=0), converter=fields.scheduler(_OWNER)  # type: ignore[misc]
-    )
-    initial_sparsity: float = attrs.field(default=0.0, converter=fields.fraction(_OWNER, "initial_sparsity"))  # type: ignore[misc]
-    target_sparsity: float = attrs.field(default=0.5, converter=fields.fraction(_OWNER, "target_sparsity"))  # type: ignore[misc]
-    granularity: str = attrs.field(default="per_scalar", converter=_to_granularity)
-    block_size: int = attrs.field(default=1, converter=fields.positive_int(_OWNER, "block_size"))  # type: ignore[misc]
-    n_m_ratio: tuple[int, int] | None = attrs.field(default=None, converter=fields.n_m_ratio(_OWNER))  # type: ignore[misc]
-    dim: int = attrs.field(default=1, converter=fields.dim(_OWNER))  # type: ignore[misc]
-    param_name: str = attrs.field(default="weight", converter=fields.param_name(_OWNER))  # type: ignore[misc]
-    criterion: Criterion = attrs.field(factory=MagnitudeCriterion, init=False, repr=False)
-    pattern: str | None = attrs.field(default=None, init=False, repr=False)
-    scope: str = attrs.field(default="local", init=False, repr=False)
-    min_sparsity: float = attrs.field(default=0.0, init=False, repr=False)
-    max_sparsity: float = attrs.field(default=1.0, init=False, repr=False)
-    normalize: str | None = attrs.field(default=None, init=False, repr=False)
-    masking: str = attrs.field(default="default", init=False, repr=False)
 
 
 @attrs.define(on_setattr=[attrs.setters.convert, attrs.setters.validate])
