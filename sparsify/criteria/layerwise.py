@@ -225,6 +225,11 @@ class LayerwiseScorer(Scorer):
         (their ``add_reference(columns)`` is then called before the matching ``add``)."""
         return False
 
+    def by_block(self) -> bool:
+        """Whether the layers inside one block of a chain are calibrated together, on the block's inputs from
+        the blocks pruned before it (`Calibration.stages`), rather than each on the layers pruned before it."""
+        return False
+
     # -- the machine's hooks ------------------------------------------------------------------
 
     def attach(self, pruner: PrunerView, names: list[str]) -> None:
@@ -265,7 +270,7 @@ class LayerwiseScorer(Scorer):
     def after_masks(self, pruner: PrunerView, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         names = [n for n in masks if n in self.names]
         calibration = self._calibration(pruner, names)
-        stages = calibration.stages(names, sequential=self.spec.sequential)
+        stages = calibration.stages(names, sequential=self.spec.sequential, by_block=self.by_block())
         replaced: dict[str, dict[str, torch.Tensor]] = {}
         refined: dict[str, torch.Tensor] = {}
         updates: dict[str, dict[str, torch.Tensor]] = {}
