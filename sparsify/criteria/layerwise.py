@@ -9,8 +9,9 @@ How a layer-wise criterion fits the one machine (`sparsify.pruning.update`):
 2. The pattern and scope turn those scores into masks, as for every criterion: they fix **how many** weights
    (and, for n:m, how many per run) each module loses.
 3. `Scorer.after_masks` re-selects **which** — module by module in forward order (`sparsify.criteria.calibration`
-   stages), each calibrated on the inputs of the modules already pruned (and, for SparseGPT, updated) before it
-   — and returns the new masks; the machine checks that each keeps its count (`_refined` in the update).
+   stages), each calibrated on the inputs of the modules already pruned (and, for SparseGPT, updated) in earlier
+   stages (`by_block`: a whole block of a chain is one stage) — and returns the new masks; the machine checks
+   that each keeps its count (`_refined` in the update).
 
 `reselect` is the count-preserving selection both criteria use: the pattern's own groups, ranked by new
 scores, pruning as many groups as the chosen mask prunes (n:m: as many weights in every run).
