@@ -8,8 +8,10 @@ pruned in one shot — 50 % unstructured and 2:4 — with no fine-tuning, and th
 measured:
 
 * Core ML Tools SparseGPT — ``LayerwiseCompressor`` over ``model.layers.N`` with the ``"gpt"`` input cacher;
-* sparsify magnitude, SparseGPT (default; ``sequential=False``: every layer calibrated on the unpruned model in
-  one pass; ``asymmetric=True``), and Wanda (``Pruner(..., sampler).prune_now()``).
+* sparsify magnitude, SparseGPT (default: each decoder layer's linears calibrated on one forward of that layer;
+  ``true_sequential=True``: each linear on the pruned linears before it, inside the decoder layer too;
+  ``sequential=False``: every layer calibrated on the unpruned model in one pass; ``asymmetric=True``), and
+  Wanda (``Pruner(..., sampler).prune_now()``).
 
 Both SparseGPTs get the same calibration sequences. ``transformers`` is needed (the ``hf`` extra):
 
@@ -122,6 +124,7 @@ METHODS = {
     "Core ML Tools SparseGPT": coreml_sparsegpt,
     "sparsify magnitude": sparsify_with("magnitude"),
     "sparsify SparseGPT": sparsify_with("sparsegpt"),
+    "sparsify SparseGPT, true_sequential=True": sparsify_with({"kind": "sparsegpt", "true_sequential": True}),
     "sparsify SparseGPT, sequential=False": sparsify_with({"kind": "sparsegpt", "sequential": False}),
     "sparsify SparseGPT + asymmetric": sparsify_with({"kind": "sparsegpt", "asymmetric": True}),
     "sparsify Wanda": sparsify_with("wanda"),

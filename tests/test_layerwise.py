@@ -329,7 +329,8 @@ class _Stack(nn.Module):
         return self.head(x)
 
 
-@pytest.mark.parametrize("criterion", ["sparsegpt", {"kind": "sparsegpt", "asymmetric": True}, "wanda"])
+@pytest.mark.parametrize("criterion", [{"kind": "sparsegpt", "true_sequential": True},
+                                       {"kind": "sparsegpt", "asymmetric": True}, "wanda"])
 def test_a_chain_of_blocks_runs_each_block_on_cached_inputs_with_the_same_result(criterion, monkeypatch):
     from sparsify.criteria import chain
 
@@ -365,6 +366,42 @@ def test_the_chain_probe_finds_decoder_blocks_and_the_calibration_uses_them():
     assert calibration.chain.block_of("blocks.1.down") == 1 and calibration.chain.block_of("head") is None
 
 
+def test_sparsegpt_calibrates_each_block_of_a_chain_on_one_forward_by_default():
+    """The default order is the reference code's and Core ML Tools': every layer of block ``b`` calibrated on the
+    block's inputs with blocks ``< b`` pruned — exactly pruning block after block, each with sequential=False."""
+    model = _Stack()
+    x = torch.randn(40, 5, 4)
+    pruner = Pruner(model, PrunerConfig(global_config=ModulePrunerConfig(criterion="sparsegpt")), sampler_of(x))
+    pruner.prepare(inplace=True)
+    calibration = Calibration(model, pruner.sampler, pruner.targets, 4, "test")
+    names = list(pruner.targets)
+    assert [s.names for s in calibration.stages(names, by_block=True)] == [
+        ["embed"], ["blocks.0.up", "blocks.0.down"], ["blocks.1.up", "blocks.1.down"],
+        ["blocks.2.up", "blocks.2.down"], ["head"]]
+    assert len(calibration.stages(names)) == 8  # true_sequential: one stage per layer
+
+    def pruned(steps: list[tuple[str, object]]) -> dict[str, torch.Tensor]:
+        model = _Stack()
+        for pattern, criterion in steps:
+            entry = ModulePrunerConfig(target_sparsity=0.6, criterion=criterion)
+            pruner = Pruner(model, PrunerConfig(module_name_configs={pattern: entry}), sampler_of(x))
+            pruner.prepare(inplace=True)
+            pruner.prune_now()
+            model = pruner.finalize(inplace=True)
+        return model.state_dict()
+
+    by_default = pruned([(".*", "sparsegpt")])
+    block_after_block = pruned([("embed", "sparsegpt")] + [
+        (rf"blocks\.{b}\..*", {"kind": "sparsegpt", "sequential": False}) for b in range(3)] + [
+        ("head", "sparsegpt")])
+    layer_after_layer = pruned([(".*", {"kind": "sparsegpt", "true_sequential": True})])
+    for key, value in by_default.items():
+        assert torch.equal(value == 0, block_after_block[key] == 0), key
+        assert torch.allclose(value, block_after_block[key], atol=1e-5), key
+    assert not torch.allclose(by_default["blocks.0.down.weight"], layer_after_layer["blocks.0.down.weight"])
+    assert torch.equal(by_default["blocks.0.up.weight"], layer_after_layer["blocks.0.up.weight"])
+
+
 def test_bad_settings_and_unsupported_layers_fail_early_naming_them():
     with pytest.raises(ValueError, match=r"SparseGPTCriterion.damp=0.0 is invalid"):
         criterion_from_dict({"kind": "sparsegpt", "damp": 0.0})
@@ -394,7 +431,8 @@ def test_settings_round_trip_through_a_config_dict():
     config = PrunerConfig.from_dict({"global_config": entry})
     criterion = config.global_config.criterion
     assert criterion.as_dict() == {"kind": "sparsegpt", "num_batches": 128, "block_size": 64, "damp": 0.05,
-                                   "sequential": True, "update_bias": True, "asymmetric": True}
+                                   "sequential": True, "update_bias": True, "asymmetric": True,
+                                   "true_sequential": False}
     assert criterion.describe() == "sparsegpt(block_size=64, damp=0.05, update_bias=True, asymmetric=True)"
     assert PrunerConfig.from_dict(config.as_dict()) == config
     assert criterion_from_dict("wanda").as_dict() == {"kind": "wanda", "num_batches": 128, "sequential": True,

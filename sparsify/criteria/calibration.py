@@ -8,7 +8,8 @@ sees the same samples. Then:
   called, which of them receive the very same input tensor (the ``q``/``k``/``v`` projections of an attention
   block, the two input layers of a gated MLP) and how often each is called per forward;
 * **stages** — consecutive modules (in forward order) fed the same input form one stage, calibrated together
-  and sharing one statistic (one Hessian for ``q``/``k``/``v``);
+  and sharing one statistic (one Hessian for ``q``/``k``/``v``); a criterion may ask for one stage per block of
+  a chain (below) instead — every layer of a decoder block calibrated on one forward of that block;
 * **merged forwards** — consecutive batches whose inputs differ only in their first dimension are concatenated,
   as long as the largest pruned layer's (unfolded) input stays under `MERGED_COLUMNS` floats (64 MiB): the same
   rows in fewer forwards (so the model must treat samples independently in ``eval()`` mode, as batch norm does);
@@ -208,14 +209,23 @@ class Calibration:
         wanted = set(names)
         return [n for n in self._order if n in wanted]
 
-    def stages(self, names: Sequence[str], sequential: bool = True) -> list[Stage]:
-        """Stages over ``names`` (see the module docs); one stage of all of them when not ``sequential``."""
+    def stages(self, names: Sequence[str], sequential: bool = True, by_block: bool = False) -> list[Stage]:
+        """Stages over ``names`` (see the module docs); one stage of all of them when not ``sequential``; with
+        ``by_block``, one stage of all the consecutive modules inside one block of the chain (SparseGPT's and Core
+        ML Tools' order: a block's layers all calibrated on one forward of the block)."""
         ordered = self.order(names)
+
+        def joins(group: list[str], name: str) -> bool:
+            if not sequential or self._inputs[group[0]] == self._inputs[name]:
+                return True
+            if not by_block or self.chain is None:
+                return False
+            block = self.chain.block_of(name)
+            return block is not None and block == self.chain.block_of(group[-1])
+
         groups: list[list[str]] = []
         for name in ordered:
-            if sequential and groups and self._inputs[groups[-1][0]] != self._inputs[name]:
-                groups.append([name])
-            elif groups:
+            if groups and joins(groups[-1], name):
                 groups[-1].append(name)
             else:
                 groups.append([name])

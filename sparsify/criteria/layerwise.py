@@ -9,8 +9,9 @@ How a layer-wise criterion fits the one machine (`sparsify.pruning.update`):
 2. The pattern and scope turn those scores into masks, as for every criterion: they fix **how many** weights
    (and, for n:m, how many per run) each module loses.
 3. `Scorer.after_masks` re-selects **which** — module by module in forward order (`sparsify.criteria.calibration`
-   stages), each calibrated on the inputs of the modules already pruned (and, for SparseGPT, updated) before it
-   — and returns the new masks; the machine checks that each keeps its count (`_refined` in the update).
+   stages), each calibrated on the inputs of the modules already pruned (and, for SparseGPT, updated) in earlier
+   stages (`by_block`: a whole block of a chain is one stage) — and returns the new masks; the machine checks
+   that each keeps its count (`_refined` in the update).
 
 `reselect` is the count-preserving selection both criteria use: the pattern's own groups, ranked by new
 scores, pruning as many groups as the chosen mask prunes (n:m: as many weights in every run).
@@ -225,6 +226,11 @@ class LayerwiseScorer(Scorer):
         (their ``add_reference(columns)`` is then called before the matching ``add``)."""
         return False
 
+    def by_block(self) -> bool:
+        """Whether the layers inside one block of a chain are calibrated together, on the block's inputs from
+        the blocks pruned before it (`Calibration.stages`), rather than each on the layers pruned before it."""
+        return False
+
     # -- the machine's hooks ------------------------------------------------------------------
 
     def attach(self, pruner: PrunerView, names: list[str]) -> None:
@@ -265,7 +271,7 @@ class LayerwiseScorer(Scorer):
     def after_masks(self, pruner: PrunerView, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         names = [n for n in masks if n in self.names]
         calibration = self._calibration(pruner, names)
-        stages = calibration.stages(names, sequential=self.spec.sequential)
+        stages = calibration.stages(names, sequential=self.spec.sequential, by_block=self.by_block())
         replaced: dict[str, dict[str, torch.Tensor]] = {}
         refined: dict[str, torch.Tensor] = {}
         updates: dict[str, dict[str, torch.Tensor]] = {}

@@ -28,9 +28,10 @@ How the mask is chosen inside that loop, by pattern (the pattern and scope fixed
 
 Memory per layer with ``C`` input columns: the float32 Hessian and its inverse factor, ``2·C²·4`` bytes at
 rest and ``3·C²·4`` at the Cholesky peak (``C = 4096``: 192 MiB), plus two float32 copies of the weight and
-one unfolded calibration batch; layers sharing an input (``q``/``k``/``v``) share one Hessian. With
-``sequential=False`` every layer's Hessian is held at once. Layers pruned earlier in the same update stand in
-with their new weights for the later layers' calibration.
+one unfolded calibration batch; layers sharing an input (``q``/``k``/``v``) share one Hessian. A block of a
+chain calibrated at once (the default, ``true_sequential=False``) holds its layers' Hessians together (a Llama
+decoder layer: four); with ``sequential=False`` every layer's Hessian is held at once. Layers pruned in an
+earlier stage of the same update stand in with their new weights for the later stages' calibration.
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ class SparseGPTCriterion(Criterion):
         damp: relative dampening ``λ = damp · mean(diag H)`` (``percdamp``, ``hessian_dampening``: 0.01).
         sequential: calibrate each layer on the outputs of the layers pruned and updated before it (else all
             layers on the current model, in one pass, holding every Hessian at once).
+        true_sequential: with ``sequential``, also inside a block of a chain (a decoder layer): ``o_proj`` is
+            calibrated on the pruned ``q/k/v``, the MLP on the pruned attention (GPTQ's and SparseGPT's
+            ``--true-sequential``). By default (``False``) every layer of a block is calibrated on one forward of
+            that block, with the blocks before it pruned: the reference code's default and Core ML Tools'
+            ``LayerwiseCompressor`` order. Layers outside a detected chain are calibrated one after the other
+            either way, and so is every layer with ``asymmetric`` (whose point is to correct the error of the
+            layers before it: per block it was worse on the benchmark transformer, ``docs/oneshot.md``).
         update_bias: let the layer's bias take part in the reconstruction (a constant input, never pruned, last
             in the column order), so it absorbs the mean of the pruning error.
         asymmetric: reconstruct each layer's output *before* this update, ``‖W X − Ŵ X̂‖²`` with ``X`` the
@@ -95,6 +103,8 @@ class SparseGPTCriterion(Criterion):
     sequential: bool = attrs.field(default=True, converter=boolean(_OWNER, "sequential"))  # type: ignore[misc]
     update_bias: bool = attrs.field(default=False, converter=boolean(_OWNER, "update_bias"))  # type: ignore[misc]
     asymmetric: bool = attrs.field(default=False, converter=boolean(_OWNER, "asymmetric"))  # type: ignore[misc]
+    true_sequential: bool = attrs.field(default=False,
+                                        converter=boolean(_OWNER, "true_sequential"))  # type: ignore[misc]
 
     def scorer(self) -> Scorer:
         return _SparseGPTScorer(self)
@@ -402,6 +412,9 @@ class _SparseGPTScorer(LayerwiseScorer):
 
     def wants_reference(self) -> bool:
         return self.spec.asymmetric
+
+    def by_block(self) -> bool:
+        return not (self.spec.true_sequential or self.spec.asymmetric)
 
     def prune_layer(
         self, pruner: PrunerView, name: str, chosen: torch.Tensor, statistic: Hessian
