@@ -330,7 +330,8 @@ class _Stack(nn.Module):
 
 
 @pytest.mark.parametrize("criterion", [{"kind": "sparsegpt", "true_sequential": True},
-                                       {"kind": "sparsegpt", "asymmetric": True}, "wanda"])
+                                       {"kind": "sparsegpt", "asymmetric": True},
+                                       {"kind": "wanda", "true_sequential": True}])
 def test_a_chain_of_blocks_runs_each_block_on_cached_inputs_with_the_same_result(criterion, monkeypatch):
     from sparsify.criteria import chain
 
@@ -366,12 +367,13 @@ def test_the_chain_probe_finds_decoder_blocks_and_the_calibration_uses_them():
     assert calibration.chain.block_of("blocks.1.down") == 1 and calibration.chain.block_of("head") is None
 
 
-def test_sparsegpt_calibrates_each_block_of_a_chain_on_one_forward_by_default():
-    """The default order is the reference code's and Core ML Tools': every layer of block ``b`` calibrated on the
+@pytest.mark.parametrize("kind", ["sparsegpt", "wanda"])
+def test_layerwise_criteria_calibrate_each_block_of_a_chain_on_one_forward_by_default(kind):
+    """The default order is the reference codes' and Core ML Tools': every layer of block ``b`` calibrated on the
     block's inputs with blocks ``< b`` pruned — exactly pruning block after block, each with sequential=False."""
     model = _Stack()
     x = torch.randn(40, 5, 4)
-    pruner = Pruner(model, PrunerConfig(global_config=ModulePrunerConfig(criterion="sparsegpt")), sampler_of(x))
+    pruner = Pruner(model, PrunerConfig(global_config=ModulePrunerConfig(criterion=kind)), sampler_of(x))
     pruner.prepare(inplace=True)
     calibration = Calibration(model, pruner.sampler, pruner.targets, 4, "test")
     names = list(pruner.targets)
@@ -390,15 +392,17 @@ def test_sparsegpt_calibrates_each_block_of_a_chain_on_one_forward_by_default():
             model = pruner.finalize(inplace=True)
         return model.state_dict()
 
-    by_default = pruned([(".*", "sparsegpt")])
-    block_after_block = pruned([("embed", "sparsegpt")] + [
-        (rf"blocks\.{b}\..*", {"kind": "sparsegpt", "sequential": False}) for b in range(3)] + [
-        ("head", "sparsegpt")])
-    layer_after_layer = pruned([(".*", {"kind": "sparsegpt", "true_sequential": True})])
+    by_default = pruned([(".*", kind)])
+    block_after_block = pruned([("embed", kind)] + [
+        (rf"blocks\.{b}\..*", {"kind": kind, "sequential": False}) for b in range(3)] + [("head", kind)])
+    layer_after_layer = pruned([(".*", {"kind": kind, "true_sequential": True})])
     for key, value in by_default.items():
         assert torch.equal(value == 0, block_after_block[key] == 0), key
         assert torch.allclose(value, block_after_block[key], atol=1e-5), key
-    assert not torch.allclose(by_default["blocks.0.down.weight"], layer_after_layer["blocks.0.down.weight"])
+    if kind == "sparsegpt":  # the OBS update changes the kept weights; Wanda only the masks
+        assert not torch.allclose(by_default["blocks.0.down.weight"], layer_after_layer["blocks.0.down.weight"])
+    else:
+        assert not torch.equal(by_default["blocks.0.down.weight"] == 0, layer_after_layer["blocks.0.down.weight"] == 0)
     assert torch.equal(by_default["blocks.0.up.weight"], layer_after_layer["blocks.0.up.weight"])
 
 
@@ -436,7 +440,7 @@ def test_settings_round_trip_through_a_config_dict():
     assert criterion.describe() == "sparsegpt(block_size=64, damp=0.05, update_bias=True, asymmetric=True)"
     assert PrunerConfig.from_dict(config.as_dict()) == config
     assert criterion_from_dict("wanda").as_dict() == {"kind": "wanda", "num_batches": 128, "sequential": True,
-                                                      "per_output": True}
+                                                      "per_output": True, "true_sequential": False}
 
 
 def test_a_forward_only_sampler_cannot_give_gradients():

@@ -50,6 +50,9 @@ class WandaCriterion(Criterion):
         sequential: calibrate each layer on the outputs of the layers pruned before it (else all layers on
             the current model, in one pass).
         per_output: compare weights within each output row (element-wise patterns only).
+        true_sequential: with ``sequential``, also inside a block of a chain (a decoder layer): each layer is
+            calibrated on the layers of its block pruned before it. The default (``False``) calibrates a block's
+            layers together on one forward of the block, with the blocks before it pruned, as the paper's code.
     """
 
     kind: ClassVar[str] = "wanda"
@@ -59,6 +62,8 @@ class WandaCriterion(Criterion):
     # mypy's attrs plugin cannot type a converter that a call returns: hence ignore[misc] below
     sequential: bool = attrs.field(default=True, converter=boolean(_OWNER, "sequential"))  # type: ignore[misc]
     per_output: bool = attrs.field(default=True, converter=boolean(_OWNER, "per_output"))  # type: ignore[misc]
+    true_sequential: bool = attrs.field(default=False,
+                                        converter=boolean(_OWNER, "true_sequential"))  # type: ignore[misc]
 
     def scorer(self) -> Scorer:
         return _WandaScorer(self)
@@ -87,6 +92,9 @@ class _WandaScorer(LayerwiseScorer):
 
     def statistic(self, module: torch.nn.Module) -> ColumnNorms:
         return ColumnNorms()
+
+    def by_block(self) -> bool:
+        return not self.spec.true_sequential
 
     def prune_layer(
         self, pruner: PrunerView, name: str, chosen: torch.Tensor, statistic: ColumnNorms
