@@ -291,20 +291,24 @@ def test_recipe_variables_override_and_unknown_ones_are_errors() -> None:
         Recipe.from_string(body, {"nope": 1})
 
 
-def test_llm_compressor_stages_and_oneshot_methods_sparsify_lacks() -> None:
+def test_llm_compressor_stages_and_their_sequential_update() -> None:
     body = """
 sparsity_stage:
   run_type: oneshot
   sparsity_modifiers:
-    SparseGPTModifier: {sparsity: 0.5, mask_structure: "2:4", sequential_update: false}
+    SparseGPTModifier: {sparsity: 0.5, mask_structure: "2:4", sequential_update: false, targets: [Linear]}
 """
     plan = read_recipe_text(body, "stage.yaml")
     assert plan.format == "sparseml-staged" and plan.groups[0].method == "sparsegpt"
     assert plan.groups[0].structure.n_m == (2, 4) and plan.groups[0].targets[0].sparsity == 0.5
-    if "sparsegpt" not in __import__("sparsify").criteria.criterion_kinds():
-        with pytest.raises(UnsupportedFeatureError, match=r"^stage\.yaml:5: sparsity_stage: modifier 0 "
-                                                          r"\(SparseGPTModifier\): SparseGPT is not supported"):
-            Recipe(plan).oneshot(nn.Sequential(nn.Linear(4, 4)), sampler=GradSampler(_data(), F.cross_entropy))
+    assert plan.groups[0].options == {"damp": 0.01, "sequential": False}  # every layer on the dense model
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+    pruner = Recipe(plan).pruner(model, one_shot=True, sampler=GradSampler(_data(), F.cross_entropy))
+    pruner.prepare(inplace=True)
+    assert {t.config.criterion.as_dict()["sequential"] for t in pruner.targets.values()} == {False}
+    assert len(pruner.targets) == 2
+    with pytest.raises(SourceError, match=r"sequential_update='yes' is invalid: expected true or false"):
+        read_recipe_text(body.replace("sequential_update: false", "sequential_update: 'yes'"), "stage.yaml")
 
 
 def test_obs_modifier_is_mfac_with_the_obs_update_and_absolute_damp(caplog: pytest.LogCaptureFixture) -> None:

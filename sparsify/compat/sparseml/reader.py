@@ -350,6 +350,10 @@ def _one_shot_llm(name: str, fields: Mapping[str, Any], origin: Origin) -> Pruni
     options: dict[str, Any] = {"damp": _number(damp, "dampening_frac", origin)}
     if "block_size" in fields:
         options["block_size"] = _number(fields["block_size"], "block_size", origin, integer=True)
+    if fields.get("sequential_update") is not None:  # True: each layer on the outputs of the ones pruned before it
+        if not isinstance(fields["sequential_update"], bool):
+            raise origin.error(f"sequential_update={fields['sequential_update']!r} is invalid: expected true or false")
+        options["sequential"] = fields["sequential_update"]
     targets = fields.get("targets")
     ignore = _tokens(fields.get("ignore", []), "ignore", origin)
     selection = LayerTargets(_tokens(targets, "targets", origin) if targets is not None else (), ignore)
