@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -171,12 +170,22 @@ def accuracy_part(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _rss() -> int:
+def _status(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of this process, in bytes."""
     with open("/proc/self/status", encoding="ascii") as stream:
         for line in stream:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _reset_peak() -> None:
+    """Reset ``VmHWM`` to the current resident size, so imports before the measurement do not count."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as stream:
+            stream.write("5")
+    except OSError:  # not Linux, or not allowed: the peak then includes what came before
+        pass
 
 
 def fisher_point(m: int, d: int, block: int | None) -> dict:
@@ -184,14 +193,15 @@ def fisher_point(m: int, d: int, block: int | None) -> dict:
     from sparsify.criteria.fisher import FisherInverse
 
     torch.manual_seed(0)
-    before = _rss()
+    _reset_peak()
+    before = _status("VmRSS")
     grads = torch.randn(m, d)
     wall, cpu = time.perf_counter(), time.process_time()
     fisher = FisherInverse(grads, 0.01, block_size=block)
     fisher.diag()
     fisher.mul(torch.randn(d))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status("VmHWM")
     return {"m": m, "d": d, "block": block, "wall_s": wall, "cpu_s": cpu,
             "buffer_mib": m * d * 4 / 2**20, "peak_extra_mib": (peak - before) / 2**20, "load": os.getloadavg()[0]}
 
