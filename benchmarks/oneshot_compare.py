@@ -27,25 +27,22 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import logging
 import os
 import re
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _oneshot_common import CACHE, quiet_coremltools  # benchmarks/ is the script's folder: on sys.path
 from torch import nn
 
 from sparsify import ModulePrunerConfig, Pruner, PrunerConfig
 from sparsify.criteria import GradSampler
 from sparsify.demo.datasets import DatasetNotFoundError, DatasetSplits, load_dataset
 from sparsify.demo.models import SmallCNN, train_epoch
-
-CACHE = Path(os.environ.get("SPARSIFY_BENCH_CACHE", "/tmp/sparsify-bench"))
 
 
 def load() -> tuple[DatasetSplits, str]:
@@ -180,15 +177,6 @@ BEST: dict[str, tuple[Method, str]] = {
     "sparsify M-FAC, global, 4 recomputations": (
         sparsify_with({"kind": "mfac", "num_grads": 128, "num_recomputations": 4}, scope="global"), "global"),
 }
-
-
-def quiet_coremltools() -> None:
-    """Core ML Tools gives its loggers their own INFO level: set each to ERROR."""
-    for module in ("coremltools.optimize.torch.layerwise_compression", "coremltools.optimize.torch.pruning"):
-        importlib.import_module(module)  # creates the loggers
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("coremltools"):
-            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import logging
 import os
 import statistics
@@ -32,12 +31,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _oneshot_common import CACHE, quiet_coremltools  # benchmarks/ is the script's folder: on sys.path
 from torch import nn
 
 from sparsify import ModulePrunerConfig, Pruner, PrunerConfig
 from sparsify.criteria import GradSampler
 
-CACHE = Path(os.environ.get("SPARSIFY_BENCH_CACHE", "/tmp/sparsify-bench"))
 VOCAB = 128
 
 
@@ -130,15 +129,6 @@ METHODS = {
     "sparsify Wanda": sparsify_with("wanda"),
 }
 PATTERNS = {"50 %": {"target_sparsity": 0.5}, "2:4": {"n_m_ratio": [2, 4]}}
-
-
-def quiet_coremltools() -> None:
-    """Core ML Tools gives its loggers their own INFO level: set each to ERROR."""
-    for module in ("coremltools.optimize.torch.layerwise_compression", "coremltools.optimize.torch.pruning"):
-        importlib.import_module(module)  # creates the loggers
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("coremltools"):
-            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main() -> None:
