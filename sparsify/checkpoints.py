@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._nested import to_device
 from .masking import masked_weight
 from .model_files import DEFAULT_MAX_BYTES, FileRefusedError, read_tensor_file
 
@@ -129,15 +130,5 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", *, max_byt
     """A ``torch.save`` checkpoint of at most ``max_bytes``, read by `read_tensor_file`: tensors and plain
     containers only, never code, whatever the installed torch's ``weights_only`` unpickler would allow
     (it had code-execution bugs before torch 2.10). Tensors are moved to ``map_location``."""
-    return _to_device(read_tensor_file(path, max_bytes=max_bytes), map_location)
+    return to_device(read_tensor_file(path, max_bytes=max_bytes), map_location)
 
-
-def _to_device(value: Any, device: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        mapping_class: Any = type(value)  # a concrete class (dict, OrderedDict) that takes (key, value) pairs
-        return mapping_class((key, _to_device(item, device)) for key, item in value.items())
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(item, device) for item in value)
-    return value

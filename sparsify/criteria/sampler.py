@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._nested import to_device
+
 __all__ = ["GradSampler", "NotEnoughDataError", "as_grad_sampler", "split_batch"]
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -67,18 +69,6 @@ def split_batch(item: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
         f"calibration data yielded {shape}: allowed (forward_args, forward_kwargs: dict, loss_target) "
         f"or (inputs, targets)"
     )
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
-        return type(value)(*(_to_device(v, device) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
 
 
 class GradSampler:
@@ -127,7 +117,7 @@ class GradSampler:
         What forward-only criteria (``sparsegpt``, ``wanda``) call; the caller chooses ``no_grad`` and the mode.
         """
         device = _first_device(model)
-        args, kwargs, _ = _to_device(batch, device) if device is not None else batch
+        args, kwargs, _ = to_device(batch, device, non_blocking=True) if device is not None else batch
         return model(*args, **kwargs)
 
     def loss(self, model: nn.Module, batch: tuple[tuple[Any, ...], dict[str, Any], Any]) -> torch.Tensor:
@@ -138,7 +128,7 @@ class GradSampler:
                 "GradSampler(data, loss_fn) for gradient-based criteria (mfac, gradient, snip, ...)"
             )
         device = _first_device(model)
-        args, kwargs, target = _to_device(batch, device) if device is not None else batch
+        args, kwargs, target = to_device(batch, device, non_blocking=True) if device is not None else batch
         loss = self.loss_fn(model(*args, **kwargs), target)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError(
