@@ -96,7 +96,7 @@ class Case:
     dropped: tuple[str, ...] = ()  # layers LayerPruningModifier replaces
     refused: str | None = None  # the feature named by the refusal
     indivisible: str | None = None  # layers INC leaves dense because the pattern does not divide them
-    needs: tuple[str, ...] = field(default=())  # engine features the run needs (phase 2)
+    needs: tuple[str, ...] = field(default=())  # engine features the run needs ("embedding": tables pruned)
 
 
 def alt(prefix: str, names: str, suffix: str = "") -> str:
@@ -456,7 +456,7 @@ CASES: dict[str, Case] = {
         None, refused="prune_type='group_lasso'"
     ),
     INC1 + "nlp/huggingface_models/question-answering/pruning/pattern_lock/eager/prune.yaml": Case(
-        BERT12_QA, (G(r".*", None),), ("accuracy tuning",)
+        BERT12_QA, (G(r".*", None),), ("accuracy tuning",), needs=("embedding",)  # every 2-D parameter: tables too
     ),
     INC1 + "nlp/huggingface_models/question-answering/pruning/pytorch_pruner/eager/bert_mini_4x1.yaml": Case(
         BERT_MINI_QA,
@@ -547,13 +547,9 @@ def test_each_file_reads_into_the_plan_its_project_means(name: str, caplog: pyte
     assert [name for drop in plan.layer_drops for name in drop.layers] == list(case.dropped)
     assert case.model is not None
     model = case.model()
-    if "embedding" in case.needs and nn.Embedding not in PRUNABLE_TYPES:
-        with pytest.raises(UnsupportedFeatureError, match=r"pruning Embedding weights \(bert\.embeddings\."):
-            plan.resolve(model)
-        return
     resolved = plan.resolve(model)
     targets = {name: (target, i) for i, r in enumerate(resolved) for name, target in r.modules.items()}
-    prunable = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    prunable = [n for n, m in model.named_modules() if isinstance(m, _prunable_types(case))]
     expected: dict[str, float | None] = {}
     for g in case.groups:
         names = [
@@ -585,13 +581,17 @@ def test_each_file_reads_into_the_plan_its_project_means(name: str, caplog: pyte
 ENGINE_LACKS = {
     "sparsegpt": "SparseGPT" if "sparsegpt" not in criterion_kinds() else None,
     "partial_n_m": None,  # pattern="n:m": whole runs, up to the target
-    "embedding": "Embedding" if nn.Embedding not in PRUNABLE_TYPES else None,
 }
 MFAC_GRADS = 40  # num_grads for the run (the files ask 256-1400): it decides which weights go, not how many
 
 
+def _prunable_types(case: Case) -> tuple[type[nn.Module], ...]:
+    """What the file's selection can reach: SparseML's ``__ALL_PRUNABLE__`` takes embedding tables too."""
+    return (*PRUNABLE_TYPES, nn.Embedding) if "embedding" in case.needs else PRUNABLE_TYPES
+
+
 def _expected_names(case: Case, model: nn.Module) -> dict[str, G]:
-    prunable = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    prunable = [n for n, m in model.named_modules() if isinstance(m, _prunable_types(case))]
     out: dict[str, G] = {}
     for g in case.groups:
         for n in prunable:
@@ -662,7 +662,7 @@ def test_each_file_ends_on_the_sparsity_it_asks_for(name: str) -> None:
         assert type(model.get_submodule(dropped)).__name__ == "PassThrough"
     totals: dict[G, list[int]] = {}
     for module_name, module in model.named_modules():
-        if not isinstance(module, PRUNABLE_TYPES):
+        if not isinstance(module, (*PRUNABLE_TYPES, nn.Embedding)):
             continue
         weight = module.weight.detach()
         zeros = int((weight == 0).sum())

@@ -116,8 +116,9 @@ class Selection:
 class SparseMLParams(Selection):
     """SparseML's ``params``: ``__ALL_PRUNABLE__``, exact parameter names, ``re:<regex>`` (``re.match``).
 
-    As in SparseML every entry must match some parameter. Matches sparsify cannot prune (a norm
-    layer's weight, a bias, an ``Embedding``) are left out with one warning per group.
+    As in SparseML every entry must match some parameter. ``__ALL_PRUNABLE__`` takes the weights of
+    Linear, Conv and ``Embedding`` layers, as SparseML does. Matches sparsify cannot prune (a norm layer's
+    weight, a bias) are left out with one warning per group.
     """
 
     tokens: tuple[str, ...]
@@ -151,9 +152,8 @@ class SparseMLParams(Selection):
 
 
 def _keep_prunable(names: list[str], params: Mapping[str, tuple[str, nn.Module, str]], origin: Origin) -> list[str]:
-    """The module names of the selected Linear / Conv / Embedding weights (`RecipePlan.resolve` decides
-    about embeddings); any other parameter (a norm layer's weight a loose regex caught, a bias) stays
-    dense, with one warning."""
+    """The module names of the selected Linear / Conv / Embedding weights; any other parameter (a norm
+    layer's weight a loose regex caught, a bias) stays dense, with one warning."""
     kept: list[str] = []
     left: list[str] = []
     for full in names:
@@ -163,9 +163,9 @@ def _keep_prunable(names: list[str], params: Mapping[str, tuple[str, nn.Module, 
     if left:
         kinds = sorted({type(params[p][1]).__name__ + "." + params[p][2] for p in left})
         logger.warning(
-            "%s: %d selected parameter(s) are not Linear/Conv weights and stay dense (%s; e.g. %s): sparsify "
-            "prunes the weights of Linear and Conv1d/2d/3d layers", origin, len(left), ", ".join(kinds),
-            ", ".join(left[:3]))
+            "%s: %d selected parameter(s) are not Linear/Conv/Embedding weights and stay dense (%s; e.g. %s): "
+            "sparsify prunes the weights of Linear, Conv1d/2d/3d and Embedding layers", origin, len(left),
+            ", ".join(kinds), ", ".join(left[:3]))
     return [params[p][0] for p in kept]
 
 
@@ -400,16 +400,9 @@ class RecipePlan:
         for group in self.groups:
             modules: dict[str, float | None] = {}
             skipped: dict[str, str] = {}
-            embeddings: list[str] = []
             for rule in group.targets:
                 for name in rule.selection.select(model, group.origin):
                     if any(name == d or name.startswith(d + ".") for d in dropped):
-                        continue
-                    module = model.get_submodule(name)
-                    if isinstance(module, nn.Embedding):
-                        if group.method == "lock" and not bool((module.weight == 0).any()):
-                            continue  # no zeros to keep
-                        embeddings.append(name)
                         continue
                     if name in modules and modules[name] != rule.sparsity:
                         raise group.origin.error(f"{name} is given two final sparsities, {modules[name]} and "
@@ -424,11 +417,6 @@ class RecipePlan:
                         raise group.origin.error(
                             f"{name} of shape {shape} is not divided by {group.structure.describe()}")
                     modules[name] = rule.sparsity
-            if embeddings:
-                raise UnsupportedFeatureError(
-                    f"{group.origin.entry}: pruning Embedding weights ({', '.join(embeddings[:3])}"
-                    f"{', ...' if len(embeddings) > 3 else ''})", "sparsify prunes the weights of Linear and Conv "
-                    "layers", group.origin.path, group.origin.line)
             for name in modules:
                 if name in owner:
                     raise group.origin.error(f"{name} is also pruned by {owner[name]}: one entry per layer")

@@ -235,11 +235,6 @@ def pruner_config(plan: RecipePlan, model: nn.Module, *, steps_per_epoch: float 
             continue
         for note in group.notes:
             logger.info("%s: %s", group.origin, note)
-        embeddings = [n for n in entry.modules if isinstance(model.get_submodule(n), nn.Embedding)]
-        if embeddings:
-            raise UnsupportedFeatureError(f"{group.origin.entry}: pruning Embedding weights ({', '.join(embeddings)})",
-                                          "sparsify prunes Linear and Conv weights", group.origin.path,
-                                          group.origin.line)
         scheduler = scheduler_for(group, steps_per_epoch, one_shot)
         shared: dict[tuple[Any, ...], ModulePrunerConfig] = {}
         for name, target in entry.modules.items():

@@ -29,7 +29,10 @@ from . import fields
 from .io import Dictable
 from .module import ModuleOptimizationConfig, ModulePrunerConfig
 
-__all__ = ["PRUNER_MODULES", "SUPPORTED_MODULES", "Conv1D", "ModuleKey", "OptimizationConfig", "PrunerConfig"]
+__all__ = [
+    "OPT_IN_MODULES", "PRUNER_MODULES", "SUPPORTED_MODULES", "Conv1D", "ModuleKey", "OptimizationConfig",
+    "PrunerConfig",
+]
 
 T = TypeVar("T")
 ModuleKey = type | str
@@ -56,8 +59,14 @@ class Conv1D(nn.Module, metaclass=abc.ABCMeta):
         return NotImplemented
 
 
-#: the module types `sparsify.Pruner` prunes with a `PrunerConfig`: Core ML Tools' and transformers' ``Conv1D``
-PRUNER_MODULES: tuple[type[nn.Module], ...] = (*SUPPORTED_MODULES, Conv1D)
+#: module types a `PrunerConfig` prunes only when a rule names them — a type rule, a name rule, or
+#: ``module_types`` — never through ``global_config`` alone: SparseML's ``__ALL_PRUNABLE__`` prunes embedding
+#: tables, Core ML Tools never does, so a config written for Core ML Tools keeps meaning the same layers
+OPT_IN_MODULES: tuple[type[nn.Module], ...] = (nn.Embedding,)
+
+#: the module types `sparsify.Pruner` prunes with a `PrunerConfig`: Core ML Tools', transformers' ``Conv1D``
+#: and, when named (`OPT_IN_MODULES`), ``Embedding``
+PRUNER_MODULES: tuple[type[nn.Module], ...] = (*SUPPORTED_MODULES, Conv1D, *OPT_IN_MODULES)
 _VIRTUAL_CLASSES = (Conv1D,)  # matched by name: a key of this class is stored as its name
 
 
@@ -167,6 +176,15 @@ class OptimizationConfig(Dictable):
         Precedence: name regex (``re.fullmatch``, insertion order) > exact class > class name > nearest base
         class (class or class name) > ``global_config``.
         """
+        rule = self.rule_for(name, module)
+        if rule is not None:
+            return rule
+        if self.global_config is None:
+            return None, "no rule matches and global_config is None"
+        return self.global_config, "global_config"
+
+    def rule_for(self, name: str, module: nn.Module) -> tuple[ModuleOptimizationConfig | None, str] | None:
+        """The name or type rule that decides ``module`` (as `lookup`), or ``None`` when none names it."""
         for pattern, config in self.module_name_configs.items():
             if re.fullmatch(pattern, name):
                 return config, f"{'excluded by ' if config is None else ''}name rule '{pattern}'"
@@ -176,9 +194,7 @@ class OptimizationConfig(Dictable):
                     config = self.module_type_configs[key]
                     label = key if isinstance(key, str) else key.__name__
                     return config, f"{'excluded by ' if config is None else ''}type rule {label!r}"
-        if self.global_config is None:
-            return None, "no rule matches and global_config is None"
-        return self.global_config, "global_config"
+        return None
 
     def get_module_config(self, name: str, module: nn.Module) -> ModuleOptimizationConfig | None:
         """The config for ``module`` (qualified ``name``), or ``None`` if it is not to be pruned (see `lookup`)."""
@@ -233,7 +249,9 @@ class PrunerConfig(OptimizationConfig):
     transformers' ``Conv1D``, keyed ``"Conv1D"``) with the default
     `ModulePrunerConfig` (magnitude, 50 %, at the first ``step()``). As soon as a type or name config is
     given, the global config stays ``None`` unless set, so only the listed modules are pruned (as in Core
-    ML Tools).
+    ML Tools). ``nn.Embedding`` tables are pruned only when a rule names them (``module_type_configs=
+    {nn.Embedding: ...}``, a name rule, or ``"Embedding"`` in ``module_types``), never by
+    ``global_config`` alone: Core ML Tools never prunes them, SparseML's ``__ALL_PRUNABLE__`` does.
 
     Args:
         global_config, module_type_configs, module_name_configs: see the module docs; values are
@@ -266,8 +284,13 @@ class PrunerConfig(OptimizationConfig):
             self.global_config = ModulePrunerConfig()
 
     def lookup(self, name: str, module: nn.Module) -> tuple[ModuleOptimizationConfig | None, str]:
-        if self.module_types is not None and not any(k.__name__ in self.module_types for k in type(module).__mro__):
+        listed = self.module_types is not None and any(k.__name__ in self.module_types for k in type(module).__mro__)
+        if self.module_types is not None and not listed:
             return None, f"type {type(module).__name__} not in module_types {list(self.module_types)}"
+        if isinstance(module, OPT_IN_MODULES) and not listed and self.rule_for(name, module) is None:
+            kind = type(module).__name__
+            return None, (f"{kind} is pruned only when named: a type rule ({kind!r}), a name rule or "
+                          f"module_types, not global_config")
         return super().lookup(name, module)
 
     def as_dict(self) -> dict[str, Any]:

@@ -133,6 +133,8 @@ def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pa
         raise TypeError(f"{where}.{config.param_name} has dtype {param.dtype}: only floating-point weights prune")
     if param.numel() == 0:
         raise SkipModule(f"{where}: {config.param_name} has no elements, nothing to prune")
+    if isinstance(module, nn.Embedding):
+        _check_embedding(where, module)
     shape = pattern_shape(module, param)
     if is_transposed(module, param):
         where += " (weight stored [in, out], seen here as [out, in])"
@@ -170,6 +172,19 @@ def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pa
         except ValueError as exc:
             raise SkipModule(str(exc)) from exc  # Neural Compressor skips such layers too
     return pattern
+
+
+def _check_embedding(where: str, module: nn.Embedding) -> None:
+    """An embedding table prunes like a ``Linear`` weight ``[num_embeddings, embedding_dim]`` (a row is one
+    token, n:m runs along the embedding dimension), except in two modes that write or return the weight in a
+    form the mask cannot follow."""
+    if module.sparse:
+        raise ValueError(f"{where} has sparse=True: its gradient is a sparse tensor, which the mask cannot multiply "
+                         "in place; use sparse=False while pruning")
+    if module.max_norm is not None:
+        raise ValueError(f"{where} has max_norm={module.max_norm}: its forward rescales the looked-up rows of the "
+                         "weight in place, which would rewrite the masked copy, not the weight; set max_norm=None "
+                         "while pruning")
 
 
 def plan_model(model: nn.Module, config: OptimizationConfig) -> list[Plan]:
