@@ -293,6 +293,16 @@ def test_output_formats() -> None:
     assert lines[0].split()[:3] == ["layer", "type", "pattern"]
     assert any(line.startswith("total") for line in lines)
     assert "weight.bin estimate" in text and "80.0%" in text
+    # 14 columns would be 149 wide: the counts and the sizes are two tables of at most 100 columns
+    assert max(map(len, lines)) <= 100
+    headers = [line.split("  ") for line in lines if line.startswith("layer")]
+    assert [[c.strip() for c in h if c.strip()] for h in headers] == [
+        ["layer", "type", "pattern", "params", "nonzeros", "requested", "achieved", "channels 0"],
+        ["layer", "stored", "fp16 dense", "fp16 Core ML", "fp32 dense", "fp32 Core ML", "× smaller"],
+    ]
+    assert [line.split()[0] for line in lines if line[:1].isdigit()] == ["0", "2", "0", "2"]
+    wide = report.to_text(width=200).splitlines()
+    assert sum(line.startswith("layer") for line in wide) == 1 and max(map(len, wide)) > 100
 
     markdown = report.to_markdown().splitlines()
     assert markdown[0].startswith("| layer |") and markdown[1].startswith("| --- |")

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import textwrap
 from typing import Any
 
 import attrs
@@ -144,6 +145,7 @@ class ModelReport:
         return out.getvalue()
 
     def _table(self) -> tuple[list[str], list[list[str]]]:
+        """The header and the rows (the last one the totals); columns from `_SIZES` on are sizes."""
         header = ["layer", "type", "pattern", "params", "nonzeros", "requested", "achieved", "channels 0",
                   "stored", "fp16 dense", "fp16 Core ML", "fp32 dense", "fp32 Core ML", "× smaller"]
         rows = []
@@ -179,17 +181,27 @@ class ModelReport:
             lines.append("'(!)' = stored sparse although that is larger than dense (below 1/16 sparsity in fp16).")
         return lines
 
-    def to_text(self) -> str:
-        """An aligned plain-text table with a footer for the whole model."""
+    def to_text(self, width: int = 100) -> str:
+        """Aligned plain text with a footer for the whole model, ``width`` columns wide where it can be.
+
+        One table when it fits; otherwise two sharing the layer column, the counts and then the sizes
+        (only layer names longer than about 30 characters make those wider). The footer is wrapped.
+        """
         header, rows = self._table()
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        every = list(range(len(header)))
+        parts = [every] if sum(widths) + 2 * (len(widths) - 1) <= width else [every[:_SIZES], [0, *every[_SIZES:]]]
+        lines: list[str] = []
+        for columns in parts:
 
-        def line(cells: list[str]) -> str:
-            return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            def line(cells: list[str], columns: list[int] = columns) -> str:
+                return "  ".join(cells[i].ljust(widths[i]) if i < 3 else cells[i].rjust(widths[i])
+                                 for i in columns).rstrip()
 
-        rule = "  ".join("-" * w for w in widths)
-        lines = [line(header), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1]), ""]
-        return "\n".join([*lines, *self._footer()])
+            rule = "  ".join("-" * widths[i] for i in columns)
+            lines += [line(header), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1]), ""]
+        footer = [textwrap.fill(text, width, break_on_hyphens=False) for text in self._footer()]
+        return "\n".join([*lines, *footer])
 
     def to_markdown(self) -> str:
         header, rows = self._table()
@@ -201,6 +213,8 @@ class ModelReport:
     def __str__(self) -> str:
         return self.to_text()
 
+
+_SIZES = 8  # the first size column of `ModelReport._table` ("stored"): where to_text splits a wide table
 
 _RULE_NAMES = {
     "sparsify": "as sparsify export stores it",
