@@ -15,7 +15,6 @@ is built and when it is changed, with an error naming the field, the value and w
 
 from __future__ import annotations
 
-import abc
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ import attrs
 from torch import nn
 
 from .._checks import field_error
+from .._module_types import Conv1D
 from . import fields
 from .io import Dictable
 from .module import ModuleOptimizationConfig, ModulePrunerConfig
@@ -39,24 +39,6 @@ ModuleKey = type | str
 
 #: Core ML Tools' prunable module types (what its ``MagnitudePrunerConfig`` and the presets accept)
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-class Conv1D(nn.Module, metaclass=abc.ABCMeta):
-    """Hugging Face ``transformers``' ``Conv1D`` (GPT-2's linear layers), recognised without importing
-    transformers, so that sparsify does not depend on it.
-
-    Never instantiated: ``isinstance(module, Conv1D)`` is true for ``transformers.pytorch_utils.Conv1D``
-    and its subclasses, matched by class name and package. Its weight is stored transposed
-    (``[in_features, out_features]``); the pruner gives patterns the ``[out, in]`` view.
-    """
-
-    @classmethod
-    def __subclasshook__(cls, klass: type) -> bool:
-        if cls is Conv1D and any(
-            k.__name__ == "Conv1D" and k.__module__.partition(".")[0] == "transformers" for k in klass.__mro__
-        ):
-            return True
-        return NotImplemented
 
 
 #: module types a `PrunerConfig` prunes only when a rule names them — a type rule, a name rule, or

@@ -75,6 +75,10 @@ class TargetView(Protocol):
     def sparsity_level(self) -> float:
         """The scheduled sparsity the module has now."""
 
+    @property
+    def transposed(self) -> bool:
+        """The parameter is stored ``[in, out]`` (transformers' ``Conv1D``): patterns see its transpose."""
+
 
 class PrunerView(Protocol):
     """What a scorer may read of the pruner."""

@@ -21,9 +21,10 @@ sees the same samples. Then:
 * **block chains** — when the pruned layers sit in a chain of blocks (decoder layers, an ``nn.Sequential``), a
   stage inside a block runs that block alone on its cached inputs (`sparsify.criteria.chain`).
 
-`input_columns` turns a module input into the rows a layer-wise criterion needs: a ``Linear`` sees rows of
-``in_features``; a ``Conv1d`` / ``Conv2d`` (``groups=1``) sees its unfolded patches ``[Ci·kh·kw]`` — the order
-of ``weight.flatten(1)`` — one row per output position. A module whose weight its parent reads without calling
+`input_columns` turns a module input into the rows a layer-wise criterion needs: a ``Linear`` (and
+transformers' ``Conv1D``, whose ``[in, out]`` weight the criterion sees transposed) sees rows of
+``in_features``; a ``Conv1d`` / ``Conv2d`` (``groups=1``) sees its unfolded patches ``[Ci·kh·kw]`` — the
+order of ``weight.flatten(1)`` — one row per output position. A module whose weight its parent reads without calling
 it (``nn.MultiheadAttention``'s ``out_proj``) is never called, and the calibration says so.
 """
 
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._module_types import Conv1D
 from ._passes import StopForward, bind, columns_size, evaluating, merged, swapped
 from .base import TargetView
 from .chain import BlockInputs, Chain, ChainProbe
@@ -56,6 +58,8 @@ MERGED_COLUMNS = 2**24
 def check_layer(kind: str, name: str, module: nn.Module) -> None:
     """Raise ``ValueError`` naming the module if criterion ``kind`` cannot calibrate it."""
     where = f"criterion {kind!r}: module {name!r} ({type(module).__name__})"
+    if isinstance(module, Conv1D):
+        return
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         if module.groups != 1:
             raise ValueError(
@@ -65,7 +69,7 @@ def check_layer(kind: str, name: str, module: nn.Module) -> None:
         return
     if not isinstance(module, nn.Linear):
         raise ValueError(
-            f"{where}: layer-wise calibration handles Linear, Conv1d and Conv2d; exclude it "
+            f"{where}: layer-wise calibration handles Linear, Conv1d, Conv2d and transformers' Conv1D; exclude it "
             f"(module_name_configs={{{name!r}: None}}) or give it another criterion"
         )
 
@@ -75,7 +79,9 @@ def input_columns(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     x = inputs.detach()
     if isinstance(module, nn.Linear):
         return x.reshape(-1, module.in_features).float()
-    assert isinstance(module, (nn.Conv1d, nn.Conv2d))  # check_layer admits Linear, Conv1d and Conv2d only
+    if isinstance(module, Conv1D):  # x @ weight with weight [in, out]
+        return x.reshape(-1, _in_features(module)).float()
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d))  # check_layer admits these, Linear and Conv1D only
     conv2d = isinstance(module, nn.Conv2d)
     if x.dim() == (3 if conv2d else 2):  # an unbatched input
         x = x.unsqueeze(0)
@@ -94,10 +100,19 @@ def input_columns(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return columns.transpose(1, 2).reshape(-1, columns.shape[1]).float()
 
 
+def _in_features(module: nn.Module) -> int:
+    """A transformers ``Conv1D``'s input size: the first dimension of its ``[in, out]`` weight."""
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return int(weight.shape[0])
+
+
 def _signature(module: nn.Module) -> tuple[Any, ...]:
     """Modules with equal signatures fed the same tensor see the same columns (so share one statistic)."""
     if isinstance(module, nn.Linear):
         return ("linear", module.in_features)
+    if isinstance(module, Conv1D):
+        return ("linear", _in_features(module))
     return (type(module).__name__, module.in_channels, module.kernel_size, module.stride, module.padding,
             module.dilation, module.padding_mode)
 

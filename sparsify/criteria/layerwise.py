@@ -24,16 +24,18 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
+import attrs
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
-from .base import PrunerView, Scorer
+from .base import PrunerView, Scorer, TargetView
 from .calibration import Calibration, Stage, check_layer
 
 __all__ = [
     "ColumnNorms",
+    "LayerTarget",
     "LayerwiseScorer",
     "LayerwiseSpec",
     "encode",
@@ -182,6 +184,33 @@ def wanda_scores(weight: torch.Tensor, mean_squares: torch.Tensor) -> torch.Tens
     return (flat * mean_squares.to(flat.device).sqrt()).reshape(weight.shape)
 
 
+@attrs.frozen
+class LayerTarget:
+    """One pruned module as a layer-wise criterion sees it: its weight and current mask in the
+    ``[out, in, *kernel]`` layout its pattern uses — a transformers ``Conv1D``'s ``[in, out]`` weight
+    transposed — so that rows are outputs and columns the input features the calibration measures."""
+
+    name: str
+    module: torch.nn.Module
+    param_name: str
+    pattern: Pattern
+    orig: torch.Tensor  # detached, [out, in, *kernel]
+    mask: torch.Tensor  # the current keep-mask expanded to orig's shape
+    transposed: bool  # the parameter is stored [in, out]
+
+    @classmethod
+    def of(cls, target: TargetView) -> LayerTarget:
+        orig = target.orig.detach()
+        mask = target.mask.expand(orig.shape)
+        if target.transposed:
+            orig, mask = orig.t(), mask.t()
+        return cls(target.name, target.module, target.param_name, target.pattern, orig, mask, target.transposed)
+
+    def flip(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A weight-shaped tensor between the stored layout and this view's (the transpose is its own inverse)."""
+        return tensor.t() if self.transposed else tensor
+
+
 class LayerwiseSpec(Protocol):
     """What the shared runtime reads from a layer-wise criterion's settings (`SparseGPTCriterion`,
     `WandaCriterion`)."""
@@ -215,10 +244,11 @@ class LayerwiseScorer(Scorer):
         raise NotImplementedError
 
     def prune_layer(
-        self, pruner: PrunerView, name: str, chosen: torch.Tensor, statistic: Any
+        self, layer: LayerTarget, chosen: torch.Tensor, statistic: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(weight-shaped keep-mask with chosen's count, new parameter values by name)`` for module ``name``:
-        the pruned parameter's new values count where the mask keeps them; others (a bias) are replaced."""
+        """``(keep-mask with chosen's count, new parameter values by name)`` for one module: ``chosen``, the
+        keep-mask and the pruned parameter's new values (which count where the mask keeps them) are in
+        ``layer``'s ``[out, in, *kernel]`` layout; other parameters (a bias) are replaced as they are."""
         raise NotImplementedError
 
     def wants_reference(self) -> bool:
@@ -262,7 +292,9 @@ class LayerwiseScorer(Scorer):
         for statistic in norms.values():
             statistic.synchronize()
         for name in ranked:
-            self.preliminary[name] = wanda_scores(_masked(pruner, name), norms[stage.leader[name]].mean_squares)
+            layer = LayerTarget.of(pruner.targets[name])
+            scores = wanda_scores(torch.where(layer.mask, layer.orig, 0.0), norms[stage.leader[name]].mean_squares)
+            self.preliminary[name] = layer.flip(scores)
 
     def scores(self, pruner: PrunerView, name: str) -> torch.Tensor:
         found = self.preliminary.get(name)
@@ -313,8 +345,12 @@ class LayerwiseScorer(Scorer):
         refined = {}
         for name in stage.names:
             target = pruner.targets[name]
-            chosen = masks[name].expand(target.orig.shape)
-            keep, values = self.prune_layer(pruner, name, chosen, statistics[stage.leader[name]])
+            layer = LayerTarget.of(target)
+            chosen = layer.flip(masks[name].expand(target.orig.shape))
+            keep, values = self.prune_layer(layer, chosen, statistics[stage.leader[name]])
+            keep = layer.flip(keep)
+            if target.param_name in values:
+                values[target.param_name] = layer.flip(values[target.param_name])
             refined[name] = to_mask_shape(keep, masks[name].shape)
             if values:
                 updates[name] = values

@@ -47,8 +47,16 @@ import torch
 
 from .._checks import as_float, boolean, check_range, positive_int
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
-from .base import Criterion, PrunerView, Scorer, register_criterion
-from .layerwise import LayerwiseScorer, encode, nm_run_counts, pruned_groups_of, reselect, summed_over_ranks
+from .base import Criterion, Scorer, register_criterion
+from .layerwise import (
+    LayerTarget,
+    LayerwiseScorer,
+    encode,
+    nm_run_counts,
+    pruned_groups_of,
+    reselect,
+    summed_over_ranks,
+)
 
 __all__ = ["Hessian", "SparseGPTCriterion", "inverse_factor", "obs_prune"]
 
@@ -417,13 +425,12 @@ class _SparseGPTScorer(LayerwiseScorer):
         return not (self.spec.true_sequential or self.spec.asymmetric)
 
     def prune_layer(
-        self, pruner: PrunerView, name: str, chosen: torch.Tensor, statistic: Hessian
+        self, layer: LayerTarget, chosen: torch.Tensor, statistic: Hessian
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        target = pruner.targets[name]
-        orig = target.orig.detach()
-        shape, pattern = orig.shape, target.pattern
-        current = target.mask.expand(shape)
-        bias = getattr(target.module, "bias", None) if self.spec.update_bias else None
+        orig = layer.orig
+        shape, pattern = orig.shape, layer.pattern
+        current = layer.mask
+        bias = getattr(layer.module, "bias", None) if self.spec.update_bias else None
         mode, order, cuts = _plan(pattern, shape, statistic.sum.device if statistic.sum is not None else orig.device)
         counts = nm_run_counts(chosen, pattern) if isinstance(pattern, NMPattern) else None
         if mode == "runs" and counts is None:  # the unstructured ramp-up stage of a scheduled n:m
@@ -432,7 +439,7 @@ class _SparseGPTScorer(LayerwiseScorer):
         device, columns = factor.device, math.prod(shape[1:])
         # n:m may bring weights back (the machine's masks only grow for the other patterns): start them from
         # their trained values, as a regrown weight of any criterion does, rather than from zero
-        start = orig if isinstance(target.pattern, NMPattern) else torch.where(current, orig, 0.0)
+        start = orig if isinstance(layer.pattern, NMPattern) else torch.where(current, orig, 0.0)
         weight = start.to(device, torch.float32).reshape(shape[0], -1)
         if order is not None:
             weight = weight[:, order]
@@ -473,7 +480,7 @@ class _SparseGPTScorer(LayerwiseScorer):
             flat[:, order] = pruned
             pruned = flat
         keep = (~pruned).reshape(shape).to(orig.device)
-        self.log.append({"module": name, "columns": columns, "rows": shape[0], "samples": statistic.rows,
+        self.log.append({"module": layer.name, "columns": columns, "rows": shape[0], "samples": statistic.rows,
                          "hessian_bytes": 4 * weight.shape[1] ** 2, "mode": mode})
-        values[target.param_name] = new.reshape(shape).to(orig.device, orig.dtype)
+        values[layer.param_name] = new.reshape(shape).to(orig.device, orig.dtype)
         return keep, values

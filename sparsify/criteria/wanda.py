@@ -25,8 +25,8 @@ import torch
 
 from .._checks import as_int, boolean, check_range
 from ..patterns import CoreMLPattern, TilePattern
-from .base import Criterion, PrunerView, Scorer, register_criterion
-from .layerwise import ColumnNorms, LayerwiseScorer, encode, reselect, wanda_scores
+from .base import Criterion, Scorer, register_criterion
+from .layerwise import ColumnNorms, LayerTarget, LayerwiseScorer, encode, reselect, wanda_scores
 
 __all__ = ["WandaCriterion"]
 
@@ -97,14 +97,12 @@ class _WandaScorer(LayerwiseScorer):
         return not self.spec.true_sequential
 
     def prune_layer(
-        self, pruner: PrunerView, name: str, chosen: torch.Tensor, statistic: ColumnNorms
+        self, layer: LayerTarget, chosen: torch.Tensor, statistic: ColumnNorms
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        target = pruner.targets[name]
-        current = target.mask.expand(target.orig.shape)
-        scores = wanda_scores(torch.where(current, target.orig.detach(), 0.0), statistic.mean_squares)
-        frozen = ~current
-        if self.spec.per_output and _element_wise(target.pattern):
+        scores = wanda_scores(torch.where(layer.mask, layer.orig, 0.0), statistic.mean_squares)
+        frozen = ~layer.mask
+        if self.spec.per_output and _element_wise(layer.pattern):
             ranked = per_output_ranks(scores, frozen)
         else:
             ranked = encode(scores, frozen, frozen)
-        return reselect(target.pattern, ranked, chosen), {}
+        return reselect(layer.pattern, ranked, chosen), {}
