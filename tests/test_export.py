@@ -444,18 +444,18 @@ def test_multihead_attention_falls_back_to_torch_export(tmp_path: object, caplog
     report = export_coreml(model, example, tmp_path / "attention.mlpackage")
     assert report.trace == "export"
     assert list(report.trace_failures) == ["jit"]
-    assert "NotImplementedError" in report.trace_failures["jit"] and "_native_multi_head_attention" in \
-        report.trace_failures["jit"]
+    # coremltools 9 raises NotImplementedError, 8.3 RuntimeError, both naming the op
+    assert "_native_multi_head_attention" in report.trace_failures["jit"]
     assert any(r.getMessage().startswith("export_coreml: converted with torch.export (trace='export'); "
-                                         "TorchScript tracing (torch.jit.trace) failed first: NotImplementedError")
-               for r in caplog.records)
+                                         "TorchScript tracing (torch.jit.trace) failed first: ")
+               and "_native_multi_head_attention" in r.getMessage() for r in caplog.records)
     for name in ("attn.out_proj.weight", "head.weight"):
         row = report.row(name)
         assert (row.storage, row.nonzeros) == ("sparse", row.torch_nonzeros), row
-    assert "jit failed first: NotImplementedError" in report.to_text()
+    assert f"jit failed first: {report.trace_failures['jit']}" in report.to_text()
     assert report.as_dict()["trace_failures"] == report.trace_failures
     with pytest.raises(ConversionError, match=r"trace='jit' was asked for; trace=None also tries the other route\)\. "
-                                              r"TorchScript tracing \(torch.jit.trace\): NotImplementedError") \
+                                              r"TorchScript tracing \(torch.jit.trace\): (NotImplemented|Runtime)Error") \
             as caught:
         export_coreml(model, example, tmp_path / "forced.mlpackage", trace="jit")
     assert list(caught.value.failures) == ["jit"]

@@ -323,7 +323,8 @@ def test_pruned_gpt2_and_bert_export_to_core_ml_with_sparse_weights(tmp_path):
     ids = torch.randint(0, 100, (1, 8))
     gpt = sparsify.prune(gpt2(), 0.5, module_types=["Conv1D"], n_m_ratio=(2, 4))
     # TorchScript tracing converts GPT-2 (torch.export fails in coremltools: "Unsupported fx node alias"),
-    # torch.export converts BERT (tracing fails in coremltools' 'int' op): the default tries one, then the other
+    # torch.export converts BERT on the newest releases (tracing fails in coremltools 9's 'int' op; coremltools 8.3
+    # with torch 2.7 traces it): the default tries one, then the other
     report = sparsify.export_coreml(Logits(gpt), ids, tmp_path / "gpt2.mlpackage")
     assert report.trace == "jit"
     sparse = {r.name for r in report.rows if r.storage == "sparse"}
@@ -333,7 +334,7 @@ def test_pruned_gpt2_and_bert_export_to_core_ml_with_sparse_weights(tmp_path):
 
     pruned_bert = sparsify.prune(bert(), 0.5, keep_classifier_dense=True)
     report = sparsify.export_coreml(Logits(pruned_bert), ids, tmp_path / "bert.mlpackage")
-    assert report.trace == "export"
+    assert (report.trace, list(report.trace_failures)) in (("export", ["jit"]), ("jit", []))
     sparse = {r.name for r in report.rows if r.storage == "sparse"}
     linears = [n for n, m in pruned_bert.named_modules() if isinstance(m, nn.Linear) and n != "classifier"]
     assert sparse == {f"model.{n}.weight" for n in linears}

@@ -31,8 +31,9 @@ def test_recursive_alias_deep_nesting_and_size_are_refused(tmp_path) -> None:
         load_yaml_text("a: &x [1, *x]")
     with pytest.raises(SourceError, match="nests deeper than 100 levels"):
         load_yaml_text("[" * 150 + "]" * 150)
-    with pytest.raises(SourceError, match="line 1: invalid YAML: .*nesting depth"):
-        load_yaml_text("[" * 5000 + "]" * 5000)  # libyaml's own limit
+    # libyaml's own limit (PyYAML >= 6.0.2) or, where it has none, the event count's
+    with pytest.raises(SourceError, match="line 1: (invalid YAML: .*nesting depth|the document nests deeper)"):
+        load_yaml_text("[" * 5000 + "]" * 5000)
     big = tmp_path / "big.yaml"
     big.write_text("a: " + "x" * 2000 + "\n")
     with pytest.raises(SourceError, match=r"big\.yaml: the file is 2,004 bytes; the limit is 1,000 bytes"):
