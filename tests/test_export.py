@@ -454,9 +454,9 @@ def test_multihead_attention_falls_back_to_torch_export(tmp_path: object, caplog
         assert (row.storage, row.nonzeros) == ("sparse", row.torch_nonzeros), row
     assert f"jit failed first: {report.trace_failures['jit']}" in report.to_text()
     assert report.as_dict()["trace_failures"] == report.trace_failures
-    with pytest.raises(ConversionError, match=r"trace='jit' was asked for; trace=None also tries the other route\)\. "
-                                              r"TorchScript tracing \(torch.jit.trace\): (NotImplemented|Runtime)Error") \
-            as caught:
+    forced = (r"trace='jit' was asked for; trace=None also tries the other route\)\. "
+              r"TorchScript tracing \(torch.jit.trace\): (NotImplemented|Runtime)Error")
+    with pytest.raises(ConversionError, match=forced) as caught:
         export_coreml(model, example, tmp_path / "forced.mlpackage", trace="jit")
     assert list(caught.value.failures) == ["jit"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["attention.mlpackage"]  # no package, no staging folder
