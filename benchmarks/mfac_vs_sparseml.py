@@ -40,12 +40,13 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from mfac_oneshot import train  # the same training as the M-FAC benchmark; benchmarks/ is on sys.path
 from torch import nn
 
 from sparsify import ModulePrunerConfig, Pruner, PrunerConfig
 from sparsify.criteria.sampler import GradSampler
 from sparsify.demo.datasets import load_digits
-from sparsify.demo.models import SmallCNN, train_epoch
+from sparsify.demo.models import SmallCNN
 
 RECIPE = """
 pruning_modifiers:
@@ -67,17 +68,6 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 def _load() -> str:
     return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def train(model: nn.Module, epochs: int) -> nn.Module:
-    data = load_digits()
-    train_loader, _ = data.loaders(batch_size=64, seed=0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    for _ in range(epochs):
-        train_epoch(model, train_loader, optimizer)
-        scheduler.step()
-    return model.eval()
 
 
 def gradient_batches(count: int, batch_size: int = 16) -> Batches:
@@ -187,11 +177,11 @@ def main() -> None:
     models = args.models.split(",")
     if "small" in models:
         torch.manual_seed(0)
-        compare("SmallCNN (digits, 40 epochs)", train(SmallCNN(), 40), 512, args)
+        compare("SmallCNN (digits, 40 epochs)", train(SmallCNN(), 40, seed=0), 512, args)
     if "large" in models:
         torch.manual_seed(0)
         compare("SmallCNN(channels=(64, 128), hidden=2048) (digits, 8 epochs)",
-                train(SmallCNN(channels=(64, 128), hidden=2048), 8), 256, args)
+                train(SmallCNN(channels=(64, 128), hidden=2048), 8, seed=0), 256, args)
 
 
 if __name__ == "__main__":
