@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -347,6 +348,21 @@ def joint(cnn: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {kind: (export_coreml(model, EXAMPLE, root / f"{kind}.mlpackage", **kwargs), root / f"{kind}.mlpackage")
             for kind, kwargs in {"palettized": {"palettize_bits": 4}, "quantized": {"quantize": "int8"},
                                  "sparse": {"minimum_deployment_target": "iOS18"}}.items()}
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"palettize_bits": 4}], ids=["sparse", "sparse+palettized"])
+def test_no_temporary_package_is_left_behind(cnn: dict, tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                             kwargs: dict) -> None:
+    """coremltools keeps a temporary .mlpackage behind every conversion and compression step until the process
+    exits; the export removes the ones it made once the package is saved (a job exporting every epoch would
+    otherwise fill the temp folder)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # every temporary folder of this test lands here
+    report = export_coreml(cnn["finalized"], EXAMPLE, tmp_path / "cnn.mlpackage", **kwargs)
+    assert report.op_counts["constexpr_sparse_to_dense" if not kwargs else "constexpr_lut_to_sparse"] >= 1
+    assert sorted(p.name for p in scratch.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn.mlpackage", "tmp"]
 
 
 def test_joint_sparse_palettized(cnn: dict, joint: dict) -> None:

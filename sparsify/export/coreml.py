@@ -64,6 +64,7 @@ from .storage import (
     source_constant,
     unplanned,
 )
+from .temporary import discard_package
 
 __all__ = ["ExportReport", "ExportRow", "export_coreml"]
 
@@ -273,14 +274,18 @@ def _export(model: Any, inputs: tuple[torch.Tensor, ...], destination: Destinati
         )
     conversion = convert_dense(source, inputs, convert_kwargs, target, precision)
     logger.info(route_message(conversion))
-    dense = conversion.mlmodel
-    dense_bytes = sum(weight_file_sizes(dense.weights_dir).values())
-    consts = read_constants(dense.get_spec(), dense.weights_dir)
-    origin = match_constants(tensors, consts)  # Core ML constant name → torch name
-    plan = plan_storage(consts, origin, tensors, pruned, sparse_weights=sparse_weights, precision=precision,
-                        target_name=target.name, palettize_bits=palettize_bits, quantize=quantize, log=log)
-    final = apply_plan(dense, plan, palettize_bits, quantize) if plan else dense
-    final.save(str(destination.staging))
+    dense = final = conversion.mlmodel
+    try:
+        dense_bytes = sum(weight_file_sizes(dense.weights_dir).values())
+        consts = read_constants(dense.get_spec(), dense.weights_dir)
+        origin = match_constants(tensors, consts)  # Core ML constant name → torch name
+        plan = plan_storage(consts, origin, tensors, pruned, sparse_weights=sparse_weights, precision=precision,
+                            target_name=target.name, palettize_bits=palettize_bits, quantize=quantize, log=log)
+        final = apply_plan(dense, plan, palettize_bits, quantize) if plan else dense
+        final.save(str(destination.staging))
+    finally:  # what is kept is in the staging folder now: coremltools' own copies would stay until exit
+        discard_package(dense)
+        discard_package(final)
     package = inspect_mlpackage(destination.staging)
     stored = read_weights(destination.staging) if palettize_bits or quantize else {}
     rows = []

@@ -30,6 +30,7 @@ import torch
 from ..analysis.sizing import JOINT_TARGET, StoredTensor, stored_tensor
 from .mlpackage import PackageReport, WeightInfo
 from .palette import dense_palette, sparse_palette
+from .temporary import discard_package
 
 __all__ = ["Log", "apply_plan", "match_constants", "plan_storage", "source_constant"]
 
@@ -188,7 +189,10 @@ def apply_plan(mlmodel: Any, plan: dict[str, StoredTensor], palettize_bits: int 
             configs[cname + _SUFFIXES[0] if form.sparse else cname] = on_sparse if form.sparse else on_dense
     if configs:
         compress = cto.palettize_weights if palettize_bits is not None else cto.linear_quantize_weights
-        mlmodel = compress(mlmodel, cto.OptimizationConfig(op_name_configs=configs), joint_compression=True)
+        compressed = compress(mlmodel, cto.OptimizationConfig(op_name_configs=configs), joint_compression=True)
+        if sparse:
+            discard_package(mlmodel)  # the pruned intermediate, made here (the caller owns the one passed in)
+        mlmodel = compressed
     return mlmodel
 
 
