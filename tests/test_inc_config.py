@@ -149,6 +149,19 @@ pruning:
         from_inc_config(io.StringIO(text), Bert())
 
 
+@pytest.mark.parametrize("section", ["weight_compression_pytorch", "weight_compression"])
+@pytest.mark.parametrize(("pruners", "message"), [
+    ("[]", r"^line 3: {section} has no pruners: INC 1\.x prunes only what its pruners list$"),
+    ("\n        - !Pruner [1, 2]", r"^line 5: pruners\[0\] \(!Pruner\): a pruner is a mapping of its fields$"),
+    ("\n        - !Pruner\n            prune_type: magnitude\n            sparsity: 0.5",
+     r"^line 5: pruners\[0\] \(!Pruner\): unknown key\(s\) \['sparsity'\] for !Pruner: allowed "),
+])
+def test_inc_1x_pruner_entries_are_checked_in_both_sections(section: str, pruners: str, message: str) -> None:
+    text = f"pruning:\n  approach:\n    {section}:\n      pruners: {pruners}\n"
+    with pytest.raises(SourceError, match=message.format(section=section)):
+        read_inc_config(io.StringIO(text))
+
+
 @pytest.mark.parametrize(("data", "message"), [
     ({"target_sparsity": 1.5}, r"INC config: target_sparsity=1\.5 is invalid: INC allows 0 <= target_sparsity < 1"),
     ({"target_sparsity": None, "pattern": "4x0"}, r"pattern='4x0' is invalid: allowed 'NxM'"),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -292,22 +292,30 @@ def _v2_pruners(top: Mapping[str, Any], locals_: list[Any], plan: RecipePlan, ba
         plan.groups.append(_group(cfg, origin, v1=False))
 
 
-def _v1_pytorch(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -> None:
-    """INC 1.x ``weight_compression_pytorch``: global keys, then each ``!Pruner``."""
-    globals_ = {**_V1_DEFAULTS, **{k: v for k, v in section.items() if k != "pruners" and v is not None}}
+def _pruner_entries(section: Mapping[str, Any], name: str, plan: RecipePlan,
+                    line: int | None) -> Iterator[tuple[Mapping[str, Any], Origin]]:
+    """Each ``!Pruner`` of an INC 1.x section (``name``) with its origin, checked to be a mapping of known keys;
+    a section without pruners is refused (INC 1.x prunes only what they list)."""
     pruners = section.get("pruners") or []
     if not pruners:
-        raise SourceError("weight_compression_pytorch has no pruners: INC 1.x prunes only what its pruners list",
-                          plan.path, line)
+        raise SourceError(f"{name} has no pruners: INC 1.x prunes only what its pruners list", plan.path, line)
     for index, item in enumerate(pruners):
         fields = item.value if isinstance(item, Tagged) else item
-        keys = {**getattr(section, "lines", {}), **getattr(fields, "lines", {})}
-        origin = Origin(plan.path, line_of(pruners, index), f"pruners[{index}] (!Pruner)", keys)
+        own_lines = getattr(fields, "lines", {}) if isinstance(fields, Mapping) else {}  # a list's are per item
+        origin = Origin(plan.path, line_of(pruners, index), f"pruners[{index}] (!Pruner)",
+                        {**getattr(section, "lines", {}), **own_lines})
         if not isinstance(fields, Mapping):
             raise origin.error("a pruner is a mapping of its fields")
         unknown = sorted(set(fields) - _PRUNER_KEYS)
         if unknown:
             raise origin.error(f"unknown key(s) {unknown} for !Pruner: allowed {', '.join(sorted(_PRUNER_KEYS))}")
+        yield fields, origin
+
+
+def _v1_pytorch(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -> None:
+    """INC 1.x ``weight_compression_pytorch``: global keys, then each ``!Pruner``."""
+    globals_ = {**_V1_DEFAULTS, **{k: v for k, v in section.items() if k != "pruners" and v is not None}}
+    for fields, origin in _pruner_entries(section, "weight_compression_pytorch", plan, line):
         local = {**_V1_PRUNER_DEFAULTS, **{k: v for k, v in fields.items() if v is not None}}
         cfg = {k: local.get(k, globals_.get(k)) for k in _V1_DEFAULTS}
         excluded = [*_names(local.get("extra_excluded_names", globals_["extra_excluded_names"]),
@@ -324,19 +332,7 @@ def _v1_legacy(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -
     defaults = {"initial_sparsity": 0.0, "target_sparsity": 0.97, "start_epoch": 0, "end_epoch": 4,
                 "update_frequency": 1.0, "names": []}
     globals_ = {**defaults, **{k: v for k, v in section.items() if k != "pruners" and v is not None}}
-    pruners = section.get("pruners") or []
-    if not pruners:
-        raise SourceError("weight_compression has no pruners: INC 1.x prunes only what its pruners list", plan.path,
-                          line)
-    for index, item in enumerate(pruners):
-        fields = item.value if isinstance(item, Tagged) else item
-        keys = {**getattr(section, "lines", {}), **getattr(fields, "lines", {})}
-        origin = Origin(plan.path, line_of(pruners, index), f"pruners[{index}] (!Pruner)", keys)
-        if not isinstance(fields, Mapping):
-            raise origin.error("a pruner is a mapping of its fields")
-        unknown = sorted(set(fields) - _PRUNER_KEYS)
-        if unknown:
-            raise origin.error(f"unknown key(s) {unknown} for !Pruner: allowed {', '.join(sorted(_PRUNER_KEYS))}")
+    for fields, origin in _pruner_entries(section, "weight_compression", plan, line):
         local = {**_V1_PRUNER_DEFAULTS, **fields}
 
         def value(key: str, local: Mapping[str, Any] = local) -> Any:
