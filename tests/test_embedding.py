@@ -133,6 +133,14 @@ def test_a_table_tied_to_the_output_layer_shares_one_mask() -> None:
             nn.Linear: ModulePrunerConfig(target_sparsity=0.7)})).prepare()
 
 
+def test_a_table_tied_to_a_pruned_head_is_checked_like_a_named_one() -> None:
+    model = TinyLM(tied=True)
+    model.emb.max_norm = 1.0
+    with pytest.raises(ValueError, match=r"module 'emb' \(Embedding, tied to 'head'\) has max_norm=1.0"):
+        Pruner(model, PrunerConfig()).prepare(inplace=True)
+    assert not hasattr(model.head, "weight_orig")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

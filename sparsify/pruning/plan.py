@@ -232,6 +232,8 @@ def _tied_elsewhere(model: nn.Module, plans: list[Plan]) -> list[Plan]:
         for param_name, param in module._parameters.items():
             plan = owners.get(id(param))
             if plan is not None and param_name == plan.config.param_name:
+                if isinstance(module, nn.Embedding):
+                    _check_embedding(f"module {name!r} (Embedding, tied to {plan.name!r})", module)
                 logger.info("module %r (%s) shares %s with %r: it gets the same mask", name, type(module).__name__,
                             param_name, plan.name)
                 extra.append(Plan(name, plan.config, plan.pattern, plan.entry, None, plan.name, plan.transposed))
