@@ -20,3 +20,23 @@ def test_no_merge_conflict_markers_in_the_tree() -> None:
         if line.startswith(MARKERS) or line == "=" * 7
     ]
     assert len(files) > 100 and found == []
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_ci_runs_readme_two_commands_verbatim() -> None:
+    """CI must run exactly the commands README.md gives (main job first, then the test suite), and the docs'
+    front page repeats them word for word."""
+    commands = _readme_commands()
+    assert len(commands) == 2
+    assert '".[data]"' in commands[0] and "examples/coreml_tutorial.py" in commands[0]
+    assert '".[dev]"' in commands[1] and commands[1].endswith("-m pytest -n 2")
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    positions = [ci.index(command) for command in commands]
+    assert positions == sorted(positions)
+    index = (ROOT / "docs" / "index.md").read_text().splitlines()
+    assert all(command in index for command in commands)
