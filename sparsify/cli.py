@@ -3,7 +3,7 @@ and list what a pruning config would do to a model (dry run).
 
 Files come from anywhere, so nothing in them runs (`sparsify.model_files`): ``report`` reads tensors with
 `read_tensor_file` (its own pickle reader: no ``torch.load``, ``torch.jit.load`` or ``torch.export.load``);
-``export`` of a ``torch.export`` program first checks every pickle in the archive with that reader; every
+``export`` of a ``torch.export`` program first checks every member of the archive (`sparsify.pt2_archive`); every
 file read has a size limit (``--max-file-size``; YAML configs: `sparsify.safe_io`'s size and alias limits).
 Errors are one line on stderr (``-vv`` adds the traceback).
 
@@ -149,9 +149,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     model = build_model(args.model)
     if args.weights is not None:
-        kind, state = load_model(args.weights, args.max_file_size)
-        if kind != "state_dict":
-            raise CommandError(f"{args.weights} is a {kind}: --weights takes torch.save(model.state_dict())")
+        kind, state = read_state_dict(args.weights, args.max_file_size)  # tensors only: no torch loader runs
+        logger.info("%s: read the tensors of a %s", args.weights, kind)
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
@@ -332,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  sparsify prune my.models:Net --weights w.pt --config prune.yaml --trace 1,3,32,32 -o pruned.ts",
     )
     prune_cmd.add_argument("model", help="a model factory 'package.module:callable', called without arguments")
-    prune_cmd.add_argument("--weights", help="a torch.save'd state dict to load into the model (read weights_only)")
+    prune_cmd.add_argument("--weights", help="a torch.save'd state dict (or a TorchScript / torch.export file) whose "
+                           "tensors to load into the model (read without running anything in it)")
     prune_cmd.add_argument("--sparsity", type=float, help="the fraction of weights to prune, in [0, 1]")
     prune_cmd.add_argument("--criterion", default="magnitude", help="a data-free criterion (default: magnitude)")
     prune_cmd.add_argument("--pattern", help="NxM tiles such as 4x1 or 1xchannel (default: unstructured)")

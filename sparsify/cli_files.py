@@ -18,13 +18,8 @@ from typing import Any
 
 import torch
 
-from .model_files import (
-    DEFAULT_MAX_BYTES,
-    FileRefusedError,
-    check_exported_archive,
-    check_file_size,
-    read_tensor_file,
-)
+from .model_files import DEFAULT_MAX_BYTES, FileRefusedError, check_file_size, read_tensor_file
+from .pt2_archive import check_exported_archive
 
 __all__ = ["CommandError", "build_model", "load_config", "load_model", "read_state_dict"]
 
