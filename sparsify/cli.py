@@ -28,7 +28,15 @@ from typing import Any
 import torch
 
 from .analysis.sizing import RULES, TARGETS
-from .cli_files import CommandError, build_model, load_config, load_model, read_state_dict
+from .cli_files import (
+    CommandError,
+    build_model,
+    check_output,
+    load_config,
+    load_model,
+    read_state_dict,
+    save_atomically,
+)
 from .model_files import DEFAULT_MAX_BYTES
 
 __all__ = [
@@ -132,7 +140,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CommandError(f"{out} exists; pass --force to overwrite it")
     logger.info("converting %s (%s) to %s", args.model, kind, out)
     report = export_coreml(model, example, out, minimum_deployment_target=args.target,
-                           compute_precision=args.precision)
+                           compute_precision=args.precision, overwrite=args.force)
     print(report.to_text())  # every row was read back from the saved package
     sparse_ops = report.op_counts.get("constexpr_sparse_to_dense", 0)
     print(f"\nverified {out}: {sparse_ops} constexpr_sparse_to_dense op(s), weight file {report.total_bytes:,} "
@@ -147,6 +155,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .config import ModulePrunerConfig, PrunerConfig
     from .pruning import Pruner
 
+    out = check_output(args.output, args.force)  # before any work: a wrong -o fails in a second
     model = build_model(args.model)
     if args.weights is not None:
         kind, state = read_state_dict(args.weights, args.max_file_size)  # tensors only: no torch loader runs
@@ -184,14 +193,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     pruner.prepare(inplace=True)
     pruner.prune_now()
     pruned = pruner.finalize(inplace=True)
-    out = Path(args.output)
-    if out.exists() and not args.force:
-        raise CommandError(f"{out} exists; pass --force to overwrite it")
+    check_output(out, args.force)  # again: the path may have changed while pruning
     if args.trace is not None:
-        example = torch.rand(*args.trace)
-        torch.jit.trace(pruned.eval(), example).save(str(out))
+        traced = torch.jit.trace(pruned.eval(), torch.rand(*args.trace))
+        save_atomically(out, lambda temporary: traced.save(temporary))
     else:
-        torch.save(pruned.state_dict(), out)
+        save_atomically(out, lambda temporary: torch.save(pruned.state_dict(), temporary))
     print(pruner.report())
     what = "TorchScript" if args.trace is not None else "state dict"
     print(f"\nsaved the pruned model ({what}, with Core ML pruning metadata) to {out}")

@@ -280,6 +280,11 @@ def test_joint_compression_metadata_is_refused(tmp_path: object) -> None:
     ({"model": "model.pt"}, TypeError, "model must be a torch.nn.Module"),
     ({"palettize_bits": 5}, ValueError, r"palettize_bits=5 is invalid: allowed values are None, 1, 2, 3, 4, 6, 8"),
     ({"palettize_bits": True}, ValueError, r"palettize_bits=True is invalid"),
+    ({"palettize_bits": 4.0}, ValueError, r"palettize_bits=4.0 is invalid: allowed values are None, 1, 2, 3, 4, 6, 8 "
+                                          r"\(an int; got float\)"),
+    ({"palettize_bits": "4"}, ValueError, r"palettize_bits='4' is invalid: .* \(an int; got str\)"),
+    ({"palettize_bits": 16}, ValueError, r"palettize_bits=16 is invalid: allowed values are None, 1, 2, 3, 4, 6, 8"),
+    ({"overwrite": "no"}, TypeError, r"overwrite='no' is invalid: allowed values are True and False"),
     ({"quantize": "int4"}, ValueError, r"quantize='int4' is invalid: allowed values are None, 'int8'"),
     ({"quantize": "int8", "palettize_bits": 4}, ValueError, r"quantize='int8' is invalid: palettize_bits=4 is given"),
     ({"palettize_bits": 4, "minimum_deployment_target": "iOS17"}, ValueError,
@@ -601,7 +606,7 @@ def test_destination_that_is_not_a_package_is_refused_untouched(exported: tuple,
     for path, what in cases.items():
         model = _Counting()
         with pytest.raises(FileExistsError, match=rf"path='{path}' exists and {what}.*nothing was changed"):
-            export_coreml(model, torch.randn(1, 4), path)
+            export_coreml(model, torch.randn(1, 4), path, overwrite=True)
         assert model.calls == 0
     assert _tree(tmp_path) == before
 
@@ -611,7 +616,12 @@ def test_existing_package_or_empty_folder_is_replaced(exported: tuple, tmp_path:
 
     target = tmp_path / "model.mlpackage"
     shutil.copytree(exported[1], target)
-    report = export_coreml(nn.Sequential(nn.Linear(4, 4)), torch.randn(1, 4), target)
+    before = _tree(tmp_path)
+    model = _Counting()
+    with pytest.raises(FileExistsError, match=rf"path='{target}' exists; pass overwrite=True to replace it"):
+        export_coreml(model, torch.randn(1, 4), target)  # as the command without --force: refused, untouched
+    assert model.calls == 0 and _tree(tmp_path) == before
+    report = export_coreml(nn.Sequential(nn.Linear(4, 4)), torch.randn(1, 4), target, overwrite=True)
     assert inspect_mlpackage(target).total_bytes == report.total_bytes < exported[0].total_bytes
     (tmp_path / "empty.mlpackage").mkdir()
     export_coreml(nn.Sequential(nn.Linear(4, 4)), torch.randn(1, 4), tmp_path / "empty.mlpackage")
