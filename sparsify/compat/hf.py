@@ -34,7 +34,8 @@ try:
     from transformers import TrainerCallback
 except ImportError as exc:  # pragma: no cover - exercised only without transformers
     raise ImportError(
-        "sparsify.compat.hf needs Hugging Face transformers: pip install transformers (and accelerate for Trainer)"
+        "sparsify.compat.hf needs Hugging Face transformers, which is not installed: pip install "
+        "'sparsify-coreml[hf]' (transformers and accelerate, which the Trainer callback needs)"
     ) from exc
 
 __all__ = ["STATE_FILE", "PruningCallback", "save_pretrained"]
