@@ -1,4 +1,4 @@
-"""Pictures of a sparse model, saved as PNG (needs the optional ``matplotlib``: ``pip install 'sparsify-coreml[plot]'``).
+"""Pictures of a sparse model, as PNG (needs the optional ``matplotlib``: ``pip install 'sparsify-coreml[plot]'``).
 
 * `plot_weight_heatmap` — a layer's weights (``|w|``, zeros in white), before and after pruning;
 * `plot_layer_sparsity` — requested vs achieved sparsity of every layer, from a model report;
