@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 
 import numpy as np
 import pytest
@@ -662,3 +663,25 @@ def test_failed_export_leaves_everything_as_it_was(exported: tuple, tmp_path: ob
             export_coreml(attention, torch.randn(1, 6, 32), path, trace="jit")
     assert _tree(tmp_path) == before  # the package intact, no staging folder, no created parent folders
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.mlpackage"]
+
+
+class _Chatty(nn.Module):
+    """A third-party model that warns on every forward (as transformers' GPT-2 does once per layer)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.fc, self.text = nn.Linear(4, 4), text
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        warnings.warn(self.text, FutureWarning, stacklevel=1)
+        return self.fc(x)
+
+
+def test_a_warning_raised_on_every_forward_is_shown_once(tmp_path: object) -> None:
+    text = f"deprecated, from {tmp_path}"  # unique: each distinct warning is re-issued once per process
+    model = _Chatty(text)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        export_coreml(model, torch.randn(1, 4), tmp_path / "a.mlpackage")
+        export_coreml(model, torch.randn(1, 4), tmp_path / "b.mlpackage")
+    assert [str(w.message) for w in caught if w.category is FutureWarning] == [text]
