@@ -84,7 +84,7 @@ def run(rounds: int, coremltools_route: bool) -> None:
             for kind, kwargs in KINDS.items():
                 path = Path(folder) / f"{kind.replace(' ', '_')}.mlpackage"
                 start = time.perf_counter()
-                reports[kind] = export_coreml(model, example, path, **kwargs)
+                reports[kind] = export_coreml(model, example, path, overwrite=True, **kwargs)
                 times[kind].append(time.perf_counter() - start)
         sparse = reports["sparse"]
         reference = read_weights(sparse.path)

@@ -108,9 +108,11 @@ def times(folder: str, rounds: int) -> None:
     model = _finalized(torchvision.models.resnet18(weights=None).eval(), 0.75)
     example = torch.randn(1, 3, 224, 224)
     variants = {
-        ("export_coreml", "iOS16"): lambda p: export_coreml(model, example, p, minimum_deployment_target="iOS16"),
+        ("export_coreml", "iOS16"): lambda p: export_coreml(model, example, p, minimum_deployment_target="iOS16",
+                                                                   overwrite=True),
         ("coremltools.convert", "iOS16"): lambda p: _plain_convert(model, example, p, ct.target.iOS16),
-        ("export_coreml", "iOS18"): lambda p: export_coreml(model, example, p, minimum_deployment_target="iOS18"),
+        ("export_coreml", "iOS18"): lambda p: export_coreml(model, example, p, minimum_deployment_target="iOS18",
+                                                                   overwrite=True),
         ("coremltools.convert", "iOS18"): lambda p: _plain_convert(model, example, p, ct.target.iOS18),
     }
     seconds: dict[tuple[str, str], list[float]] = {key: [] for key in variants}

@@ -3,7 +3,7 @@ and list what a pruning config would do to a model (dry run).
 
 Files come from anywhere, so nothing in them runs (`sparsify.model_files`): ``report`` reads tensors with
 `read_tensor_file` (its own pickle reader: no ``torch.load``, ``torch.jit.load`` or ``torch.export.load``);
-``export`` of a ``torch.export`` program first checks every pickle in the archive with that reader; every
+``export`` of a ``torch.export`` program first checks every member of the archive (`sparsify.pt2_archive`); every
 file read has a size limit (``--max-file-size``; YAML configs: `sparsify.safe_io`'s size and alias limits).
 Errors are one line on stderr (``-vv`` adds the traceback).
 
@@ -28,7 +28,15 @@ from typing import Any
 import torch
 
 from .analysis.sizing import RULES, TARGETS
-from .cli_files import CommandError, build_model, load_config, load_model, read_state_dict
+from .cli_files import (
+    CommandError,
+    build_model,
+    check_output,
+    load_config,
+    load_model,
+    read_state_dict,
+    save_atomically,
+)
 from .model_files import DEFAULT_MAX_BYTES
 
 __all__ = [
@@ -132,7 +140,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CommandError(f"{out} exists; pass --force to overwrite it")
     logger.info("converting %s (%s) to %s", args.model, kind, out)
     report = export_coreml(model, example, out, minimum_deployment_target=args.target,
-                           compute_precision=args.precision)
+                           compute_precision=args.precision, overwrite=args.force)
     print(report.to_text())  # every row was read back from the saved package
     sparse_ops = report.op_counts.get("constexpr_sparse_to_dense", 0)
     print(f"\nverified {out}: {sparse_ops} constexpr_sparse_to_dense op(s), weight file {report.total_bytes:,} "
@@ -147,11 +155,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .config import ModulePrunerConfig, PrunerConfig
     from .pruning import Pruner
 
+    out = check_output(args.output, args.force)  # before any work: a wrong -o fails in a second
     model = build_model(args.model)
     if args.weights is not None:
-        kind, state = load_model(args.weights, args.max_file_size)
-        if kind != "state_dict":
-            raise CommandError(f"{args.weights} is a {kind}: --weights takes torch.save(model.state_dict())")
+        kind, state = read_state_dict(args.weights, args.max_file_size)  # tensors only: no torch loader runs
+        logger.info("%s: read the tensors of a %s", args.weights, kind)
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
@@ -185,14 +193,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     pruner.prepare(inplace=True)
     pruner.prune_now()
     pruned = pruner.finalize(inplace=True)
-    out = Path(args.output)
-    if out.exists() and not args.force:
-        raise CommandError(f"{out} exists; pass --force to overwrite it")
+    check_output(out, args.force)  # again: the path may have changed while pruning
     if args.trace is not None:
-        example = torch.rand(*args.trace)
-        torch.jit.trace(pruned.eval(), example).save(str(out))
+        traced = torch.jit.trace(pruned.eval(), torch.rand(*args.trace))
+        save_atomically(out, lambda temporary: traced.save(temporary))
     else:
-        torch.save(pruned.state_dict(), out)
+        save_atomically(out, lambda temporary: torch.save(pruned.state_dict(), temporary))
     print(pruner.report())
     what = "TorchScript" if args.trace is not None else "state dict"
     print(f"\nsaved the pruned model ({what}, with Core ML pruning metadata) to {out}")
@@ -332,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  sparsify prune my.models:Net --weights w.pt --config prune.yaml --trace 1,3,32,32 -o pruned.ts",
     )
     prune_cmd.add_argument("model", help="a model factory 'package.module:callable', called without arguments")
-    prune_cmd.add_argument("--weights", help="a torch.save'd state dict to load into the model (read weights_only)")
+    prune_cmd.add_argument("--weights", help="a torch.save'd state dict (or a TorchScript / torch.export file) whose "
+                           "tensors to load into the model (read without running anything in it)")
     prune_cmd.add_argument("--sparsity", type=float, help="the fraction of weights to prune, in [0, 1]")
     prune_cmd.add_argument("--criterion", default="magnitude", help="a data-free criterion (default: magnitude)")
     prune_cmd.add_argument("--pattern", help="NxM tiles such as 4x1 or 1xchannel (default: unstructured)")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -18,15 +20,12 @@ from typing import Any
 
 import torch
 
-from .model_files import (
-    DEFAULT_MAX_BYTES,
-    FileRefusedError,
-    check_exported_archive,
-    check_file_size,
-    read_tensor_file,
-)
+from .model_files import DEFAULT_MAX_BYTES, FileRefusedError, check_file_size, read_tensor_file
+from .pt2_archive import check_exported_archive
 
-__all__ = ["CommandError", "build_model", "load_config", "load_model", "read_state_dict"]
+__all__ = [
+    "CommandError", "build_model", "check_output", "load_config", "load_model", "read_state_dict", "save_atomically",
+]
 
 logger = logging.getLogger("sparsify.cli")
 
@@ -121,6 +120,38 @@ def load_model(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[st
             raise CommandError(f"{path} is refused: {error}") from error
         return "exported", torch.export.load(str(path))
     return read_state_dict(path, max_bytes)
+
+
+def check_output(path: str | Path, force: bool) -> Path:
+    """Check an output file path before any work: not a directory, not an existing file unless ``force``,
+    under a folder (or a folder still to create) that can be written. Every message names the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise CommandError(f"-o {path} is a directory: give the path of the file to write")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise CommandError(f"-o {path} exists; pass --force to overwrite it")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CommandError(f"-o {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CommandError(f"-o {path}: cannot write there (permission denied)")
+    return path
+
+
+def save_atomically(path: Path, write: Any) -> None:
+    """``write(temporary_path)`` beside ``path``, then rename it into place: a failure (or Ctrl-C) leaves no
+    half-written file and an existing one as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def build_model(spec: str) -> torch.nn.Module:

@@ -5,8 +5,9 @@
   dtypes and bounds-checked tensors, and refuses any other class or function *before* calling anything.
   It never calls ``torch.load``, ``torch.jit.load`` or ``torch.export.load``, so it does not depend on the
   ``weights_only`` unpickler of the installed torch (which had code-execution bugs before torch 2.10).
-* `check_exported_archive` refuses a ``torch.export`` archive unless every pickle in it passes that reader,
-  so that ``torch.export.load`` (which falls back to ``weights_only=False``) finds nothing to run.
+* `sparsify.pt2_archive.check_exported_archive` (importable from here too) refuses a ``torch.export``
+  archive unless every member passes the check its kind needs, pickles this reader, so that
+  ``torch.export.load`` (which falls back to ``weights_only=False``) finds nothing to run.
 
 The ``sparsify`` command reads every model file through this module (YAML configs go through
 `sparsify.safe_io`).
@@ -14,6 +15,7 @@ The ``sparsify`` command reads every model file through this module (YAML config
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import pickle
@@ -25,7 +27,7 @@ from typing import IO, Any, ClassVar
 
 import torch
 
-__all__ = ["DEFAULT_MAX_BYTES", "FileRefusedError", "check_exported_archive", "check_file_size", "read_tensor_file"]
+__all__ = ["DEFAULT_MAX_BYTES", "FileRefusedError", "check_file_size", "read_tensor_file"]
 
 DEFAULT_MAX_BYTES = 8 * 1024**3
 """Largest file (and largest total of an archive's members) read by default: 8 GiB."""
@@ -41,8 +43,6 @@ def check_file_size(path: str | Path, max_bytes: int, what: str = "file") -> int
     if size > max_bytes:
         raise FileRefusedError(f"{path}: the {what} is {size:,} bytes, over the limit of {max_bytes:,} bytes")
     return size
-
-
 
 
 class _StorageType:
@@ -380,33 +380,8 @@ def _read_archive(archive: zipfile.ZipFile, max_bytes: int) -> Any:
     return _torch_save_archive(archive, prefix, script=False)
 
 
-def check_exported_archive(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-    """Refuse a ``torch.export`` archive unless every pickle in it holds only tensors and plain data.
-
-    ``torch.export.load`` unpickles parts of the archive with ``weights_only=False`` (custom objects, and
-    any payload that ``weights_only=True`` refuses): after this check no such part is left, so it runs no
-    code from the file.
-    """
-    check_file_size(path, max_bytes)
-    with _open_zip(path, max_bytes) as archive:
-        raw: set[str] = set()
-        for name in archive.namelist():
-            if name.endswith(("_weights_config.json", "_constants_config.json")):
-                folder = name.rsplit("/", 1)[0]
-                for fqn, meta in json.loads(archive.read(name))["config"].items():
-                    if "constants" in folder and not str(meta.get("path_name", "")).startswith("tensor_"):
-                        raise FileRefusedError(f"constant {fqn!r} is a pickled Python object")
-                    if not meta.get("use_pickle"):
-                        raw.add(f"{folder}/{meta['path_name']}")
-        for info in archive.infolist():
-            name = info.filename
-            if info.is_dir() or name in raw or name.endswith(".json") or name.rsplit("/", 1)[-1] in _PLAIN_RECORDS:
-                continue
-            try:
-                read_tensor_file(io.BytesIO(archive.read(info)), max_bytes=max_bytes)
-            except FileRefusedError as error:
-                raise FileRefusedError(f"{name}: {error}") from error
-
-
-# Records of a torch.export archive that are JSON or a few bytes of text, never unpickled (by file name).
-_PLAIN_RECORDS = {"archive_format", "archive_version", "byteorder", "version", "serialization_id"}
+def __getattr__(name: str) -> Any:
+    """``check_exported_archive`` lives in `sparsify.pt2_archive` (it needs this module; kept importable here)."""
+    if name == "check_exported_archive":
+        return importlib.import_module("sparsify.pt2_archive").check_exported_archive
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,7 @@ from coremltools_suite.harness import (
     stage,
 )
 
-pytest.importorskip("torchvision", reason="Core ML Tools' suite conftest imports torchvision (sparsify[vision])")
+pytest.importorskip("torchvision", reason="Core ML Tools' suite conftest imports torchvision (sparsify-coreml[vision])")
 pytest.importorskip("filelock", reason="Core ML Tools' suite conftest imports filelock")
 
 # Tests that fail because of the engine, each with its root cause. Empty this as the engine is fixed:

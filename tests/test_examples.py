@@ -124,3 +124,42 @@ def test_demo_runs_from_the_wheel(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert result.stdout.splitlines()[0] == str(unpacked / "sparsify" / "__init__.py")
     assert "pruning report (Core ML Tools' format):" in result.stdout and "nothing (--no-export)" in result.stdout
+
+
+_NO_SKLEARN = """
+import runpy, sys
+
+class _NotInstalled:  # what a plain `pip install sparsify-coreml` has: no scikit-learn
+    def find_spec(self, name, path=None, target=None):
+        if name == "sklearn" or name.startswith("sklearn."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NotInstalled())
+sys.argv = ["sparsify", "demo", "--quick", "--no-export", "--threads", "1"]
+runpy.run_module("sparsify", run_name="__main__")
+"""
+
+
+def test_demo_without_scikit_learn_says_exactly_what_to_install(tmp_path: Path) -> None:
+    """``sparsify demo`` after ``pip install sparsify-coreml`` (scikit-learn is the ``data`` extra): one line
+    naming the real distribution's extras, exit code 1 — not ``sparsify[data]`` (another PyPI project)."""
+    result = subprocess.run([sys.executable, "-c", _NO_SKLEARN], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        "error: ImportError: the 'digits' dataset needs scikit-learn, which is not installed: pip install "
+        "'sparsify-coreml[data]' (or pip install scikit-learn); or use MNIST: --dataset mnist --download, with "
+        "pip install 'sparsify-coreml[vision]'"
+    )
+
+
+def test_install_hints_name_the_real_distribution() -> None:
+    """Every install hint in the package and the docs names ``sparsify-coreml`` (PyPI's ``sparsify`` is not us)."""
+    import re
+
+    files = [*(ROOT / "sparsify").rglob("*.py"), *(ROOT / "docs").rglob("*.md"), ROOT / "README.md"]
+    wrong = [f"{path.relative_to(ROOT)}: {match.group(0)}" for path in files
+             for match in re.finditer(r"pip install [\"']?sparsify(\[|[\"'\s]|$)", path.read_text())]
+    assert wrong == []

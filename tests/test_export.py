@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 
 import numpy as np
 import pytest
@@ -280,6 +281,11 @@ def test_joint_compression_metadata_is_refused(tmp_path: object) -> None:
     ({"model": "model.pt"}, TypeError, "model must be a torch.nn.Module"),
     ({"palettize_bits": 5}, ValueError, r"palettize_bits=5 is invalid: allowed values are None, 1, 2, 3, 4, 6, 8"),
     ({"palettize_bits": True}, ValueError, r"palettize_bits=True is invalid"),
+    ({"palettize_bits": 4.0}, ValueError, r"palettize_bits=4.0 is invalid: allowed values are None, 1, 2, 3, 4, 6, 8 "
+                                          r"\(an int; got float\)"),
+    ({"palettize_bits": "4"}, ValueError, r"palettize_bits='4' is invalid: .* \(an int; got str\)"),
+    ({"palettize_bits": 16}, ValueError, r"palettize_bits=16 is invalid: allowed values are None, 1, 2, 3, 4, 6, 8"),
+    ({"overwrite": "no"}, TypeError, r"overwrite='no' is invalid: allowed values are True and False"),
     ({"quantize": "int4"}, ValueError, r"quantize='int4' is invalid: allowed values are None, 'int8'"),
     ({"quantize": "int8", "palettize_bits": 4}, ValueError, r"quantize='int8' is invalid: palettize_bits=4 is given"),
     ({"palettize_bits": 4, "minimum_deployment_target": "iOS17"}, ValueError,
@@ -601,7 +607,7 @@ def test_destination_that_is_not_a_package_is_refused_untouched(exported: tuple,
     for path, what in cases.items():
         model = _Counting()
         with pytest.raises(FileExistsError, match=rf"path='{path}' exists and {what}.*nothing was changed"):
-            export_coreml(model, torch.randn(1, 4), path)
+            export_coreml(model, torch.randn(1, 4), path, overwrite=True)
         assert model.calls == 0
     assert _tree(tmp_path) == before
 
@@ -611,7 +617,12 @@ def test_existing_package_or_empty_folder_is_replaced(exported: tuple, tmp_path:
 
     target = tmp_path / "model.mlpackage"
     shutil.copytree(exported[1], target)
-    report = export_coreml(nn.Sequential(nn.Linear(4, 4)), torch.randn(1, 4), target)
+    before = _tree(tmp_path)
+    model = _Counting()
+    with pytest.raises(FileExistsError, match=rf"path='{target}' exists; pass overwrite=True to replace it"):
+        export_coreml(model, torch.randn(1, 4), target)  # as the command without --force: refused, untouched
+    assert model.calls == 0 and _tree(tmp_path) == before
+    report = export_coreml(nn.Sequential(nn.Linear(4, 4)), torch.randn(1, 4), target, overwrite=True)
     assert inspect_mlpackage(target).total_bytes == report.total_bytes < exported[0].total_bytes
     (tmp_path / "empty.mlpackage").mkdir()
     export_coreml(nn.Sequential(nn.Linear(4, 4)), torch.randn(1, 4), tmp_path / "empty.mlpackage")
@@ -652,3 +663,25 @@ def test_failed_export_leaves_everything_as_it_was(exported: tuple, tmp_path: ob
             export_coreml(attention, torch.randn(1, 6, 32), path, trace="jit")
     assert _tree(tmp_path) == before  # the package intact, no staging folder, no created parent folders
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.mlpackage"]
+
+
+class _Chatty(nn.Module):
+    """A third-party model that warns on every forward (as transformers' GPT-2 does once per layer)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.fc, self.text = nn.Linear(4, 4), text
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        warnings.warn(self.text, FutureWarning, stacklevel=1)
+        return self.fc(x)
+
+
+def test_a_warning_raised_on_every_forward_is_shown_once(tmp_path: object) -> None:
+    text = f"deprecated, from {tmp_path}"  # unique: each distinct warning is re-issued once per process
+    model = _Chatty(text)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        export_coreml(model, torch.randn(1, 4), tmp_path / "a.mlpackage")
+        export_coreml(model, torch.randn(1, 4), tmp_path / "b.mlpackage")
+    assert [str(w.message) for w in caught if w.category is FutureWarning] == [text]

@@ -279,6 +279,18 @@ def test_blob_smaller_than_its_value(tmp_path: object, packages: dict) -> None:
         inspect_mlpackage(copy)
 
 
+def test_a_manifest_cannot_point_outside_the_package(tmp_path: object, packages: dict) -> None:
+    copy = _damaged_copy(packages, tmp_path)
+    manifest = os.path.join(copy, "Manifest.json")
+    with open(manifest) as handle:
+        data = json.load(handle)
+    data["itemInfoEntries"][data["rootModelIdentifier"]]["path"] = "../../Manifest.json"
+    with open(manifest, "w") as handle:
+        json.dump(data, handle)
+    with pytest.raises(DamagedPackageError, match="the root model path '../../Manifest.json' leaves the package"):
+        inspect_mlpackage(copy)
+
+
 def test_missing_parts_of_a_package(tmp_path: object, packages: dict) -> None:
     copy = _damaged_copy(packages, tmp_path)
     os.remove(_weight_bin(copy))

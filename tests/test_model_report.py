@@ -64,8 +64,9 @@ def test_bytes_by_hand_for_a_pruned_layer() -> None:
     after = model_report(pruner.finalize())
     assert [(r.nonzeros, r.coreml_fp16, r.sparse) for r in after.layers] == [
         (r.nonzeros, r.coreml_fp16, r.sparse) for r in report.layers]
-    assert after["0"].requested is None  # the finalized model no longer says what was asked...
-    assert model_report(pruner.finalize(), requested=0.5)["0"].requested == 0.5  # ...unless told
+    assert after["0"].requested == 0.5  # the finalized modules keep what was asked...
+    assert model_report(pruner.finalize(), requested=0.25)["0"].requested == 0.25  # ...the argument wins
+    assert model_report(pruner.finalize().state_dict())["0"].requested is None  # a state dict cannot say
 
 
 def test_pattern_read_from_the_hook() -> None:
@@ -320,3 +321,34 @@ def test_output_formats() -> None:
     assert data["total"]["achieved"] == pytest.approx(report.sparsity)
     with pytest.raises(KeyError, match="no layer 'nope'"):
         report["nope"]
+
+
+def test_a_training_checkpoint_is_read_through_its_state_dict_or_refused() -> None:
+    """``{"model": state_dict, "epoch": 3}`` is reported like its state dict (never as "0 layers")."""
+    import sparsify
+
+    torch.manual_seed(0)
+    pruned = sparsify.prune(nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)), 0.5)
+    direct = model_report(pruned.state_dict())
+    for key in ("model", "state_dict", "model_state_dict"):
+        report = model_report({key: pruned.state_dict(), "epoch": 3, "optimizer": {"lr": 0.1}})
+        assert [(r.name, r.nonzeros, r.achieved) for r in report.layers] == \
+            [(r.name, r.nonzeros, r.achieved) for r in direct.layers] == [("0", 128, 0.5), ("2", 32, 0.5)]
+    for bad in ({"epoch": 3, "lr": 0.1}, {}):
+        with pytest.raises(TypeError, match=r"model is a dict with keys .* but no state dict: expected tensors as "
+                                            r"values, or a state dict under 'state_dict', 'model_state_dict', 'model'"):
+            model_report(bad)
+
+
+def test_the_requested_level_survives_finalize() -> None:
+    """After ``sparsify.prune`` (and any finalize) the report shows the level asked for, not "-"."""
+    import sparsify
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    report = model_report(sparsify.prune(model, 0.5))
+    assert [(r.name, r.requested, r.achieved) for r in report.layers] == [("0", 0.5, 0.5), ("2", 0.5, 0.5)]
+    assert "50.0%     50.0%" in report.to_text()
+    finalized = _pruned(nn.Sequential(nn.Linear(8, 8)), 0.75)[0].finalize()
+    assert [r.requested for r in model_report(finalized).layers] == [0.75]
+    assert [r.requested for r in model_report(finalized.state_dict()).layers] == [None]  # a state dict cannot say

@@ -84,5 +84,5 @@ def test_png_only(tmp_path: Path) -> None:
 
 def test_missing_matplotlib_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(ImportError, match=r"pip install 'sparsify\[plot\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'sparsify-coreml\[plot\]'"):
         plots.plot_weight_heatmap(torch.randn(4, 4), tmp_path / "x.png")

@@ -40,3 +40,37 @@ def test_ci_runs_readme_two_commands_verbatim() -> None:
     assert positions == sorted(positions)
     index = (ROOT / "docs" / "index.md").read_text().splitlines()
     assert all(command in index for command in commands)
+
+
+# The loaders that can run code from a file, and the only places the library may call them (each after the
+# check named in the comment). Everything else reads files with sparsify's own readers.
+_CODE_LOADERS = {"torch.load", "torch.export.load", "torch.jit.load", "pickle.load", "pickle.loads",
+                 "pickle.Unpickler", "yaml.load", "yaml.unsafe_load", "yaml.full_load", "numpy.load", "np.load",
+                 "dill.load", "joblib.load", "eval", "exec"}
+_AUDITED = {
+    ("sparsify/cli_files.py", "torch.jit.load"),  # after read_state_dict: its pickle holds only tensors
+    ("sparsify/cli_files.py", "torch.export.load"),  # after sparsify.pt2_archive.check_exported_archive
+}
+
+
+def _dotted(node: object) -> str:
+    import ast
+
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return "?"
+
+
+def test_code_running_loaders_are_called_only_after_a_check() -> None:
+    """``torch.load`` & co. appear in the library only where a check runs first (keeps every new reader on
+    sparsify's own safe readers: `sparsify.model_files`, `sparsify.pt2_archive`, `sparsify.safe_io`)."""
+    import ast
+
+    calls = set()
+    for path in sorted((ROOT / "sparsify").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and _dotted(node.func) in _CODE_LOADERS:
+                calls.add((str(path.relative_to(ROOT)), _dotted(node.func)))
+    assert calls == _AUDITED

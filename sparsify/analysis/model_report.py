@@ -22,6 +22,7 @@ Print it with `ModelReport.to_text` (also ``str()``), or export `ModelReport.to_
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from ..config import ModulePrunerConfig, OptimizationConfig
+from ..pruning.metadata import REQUESTED_ATTRIBUTE
 from ..pruning.plan import is_transposed
 from .layer_report import LayerReport, ModelReport
 from .pattern_names import describe_pattern, infer_pattern
@@ -47,6 +49,8 @@ from .sizing import (
     weight_file_bytes,
     zero_threshold,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LayerReport", "ModelReport", "infer_pattern", "model_report"]  # the first three are re-exported
 
@@ -90,6 +94,26 @@ def _split(key: str) -> tuple[str, str]:
 
 def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+
+
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def _state_dict_of(mapping: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+    """The state dict itself, or the one a training checkpoint holds under a usual key (as the command reads
+    files); anything else is refused rather than reported as a model with no layers."""
+    if mapping and all(isinstance(v, torch.Tensor) for v in mapping.values()):
+        return mapping
+    for key in _CHECKPOINT_KEYS:
+        inner = mapping.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            logger.info("model_report: using the state dict under the checkpoint's key %r", key)
+            return inner
+    shown = sorted(map(str, mapping))[:12]
+    raise TypeError(
+        f"model is a dict with keys {shown} but no state dict: expected tensors as values, or a state dict under "
+        f"{', '.join(map(repr, _CHECKPOINT_KEYS))} (a training checkpoint)"
+    )
 
 
 def _read_state(state: Mapping[str, torch.Tensor]) -> tuple[list[_Weight], dict[str, torch.Tensor]]:
@@ -170,6 +194,9 @@ def _read_module(model: nn.Module) -> tuple[list[_Weight], dict[str, torch.Tenso
                     getattr(hook, "n_m_ratio", None), getattr(hook, "block_size", 1) or 1,
                     getattr(hook, "granularity", "per_scalar"), getattr(hook, "dim", 1), getattr(hook, "tiles", None),
                 )
+        if weight.amount is None:  # finalized by sparsify: the level asked for is kept on the module
+            recorded = module.__dict__.get(REQUESTED_ATTRIBUTE, {}).get(weight.param)
+            weight.amount = None if recorded is None else float(recorded)
         kept.append(weight)
     return kept, others
 
@@ -296,6 +323,7 @@ def model_report(
         weights, others = _read_module(model)
         keys, module = list(model.state_dict(keep_vars=True)), model
     elif isinstance(model, Mapping):
+        model = _state_dict_of(model)
         weights, others = _read_state(model)
         keys, module = list(model), None
     else:

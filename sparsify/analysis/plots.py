@@ -1,4 +1,4 @@
-"""Pictures of a sparse model, saved as PNG (needs the optional ``matplotlib``: ``pip install 'sparsify[plot]'``).
+"""Pictures of a sparse model, as PNG (needs the optional ``matplotlib``: ``pip install 'sparsify-coreml[plot]'``).
 
 * `plot_weight_heatmap` — a layer's weights (``|w|``, zeros in white), before and after pruning;
 * `plot_layer_sparsity` — requested vs achieved sparsity of every layer, from a model report;
@@ -39,7 +39,7 @@ def _figure(figsize: Size, dpi: int) -> Any:
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "sparsify.analysis.plots needs matplotlib, which is not installed: pip install 'sparsify[plot]' "
+            "sparsify.analysis.plots needs matplotlib, which is not installed: pip install 'sparsify-coreml[plot]' "
             "(or pip install matplotlib)"
         ) from exc
     return Figure(figsize=figsize, dpi=dpi, layout="constrained")

@@ -203,9 +203,9 @@ def check_compression(palettize_bits: int | None, quantize: str | None, target: 
     if palettize_bits is not None and quantize is not None:
         raise ValueError(f"palettize_bits={palettize_bits!r} and quantize={quantize!r} are mutually exclusive: "
                          "allowed is one of them")
-    if palettize_bits is not None and (isinstance(palettize_bits, bool) or palettize_bits not in PALETTIZE_BITS):
+    if palettize_bits is not None and (type(palettize_bits) is not int or palettize_bits not in PALETTIZE_BITS):
         raise ValueError(f"palettize_bits={palettize_bits!r} is invalid: allowed values are "
-                         f"{', '.join(map(str, PALETTIZE_BITS))}")
+                         f"{', '.join(map(str, PALETTIZE_BITS))} (an int; got {type(palettize_bits).__name__})")
     if quantize is not None and quantize not in QUANTIZE_DTYPES:
         allowed = ", ".join(map(repr, QUANTIZE_DTYPES))
         raise ValueError(f"quantize={quantize!r} is invalid: allowed values are {allowed}")

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoints import load_checkpoint_file
 from ..masking import set_mask
 from ..pruning import Pruner
 from ..pruning.saving import plain_state_dict
@@ -33,7 +34,8 @@ try:
     from transformers import TrainerCallback
 except ImportError as exc:  # pragma: no cover - exercised only without transformers
     raise ImportError(
-        "sparsify.compat.hf needs Hugging Face transformers: pip install transformers (and accelerate for Trainer)"
+        "sparsify.compat.hf needs Hugging Face transformers, which is not installed: pip install "
+        "'sparsify-coreml[hf]' (transformers and accelerate, which the Trainer callback needs)"
     ) from exc
 
 __all__ = ["STATE_FILE", "PruningCallback", "save_pretrained"]
@@ -117,7 +119,7 @@ class PruningCallback(TrainerCallback):
                 f"PruningCallback: resuming at step {state.global_step} but {path} does not exist, so the masks and "
                 "the schedule cannot be restored; resume from a checkpoint written with this callback"
             )
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_checkpoint_file(path, map_location="cpu")  # sparsify's reader: nothing in the file runs
         self.pruner.load_state_dict(saved["pruner"])
         targets = self.pruner.targets
         for name, mask in saved["masks"].items():

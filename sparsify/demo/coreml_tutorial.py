@@ -126,7 +126,7 @@ def export(model: nn.Module, example: torch.Tensor, path: Path):
     from sparsify.export.coreml import export_coreml
     from sparsify.export.mlpackage import inspect_mlpackage
 
-    report = export_coreml(model.eval(), (example,), path)
+    report = export_coreml(model.eval(), (example,), path, overwrite=True)  # a rerun rewrites its own packages
     return report, inspect_mlpackage(path)
 
 

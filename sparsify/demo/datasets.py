@@ -157,7 +157,11 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> DatasetSplits:
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as error:  # pragma: no cover - scikit-learn is in the 'data' extra
-        raise ImportError("the 'digits' dataset needs scikit-learn: pip install 'sparsify[data]'") from error
+        raise ImportError(
+            "the 'digits' dataset needs scikit-learn, which is not installed: pip install 'sparsify-coreml[data]' "
+            "(or pip install scikit-learn); or use MNIST: --dataset mnist --download, with "
+            "pip install 'sparsify-coreml[vision]'"
+        ) from error
     bunch = sklearn_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
@@ -259,7 +263,7 @@ def _torchvision_download(folder: str, root: Path) -> Path:
     try:
         import torchvision.datasets as tv
     except ImportError as error:
-        raise ImportError("torchvision is not installed (pip install 'sparsify[vision]')") from error
+        raise ImportError("torchvision is not installed: pip install 'sparsify-coreml[vision]'") from error
     dataset_class = getattr(tv, folder)
     for train in (True, False):
         dataset_class(str(root), train=train, download=True)

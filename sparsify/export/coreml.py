@@ -183,6 +183,7 @@ def export_coreml(
     palettize_bits: int | None = None,
     quantize: str | None = None,
     convert_kwargs: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> ExportReport:
     """Convert ``model`` to a Core ML ``.mlpackage`` at ``path`` with its pruned weights stored sparse.
 
@@ -194,9 +195,10 @@ def export_coreml(
             ``nn.DataParallel`` / ``DistributedDataParallel`` / ``torch.compile`` (unwrapped). Never modified.
         example_inputs: a tensor or a tuple of tensors to trace with; their shapes become the Core ML
             input shapes (pass ``convert_kwargs={"inputs": [...]}`` for flexible shapes or images).
-        path: where to save; must end in ``.mlpackage``. Parent folders are created; an existing
-            package (or empty directory) is replaced once the new one is saved, anything else there
-            is refused before any work (`sparsify.export.destination`).
+        path: where to save; must end in ``.mlpackage``. Parent folders are created. Something already
+            there is refused before any work unless ``overwrite=True`` (an empty directory excepted:
+            it holds nothing to lose); then an existing package is replaced once the new one is
+            saved, and anything else is still refused (`sparsify.export.destination`).
         minimum_deployment_target: a ``coremltools.target`` member or its name (``"iOS17"``); ``None``
             means iOS16, or iOS18 with ``palettize_bits`` / ``quantize``. Must be iOS16 / macOS13 /
             watchOS9 / tvOS16 or newer (the first with sparse weights), iOS18 / macOS15 or newer with
@@ -214,6 +216,8 @@ def export_coreml(
             channel, jointly with their sparsity. Exclusive with ``palettize_bits``.
         convert_kwargs: more arguments for ``coremltools.convert`` (``inputs``, ``outputs``,
             ``compute_units``, ...), except the three this function sets.
+        overwrite: ``True`` to replace an existing package at ``path`` (the command's ``--force``);
+            ``False`` (default) refuses it, so a user's files are never replaced by accident.
 
     Returns:
         an `ExportReport`, read back from the saved package.
@@ -242,7 +246,9 @@ def export_coreml(
         raise field_error(_OWNER, "path", str(path), "the name must end in '.mlpackage'")
     inputs = _as_inputs(example_inputs)
 
-    destination = Destination(path)  # refuses a foreign or unwritable destination before any work
+    if not isinstance(overwrite, bool):
+        raise field_error(_OWNER, "overwrite", overwrite, "allowed values are True and False", TypeError)
+    destination = Destination(path, overwrite)  # refuses an existing, foreign or unwritable one before any work
     log = Log()
     try:
         with quiet():
@@ -352,9 +358,10 @@ def _resolve_target(value: Any, joint: bool) -> Any:
 
 
 def _check_compression(palettize_bits: Any, quantize: Any) -> None:
-    if palettize_bits is not None and (isinstance(palettize_bits, bool) or palettize_bits not in PALETTIZE_BITS):
+    if palettize_bits is not None and (type(palettize_bits) is not int or palettize_bits not in PALETTIZE_BITS):
         raise field_error(_OWNER, "palettize_bits", palettize_bits,
-                          f"allowed values are None, {', '.join(map(str, PALETTIZE_BITS))}")
+                          f"allowed values are None, {', '.join(map(str, PALETTIZE_BITS))} "
+                          f"(an int; got {type(palettize_bits).__name__})")
     if quantize is not None and quantize not in QUANTIZE_DTYPES:
         raise field_error(_OWNER, "quantize", quantize,
                           f"allowed values are None, {', '.join(map(repr, QUANTIZE_DTYPES))}")

@@ -3,7 +3,9 @@
 Core ML Tools' ``MLModel.save`` deletes whatever is at the destination (``shutil.rmtree`` on a
 directory) and only then writes. So, before anything is traced or converted:
 
-* an existing destination is accepted only if it is an empty directory or a Core ML package — a
+* an existing destination (other than an empty directory) is refused unless the caller passed
+  ``overwrite=True`` — a user's files are never replaced by accident, as with the command's ``--force``;
+* with ``overwrite=True`` it is accepted only if it is an empty directory or a Core ML package — a
   directory whose every file is its ``Manifest.json``, lies under ``Data/`` at an item the manifest
   lists, or is the ``executorch_debug_handle_mapping.json`` Core ML Tools writes for ``torch.export``
   models. A regular file, a symbolic link, a directory without a manifest, or a package holding any
@@ -36,8 +38,13 @@ _PACKAGE_FILES = ("Manifest.json", "executorch_debug_handle_mapping.json")
 class Destination:
     """A checked ``.mlpackage`` path with a staging folder beside it (see the module docstring)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, overwrite: bool = False) -> None:
         self.path = path
+        if not overwrite and (path.is_symlink() or (path.exists() and not _is_empty_dir(path))):
+            raise FileExistsError(
+                f"{_OWNER}: path={str(path)!r} exists; pass overwrite=True to replace it (the command's --force). "
+                "Nothing was changed"
+            )
         _refuse_foreign(path)
         self._created: Path | None = _first_missing(path.parent)
         try:
@@ -87,6 +94,10 @@ class Destination:
                 break
             folder = folder.parent
         self._created = None
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
 
 
 def _first_missing(folder: Path) -> Path | None:

@@ -219,7 +219,9 @@ def _root_model(root: Path) -> Path:
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise DamagedPackageError(str(root), "Manifest.json", f"cannot be read as a package manifest ({exc!r})") \
             from exc
-    model_file = root / "Data" / relative
+    model_file = root / "Data" / str(relative)
+    if not model_file.resolve().is_relative_to((root / "Data").resolve()):
+        raise DamagedPackageError(str(root), "Manifest.json", f"the root model path {relative!r} leaves the package")
     if not model_file.is_file():
         raise DamagedPackageError(str(root), f"Data/{relative}", "the root model named by Manifest.json is missing")
     return model_file

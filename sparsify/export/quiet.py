@@ -8,7 +8,11 @@ bars. None of it is actionable for a sparsify user, and it buries sparsify's own
 * records of the ``coremltools`` logger are re-logged at DEBUG by ``sparsify.export`` (and not
   passed to the root logger);
 * warnings raised from Core ML Tools' code are re-logged at DEBUG; every other warning (torch's
-  ``TracerWarning``, say) is re-issued unchanged when the block ends, so the user's filters apply;
+  ``TracerWarning``, say) is re-issued unchanged when the block ends, so the user's filters apply —
+  each distinct one (category, text, file, line) once per process, as Python's default filter shows it.
+  Recording needs ``simplefilter("always")`` inside the block, so a warning raised in a loop (transformers'
+  ``is_gradient_checkpointing`` FutureWarning: once per layer per trace, 8 times for a 2-layer GPT-2
+  export) is recorded every time; re-issuing every record used to print it 8 times per export;
 * ``sys.stderr`` is redirected to a buffer (that is where tqdm writes) whose content, progress bars
   reduced to their final state, is logged at DEBUG.
 
@@ -34,6 +38,8 @@ __all__ = ["quiet"]
 logger = logging.getLogger("sparsify.export")
 
 _COREMLTOOLS_DIR = os.sep + "coremltools" + os.sep
+# the warnings already re-issued in this process: (category, text, file, line)
+_REISSUED: set[tuple[type[Warning], str, str, int]] = set()
 
 
 class _Forward(logging.Handler):
@@ -73,5 +79,9 @@ def quiet() -> Iterator[None]:
         for w in caught:
             if _COREMLTOOLS_DIR in os.path.abspath(w.filename):
                 logger.debug("coremltools %s: %s", w.category.__name__, w.message)
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+                continue
+            key = (w.category, str(w.message), w.filename, w.lineno)
+            if key in _REISSUED:
+                continue
+            _REISSUED.add(key)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["METADATA_VERSION_BUFFER", "register_coreml_metadata"]
+__all__ = ["METADATA_VERSION_BUFFER", "REQUESTED_ATTRIBUTE", "record_requested", "register_coreml_metadata"]
 
 METADATA_VERSION_BUFFER = "_COREML_/metadata_version"
 _PRUNING = 1  # coremltools' CompressionType.pruning
+REQUESTED_ATTRIBUTE = "_sparsify_requested"
+"""A finalized module's ``{param name: sparsity asked for}``, a plain attribute (not in the state dict),
+read by `sparsify.model_report` so that it shows what was asked, not "-", once the masks are baked in."""
 
 
 def register_coreml_metadata(module: nn.Module, param_name: str) -> None:
@@ -25,3 +28,7 @@ def register_coreml_metadata(module: nn.Module, param_name: str) -> None:
         types.append(_PRUNING)
     module.register_buffer(buffer_name, torch.tensor(types))
 
+
+def record_requested(module: nn.Module, param_name: str, sparsity: float) -> None:
+    """Remember on ``module`` the sparsity asked for ``param_name`` (see `REQUESTED_ATTRIBUTE`)."""
+    module.__dict__.setdefault(REQUESTED_ATTRIBUTE, {})[param_name] = float(sparsity)

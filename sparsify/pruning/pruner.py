@@ -24,7 +24,7 @@ from ..criteria import Criterion, GradSampler, MagnitudeCriterion, Scorer, as_gr
 from ..distributed import refuse_fsdp
 from ..masking import bake_mask, install_mask, is_masked, set_mask, uninstall_mask
 from ..patterns import CoreMLPattern, NMPattern
-from .metadata import METADATA_VERSION_BUFFER, register_coreml_metadata
+from .metadata import METADATA_VERSION_BUFFER, record_requested, register_coreml_metadata
 from .plan import Plan, Target, inplace_backup, plan_model
 from .saving import protect_save_pretrained, unprotect_save_pretrained
 from .update import compute_masks
@@ -336,6 +336,7 @@ class Pruner:
                 if is_masked(module, target.param_name):
                     bake_mask(module, target.param_name)
                     register_coreml_metadata(module, target.param_name)
+                    record_requested(module, target.param_name, target.config.final_sparsity)
         if own:
             for _, scorer, _ in self._scorers:
                 scorer.detach()
