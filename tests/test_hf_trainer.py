@@ -138,3 +138,26 @@ def test_the_callback_refuses_a_trainer_that_trains_another_model(tmp_path):
         trainer.train()
     with pytest.raises(TypeError, match="expects a sparsify.Pruner, got GPT2LMHeadModel"):
         PruningCallback(gpt2())
+
+
+def test_load_best_model_at_end_restores_the_best_checkpoints_masks_and_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    model = gpt2()
+    pruner = Pruner(model, GPT2_CONFIG)
+    args = arguments(str(tmp_path), save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2,
+                     load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=True)
+    trainer = Trainer(model=model, args=args, train_dataset=Tokens(), eval_dataset=Tokens(),
+                      callbacks=[PruningCallback(pruner, finalize_at_end=False)])
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and not best.endswith("checkpoint-6")  # the highest loss: an early step, not the last
+    step = int(best.rpartition("-")[2])
+    saved = torch.load(os.path.join(best, STATE_FILE), weights_only=True)
+    weights = load_file(os.path.join(best, "model.safetensors"))
+    assert pruner.step_count == step  # the schedule is back at the best checkpoint's step
+    for name, target in pruner.targets.items():
+        assert torch.equal(target.mask, saved["masks"][name]), name  # its own masks
+        assert torch.equal(target.orig, saved["orig"][name]), name
+        assert torch.equal(target.module.weight, weights[name + ".weight"]), name  # what the Trainer saved there
+    assert torch.equal(model.lm_head.weight, weights["transformer.wte.weight"])  # the rest came from it too
