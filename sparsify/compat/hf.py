@@ -173,7 +173,7 @@ class PruningCallback(TrainerCallback):
                 "cannot be restored and the pruned layers would keep the last step's weights; keep the checkpoints "
                 "this callback writes, or set load_best_model_at_end=False"
             )
-        if self.pruner._finalized:
+        if self.pruner.finalized:
             raise RuntimeError("PruningCallback: load_best_model_at_end after the pruner was finalized: the best "
                                "checkpoint's masks cannot be restored; let the callback finalize (finalize_at_end)")
         self._restore(path)

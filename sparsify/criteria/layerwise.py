@@ -158,9 +158,14 @@ def summed_over_ranks(tensors: list[torch.Tensor], rows: int) -> int:
     return int(total.item())
 
 
-def count_nonfinite(columns: torch.Tensor, total: torch.Tensor | None) -> torch.Tensor:
-    """``total`` plus the NaN and infinite entries of ``columns`` (a float64 tensor; no device sync)."""
-    found = (~torch.isfinite(columns)).sum(dtype=torch.float64)
+def count_nonfinite(columns: torch.Tensor, reduced: torch.Tensor, total: torch.Tensor | None) -> torch.Tensor | None:
+    """``total`` plus the NaN and infinite entries of ``columns`` (an int64 tensor, for `summed_over_ranks`).
+
+    ``reduced`` is a per-column sum the statistic computed anyway: a non-finite input makes it non-finite, so the
+    elementwise count (five times the cost of that sum) runs only then."""
+    if bool(torch.isfinite(reduced).all()):
+        return total
+    found = (~torch.isfinite(columns)).sum(dtype=torch.int64)
     return found if total is None else total + found
 
 
@@ -195,12 +200,13 @@ class ColumnNorms:
         squares = columns.square().sum(0)
         self.sums = squares if self.sums is None else self.sums + squares
         self.rows += columns.shape[0]
-        self.nonfinite = count_nonfinite(columns, self.nonfinite)
+        self.nonfinite = count_nonfinite(columns, squares, self.nonfinite)
 
     def synchronize(self) -> None:
         assert self.sums is not None
-        parts = [self.sums] if self.nonfinite is None else [self.sums, self.nonfinite]
-        self.rows = summed_over_ranks(parts, self.rows)
+        if self.nonfinite is None:  # every rank sums the same tensors
+            self.nonfinite = torch.zeros((), dtype=torch.int64, device=self.sums.device)
+        self.rows = summed_over_ranks([self.sums, self.nonfinite], self.rows)
 
     @property
     def mean_squares(self) -> torch.Tensor:

@@ -110,6 +110,11 @@ class Pruner:
         return self._step_count
 
     @property
+    def finalized(self) -> bool:
+        """Whether ``finalize()`` baked this pruner's own model (no masks left to update)."""
+        return self._finalized
+
+    @property
     def targets(self) -> Mapping[str, Target]:
         """Every pruned module by name (Core ML Tools' ``_pruner_info``)."""
         return self._pruner_info
