@@ -75,8 +75,8 @@ def test_a_removed_module_is_named_too() -> None:
 # -- 2. a second pruner on a prepared model ------------------------------------------------------------------
 
 ALREADY = ("the model is already prepared for pruning: 2 module(s) the config selects are already masked by {owner} "
-           "('0', '2'); a second pruner cannot mask it again: finalize() the first pruner (or abandon() it to undo its "
-           "prepare()) before preparing another, or prune everything with one pruner and one config")
+           "('0', '2'); a second pruner cannot mask a weight again: finalize() the first pruner (or abandon() it to "
+           "undo its prepare()) before preparing another, or prune everything with one pruner and one config")
 
 
 @pytest.mark.parametrize("second", ["Pruner", "MagnitudePruner", "prune"])

@@ -183,8 +183,8 @@ def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pa
     return pattern
 
 
-_UNMASK_FIRST = ("a second pruner cannot mask it again: finalize() the first pruner (or abandon() it to undo its "
-                 "prepare()) before preparing another, or prune everything with one pruner and one config")
+_UNMASK_FIRST = ("a second pruner cannot mask a weight again: finalize() the first pruner (or abandon() it to "
+                 "undo its prepare()) before preparing another, or prune everything with one pruner and one config")
 
 
 def masked_by(module: nn.Module, param_name: str) -> str | None:

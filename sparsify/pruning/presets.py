@@ -86,7 +86,6 @@ def prune(
     return pruner.finalize(pruned, inplace=True)
 
 
-
 def _warn_n_m_level(config: ModulePrunerConfig) -> None:
     """An n:m pattern prunes at most ``n / m``, and ``n_m_ratio`` exactly that: say so when ``sparsity`` differs."""
     pattern = config.pattern_spec()

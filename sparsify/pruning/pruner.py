@@ -485,4 +485,3 @@ class Pruner:
                 hook.amount = float(level)
         for _, scorer, _ in self._scorers:  # e.g. M-FAC reopens its gradient recording for the next update
             scorer.after_step(self)
-
