@@ -14,6 +14,7 @@ __all__ = [
     "as_float",
     "as_int",
     "boolean",
+    "check_flags",
     "check_in",
     "check_range",
     "field_error",
@@ -81,6 +82,14 @@ def boolean(owner: str, field: str) -> Callable[[Any], bool]:
         return value
 
     return convert
+
+
+def check_flags(owner: str, **flags: Any) -> None:
+    """Refuse any keyword argument of ``owner`` (a function) that is not ``True`` or ``False``: ``inplace="no"``
+    is truthy, and guessing would prune the user's own model."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{owner}({name}={value!r}) is invalid: expected True or False, got {type(value).__name__}")
 
 
 def positive_int(owner: str, field: str) -> Callable[[Any], int]:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import check_flags
 from ._nested import to_device
 from .masking import masked_weight
 from .model_files import DEFAULT_MAX_BYTES, FileRefusedError, read_tensor_file
@@ -100,6 +101,7 @@ def load_state_dict(
     Returns what ``model.load_state_dict`` returns. With ``strict`` a checkpoint that does not describe
     the same network raises ``ValueError`` naming the missing and unexpected keys.
     """
+    check_flags("load_state_dict", strict=strict, masks_from_zeros=masks_from_zeros)
     model_sd = model.state_dict()
     source, target = state_dict_layout(state_dict), state_dict_layout(model_sd)
     if source == "prepared" and target != "prepared":

@@ -317,7 +317,9 @@ def test_module_types_filter() -> None:
 def test_module_config_validation_and_round_trip() -> None:
     with pytest.raises(ValueError, match="mutually exclusive"):
         ModulePrunerConfig(pattern="4x1", n_m_ratio=(2, 4))
-    assert ModulePrunerConfig(pattern="2:4").pattern_spec() == NMPattern(2, 4, dim=1, by_runs=True)  # INC's n:m
+    # below n/m, INC's n:m (whole runs); at n/m, the same request as n_m_ratio=(2, 4)
+    assert ModulePrunerConfig(pattern="2:4", target_sparsity=0.3).pattern_spec() == NMPattern(2, 4, by_runs=True)
+    assert ModulePrunerConfig(pattern="2:4").pattern_spec() == ModulePrunerConfig(n_m_ratio=(2, 4)).pattern_spec()
     with pytest.raises(TypeError, match="n_m_from_string"):
         ModulePrunerConfig(n_m_ratio="2:4")
     with pytest.raises(ValueError, match="min_sparsity"):

@@ -138,3 +138,31 @@ def test_the_callback_refuses_a_trainer_that_trains_another_model(tmp_path):
         trainer.train()
     with pytest.raises(TypeError, match="expects a sparsify.Pruner, got GPT2LMHeadModel"):
         PruningCallback(gpt2())
+
+
+@pytest.mark.parametrize("finalize_at_end", [False, True])
+def test_load_best_model_at_end_restores_the_best_checkpoints_masks_and_weights(tmp_path, caplog, finalize_at_end):
+    from safetensors.torch import load_file
+
+    model = gpt2()
+    pruner = Pruner(model, GPT2_CONFIG)
+    args = arguments(str(tmp_path), save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2,
+                     load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=True)
+    trainer = Trainer(model=model, args=args, train_dataset=Tokens(), eval_dataset=Tokens(),
+                      callbacks=[PruningCallback(pruner, finalize_at_end=finalize_at_end)])
+    with caplog.at_level("WARNING", logger="sparsify"):
+        trainer.train()
+    if finalize_at_end:  # the best step came before the schedule's end: finalize() says how far it got
+        assert any(m.startswith("finalize() at step 2, before the schedule ended") for m in caplog.messages)
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and best.endswith("checkpoint-2")  # the highest loss: the first, not the last
+    step = 2
+    saved = torch.load(os.path.join(best, STATE_FILE), weights_only=True)
+    weights = load_file(os.path.join(best, "model.safetensors"))
+    assert pruner.step_count == step  # the schedule is back at the best checkpoint's step
+    for name, target in pruner.targets.items():
+        if not finalize_at_end:
+            assert torch.equal(target.mask, saved["masks"][name]), name  # its own masks
+            assert torch.equal(target.orig, saved["orig"][name]), name
+        assert torch.equal(target.module.weight, weights[name + ".weight"]), name  # what the Trainer saved there
+    assert torch.equal(model.lm_head.weight, weights["transformer.wte.weight"])  # the rest came from it too

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._checks import check_flags
 from ..config import MagnitudePrunerConfig
 from ..patterns import ranked_mask
 
@@ -138,11 +139,12 @@ class SensitivityScan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SensitivityScan:
+        check_flags("SensitivityScan.from_dict", higher_is_better=data.get("higher_is_better", True))
         return cls(
             baseline=float(data["baseline"]), sparsities=tuple(map(float, data["sparsities"])),
             metric={k: tuple(map(float, v)) for k, v in data["metric"].items()},
             params={k: int(v) for k, v in data["params"].items()},
-            higher_is_better=bool(data.get("higher_is_better", True)), metric_name=data.get("metric_name", "metric"),
+            higher_is_better=data.get("higher_is_better", True), metric_name=data.get("metric_name", "metric"),
         )
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -223,6 +225,7 @@ def sensitivity_scan(
     """
     if not callable(evaluate):
         raise TypeError(f"evaluate must be a callable model -> float, got {type(evaluate).__name__}")
+    check_flags("sensitivity_scan", higher_is_better=higher_is_better, progress=progress)
     sweep = tuple(float(s) for s in sparsities)
     if not sweep or any(not 0.0 <= s <= 1.0 for s in sweep):
         raise ValueError(f"sparsities={list(sparsities)!r} is invalid: allowed a non-empty list of values in [0, 1]")

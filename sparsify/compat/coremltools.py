@@ -38,6 +38,7 @@ import attrs
 import torch
 from torch import nn
 
+from .._checks import check_flags
 from ..patterns import n_m_mask as _n_m_keep_mask
 
 __all__ = [
@@ -160,6 +161,7 @@ class CompressionMetadata:
         ``compression_type`` is appended to the module's existing list (joint compression records
         every step, in order) unless ``override_compression_type`` is set.
         """
+        check_flags("CompressionMetadata.register", override_compression_type=override_compression_type)
         for field, value in self.as_dict().items():
             if field == "param_name" or value is None:
                 continue

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_flags
 from ..checkpoints import load_checkpoint_file
 from ..masking import set_mask
 from ..pruning import Pruner
@@ -87,8 +88,9 @@ class PruningCallback(TrainerCallback):
     def __init__(self, pruner: Pruner, *, finalize_at_end: bool = True) -> None:
         if not isinstance(pruner, Pruner):
             raise TypeError(f"PruningCallback(pruner=...) expects a sparsify.Pruner, got {type(pruner).__name__}")
+        check_flags("PruningCallback", finalize_at_end=finalize_at_end)
         self.pruner = pruner
-        self.finalize_at_end = bool(finalize_at_end)
+        self.finalize_at_end = finalize_at_end
         self._prepared_here = False
 
     def on_train_begin(
@@ -119,6 +121,11 @@ class PruningCallback(TrainerCallback):
                 f"PruningCallback: resuming at step {state.global_step} but {path} does not exist, so the masks and "
                 "the schedule cannot be restored; resume from a checkpoint written with this callback"
             )
+        self._restore(path)
+        logger.info("PruningCallback: resumed pruning at step %d from %s", state.global_step, path)
+
+    def _restore(self, path: str) -> None:
+        """Put a checkpoint's pruner state, masks and unmasked weights of the pruned layers back."""
         saved = load_checkpoint_file(path, map_location="cpu")  # sparsify's reader: nothing in the file runs
         self.pruner.load_state_dict(saved["pruner"])
         targets = self.pruner.targets
@@ -129,7 +136,6 @@ class PruningCallback(TrainerCallback):
             set_mask(target.module, target.param_name, mask, target.sparsity_level)
             for alias in target.tied_to:
                 set_mask(self.pruner.model.get_submodule(alias), target.param_name, mask, target.sparsity_level)
-        logger.info("PruningCallback: resumed pruning at step %d from %s", state.global_step, path)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.pruner.observe_gradients()
@@ -151,5 +157,29 @@ class PruningCallback(TrainerCallback):
         torch.save({"pruner": self.pruner.state_dict(), "masks": masks, "orig": orig}, os.path.join(folder, STATE_FILE))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        best = getattr(state, "best_model_checkpoint", None)
+        if getattr(args, "load_best_model_at_end", False) and best and self.pruner.targets:
+            self._restore_best(best)
         if self.finalize_at_end and self.pruner.targets:
             self.pruner.finalize(inplace=True)
+
+    def _restore_best(self, folder: str) -> None:
+        """``load_best_model_at_end``: the Trainer has just loaded the best checkpoint's weights, but its
+        ``load_state_dict(strict=False)`` cannot fill the pruned layers (the checkpoint holds their masked weights
+        under plain names, the model ``weight_orig`` and ``weight_mask``): put that checkpoint's own masks,
+        unmasked weights and schedule step back, so every layer comes from the same step."""
+        path = os.path.join(folder, STATE_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"PruningCallback: load_best_model_at_end loaded {folder}, but {path} does not exist, so its masks "
+                "cannot be restored and the pruned layers would keep the last step's weights; keep the checkpoints "
+                "this callback writes, or set load_best_model_at_end=False"
+            )
+        if self.pruner.finalized:
+            raise RuntimeError("PruningCallback: load_best_model_at_end after the pruner was finalized: the best "
+                               "checkpoint's masks cannot be restored; let the callback finalize (finalize_at_end)")
+        self._restore(path)
+        logger.info(
+            "PruningCallback: load_best_model_at_end: the pruned layers hold the masks and weights of %s (step %d) "
+            "too; the Trainer's warnings about their missing weight_orig / weight_mask keys are answered by this",
+            folder, self.pruner.step_count)

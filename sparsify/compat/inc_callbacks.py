@@ -43,6 +43,7 @@ from typing import Any
 
 from torch import nn
 
+from .._checks import check_flags
 from ..config import PrunerConfig
 from ..criteria import GradSampler
 from ..pruning import Pruner
@@ -66,6 +67,7 @@ class PruningCallbacks:
     def __init__(self, pruner: Pruner, *, finalize_on_train_end: bool = True) -> None:
         if not isinstance(pruner, Pruner):
             raise TypeError(f"pruner must be a sparsify pruner, got {type(pruner).__name__}")
+        check_flags("PruningCallbacks", finalize_on_train_end=finalize_on_train_end)
         self.pruner = pruner
         self.finalize_on_train_end = finalize_on_train_end
 

@@ -120,9 +120,11 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
         criterion: ``"magnitude"`` (default), ``"gradient"``, ``"snip"``, ``"snip_momentum"``, ``"mfac"``, or a
             dict with ``kind`` and the criterion's settings (``{"kind": "mfac", "num_grads": 128}``).
         pattern: Neural Compressor's patterns: NxM tiles, ``"4x1"``, ``"1xchannel"``, ``"channelx1"`` …
-            (`sparsify.patterns.tiles`), or ``"n:m"`` — ``n`` zeros in every ``m`` input-channel weights, whole
-            runs made sparse one by one, ending at ``min(target_sparsity, n / m)`` (`sparsify.patterns.n_m`);
-            ``None`` uses the Core ML Tools fields above.
+            (`sparsify.patterns.tiles`), or ``"n:m"`` — ``n`` zeros in every ``m`` input-channel weights, ending
+            at ``min(target_sparsity, n / m)``: with ``target_sparsity >= n / m`` exactly ``n_m_ratio=(n, m)``
+            (same masks, partial runs padded); below ``n / m``, Neural Compressor's meaning — that share of
+            whole runs made sparse one by one, layers whose runs do not divide skipped
+            (`sparsify.patterns.n_m`); ``None`` uses the Core ML Tools fields above.
         scope: ``"local"`` (each layer at its scheduled sparsity) or ``"global"`` (one ranking over the
             modules this config entry selects, with the per-layer caps).
         min_sparsity: in global scope, the least sparsity of a layer.
@@ -173,7 +175,9 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
             return NMPattern(*self.n_m_ratio, dim=self.dim)
         if self.pattern is not None and ":" in self.pattern:
             n, m = (int(v) for v in self.pattern.split(":"))
-            return NMPattern(n, m, dim=1, by_runs=True)
+            # at a target of n/m or more this is n_m_ratio=(n, m)'s request, and gets its masks; below, Neural
+            # Compressor's meaning: that share of whole runs made n:m-sparse
+            return NMPattern(n, m, dim=1, by_runs=self.target_sparsity < n / m - 1e-9)
         if self.pattern is not None:
             return parse_pattern(self.pattern)
         return CoreMLPattern(self.granularity, self.block_size)

@@ -38,9 +38,11 @@ __all__ = [
     "LayerTarget",
     "LayerwiseScorer",
     "LayerwiseSpec",
+    "count_nonfinite",
     "encode",
     "nm_run_counts",
     "pruned_groups_of",
+    "refuse_nonfinite",
     "reselect",
     "summed_over_ranks",
     "to_mask_shape",
@@ -156,21 +158,55 @@ def summed_over_ranks(tensors: list[torch.Tensor], rows: int) -> int:
     return int(total.item())
 
 
+def count_nonfinite(columns: torch.Tensor, reduced: torch.Tensor, total: torch.Tensor | None) -> torch.Tensor | None:
+    """``total`` plus the NaN and infinite entries of ``columns`` (an int64 tensor, for `summed_over_ranks`).
+
+    ``reduced`` is a per-column sum the statistic computed anyway: a non-finite input makes it non-finite, so the
+    elementwise count (five times the cost of that sum) runs only then."""
+    if bool(torch.isfinite(reduced).all()):
+        return total
+    found = (~torch.isfinite(columns)).sum(dtype=torch.int64)
+    return found if total is None else total + found
+
+
+def refuse_nonfinite(label: str, leader: str, names: list[str], statistic: Any) -> None:
+    """Raise ``ValueError`` if the inputs ``leader`` saw on the calibration data held NaN or infinite values
+    (``statistic.nonfinite``): a Hessian or a column norm of them is meaningless, and Wanda would rank such a
+    column first (a NaN norm) — so the criterion stops, naming the layer, instead of pruning on them."""
+    bad = statistic.nonfinite
+    count = 0 if bad is None else int(bad.item())
+    if not count:
+        return
+    sharing = [n for n in names if n != leader]
+    also = f" (and {', '.join(map(repr, sharing))}, which share its input)" if sharing else ""
+    raise ValueError(
+        f"{label}: the calibration inputs of module {leader!r}{also} hold {count} non-finite value(s) (NaN or "
+        f"infinite) among {statistic.rows} row(s): the sampler's data, or the layers before {leader!r} on it, produce "
+        "them, and no mask can be chosen from them; check the calibration data with torch.isfinite (and the model's "
+        "activations on it)"
+    )
+
+
 class ColumnNorms:
-    """Mean square of every input column, ``‖X_j‖² / rows`` (Wanda's statistic; a few floats per column)."""
+    """Mean square of every input column, ``‖X_j‖² / rows`` (Wanda's statistic; a few floats per column), and how
+    many input values were not finite (`refuse_nonfinite`)."""
 
     def __init__(self) -> None:
         self.sums: torch.Tensor | None = None
         self.rows = 0
+        self.nonfinite: torch.Tensor | None = None
 
     def add(self, columns: torch.Tensor) -> None:
         squares = columns.square().sum(0)
         self.sums = squares if self.sums is None else self.sums + squares
         self.rows += columns.shape[0]
+        self.nonfinite = count_nonfinite(columns, squares, self.nonfinite)
 
     def synchronize(self) -> None:
         assert self.sums is not None
-        self.rows = summed_over_ranks([self.sums], self.rows)
+        if self.nonfinite is None:  # every rank sums the same tensors
+            self.nonfinite = torch.zeros((), dtype=torch.int64, device=self.sums.device)
+        self.rows = summed_over_ranks([self.sums, self.nonfinite], self.rows)
 
     @property
     def mean_squares(self) -> torch.Tensor:
@@ -289,8 +325,9 @@ class LayerwiseScorer(Scorer):
         stage = calibration.stages(ranked, sequential=False)[0]
         norms = {leader: ColumnNorms() for leader in stage.leaders}
         calibration.run(stage, lambda leader, columns: norms[leader].add(columns))
-        for statistic in norms.values():
+        for leader, statistic in norms.items():
             statistic.synchronize()
+            refuse_nonfinite(self.label, leader, [n for n in ranked if stage.leader[n] == leader], statistic)
         for name in ranked:
             layer = LayerTarget.of(pruner.targets[name])
             scores = wanda_scores(torch.where(layer.mask, layer.orig, 0.0), norms[stage.leader[name]].mean_squares)
@@ -340,8 +377,9 @@ class LayerwiseScorer(Scorer):
                 statistics[leader].add_reference(columns)
         calibration.run(stage, lambda leader, columns: statistics[leader].add(columns),
                         replaced if sequential else None, reference)
-        for statistic in statistics.values():
+        for leader, statistic in statistics.items():
             statistic.synchronize()
+            refuse_nonfinite(self.label, leader, [n for n in stage.names if stage.leader[n] == leader], statistic)
         refined = {}
         for name in stage.names:
             target = pruner.targets[name]

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._checks import check_flags
 from .._nested import to_device
 
 __all__ = ["GradSampler", "NotEnoughDataError", "as_grad_sampler", "split_batch"]
@@ -99,6 +100,7 @@ class GradSampler:
                 f"data must be an iterable of batches or a zero-argument callable returning one, got "
                 f"{type(data).__name__}"
             )
+        check_flags("GradSampler", progress=progress)
         self.data = data
         self.loss_fn = loss_fn
         self.progress = progress

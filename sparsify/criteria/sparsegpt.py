@@ -51,6 +51,7 @@ from .base import Criterion, Scorer, register_criterion
 from .layerwise import (
     LayerTarget,
     LayerwiseScorer,
+    count_nonfinite,
     encode,
     nm_run_counts,
     pruned_groups_of,
@@ -129,6 +130,7 @@ class Hessian:
         self.cross: torch.Tensor | None = None
         self.reference_sum: torch.Tensor | None = None
         self.rows = 0
+        self.nonfinite: torch.Tensor | None = None  # NaN / inf input values seen (`refuse_nonfinite`)
         self.pending: list[torch.Tensor] = []
         self.factors: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -142,20 +144,27 @@ class Hessian:
             self.column_sum = torch.zeros(size, device=columns.device)
         assert self.column_sum is not None
         self.sum.addmm_(columns.t(), columns)
-        self.column_sum += columns.sum(0)
+        sums = columns.sum(0)
+        self.column_sum += sums
         self.rows += columns.shape[0]
+        self.nonfinite = count_nonfinite(columns, sums, self.nonfinite)
         if self.pending:
             reference = self.pending.pop(0)
+            reference_sums = reference.sum(0)
+            self.nonfinite = count_nonfinite(reference, reference_sums, self.nonfinite)
             if self.cross is None:
                 self.cross = torch.zeros_like(self.sum)
                 self.reference_sum = torch.zeros_like(self.column_sum)
             assert self.reference_sum is not None
             self.cross.addmm_(reference.t(), columns)
-            self.reference_sum += reference.sum(0)
+            self.reference_sum += reference_sums
 
     def synchronize(self) -> None:
         """Sum the statistics of every rank of a multi-process group (`summed_over_ranks`)."""
-        parts = [t for t in (self.sum, self.column_sum, self.cross, self.reference_sum) if t is not None]
+        if self.nonfinite is None and self.sum is not None:  # every rank sums the same tensors
+            self.nonfinite = torch.zeros((), dtype=torch.int64, device=self.sum.device)
+        stats = (self.sum, self.column_sum, self.cross, self.reference_sum, self.nonfinite)
+        parts = [t for t in stats if t is not None]
         self.rows = summed_over_ranks(parts, self.rows)
 
     def matrices(self, order: torch.Tensor | None, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

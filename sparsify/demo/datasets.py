@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from .._checks import check_flags
+
 __all__ = [
     "DATASETS",
     "DatasetNotFoundError",
@@ -124,6 +126,7 @@ def load_dataset(name: str = "digits", *, root: str | Path | None = None, downlo
         ValueError: ``name`` is not one of `DATASETS`.
         DatasetNotFoundError: no source could provide the data (the message lists what was tried).
     """
+    check_flags("load_dataset", download=download)
     if name == "digits":
         return load_digits()
     if name not in _IDX_SETS:

@@ -149,16 +149,19 @@ class NMPattern(Pattern):
         if len(shape) < 2:
             raise ValueError(f"{where}: n_m_ratio needs a weight of rank >= 2, got shape {tuple(shape)}")
 
-    def check_whole_runs(self, shape: Shape, where: str) -> None:
-        """Global ranking needs whole runs: the channel count along ``dim`` must be a multiple of ``m``."""
+    def check_whole_runs(self, shape: Shape, where: str, advice: str | None = None, spelled: str | None = None) -> None:
+        """Global ranking, and Neural Compressor's ramp by runs, need whole runs: the channel count along ``dim``
+        must be a multiple of ``m``. ``advice`` replaces the global-scope advice (``scope='local'``); ``spelled``
+        is the field as the user wrote it (default ``n_m_ratio=(n, m)``)."""
         co, _, ci = dims(shape)
         count = ci if self.dim == 1 else co
         if count % self.m:
             axis = "input" if self.dim == 1 else "output"
+            needs = "ranked globally" if advice is None else "by whole runs"
+            advice = advice or "use scope='local' (partial runs padded) or exclude this module"
             raise ValueError(
-                f"{where}: n_m_ratio=({self.n}, {self.m}) ranked globally needs the {axis} channels ({count}, "
-                f"weight shape {tuple(shape)}) to be a multiple of m={self.m}; use scope='local' (partial runs "
-                f"padded) or exclude this module"
+                f"{where}: {spelled or f'n_m_ratio=({self.n}, {self.m})'} {needs} needs the {axis} channels ({count}, "
+                f"weight shape {tuple(shape)}) to be a multiple of m={self.m}; {advice}"
             )
 
     def local_mask(self, scores: torch.Tensor, sparsity: float, kept: torch.Tensor | None = None) -> torch.Tensor:

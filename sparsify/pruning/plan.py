@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import torch
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 from ..config import ModulePrunerConfig, OptimizationConfig
 from ..config.model import Conv1D
@@ -25,8 +26,11 @@ __all__ = [
     "Target",
     "check_target",
     "classifier_head_name",
+    "hook_fields",
     "inplace_backup",
     "is_transposed",
+    "masked_by",
+    "nothing_selected",
     "pattern_shape",
     "plan_model",
     "reading_parent",
@@ -123,12 +127,13 @@ def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pa
     Raises `SkipModule` (with the reason) for a module to leave dense, and ``ValueError`` / ``TypeError``
     naming the module for what cannot be pruned as asked.
     """
-    param = getattr(module, config.param_name, None)
     where = f"module {name!r} ({type(module).__name__})"
+    owner = masked_by(module, config.param_name)
+    if owner is not None:
+        raise ValueError(f"{where}.{config.param_name} is already masked by {owner}; {_UNMASK_FIRST}")
+    param = getattr(module, config.param_name, None)
     if not isinstance(param, nn.Parameter):
         raise ValueError(f"{where} has no parameter param_name={config.param_name!r} to prune")
-    if is_masked(module, config.param_name):
-        raise ValueError(f"{where}.{config.param_name} already has a pruning mask; finalize it first")
     if not param.is_floating_point():
         raise TypeError(f"{where}.{config.param_name} has dtype {param.dtype}: only floating-point weights prune")
     if param.numel() == 0:
@@ -153,11 +158,15 @@ def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pa
         pattern.check(shape, where)
         if pattern.by_runs:  # Neural Compressor's "n:m" skips a layer whose runs do not divide, as it does
             try:
-                pattern.check_whole_runs(shape, where)
+                pattern.check_whole_runs(shape, where, advice=(
+                    f"at target_sparsity={config.target_sparsity:g} (below {pattern.max_sparsity:g}) it makes that "
+                    f"share of whole runs sparse, as Neural Compressor does; n_m_ratio={(pattern.n, pattern.m)} pads "
+                    f"partial runs but always prunes {pattern.max_sparsity:g}"), spelled=f"pattern={config.pattern!r}")
             except ValueError as exc:
                 raise SkipModule(str(exc)) from exc
         if config.scope == "global":
-            pattern.check_whole_runs(shape, where)
+            pattern.check_whole_runs(shape, where, spelled=None if config.pattern is None else
+                                     f"pattern={config.pattern!r}")
         achieved = n_m_zero_count(shape, (pattern.n, pattern.m), pattern.dim) / param.numel()
         if achieved < pattern.max_sparsity - 1e-9:
             logger.warning(
@@ -172,6 +181,40 @@ def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pa
         except ValueError as exc:
             raise SkipModule(str(exc)) from exc  # Neural Compressor skips such layers too
     return pattern
+
+
+_UNMASK_FIRST = ("a second pruner cannot mask a weight again: finalize() the first pruner (or abandon() it to "
+                 "undo its prepare()) before preparing another, or prune everything with one pruner and one config")
+
+
+def masked_by(module: nn.Module, param_name: str) -> str | None:
+    """Who already masks ``module.<param_name>``: ``"a sparsify Pruner"``, ``"torch.nn.utils.prune (or Core ML
+    Tools)"`` (their ``<name>_orig`` / ``<name>_mask`` layout), or ``None``."""
+    if is_masked(module, param_name):
+        return "a sparsify Pruner"
+    hooked = any(isinstance(h, torch_prune.BasePruningMethod) and getattr(h, "_tensor_name", None) == param_name
+                 for h in module._forward_pre_hooks.values())
+    if hooked or (param_name + "_orig" in module._parameters and param_name + "_mask" in module._buffers):
+        return "torch.nn.utils.prune (or Core ML Tools)"
+    return None
+
+
+def _refuse_masked(model: nn.Module, config: OptimizationConfig, head: str | None) -> None:
+    """A second pruner on a prepared model: refused up front, naming every selected module already masked."""
+    masked = []
+    for name, module in model.named_modules(remove_duplicate=True):
+        if not isinstance(module, config.supported_modules) or name == head:
+            continue
+        module_config = config.get_module_config(name, module)
+        param_name = getattr(module_config, "param_name", "weight")
+        owner = None if module_config is None else masked_by(module, param_name)
+        if owner is not None:
+            masked.append((name, owner))
+    if masked:
+        listed = ", ".join(repr(n) for n, _ in masked[:5]) + (f" and {len(masked) - 5} more" if len(masked) > 5 else "")
+        owners = " / ".join(sorted({o for _, o in masked}))
+        raise ValueError(f"the model is already prepared for pruning: {len(masked)} module(s) the config selects are "
+                         f"already masked by {owners} ({listed}); {_UNMASK_FIRST}")
 
 
 def _check_embedding(where: str, module: nn.Embedding) -> None:
@@ -190,7 +233,9 @@ def _check_embedding(where: str, module: nn.Embedding) -> None:
 def plan_model(model: nn.Module, config: OptimizationConfig) -> list[Plan]:
     """Decide what to prune and validate every choice; nothing is changed."""
     head = classifier_head_name(model) if getattr(config, "keep_classifier_dense", False) else None
+    _refuse_masked(model, config, head)
     _warn_unsupported_name_rules(model, config)
+    _warn_dense_conv1d(model, config)
     plans: list[Plan] = []
     by_param: dict[int, Plan] = {}
     for name, module in model.named_modules(remove_duplicate=True):
@@ -261,7 +306,54 @@ def _warn_unsupported_name_rules(model: nn.Module, config: Any) -> None:
             )
 
 
+def nothing_selected(model: nn.Module, config: OptimizationConfig) -> str:
+    """Why ``config`` selects no module of ``model``: the types it looks for, those the model has, and how to
+    bring a layer in."""
+    looked_for = ", ".join(t.__name__ for t in config.supported_modules if t is not nn.Embedding)
+    if nn.Embedding in config.supported_modules:
+        looked_for += " (and Embedding when a rule or module_types names it)"
+    present = sorted({type(m).__name__ for m in model.modules() if m._parameters}) or ["none"]
+    candidates = sum(isinstance(m, config.supported_modules) for m in model.modules())
+    if candidates:
+        how = (f"its rules exclude all {candidates} module(s) of those types (module_types, name or type rules set "
+               "to None, keep_classifier_dense); sparsify.dry_run(model, config) gives each one's reason")
+    else:
+        how = ("a custom layer is pruned when it subclasses one of those types (nn.Linear, nn.Conv2d, ...), "
+               "Embedding tables with module_types=['Embedding']")
+    return (f"the config selects no module of this {type(model).__name__}: it prunes {looked_for}, and the model's "
+            f"layers with parameters are {', '.join(present)}; {how}")
+
+
+def _warn_dense_conv1d(model: nn.Module, config: OptimizationConfig) -> None:
+    """Core ML Tools' preset prunes its four module types only, so GPT-2's ``Conv1D`` layers stay dense: say so
+    once, with how to include them."""
+    if Conv1D in config.supported_modules:
+        return
+    names = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
+    if names:
+        kinds = ", ".join(t.__name__ for t in config.supported_modules)
+        logger.warning(
+            "%s prunes Core ML Tools' module types (%s) only: %d transformers Conv1D layer(s) (e.g. %r) stay dense; "
+            "to prune them, use sparsify.Pruner with a PrunerConfig, which includes Conv1D (e.g. PrunerConfig("
+            "module_type_configs={'Conv1D': ModulePrunerConfig(...)}), or module_types=[..., 'Conv1D'])",
+            type(config).__name__, kinds, len(names), names[0],
+        )
+
+
 def inplace_backup(targets: Iterable[Target]) -> list[tuple[nn.Parameter, torch.Tensor]]:
     """Copies of the parameters of the ``masking="inplace"`` targets, whose pruned entries are about to be
     zeroed in the user's own parameters: what `Pruner.prepare` puts back if it is interrupted."""
     return [(target.orig, target.orig.detach().clone()) for target in targets if target.config.masking == "inplace"]
+
+
+def hook_fields(plan: Plan) -> dict[str, Any]:
+    """What the mask hook records of the pattern, for reports and Core ML Tools–style introspection."""
+    pattern = plan.pattern
+    fields: dict[str, Any] = {"pattern": pattern.describe()}
+    if isinstance(pattern, CoreMLPattern):
+        fields.update(granularity=pattern.granularity, block_size=pattern.block_size)
+    elif isinstance(pattern, NMPattern):
+        fields.update(n_m_ratio=(pattern.n, pattern.m), dim=pattern.dim)
+    else:
+        fields.update(tiles=plan.config.pattern)
+    return fields

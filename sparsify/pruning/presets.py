@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from torch import nn
 
+from .._checks import check_flags
 from ..config import MagnitudePrunerConfig, ModulePrunerConfig, OptimizationConfig, PrunerConfig
 from ..criteria import GradSampler
+from ..patterns import NMPattern
 from .pruner import Pruner
 
 __all__ = ["MagnitudePruner", "prune"]
+
+logger = logging.getLogger(__name__)
 
 
 class MagnitudePruner(Pruner):
@@ -57,9 +62,11 @@ def prune(
 
         pruned = sparsify.prune(model, 0.8, criterion="mfac", scope="global", sampler=GradSampler(data, loss_fn))
     """
+    check_flags("prune", inplace=inplace, keep_classifier_dense=keep_classifier_dense)
     if "scheduler" in choices or "target_sparsity" in choices:
         raise TypeError("prune() prunes in one shot to `sparsity`: do not pass scheduler or target_sparsity")
     module_config = ModulePrunerConfig(target_sparsity=sparsity, **choices)
+    _warn_n_m_level(module_config)
     config = PrunerConfig(
         global_config=module_config, module_types=module_types, keep_classifier_dense=keep_classifier_dense
     )
@@ -69,6 +76,7 @@ def prune(
             f"prune(model, {sparsity}, criterion=..., sampler=GradSampler(data, loss_fn))"
         )
     pruner = Pruner(model, config, sampler)
+    pruner._require_targets = "prune()"  # nothing to prune is an error here, before the model is copied
     pruned = pruner.prepare(inplace=inplace)
     try:
         pruner.prune_now()
@@ -76,3 +84,18 @@ def prune(
         pruner.abandon()  # nothing half-done is left in the user's model (inplace=True)
         raise
     return pruner.finalize(pruned, inplace=True)
+
+
+def _warn_n_m_level(config: ModulePrunerConfig) -> None:
+    """An n:m pattern prunes at most ``n / m``, and ``n_m_ratio`` exactly that: say so when ``sparsity`` differs."""
+    pattern = config.pattern_spec()
+    if not isinstance(pattern, NMPattern) or abs(config.target_sparsity - config.final_sparsity) < 1e-9:
+        return
+    spelled = f"n_m_ratio={config.n_m_ratio}" if config.n_m_ratio is not None else f"pattern={config.pattern!r}"
+    if config.target_sparsity > pattern.max_sparsity:
+        why = f"an n:m pattern prunes at most n/m = {pattern.max_sparsity:g}"
+    else:
+        why = (f"n_m_ratio always prunes n/m (Core ML Tools' rule); pattern='{pattern.n}:{pattern.m}' prunes "
+               f"{config.target_sparsity:g} by whole runs (Neural Compressor's rule)")
+    logger.warning("prune(sparsity=%g, %s) prunes %g: %s", config.target_sparsity, spelled,
+                   config.final_sparsity, why)

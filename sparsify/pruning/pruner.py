@@ -18,14 +18,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .._checks import check_flags
 from ..analysis.report import Report, global_summary, sparsity_summary
 from ..config import OptimizationConfig, PrunerConfig
 from ..criteria import Criterion, GradSampler, MagnitudeCriterion, Scorer, as_grad_sampler
 from ..distributed import refuse_fsdp
 from ..masking import bake_mask, install_mask, is_masked, set_mask, uninstall_mask
-from ..patterns import CoreMLPattern, NMPattern
+from .guards import check_state_dict, describe_replaced, refuse_replaced, replaced_modules
 from .metadata import METADATA_VERSION_BUFFER, record_requested, register_coreml_metadata
-from .plan import Plan, Target, inplace_backup, plan_model
+from .plan import Plan, Target, hook_fields, inplace_backup, nothing_selected, plan_model
 from .saving import protect_save_pretrained, unprotect_save_pretrained
 from .update import compute_masks
 
@@ -86,6 +87,8 @@ class Pruner:
         self._finalized = False
         self._observed = False
         self._next_change: dict[tuple[str, ...], tuple[int | None, int]] = {}
+        self._prepared = False
+        self._require_targets: str | None = None  # who needs a module to prune (prune()): none is an error
 
     # -- what scorers and users read -------------------------------------------------------
 
@@ -105,6 +108,11 @@ class Pruner:
     @property
     def step_count(self) -> int:
         return self._step_count
+
+    @property
+    def finalized(self) -> bool:
+        """Whether ``finalize()`` baked this pruner's own model (no masks left to update)."""
+        return self._finalized
 
     @property
     def targets(self) -> Mapping[str, Target]:
@@ -132,13 +140,16 @@ class Pruner:
         failure or interruption part-way (Ctrl-C included) leaves the model exactly as it was.
         ``initial_sparsity`` is applied here, ranked by magnitude (no gradients exist yet).
         """
+        check_flags(f"{type(self).__name__}.prepare", inplace=inplace)
         if self._pruner_info:
             logger.warning("Model has already been prepared for pruning. This API call will be a no-op.")
             return self._model
         refuse_fsdp(self._model)
         plans = plan_model(self._model, self._config)
         if not plans:
-            logger.warning("prepare(): the config selects no module of a supported type %s", self.supported_modules)
+            if self._require_targets:
+                raise ValueError(f"{self._require_targets}: {nothing_selected(self._model, self._config)}")
+            logger.warning("prepare(): %s", nothing_selected(self._model, self._config))
         original = self._model
         model = original if inplace else copy.deepcopy(original)
         installed: list[tuple[nn.Module, str]] = []
@@ -161,6 +172,7 @@ class Pruner:
                     param.copy_(values)
             self._model = original
             raise
+        self._prepared = True
         protect_save_pretrained(model)  # Hugging Face-style models: save_pretrained writes the masked weights
         for name, target in self._pruner_info.items():
             logger.info("%s: %s, criterion %s, %s scope", name, target.pattern.describe(),
@@ -181,8 +193,9 @@ class Pruner:
         now — masked entries are not zeroed). Returns the model. For a one-shot call that failed part-way."""
         installed = []
         for name, target in self._pruner_info.items():
-            for module_name in (name, *target.tied_to):
-                installed.append((self._model.get_submodule(module_name), target.param_name))
+            installed.append((target.module, target.param_name))  # the masked module, even if replaced since
+            gone = {path for path, _ in replaced_modules(self._model, {name: target})}
+            installed += [(self._model.get_submodule(a), target.param_name) for a in target.tied_to if a not in gone]
         self._uninstall(installed)
         unprotect_save_pretrained(self._model)
         return self._model
@@ -191,7 +204,7 @@ class Pruner:
         config = copy.deepcopy(plan.config)
         module = model.get_submodule(plan.name)
         reader = model.get_submodule(plan.reader) if plan.reader is not None else None
-        describe = _hook_fields(plan)
+        describe = hook_fields(plan)
         if plan.owner is not None:
             owner = self._pruner_info[plan.owner]
             install_mask(module, config.param_name, owner.mask, owner.sparsity_level, reader=reader,
@@ -243,6 +256,7 @@ class Pruner:
         if self._finalized:
             logger.warning("step() after finalize(): the model is finalized, nothing to update")
             return
+        refuse_replaced(self._model, self._pruner_info, "step()")
         if not self._observed:
             self.observe_gradients()
         self._observed = False
@@ -266,9 +280,11 @@ class Pruner:
     def prune_now(self, sparsity: float | None = None) -> None:
         """One shot: bring every module to its final sparsity (or to ``sparsity``) now."""
         if not self._pruner_info:
-            raise RuntimeError("prune_now(): call prepare() first")
+            raise RuntimeError("prune_now(): call prepare() first" if not self._prepared else
+                               "prune_now(): the config selects no module of this model (see prepare()'s warning)")
         if self._finalized:
             raise RuntimeError("prune_now(): the model is already finalized")
+        refuse_replaced(self._model, self._pruner_info, "prune_now()")
         if sparsity is not None and (isinstance(sparsity, bool) or not 0.0 <= float(sparsity) <= 1.0):
             raise ValueError(f"prune_now(sparsity={sparsity!r}) is invalid: allowed 0.0 <= sparsity <= 1.0")
         self._apply_levels({
@@ -321,11 +337,13 @@ class Pruner:
         brought to its final sparsity, with a warning (Core ML Tools would export it unpruned); if the
         schedules have not reached their targets, a warning says how far they got.
         """
+        check_flags(f"{type(self).__name__}.finalize", inplace=inplace)
         own = model is None or model is self._model
         target_model = self._model if model is None else model
         if not self._pruner_info:
             logger.warning("finalize() before prepare(): there are no masks to bake")
         elif own and not self._finalized:
+            refuse_replaced(self._model, self._pruner_info, "finalize()")
             self._complete_or_warn()
         finalized = target_model if inplace else copy.deepcopy(target_model)
         if METADATA_VERSION_BUFFER not in finalized._buffers:
@@ -402,9 +420,17 @@ class Pruner:
         ``step()``; works before and after ``finalize()``.
         """
         report = Report()
+        replaced = dict(replaced_modules(self._model, self._pruner_info, self._finalized))
+        if replaced:
+            logger.warning("report(): %s; its row shows the module there now, which the pruner does not prune "
+                           "(step() and finalize() refuse to go on)",
+                           describe_replaced(list(replaced.items()), self._pruner_info))
         with torch.no_grad():
             for name, target in self._pruner_info.items():
-                weight = getattr(target.module, target.param_name)
+                module = replaced.get(name, target.module)
+                if module is None or not isinstance(getattr(module, target.param_name, None), torch.Tensor):
+                    continue  # removed, or holds no such weight: nothing to show
+                weight = getattr(module, target.param_name)
                 weight = weight.t() if target.transposed else weight  # metrics count output channels
                 report[name] = {"#params": int(weight.numel()), **sparsity_summary(weight)}
             report["global"] = global_summary(report.values())
@@ -443,32 +469,9 @@ class Pruner:
         is applied."""
         if not self._pruner_info:
             raise RuntimeError("load_state_dict(): call prepare() first, with the same config as the saved run")
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"pruner state_dict must be a mapping, got {type(state_dict).__name__}")
-        missing = {"step_count", "sparsity_levels"} - set(state_dict)
-        if missing:
-            raise ValueError(f"pruner state_dict lacks key(s) {sorted(missing)}; got keys {sorted(state_dict)}")
-        step_count = state_dict["step_count"]
-        if isinstance(step_count, bool) or not isinstance(step_count, int) or step_count < 0:
-            raise ValueError(f"pruner state_dict step_count={step_count!r} is invalid: allowed an integer >= 0")
-        levels = state_dict["sparsity_levels"]
-        expected, got = set(self._pruner_info), set(levels)
-        if expected != got:
-            raise ValueError(
-                "pruner state_dict does not match the prepared modules: missing "
-                f"{sorted(expected - got)}, unexpected {sorted(got - expected)}"
-            )
-        for name, level in levels.items():
-            if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= level <= 1.0:
-                raise ValueError(f"pruner state_dict sparsity_levels[{name!r}]={level!r} is invalid: allowed 0..1")
-        for name, saved in state_dict.get("criteria", {}).items():
-            if name in self._pruner_info and saved != self._pruner_info[name].config.criterion.as_dict():
-                raise ValueError(
-                    f"module {name!r} was pruned with criterion {saved} but is prepared with "
-                    f"{self._pruner_info[name].config.criterion.as_dict()}: prepare with the saved config"
-                )
+        step_count, levels = check_state_dict(state_dict, self._pruner_info)
         saved_state = state_dict.get("criterion_state", {})
-        unknown = sorted(set(saved_state) - expected)
+        unknown = sorted(set(saved_state) - set(self._pruner_info))
         if unknown:
             raise ValueError(f"pruner state_dict has criterion state for unknown module(s) {unknown}")
         for _, scorer, names in self._scorers:
@@ -483,16 +486,3 @@ class Pruner:
                 hook.amount = float(level)
         for _, scorer, _ in self._scorers:  # e.g. M-FAC reopens its gradient recording for the next update
             scorer.after_step(self)
-
-
-def _hook_fields(plan: Plan) -> dict[str, Any]:
-    """What the mask hook records of the pattern, for reports and Core ML Tools–style introspection."""
-    pattern = plan.pattern
-    fields: dict[str, Any] = {"pattern": pattern.describe()}
-    if isinstance(pattern, CoreMLPattern):
-        fields.update(granularity=pattern.granularity, block_size=pattern.block_size)
-    elif isinstance(pattern, NMPattern):
-        fields.update(n_m_ratio=(pattern.n, pattern.m), dim=pattern.dim)
-    else:
-        fields.update(tiles=plan.config.pattern)
-    return fields

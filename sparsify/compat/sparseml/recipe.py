@@ -25,6 +25,7 @@ from typing import IO, Any, cast
 
 from torch import nn
 
+from ..._checks import check_flags
 from ...analysis.report import Report
 from ...criteria import GradSampler, as_grad_sampler
 from ...pruning import Pruner
@@ -80,6 +81,7 @@ class Recipe:
     def pruner(self, model: nn.Module, *, steps_per_epoch: float | None = None, one_shot: bool = False,
                sampler: GradSampler | Mapping[str, Any] | None = None) -> Pruner:
         """An unprepared `sparsify.Pruner` for ``model`` (no layer drops: see `attach`)."""
+        check_flags("Recipe.pruner", one_shot=one_shot)
         config, _ = pruner_config(self.plan, model, steps_per_epoch=steps_per_epoch, one_shot=one_shot)
         return Pruner(model, config, self._sampler(sampler))
 
@@ -93,6 +95,7 @@ class Recipe:
 
     def _session(self, model: nn.Module, steps_per_epoch: float | None, sampler: Any, *, one_shot: bool,
                  inplace: bool) -> RecipeSession:
+        check_flags("Recipe", one_shot=one_shot, inplace=inplace)
         target = model if inplace else copy.deepcopy(model)
         config, _ = pruner_config(self.plan, target, steps_per_epoch=steps_per_epoch, one_shot=one_shot)
         pruner = Pruner(target, config, self._sampler(sampler))
@@ -116,6 +119,7 @@ class Recipe:
     def oneshot(self, model: nn.Module, sampler: GradSampler | Mapping[str, Any] | None = None, *,
                 inplace: bool = False, finalize: bool = True) -> RecipeSession:
         """Every modifier at its final state now (SparseML's ``manager.apply``); returns the session."""
+        check_flags("Recipe.oneshot", inplace=inplace, finalize=finalize)
         if self.needs_sampler and sampler is None:
             methods = sorted({g.method for g in self.plan.groups if g.method not in ("magnitude", "lock")})
             raise ValueError(f"the recipe's {', '.join(methods)} pruning needs calibration data in one shot: "
@@ -225,6 +229,7 @@ class ScheduledModifierManager:
     def apply(self, module: nn.Module, epoch: float = math.inf, loggers: Any = None, finalize: bool = True,
               grad_sampler: GradSampler | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         """One shot, in place: every modifier at its final state (SparseML's ``apply``)."""
+        check_flags("ScheduledModifierManager.apply", finalize=finalize)
         if epoch != math.inf:
             raise ValueError(f"apply(epoch={epoch!r}): only the final state (epoch=math.inf) is supported; use "
                              f"modify() to prune during training")
@@ -238,6 +243,7 @@ class ScheduledModifierManager:
         Returns the optimizer wrapped so that ``optimizer.step()`` also prunes (`ScheduledOptimizer`); with
         ``wrap_optimizer=False`` the optimizer unchanged, and the loop calls ``manager.step()`` after it.
         """
+        check_flags("ScheduledModifierManager.modify", wrap_optimizer=wrap_optimizer)
         if epoch not in (None, 0, 0.0):
             raise ValueError(f"modify(epoch={epoch!r}): start from epoch 0, or resume with the pruner's "
                              f"state_dict()")
