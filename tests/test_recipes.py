@@ -361,3 +361,33 @@ def test_recipe_variables_as_json_must_be_an_object() -> None:
         with pytest.raises(ValueError, match=rf"recipe_variables='{re.escape(text)}' is invalid: allowed a mapping "
                                              rf"or a JSON object .* got a JSON {kind}"):
             ScheduledModifierManager.from_yaml(body, recipe_variables=text)
+
+
+GMP_EPOCHS = """
+modifiers:
+  - !GMPruningModifier
+    params: ["re:features.*weight"]
+    init_sparsity: 0.0
+    final_sparsity: 0.5
+    start_epoch: 0.0
+    end_epoch: 2.0
+    update_frequency: 1.0
+"""
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan, 0, -3, 2.5, True, "4"])
+def test_steps_per_epoch_must_be_a_whole_number_of_steps(bad: object) -> None:
+    model = Net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    message = (f"steps_per_epoch={bad!r} is invalid: allowed a whole number of optimizer steps > 0 (the steps in "
+               f"one epoch, e.g. len(train_loader))")
+    with pytest.raises(ValueError) as info:
+        Recipe.from_string(GMP_EPOCHS).attach(model, bad)  # type: ignore[arg-type]
+    assert str(info.value) == message
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ScheduledModifierManager.from_yaml(io.StringIO(GMP_EPOCHS)).modify(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), steps_per_epoch=bad)  # type: ignore[arg-type]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not hasattr(
+        model.features[0], "weight_mask")
+    session = Recipe.from_string(GMP_EPOCHS).attach(model, 4.0)  # a whole float is a count
+    assert session.pruner.step_count == 0

@@ -37,6 +37,7 @@ through hooks on the pruned parameters (`sparsify.criteria.gradient`). `prepare_
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -159,15 +160,22 @@ class PruningHandle:
     def __init__(self, pruner: Pruner, optimizer: Any = None) -> None:
         self.pruner = pruner
         self.optimizer = optimizer
+        self._patched: Any = None
 
     @property
     def model(self) -> nn.Module:
         return self.pruner.model
 
     def remove(self) -> None:
-        """Undo the optimizer patch (idempotent)."""
-        if self.optimizer is not None and "step" in vars(self.optimizer):
-            del self.optimizer.step
+        """Undo the optimizer patch (idempotent). When a learning-rate scheduler has since wrapped the patched
+        ``step`` (as every ``torch.optim.lr_scheduler`` does), the wrapper stays and the patch passes straight
+        through to the optimizer's own ``step``."""
+        patched = getattr(self, "_patched", None)
+        if patched is not None:
+            patched.__func__.active = False  # type: ignore[attr-defined]
+            if vars(self.optimizer).get("step") == patched:
+                del self.optimizer.step
+            self._patched = None
         self.optimizer = None
 
     def finalize(self) -> nn.Module:
@@ -212,11 +220,17 @@ def prepare_pruning(
         return PruningHandle(pruner)
     original = optimizer.step
 
-    def step(closure: Any = None) -> Any:
+    def step(self: Any, closure: Any = None) -> Any:
+        if not step.active:  # type: ignore[attr-defined]
+            return original() if closure is None else original(closure)
         pruner.observe_gradients()
         result = original() if closure is None else original(closure)
         pruner.step()
         return result
 
-    optimizer.step = step
-    return PruningHandle(pruner, optimizer)
+    step.active = True  # type: ignore[attr-defined]
+    # a bound method, as INC patches it: lr schedulers wrap ``optimizer.step.__func__`` (and count the steps)
+    optimizer.step = types.MethodType(step, optimizer)
+    handle = PruningHandle(pruner, optimizer)
+    handle._patched = optimizer.step
+    return handle
