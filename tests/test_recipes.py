@@ -391,3 +391,47 @@ def test_steps_per_epoch_must_be_a_whole_number_of_steps(bad: object) -> None:
         model.features[0], "weight_mask")
     session = Recipe.from_string(GMP_EPOCHS).attach(model, 4.0)  # a whole float is a count
     assert session.pruner.step_count == 0
+
+
+CARD_TWO_BLOCKS = """---
+modifiers:
+  - !GMPruningModifier
+    params: ["re:features.*weight"]
+    init_sparsity: 0.0
+    final_sparsity: 0.5
+    start_epoch: 0.0
+    end_epoch: 2.0
+    update_frequency: 1.0
+---
+
+# The model card
+
+Also prune the classifier:
+
+```yaml
+more_modifiers:
+  - !GMPruningModifier
+    params: ["classifier.weight"]
+    final_sparsity: 0.8
+```
+"""
+
+
+@pytest.mark.parametrize("card, first, second, what", [
+    (CARD_TWO_BLOCKS, 1, 16, "```yaml block"),
+    ("# card\n\n```yaml" + GMP_EPOCHS + "```\n\ntext\n\n~~~yml\nx: 1\n~~~\n", 3, 16, "~~~yml block"),
+], ids=["front-matter-and-fence", "two-fences"])
+def test_markdown_card_with_two_yaml_blocks_is_refused_naming_the_second(tmp_path, card: str, first: int,
+                                                                         second: int, what: str) -> None:
+    path = tmp_path / "card.md"
+    path.write_text(card)
+    with pytest.raises(SourceError) as info:
+        Recipe.from_yaml(path)
+    assert info.value.line == second
+    assert str(info.value) == (
+        f"{path}:{second}: a second YAML block ({what}) starts here; the first "
+        f"({'front matter' if first == 1 else '```yaml block'}) is at line {first}: SparseML reads only a recipe "
+        f"card's front matter and would drop the other block, so sparsify refuses rather than apply half — keep the "
+        f"whole recipe in one block")
+    path.write_text(card.split("# The model card")[0] if first == 1 else card.split("text")[0])
+    assert len(Recipe.from_yaml(path).plan.groups) == 1  # one block: read as before
