@@ -228,3 +228,73 @@ def test_weight_pruning_config_is_incs() -> None:
     pruner.prepare(inplace=True)
     pruner.prune_now()
     assert _zeros(model, ["layer.0.query", "layer.1.query"]) == pytest.approx(0.5)
+
+
+def test_a_null_key_falls_back_with_a_warning_naming_it(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="sparsify")
+    plan = read_inc_config(io.StringIO("target_sparsity:\npruning_configs:\n  - op_names: [fc]\n    pattern: null\n"
+                                       "    target_sparsity: 0.5\n"))
+    assert plan.groups[0].targets[0].sparsity == 0.5 and plan.groups[0].structure.tile == "4x1"
+    assert [r.getMessage() for r in caplog.records] == [
+        "line 1: INC config: target_sparsity is null: INC uses 0.9 instead (INC's default), and so does sparsify",
+        "line 4: pruning_configs[0]: pattern is null: INC uses '4x1' instead (the global value or INC's default), "
+        "and so does sparsify",
+    ]
+    caplog.clear()
+    assert WeightPruningConfig(target_sparsity=None).plan().groups[0].targets[0].sparsity == 0.9  # type: ignore
+    assert [r.getMessage() for r in caplog.records] == [
+        "INC config: target_sparsity is null: INC uses 0.9 instead (INC's default), and so does sparsify"]
+    caplog.clear()
+    read_inc_config(io.StringIO("pruning:\n  approach:\n    weight_compression_pytorch:\n      target_sparsity: 0.6\n"
+                                "      pruners:\n        - !Pruner\n          target_sparsity: ~\n"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "line 7: pruners[0] (!Pruner): target_sparsity is null: INC uses 0.6 instead (the global value or INC's "
+        "default), and so does sparsify"]
+
+
+def test_dry_run_names_a_model_that_is_not_one() -> None:
+    import sparsify
+
+    config = from_inc_config({"op_names": ["query"], "pattern": "1x1"})
+    for bad in ("model.pt", {"weight": torch.zeros(2, 2)}, None):
+        with pytest.raises(TypeError) as info:
+            sparsify.dry_run(bad, config)  # type: ignore[arg-type]
+        assert str(info.value) == f"model must be a torch.nn.Module, got {type(bad).__name__}"
+
+
+def test_dry_run_shows_the_tied_weights_conflicts_prepare_refuses() -> None:
+    import sparsify
+    from sparsify import ModulePrunerConfig, PrunerConfig
+
+    def tied() -> Bert:
+        model = Bert()
+        model.layer[1]["query"].weight = model.layer[0]["query"].weight
+        return model
+
+    config = from_inc_config({"pruning_configs": [{"op_names": ["0.query"], "target_sparsity": 0.5},
+                                                  {"op_names": ["1.query"], "target_sparsity": 0.7}],
+                              "pattern": "1x1"})
+    model = tied()
+    with pytest.raises(ValueError) as refused:
+        Pruner(model, config).prepare()
+    table = sparsify.dry_run(tied(), config)
+    rows = {row.name: row for row in table}
+    assert rows["layer.1.query"].action == "error" and rows["layer.1.query"].reason == str(refused.value)
+    assert str(refused.value) == ("layer.1.query.weight is the same tensor as layer.0.query.weight (tied weights) "
+                                  "but the two modules have different configs; give them one config")
+    assert rows["layer.0.query"].action == "prune" and "give them one config" in str(table)
+    same = PrunerConfig(module_name_configs={r"layer\.\d\.query": ModulePrunerConfig(target_sparsity=0.5)})
+    rows = {row.name: row for row in sparsify.dry_run(tied(), same)}
+    assert rows["layer.1.query"].action == "prune" and rows["layer.1.query"].reason.endswith(
+        "(tied to layer.0.query: shares its mask)")
+    model = Bert()
+    norm = nn.LayerNorm(16)
+    norm.bias = model.pooler.weight  # the pooler's weight held under another name
+    model.norm = norm
+    pooler = PrunerConfig(module_name_configs={"pooler": ModulePrunerConfig(target_sparsity=0.5)})
+    with pytest.raises(ValueError) as refused:
+        Pruner(model, pooler).prepare()
+    rows = {row.name: row for row in sparsify.dry_run(model, pooler)}
+    assert rows["norm"].action == "error" and rows["norm"].reason == str(refused.value)
+    assert str(refused.value) == ("module 'norm' holds pooler.weight as its 'bias': a tied parameter under another "
+                                  "name cannot share a mask; exclude 'pooler' or untie them")

@@ -259,6 +259,15 @@ def _group(cfg: Mapping[str, Any], origin: Origin, *, v1: bool) -> PruningGroup:
                         notes=notes)
 
 
+def _warn_nulls(entry: Mapping[str, Any], used: Mapping[str, Any], origin: Origin, source: str) -> None:
+    """A key given as ``null`` falls back (to the global value, then INC's default), as INC reads it: said in
+    one warning per key, naming the key and the value used."""
+    for key, value in entry.items():
+        if value is None and used.get(key) is not None:
+            logger.warning("%s: %s is null: INC uses %r instead (%s), and so does sparsify",
+                           Origin(origin.path, origin.at(key), origin.entry), key, used[key], source)
+
+
 def _v2_pruners(top: Mapping[str, Any], locals_: list[Any], plan: RecipePlan, base_line: int | None) -> None:
     """INC 2.x: every pruner dict falls back to the global keys, then to `INC_DEFAULTS`."""
     path = plan.path
@@ -272,6 +281,7 @@ def _v2_pruners(top: Mapping[str, Any], locals_: list[Any], plan: RecipePlan, ba
                                                                                                 "pruners")}}
     if isinstance(globals_.get("parameters"), Mapping):
         globals_.update(globals_["parameters"])
+    _warn_nulls(top, globals_, Origin(path, base_line, "INC config", getattr(top, "lines", {})), "INC's default")
     for index, raw in enumerate(locals_ or [{}]):
         if isinstance(raw, Tagged):
             raw = raw.value
@@ -289,6 +299,7 @@ def _v2_pruners(top: Mapping[str, Any], locals_: list[Any], plan: RecipePlan, ba
         cfg = {**globals_, **{k: v for k, v in raw.items() if v is not None}}
         if isinstance(raw.get("parameters"), Mapping):
             cfg.update(raw["parameters"])
+        _warn_nulls(raw, cfg, origin, "the global value or INC's default")
         plan.groups.append(_group(cfg, origin, v1=False))
 
 
@@ -315,9 +326,12 @@ def _pruner_entries(section: Mapping[str, Any], name: str, plan: RecipePlan,
 def _v1_pytorch(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -> None:
     """INC 1.x ``weight_compression_pytorch``: global keys, then each ``!Pruner``."""
     globals_ = {**_V1_DEFAULTS, **{k: v for k, v in section.items() if k != "pruners" and v is not None}}
+    _warn_nulls(section, globals_, Origin(plan.path, line, "weight_compression_pytorch", getattr(section, "lines", {})),
+                "INC's default")
     for fields, origin in _pruner_entries(section, "weight_compression_pytorch", plan, line):
         local = {**_V1_PRUNER_DEFAULTS, **{k: v for k, v in fields.items() if v is not None}}
         cfg = {k: local.get(k, globals_.get(k)) for k in _V1_DEFAULTS}
+        _warn_nulls(fields, cfg, origin, "the global value or INC's default")
         excluded = [*_names(local.get("extra_excluded_names", globals_["extra_excluded_names"]),
                             "extra_excluded_names", origin),
                     *_names(globals_["excluded_names"], "excluded_names", origin)]
