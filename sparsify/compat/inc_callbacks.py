@@ -172,7 +172,7 @@ class PruningHandle:
         through to the optimizer's own ``step``."""
         patched = getattr(self, "_patched", None)
         if patched is not None:
-            patched.__func__.active = False  # type: ignore[attr-defined]
+            patched.__func__.active = False
             if vars(self.optimizer).get("step") == patched:
                 del self.optimizer.step
             self._patched = None
