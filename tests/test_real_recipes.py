@@ -766,3 +766,48 @@ def test_inc_1x_epochs_update_at_each_epoch_start() -> None:
         assert _zero_fraction(model, "layer1.0.conv2") == pytest.approx(level, abs=1 / 2304), step
     handle.finalize()
     assert type(optimizer).step is torch.optim.SGD.step and "step" not in vars(optimizer)
+
+
+INC1_EPOCHS = {  # file: (model, layers, target, epochs start-end), INC 1.x at the start of epoch e: (e + 1)/(n) of it
+    INC1 + "image_recognition/torchvision_models/optimization_pipeline/prune_and_ptq/eager/prune_conf.yaml": (
+        RESNET18, r"layer1\.0\.conv[12]", 0.3, 0, 4),
+    INC1 + "image_recognition/torchvision_models/pruning/magnitude/eager/conf.yaml": (RESNET18, r".*", 0.4, 0, 9),
+    INC1 + "nlp/huggingface_models/text-classification/pruning/magnitude/eager/conf.yaml": (
+        distilbert, r"distilbert\.transformer\.layer\.1\.attention\.[kv]_lin", 0.6, 0, 4),
+    "neural-compressor@ae543284/neural_compressor/template/pruning.yaml": (RESNET50, r"layer1\.0\.conv1", 0.97, 0, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INC1_EPOCHS))
+def test_inc_1x_epoch_configs_run_through_incs_callbacks_without_steps_per_epoch(name: str) -> None:
+    """INC 1.x's own loop — on_epoch_begin(epoch) / on_step_begin / on_before_optimizer_step /
+    on_after_optimizer_step / on_step_end / on_epoch_end — with no ``steps_per_epoch``: at the start of epoch e
+    the layers are at target·(e − start + 1)/(end − start + 1), then the target; three steps an epoch here."""
+    make, layers, target, start, end = INC1_EPOCHS[name]
+    model = make()
+    manager = prepare_compression(model, ROOT / name)  # was: "the schedule is in epochs: give steps_per_epoch"
+    names = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and re.fullmatch(layers, n)]
+    assert names
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    callbacks = manager.callbacks
+    callbacks.on_train_begin()
+    data = batches(3)
+    for epoch in range(end + 2):
+        callbacks.on_epoch_begin(epoch)
+        level = target * (min(epoch, end) - start + 1) / (end - start + 1)
+        for step, (x, _) in enumerate(data):
+            callbacks.on_step_begin(step)
+            loss(model(x)).backward()
+            callbacks.on_before_optimizer_step()
+            optimizer.step()
+            callbacks.on_after_optimizer_step()
+            optimizer.zero_grad()
+            callbacks.on_step_end()
+            for n in names:  # the masks move only at epoch starts
+                numel = model.get_submodule(n).weight.numel()
+                assert abs(_zero_fraction(model, n) * numel - level * numel) <= 1, (epoch, step, n, level)
+        callbacks.on_epoch_end()
+    callbacks.on_train_end()
+    final = manager.model
+    assert all(not hasattr(final.get_submodule(n), "weight_mask") for n in names)
+    assert all(abs(_zero_fraction(final, n) - target) <= 1 / final.get_submodule(n).weight.numel() for n in names)

@@ -57,18 +57,25 @@ logger = logging.getLogger(__name__)
 
 
 class PruningCallbacks:
-    """INC's five callbacks (plus epoch no-ops) on top of any sparsify pruner.
+    """INC's callbacks (``on_train_begin`` ... ``on_train_end``, INC 1.x's ``on_batch_*`` names too) on top of
+    any sparsify pruner.
 
     Args:
         pruner: a pruner that has not been prepared yet (``prepare`` runs in ``on_train_begin``).
         finalize_on_train_end: bake the masks in ``on_train_end`` (default ``True``).
+        epochs: the pruner's schedule counts epochs, not optimizer steps (an INC 1.x ``weight_compression``
+            config read without ``steps_per_epoch``): it advances in ``on_epoch_begin(epoch)``, as INC 1.x
+            updates its masks at the start of each epoch, and the optimizer steps leave it alone.
     """
 
-    def __init__(self, pruner: Pruner, *, finalize_on_train_end: bool = True) -> None:
+    def __init__(self, pruner: Pruner, *, finalize_on_train_end: bool = True, epochs: bool = False) -> None:
         if not isinstance(pruner, Pruner):
             raise TypeError(f"pruner must be a sparsify pruner, got {type(pruner).__name__}")
         self.pruner = pruner
         self.finalize_on_train_end = finalize_on_train_end
+        self.epochs = epochs
+        self._epoch = -1
+        self.gradient_hooks: list[Any] = []  # called in on_before_optimizer_step (INC's group lasso)
 
     @property
     def model(self) -> nn.Module:
@@ -80,23 +87,43 @@ class PruningCallbacks:
         self.pruner.prepare(inplace=True)
 
     def on_epoch_begin(self, epoch: int | None = None) -> None:
-        """No-op (INC compatibility)."""
+        """With an epoch schedule: bring the masks to the level of the start of ``epoch`` (counted from 0 when
+        not given); otherwise nothing (INC compatibility)."""
+        if not self.epochs:
+            return
+        if epoch is None:
+            epoch = self._epoch + 1
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"on_epoch_begin(epoch={epoch!r}) is invalid: allowed an int >= 0")
+        if epoch < self._epoch:
+            logger.warning("on_epoch_begin(%d) after epoch %d: the masks do not go back; they stay at epoch %d's",
+                           epoch, self._epoch, self._epoch)
+            return
+        self._epoch = epoch
+        while self.pruner.step_count < epoch:  # epoch e begins after e schedule steps (epoch 0: at prepare)
+            self.pruner.step()
 
     def on_step_begin(self, local_step: int | None = None) -> None:
         """No-op: masks are updated in `on_after_optimizer_step` (see the module docs)."""
 
     def on_before_optimizer_step(self) -> None:
-        """Let gradient criteria fold in this step's gradients."""
+        """Let gradient criteria fold in this step's gradients (and INC's gradient regularizers act)."""
+        for hook in self.gradient_hooks:
+            hook()
         observe = getattr(self.pruner, "observe_gradients", None)
         if observe is not None:
             observe()
 
     def on_after_optimizer_step(self) -> None:
-        """Advance the schedules and recompute the masks that are due."""
-        self.pruner.step()
+        """Advance the schedules and recompute the masks that are due (a schedule in epochs: nothing)."""
+        if not self.epochs:
+            self.pruner.step()
 
     def on_step_end(self) -> None:
         """No-op (INC compatibility)."""
+
+    on_batch_begin = on_step_begin  # INC 1.x's names
+    on_batch_end = on_step_end
 
     def on_epoch_end(self) -> None:
         """No-op (INC compatibility)."""
@@ -126,12 +153,23 @@ class CompressionManager:
 ConfigSource = PrunerConfig | WeightPruningConfig | RecipePlan | Mapping[str, Any] | str | Path
 
 
-def _pruner(model: nn.Module, config: ConfigSource, steps_per_epoch: float | None, sampler: Any = None) -> Pruner:
+def _pruner(model: nn.Module, config: ConfigSource, steps_per_epoch: float | None, sampler: Any = None,
+            *, epochs_allowed: bool = False) -> tuple[Pruner, bool]:
+    """The pruner, and whether its schedule counts epochs (an INC 1.x epoch config without ``steps_per_epoch``,
+    where ``epochs_allowed``: the callbacks then advance it at each epoch start)."""
     if isinstance(config, PrunerConfig):
-        return Pruner(model, config, sampler)
+        return Pruner(model, config, sampler), False
     plan = inc_plan(config)
     plan.warn_not_applied()
-    return Pruner(model, pruner_config(plan, model, steps_per_epoch=steps_per_epoch)[0], sampler)
+    epochs = steps_per_epoch is None and epochs_allowed and _counts_epochs(plan)
+    pruner_cfg = pruner_config(plan, model, steps_per_epoch=1 if epochs else steps_per_epoch)[0]
+    return Pruner(model, pruner_cfg, sampler), epochs
+
+
+def _counts_epochs(plan: RecipePlan) -> bool:
+    """Every scheduled group of the plan is in epochs (INC 1.x ``weight_compression``)."""
+    units = {g.schedule.unit for g in plan.groups if g.schedule.curve != "hold"}
+    return units == {"epoch"}
 
 
 def prepare_compression(
@@ -145,12 +183,13 @@ def prepare_compression(
 
     ``config``: INC's ``WeightPruningConfig`` (`sparsify.compat.inc.WeightPruningConfig`), an INC config dict
     or YAML path (2.x, or 1.x with ``!Pruner`` entries), or a `sparsify.PrunerConfig`. INC configs are read
-    with the model, by INC's rules, each pruner its own config entry; an INC 1.x config in epochs needs
-    ``steps_per_epoch``. Anything that cannot be honoured is refused here, before the model is touched; the
-    model is prepared in ``on_train_begin``.
+    with the model, by INC's rules, each pruner its own config entry. An INC 1.x config in epochs runs in
+    epochs, as INC 1.x ran it: its masks move in ``on_epoch_begin(epoch)`` (give ``steps_per_epoch`` to
+    spread them over optimizer steps instead). Anything that cannot be honoured is refused here, before the
+    model is touched; the model is prepared in ``on_train_begin``.
     """
-    pruner = _pruner(model, config, steps_per_epoch)
-    return CompressionManager(PruningCallbacks(pruner, finalize_on_train_end=finalize_on_train_end))
+    pruner, epochs = _pruner(model, config, steps_per_epoch, epochs_allowed=True)
+    return CompressionManager(PruningCallbacks(pruner, finalize_on_train_end=finalize_on_train_end, epochs=epochs))
 
 
 class PruningHandle:
@@ -212,7 +251,7 @@ def prepare_pruning(
         if loss_func is None:
             raise ValueError("one-shot prepare_pruning(model, config, dataloader=...) needs loss_func(output, target)")
         sampler = GradSampler(dataloader, loss_func)
-    pruner = _pruner(model, config, steps_per_epoch, sampler)
+    pruner, _ = _pruner(model, config, steps_per_epoch, sampler)
     pruner.prepare(inplace=True)
     if optimizer is None:
         pruner.prune_now()
