@@ -272,7 +272,7 @@ CASES: dict[str, Case] = {
         BERT12_QA, (G(r".*", 0.9, unit=4),), (EPOCHS, LR, DISTIL, QUANT), needs=("embedding",)
     ),
     SML + "tests/sparseml/pytorch/image_classification/resnet_test_recipe.yaml": Case(
-        None, refused="ACDCPruningModifier"
+        lambda: resnet_sml((2, 2, 2, 2), bottleneck=False), (G(r".*", 0.9),)  # AC/DC: ends compressed, per layer
     ),
     SML + "tests/sparseml/sparsification/recipes/mobilenet.yaml": Case(
         mobilenet_sml,

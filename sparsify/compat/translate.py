@@ -138,6 +138,10 @@ def epoch_levels(schedule: Schedule, initial: float, final: float, steps_per_epo
     if schedule.curve == "inc1":  # INC 1.x: at the start of epoch e, (e - start + 1) / (end - start + 1) of the way
         count = int(schedule.end - schedule.start) + 1
         points = [(round((schedule.start + i) * steps_per_epoch), (i + 1) / count) for i in range(count)]
+    elif schedule.curve == "acdc":  # SparseML AC/DC: dense (even k), compressed (odd k), compressed at the end
+        count = math.ceil((schedule.end - schedule.start) / schedule.frequency - 1e-9)
+        points = [(round((schedule.start + k * schedule.frequency) * steps_per_epoch), float(k % 2))
+                  for k in range(count)] + [(end, 1.0)]
     elif end <= start or schedule.curve == "oneshot":
         points = [(start, 1.0)]
     else:
@@ -171,6 +175,10 @@ def scheduler_for(group: PruningGroup, steps_per_epoch: float | None, one_shot: 
     return "epochs"  # per target: `epoch_levels`
 
 
+#: Group options that drive the run around the criterion (sampling, AC/DC phases, INC's regularizer).
+NOT_CRITERION_OPTIONS = ("grad_sampler_kwargs", "momentum_buffer_reset", "group_lasso")
+
+
 def criterion_for(group: PruningGroup) -> Any:
     """The group's criterion as a `sparsify.criteria.Criterion`, validated; errors name the file and line."""
     method = group.method
@@ -182,7 +190,7 @@ def criterion_for(group: PruningGroup) -> Any:
         raise UnsupportedFeatureError(
             f"{group.origin.entry}: {feature}", f"this sparsify has no {method!r} criterion (it has "
             f"{', '.join(kinds)})", group.origin.path, group.origin.line)
-    options = {k: v for k, v in group.options.items() if k != "grad_sampler_kwargs"}
+    options = {k: v for k, v in group.options.items() if k not in NOT_CRITERION_OPTIONS}
     if method == "mfac" and isinstance(options.get("num_grads"), dict):
         options["num_grads"] = {float(k): int(v) for k, v in options["num_grads"].items()}
     try:
