@@ -298,3 +298,68 @@ def test_dry_run_shows_the_tied_weights_conflicts_prepare_refuses() -> None:
     assert rows["norm"].action == "error" and rows["norm"].reason == str(refused.value)
     assert str(refused.value) == ("module 'norm' holds pooler.weight as its 'bias': a tied parameter under another "
                                   "name cannot share a mask; exclude 'pooler' or untie them")
+
+
+GROUP_LASSO = """pruning:
+  approach:
+    weight_compression:
+      initial_sparsity: 0.0
+      target_sparsity: 0.5
+      start_epoch: 0
+      end_epoch: 1
+      pruners:
+        - !Pruner
+            prune_type: group_lasso
+            update_frequency: 1
+            parameters: {alpha: 0.1, pattern: tile_pattern_1x2}
+            names: ['fc.weight']
+"""
+
+
+def test_inc_1x_group_lasso_adds_its_term_to_the_gradient_and_prunes_by_epoch(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """INC's GroupLassoPruner by hand: 1x1 blocks (the pruner's pattern; parameters.pattern is not read), so
+    before each optimizer step grad += 0.1·sign(w) and grad = 0 where w = 0; magnitude pruning to
+    0.5·(e + 1)/2 at the start of epoch e."""
+    from sparsify.compat.inc_callbacks import prepare_compression
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2, bias=False)
+
+    caplog.set_level(logging.WARNING, logger="sparsify")
+    model = Net()
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0], [0.5, -0.25, 6.0, -8.0]]))
+    manager = prepare_compression(model, io.StringIO(GROUP_LASSO))
+    assert any("parameters ['pattern'] are not read by INC 1.x's GroupLassoPruner" in r.getMessage()
+               for r in caplog.records)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    callbacks = manager.callbacks
+    callbacks.on_train_begin()
+    callbacks.on_epoch_begin(0)  # 0.25: the two smallest, 0.5 and -0.25
+    callbacks.on_step_begin(0)
+    model.fc(torch.ones(1, 4)).sum().backward()  # dloss/dw = 1 everywhere
+    callbacks.on_before_optimizer_step()
+    grad = model.fc.weight_orig.grad
+    assert torch.allclose(grad, torch.tensor([[1.1, 0.9, 1.1, 0.9], [0.0, 0.0, 1.1, 0.9]]))
+    optimizer.step()
+    callbacks.on_after_optimizer_step()
+    optimizer.zero_grad()
+    callbacks.on_step_end()
+    callbacks.on_epoch_end()
+    weight = model.fc.weight_orig * model.fc.weight_mask
+    assert torch.allclose(weight, torch.tensor([[-0.1, -2.9, 1.9, -4.9], [0.0, 0.0, 4.9, -8.9]]))
+    callbacks.on_epoch_begin(1)  # 0.5: 0, 0, -0.1 and 1.9 go
+    assert (model.fc.weight_mask == 0).tolist() == [[True, False, True, False], [True, True, False, False]]
+    callbacks.on_train_end()
+    assert not hasattr(model.fc, "weight_mask") and int((model.fc.weight == 0).sum()) == 4
+
+
+def test_inc_1x_group_lasso_needs_its_alpha() -> None:
+    with pytest.raises(SourceError, match=r"prune_type='group_lasso' needs parameters: \{alpha: <number >= 0>\}"):
+        read_inc_config(io.StringIO(GROUP_LASSO.replace("parameters: {alpha: 0.1, pattern: tile_pattern_1x2}",
+                                                        "parameters: {pattern: tile_pattern_1x2}")))
+    with pytest.raises(SourceError, match=r"parameters\.alpha=-1 is invalid: allowed alpha >= 0"):
+        read_inc_config(io.StringIO(GROUP_LASSO.replace("alpha: 0.1", "alpha: -1")))

@@ -453,7 +453,7 @@ CASES: dict[str, Case] = {
         RESNET18, (G(r".*", 0.4),), ("evaluation", "accuracy tuning")
     ),
     INC1 + "nlp/huggingface_models/question-answering/pruning/group_lasso/eager/prune_bert.yaml": Case(
-        None, refused="prune_type='group_lasso'"
+        BERT12_QA, (G(r"bert\.encoder\.layer\.0\.attention\.output\.dense", 0.7),)  # + the lasso term in training
     ),
     INC1 + "nlp/huggingface_models/question-answering/pruning/pattern_lock/eager/prune.yaml": Case(
         BERT12_QA, (G(r".*", None),), ("accuracy tuning",), needs=("embedding",)  # every 2-D parameter: tables too

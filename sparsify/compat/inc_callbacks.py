@@ -48,6 +48,7 @@ from ..config import PrunerConfig
 from ..criteria import GradSampler
 from ..pruning import Pruner
 from .inc import WeightPruningConfig, inc_plan
+from .inc.group_lasso import GroupLasso
 from .plan import RecipePlan
 from .translate import pruner_config
 
@@ -154,16 +155,20 @@ ConfigSource = PrunerConfig | WeightPruningConfig | RecipePlan | Mapping[str, An
 
 
 def _pruner(model: nn.Module, config: ConfigSource, steps_per_epoch: float | None, sampler: Any = None,
-            *, epochs_allowed: bool = False) -> tuple[Pruner, bool]:
-    """The pruner, and whether its schedule counts epochs (an INC 1.x epoch config without ``steps_per_epoch``,
-    where ``epochs_allowed``: the callbacks then advance it at each epoch start)."""
+            *, epochs_allowed: bool = False) -> tuple[Pruner, bool, list[GroupLasso]]:
+    """The pruner; whether its schedule counts epochs (an INC 1.x epoch config without ``steps_per_epoch``,
+    where ``epochs_allowed``: the callbacks then advance it at each epoch start); and INC's gradient
+    regularizers (1.x ``group_lasso``), to run before each optimizer step."""
     if isinstance(config, PrunerConfig):
-        return Pruner(model, config, sampler), False
+        return Pruner(model, config, sampler), False, []
     plan = inc_plan(config)
     plan.warn_not_applied()
     epochs = steps_per_epoch is None and epochs_allowed and _counts_epochs(plan)
-    pruner_cfg = pruner_config(plan, model, steps_per_epoch=1 if epochs else steps_per_epoch)[0]
-    return Pruner(model, pruner_cfg, sampler), epochs
+    pruner_cfg, resolved = pruner_config(plan, model, steps_per_epoch=1 if epochs else steps_per_epoch)
+    pruner = Pruner(model, pruner_cfg, sampler)
+    alphas = {name: float(r.group.options["group_lasso"]) for r in resolved if "group_lasso" in r.group.options
+              for name, target in r.modules.items() if target is not None}
+    return pruner, epochs, [GroupLasso(pruner, alphas)] if alphas else []
 
 
 def _counts_epochs(plan: RecipePlan) -> bool:
@@ -188,8 +193,10 @@ def prepare_compression(
     spread them over optimizer steps instead). Anything that cannot be honoured is refused here, before the
     model is touched; the model is prepared in ``on_train_begin``.
     """
-    pruner, epochs = _pruner(model, config, steps_per_epoch, epochs_allowed=True)
-    return CompressionManager(PruningCallbacks(pruner, finalize_on_train_end=finalize_on_train_end, epochs=epochs))
+    pruner, epochs, regularizers = _pruner(model, config, steps_per_epoch, epochs_allowed=True)
+    callbacks = PruningCallbacks(pruner, finalize_on_train_end=finalize_on_train_end, epochs=epochs)
+    callbacks.gradient_hooks.extend(regularizers)
+    return CompressionManager(callbacks)
 
 
 class PruningHandle:
@@ -251,9 +258,12 @@ def prepare_pruning(
         if loss_func is None:
             raise ValueError("one-shot prepare_pruning(model, config, dataloader=...) needs loss_func(output, target)")
         sampler = GradSampler(dataloader, loss_func)
-    pruner, _ = _pruner(model, config, steps_per_epoch, sampler)
+    pruner, _, regularizers = _pruner(model, config, steps_per_epoch, sampler)
     pruner.prepare(inplace=True)
     if optimizer is None:
+        if regularizers:
+            logger.warning("group_lasso in one shot: INC's group-lasso term acts on training gradients; only its "
+                           "magnitude pruning is applied")
         pruner.prune_now()
         pruner.finalize(inplace=True)
         return PruningHandle(pruner)
@@ -262,6 +272,8 @@ def prepare_pruning(
     def step(self: Any, closure: Any = None) -> Any:
         if not step.active:  # type: ignore[attr-defined]
             return original() if closure is None else original(closure)
+        for regularize in regularizers:
+            regularize()
         pruner.observe_gradients()
         result = original() if closure is None else original(closure)
         pruner.step()

@@ -353,9 +353,9 @@ def _v1_legacy(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -
             return local[key] if local.get(key) else globals_.get(key)  # INC 1.x: a falsy local value falls through
 
         kind = str(local["prune_type"])
-        if kind in _REFUSED_TYPES:
+        if kind in _REFUSED_TYPES and kind != "group_lasso":
             raise _refuse(f"prune_type={kind!r}", _REFUSED_TYPES[kind], origin)
-        if kind not in ("basic_magnitude", "pattern_lock"):
+        if kind not in ("basic_magnitude", "pattern_lock", "group_lasso"):
             raise origin.error(f"prune_type={kind!r} is invalid: INC 1.x's weight_compression has basic_magnitude, "
                                f"pattern_lock, group_lasso and gradient_sensitivity", key='prune_type')
         if local.get("method", "per_tensor") != "per_tensor":
@@ -384,9 +384,27 @@ def _v1_legacy(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -
                  "init + (target - init)·(e - start + 1)/(end - start + 1) at epoch e"]
         if frequency < 1:
             notes.append(f"update_frequency={frequency:g} below one epoch: INC 1.x updates at epoch starts only")
+        options = {"group_lasso": _group_lasso_alpha(local, origin)} if kind == "group_lasso" else {}
         plan.groups.append(PruningGroup(origin, "magnitude", [TargetRule(target, selection)], initial,
                                         Schedule("epoch", start, end, max(frequency, 1.0), "inc1"), structure,
-                                        notes=notes))
+                                        options=options, notes=notes))
+
+
+def _group_lasso_alpha(local: Mapping[str, Any], origin: Origin) -> float:
+    """INC 1.x ``GroupLassoPruner`` reads ``parameters['alpha']`` and nothing else of ``parameters``."""
+    parameters = local.get("parameters")
+    if not isinstance(parameters, Mapping) or "alpha" not in parameters:
+        raise origin.error(f"prune_type='group_lasso' needs parameters: {{alpha: <number >= 0>}} (INC reads "
+                           f"parameters['alpha']), got parameters={parameters!r}", key="parameters")
+    alpha = _num(parameters["alpha"], "parameters.alpha", origin)
+    if alpha < 0:
+        raise origin.error(f"parameters.alpha={alpha:g} is invalid: allowed alpha >= 0", key="parameters")
+    others = sorted(str(k) for k in parameters if k != "alpha")
+    if others:
+        logger.warning("%s: parameters %s are not read by INC 1.x's GroupLassoPruner (it reads alpha only); its "
+                       "blocks are the pruner's own pattern %r, one weight each, as in INC", origin, others,
+                       local["pattern"])
+    return alpha
 
 
 def read_inc_data(data: Any, path: str | None = None) -> RecipePlan:
