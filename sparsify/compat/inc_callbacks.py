@@ -127,7 +127,11 @@ class PruningCallbacks:
     on_batch_end = on_step_end
 
     def on_epoch_end(self) -> None:
-        """No-op (INC compatibility)."""
+        """With an epoch schedule: the masks of the next epoch's start, now (INC 1.x's gradient-sensitivity
+        pruner cuts at an epoch's end; nothing trains in between); otherwise nothing."""
+        if self.epochs and self._epoch >= 0:
+            self.on_epoch_begin(self._epoch + 1)
+            self._epoch -= 1  # the next on_epoch_begin(e + 1) is that same epoch
 
     def on_train_end(self) -> None:
         """Finalize (bake masks, Core ML metadata) and log the sparsity report."""

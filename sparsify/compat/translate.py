@@ -176,7 +176,7 @@ def scheduler_for(group: PruningGroup, steps_per_epoch: float | None, one_shot: 
 
 
 #: Group options that drive the run around the criterion (sampling, AC/DC phases, INC's regularizer).
-NOT_CRITERION_OPTIONS = ("grad_sampler_kwargs", "momentum_buffer_reset", "group_lasso")
+NOT_CRITERION_OPTIONS = ("grad_sampler_kwargs", "momentum_buffer_reset", "group_lasso", "keep_units")
 
 
 def criterion_for(group: PruningGroup) -> Any:

@@ -41,6 +41,7 @@ from ..plan import (
     TargetRule,
     UnsupportedFeatureError,
 )
+from .gradient_sensitivity import gradient_sensitivity_group
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -353,9 +354,9 @@ def _v1_legacy(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -
             return local[key] if local.get(key) else globals_.get(key)  # INC 1.x: a falsy local value falls through
 
         kind = str(local["prune_type"])
-        if kind in _REFUSED_TYPES and kind != "group_lasso":
+        if kind in _REFUSED_TYPES and kind not in ("group_lasso", "gradient_sensitivity"):
             raise _refuse(f"prune_type={kind!r}", _REFUSED_TYPES[kind], origin)
-        if kind not in ("basic_magnitude", "pattern_lock", "group_lasso"):
+        if kind not in ("basic_magnitude", "pattern_lock", "group_lasso", "gradient_sensitivity"):
             raise origin.error(f"prune_type={kind!r} is invalid: INC 1.x's weight_compression has basic_magnitude, "
                                f"pattern_lock, group_lasso and gradient_sensitivity", key='prune_type')
         if local.get("method", "per_tensor") != "per_tensor":
@@ -364,6 +365,11 @@ def _v1_legacy(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -
             raise _refuse(f"pattern={local['pattern']!r} in weight_compression", "INC 1.x's legacy tile patterns; "
                           "use the 2.x config (pattern: '4x1', ...) for structured pruning", origin)
         structure = Structure()
+        if kind == "gradient_sensitivity":
+            start = _num(value("start_epoch") or 0, "start_epoch", origin)
+            plan.groups.append(gradient_sensitivity_group(local, _names(value("names"), "names", origin), start,
+                                                          origin))
+            continue
         selection = IncWeights(_names(value("names"), "names", origin))
         if kind == "pattern_lock":
             plan.groups.append(PruningGroup(origin, "lock", [TargetRule(None, selection)], 0.0,
