@@ -184,13 +184,20 @@ def criterion_for(group: PruningGroup) -> Any:
     method = group.method
     if method == "lock":
         return criterion_from_dict("magnitude")
+    options = {k: v for k, v in group.options.items() if k not in NOT_CRITERION_OPTIONS}
+    if method == "inc_gradient_sensitivity":  # the INC reader's own criterion, outside the public registry
+        from .inc.gradient_sensitivity import GradientSensitivityCriterion
+
+        try:
+            return GradientSensitivityCriterion(**options)
+        except (TypeError, ValueError) as exc:
+            raise group.origin.error(str(exc)) from exc
     kinds = criterion_kinds()
     if method not in kinds:
         feature = {"sparsegpt": "SparseGPT", "wanda": "Wanda"}.get(method, method)
         raise UnsupportedFeatureError(
             f"{group.origin.entry}: {feature}", f"this sparsify has no {method!r} criterion (it has "
             f"{', '.join(kinds)})", group.origin.path, group.origin.line)
-    options = {k: v for k, v in group.options.items() if k not in NOT_CRITERION_OPTIONS}
     if method == "mfac" and isinstance(options.get("num_grads"), dict):
         options["num_grads"] = {float(k): int(v) for k, v in options["num_grads"].items()}
     try:

@@ -31,7 +31,7 @@ import attrs
 import torch
 from torch import nn
 
-from ...criteria.base import Criterion, PrunerView, Scorer, register_criterion
+from ...criteria.base import Criterion, PrunerView, Scorer
 from ..plan import IncWeights, Origin, PruningGroup, Schedule, Structure, TargetRule, UnsupportedFeatureError
 
 __all__ = ["GradientSensitivityCriterion", "gradient_sensitivity_group", "name_pattern"]
@@ -52,10 +52,13 @@ def _index(patterns: tuple[str, ...], weight_name: str) -> str | None:
     return None
 
 
-@register_criterion
 @attrs.define(eq=True, frozen=True)
 class GradientSensitivityCriterion(Criterion):
-    """Scores of INC 1.x's gradient-sensitivity pruner: every weight of a unit scores that unit's importance."""
+    """Scores of INC 1.x's gradient-sensitivity pruner: every weight of a unit scores that unit's importance.
+
+    Not in the public registry (`sparsify.criteria.criterion_kinds`): it only means something for the weights
+    an INC config names, and the INC reader builds it.
+    """
 
     kind: ClassVar[str] = "inc_gradient_sensitivity"
     needs_data: ClassVar[bool] = True
