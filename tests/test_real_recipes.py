@@ -22,7 +22,9 @@ Rules used (peer source read at the commits in the corpus README):
   (``false_key``, ``criterion_type``) are ignored with a warning.
 * INC 1.x PyTorch pruner: the same with the old key names, exact class names, ``excluded_names`` plus
   ``extra_excluded_names``, no classifier-head rule; INC 1.x legacy: exact parameter names, or every 2-D and
-  4-D parameter, epochs.
+  4-D parameter, epochs; ``group_lasso`` prunes by magnitude (its gradient term acts in training);
+  ``gradient_sensitivity`` keeps ``target`` units of ``stride`` rows (``transpose``: columns) per weight.
+* SparseML ``ACDCPruningModifier``: the last phase is compressed, at ``compression_sparsity``.
 """
 
 from __future__ import annotations
