@@ -165,3 +165,48 @@ def test_prepare_pruning_one_shot_on_calibration_data() -> None:
         assert float((weight == 0).float().mean()) == pytest.approx(0.8, abs=4 / weight.numel())
     with pytest.raises(ValueError, match="needs an optimizer .* or a dataloader"):
         prepare_pruning(SmallCNN(), {})
+
+
+@pytest.mark.parametrize("make", [
+    lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5),
+    lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=8),
+    lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda epoch: 1.0 / (epoch + 1)),
+], ids=["StepLR", "OneCycleLR", "LambdaLR"])
+def test_prepare_pruning_then_any_lr_scheduler(make, recwarn: pytest.WarningsRecorder) -> None:
+    """INC patches ``optimizer.step`` as a bound method, so torch's schedulers can wrap it (they read
+    ``step.__func__``): the schedule, the pruning and the optimizer's pickling all keep working."""
+    import io
+    import pickle
+
+    model = SmallCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    config = WeightPruningConfig(target_sparsity=0.5, pruning_type="snip", pattern="1x1", start_step=1, end_step=4,
+                                 pruning_frequency=1, sparsity_decay_type="linear", op_names=["fc"])
+    handle = prepare_pruning(model, config, optimizer)
+    scheduler = make(optimizer)  # was: AttributeError: 'function' object has no attribute '__func__'
+    reference = make(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.05, momentum=0.9))
+    levels, rates, expected_rates = [], [], []
+    for x, y in _batches(5):
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+        reference.optimizer.step()
+        reference.step()
+        levels.append(float((model.fc.weight == 0).float().mean()))
+        rates.append(optimizer.param_groups[0]["lr"])
+        expected_rates.append(reference.optimizer.param_groups[0]["lr"])
+    assert levels == pytest.approx([0.0, 1 / 6, 1 / 3, 0.5, 0.5], abs=1 / 16384)
+    assert rates == pytest.approx(expected_rates) and len(set(rates)) > 1
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+    state = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, state)
+    copy = pickle.loads(pickle.dumps(optimizer))  # torch pickles the state, not the patched step
+    assert "step" not in vars(copy) and copy.state_dict()["param_groups"] == optimizer.state_dict()["param_groups"]
+    handle.remove()  # the scheduler's wrapper stays; the patch now passes straight through
+    mask_before = model.fc.weight == 0
+    nn.functional.cross_entropy(model(_batches(1)[0][0]), _batches(1)[0][1]).backward()
+    optimizer.step()
+    scheduler.step()
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+    assert handle.pruner.step_count == 5 and torch.equal(mask_before, model.fc.weight_mask == 0)

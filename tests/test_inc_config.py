@@ -228,3 +228,249 @@ def test_weight_pruning_config_is_incs() -> None:
     pruner.prepare(inplace=True)
     pruner.prune_now()
     assert _zeros(model, ["layer.0.query", "layer.1.query"]) == pytest.approx(0.5)
+
+
+def test_a_null_key_falls_back_with_a_warning_naming_it(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="sparsify")
+    plan = read_inc_config(io.StringIO("target_sparsity:\npruning_configs:\n  - op_names: [fc]\n    pattern: null\n"
+                                       "    target_sparsity: 0.5\n"))
+    assert plan.groups[0].targets[0].sparsity == 0.5 and plan.groups[0].structure.tile == "4x1"
+    assert [r.getMessage() for r in caplog.records] == [
+        "line 1: INC config: target_sparsity is null: INC uses 0.9 instead (INC's default), and so does sparsify",
+        "line 4: pruning_configs[0]: pattern is null: INC uses '4x1' instead (the global value or INC's default), "
+        "and so does sparsify",
+    ]
+    caplog.clear()
+    assert WeightPruningConfig(target_sparsity=None).plan().groups[0].targets[0].sparsity == 0.9  # type: ignore
+    assert [r.getMessage() for r in caplog.records] == [
+        "INC config: target_sparsity is null: INC uses 0.9 instead (INC's default), and so does sparsify"]
+    caplog.clear()
+    read_inc_config(io.StringIO("pruning:\n  approach:\n    weight_compression_pytorch:\n      target_sparsity: 0.6\n"
+                                "      pruners:\n        - !Pruner\n          target_sparsity: ~\n"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "line 7: pruners[0] (!Pruner): target_sparsity is null: INC uses 0.6 instead (the global value or INC's "
+        "default), and so does sparsify"]
+
+
+def test_dry_run_names_a_model_that_is_not_one() -> None:
+    import sparsify
+
+    config = from_inc_config({"op_names": ["query"], "pattern": "1x1"})
+    for bad in ("model.pt", {"weight": torch.zeros(2, 2)}, None):
+        with pytest.raises(TypeError) as info:
+            sparsify.dry_run(bad, config)  # type: ignore[arg-type]
+        assert str(info.value) == f"model must be a torch.nn.Module, got {type(bad).__name__}"
+
+
+def test_dry_run_shows_the_tied_weights_conflicts_prepare_refuses() -> None:
+    import sparsify
+    from sparsify import ModulePrunerConfig, PrunerConfig
+
+    def tied() -> Bert:
+        model = Bert()
+        model.layer[1]["query"].weight = model.layer[0]["query"].weight
+        return model
+
+    config = from_inc_config({"pruning_configs": [{"op_names": ["0.query"], "target_sparsity": 0.5},
+                                                  {"op_names": ["1.query"], "target_sparsity": 0.7}],
+                              "pattern": "1x1"})
+    model = tied()
+    with pytest.raises(ValueError) as refused:
+        Pruner(model, config).prepare()
+    table = sparsify.dry_run(tied(), config)
+    rows = {row.name: row for row in table}
+    assert rows["layer.1.query"].action == "error" and rows["layer.1.query"].reason == str(refused.value)
+    assert str(refused.value) == ("layer.1.query.weight is the same tensor as layer.0.query.weight (tied weights) "
+                                  "but the two modules have different configs; give them one config")
+    assert rows["layer.0.query"].action == "prune" and "give them one config" in str(table)
+    same = PrunerConfig(module_name_configs={r"layer\.\d\.query": ModulePrunerConfig(target_sparsity=0.5)})
+    rows = {row.name: row for row in sparsify.dry_run(tied(), same)}
+    assert rows["layer.1.query"].action == "prune" and rows["layer.1.query"].reason.endswith(
+        "(tied to layer.0.query: shares its mask)")
+    model = Bert()
+    norm = nn.LayerNorm(16)
+    norm.bias = model.pooler.weight  # the pooler's weight held under another name
+    model.norm = norm
+    pooler = PrunerConfig(module_name_configs={"pooler": ModulePrunerConfig(target_sparsity=0.5)})
+    with pytest.raises(ValueError) as refused:
+        Pruner(model, pooler).prepare()
+    rows = {row.name: row for row in sparsify.dry_run(model, pooler)}
+    assert rows["norm"].action == "error" and rows["norm"].reason == str(refused.value)
+    assert str(refused.value) == ("module 'norm' holds pooler.weight as its 'bias': a tied parameter under another "
+                                  "name cannot share a mask; exclude 'pooler' or untie them")
+
+
+GROUP_LASSO = """pruning:
+  approach:
+    weight_compression:
+      initial_sparsity: 0.0
+      target_sparsity: 0.5
+      start_epoch: 0
+      end_epoch: 1
+      pruners:
+        - !Pruner
+            prune_type: group_lasso
+            update_frequency: 1
+            parameters: {alpha: 0.1, pattern: tile_pattern_1x2}
+            names: ['fc.weight']
+"""
+
+
+def test_inc_1x_group_lasso_adds_its_term_to_the_gradient_and_prunes_by_epoch(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """INC's GroupLassoPruner by hand: 1x1 blocks (the pruner's pattern; parameters.pattern is not read), so
+    before each optimizer step grad += 0.1·sign(w) and grad = 0 where w = 0; magnitude pruning to
+    0.5·(e + 1)/2 at the start of epoch e."""
+    from sparsify.compat.inc_callbacks import prepare_compression
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2, bias=False)
+
+    caplog.set_level(logging.WARNING, logger="sparsify")
+    model = Net()
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0], [0.5, -0.25, 6.0, -8.0]]))
+    manager = prepare_compression(model, io.StringIO(GROUP_LASSO))
+    assert any("parameters ['pattern'] are not read by INC 1.x's GroupLassoPruner" in r.getMessage()
+               for r in caplog.records)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    callbacks = manager.callbacks
+    callbacks.on_train_begin()
+    callbacks.on_epoch_begin(0)  # 0.25: the two smallest, 0.5 and -0.25
+    callbacks.on_step_begin(0)
+    model.fc(torch.ones(1, 4)).sum().backward()  # dloss/dw = 1 everywhere
+    callbacks.on_before_optimizer_step()
+    grad = model.fc.weight_orig.grad
+    assert torch.allclose(grad, torch.tensor([[1.1, 0.9, 1.1, 0.9], [0.0, 0.0, 1.1, 0.9]]))
+    optimizer.step()
+    callbacks.on_after_optimizer_step()
+    optimizer.zero_grad()
+    callbacks.on_step_end()
+    weight = model.fc.weight_orig * model.fc.weight_mask
+    assert torch.allclose(weight, torch.tensor([[-0.1, -2.9, 1.9, -4.9], [0.0, 0.0, 4.9, -8.9]]))
+    callbacks.on_epoch_end()  # the masks of epoch 1's start (nothing trains in between)
+    callbacks.on_epoch_begin(1)  # 0.5: 0, 0, -0.1 and 1.9 go
+    assert (model.fc.weight_mask == 0).tolist() == [[True, False, True, False], [True, True, False, False]]
+    callbacks.on_train_end()
+    assert not hasattr(model.fc, "weight_mask") and int((model.fc.weight == 0).sum()) == 4
+
+
+def test_inc_1x_group_lasso_needs_its_alpha() -> None:
+    with pytest.raises(SourceError, match=r"prune_type='group_lasso' needs parameters: \{alpha: <number >= 0>\}"):
+        read_inc_config(io.StringIO(GROUP_LASSO.replace("parameters: {alpha: 0.1, pattern: tile_pattern_1x2}",
+                                                        "parameters: {pattern: tile_pattern_1x2}")))
+    with pytest.raises(SourceError, match=r"parameters\.alpha=-1 is invalid: allowed alpha >= 0"):
+        read_inc_config(io.StringIO(GROUP_LASSO.replace("alpha: 0.1", "alpha: -1")))
+
+
+def _sensitivity_config(pruners: str) -> io.StringIO:
+    return io.StringIO("pruning:\n  approach:\n    weight_compression:\n      start_epoch: 0\n      end_epoch: 1\n"
+                       "      pruners:\n" + pruners)
+
+
+def _train_one_epoch(manager, model: nn.Module, x: torch.Tensor, steps: int = 2) -> None:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay: importances are hand-computed
+    callbacks = manager.callbacks
+    callbacks.on_train_begin()
+    callbacks.on_epoch_begin(0)
+    for step in range(steps):
+        callbacks.on_step_begin(step)
+        model(x).sum().backward()
+        callbacks.on_before_optimizer_step()
+        optimizer.step()
+        callbacks.on_after_optimizer_step()
+        optimizer.zero_grad()
+        callbacks.on_step_end()
+    callbacks.on_epoch_end()
+
+
+def test_inc_1x_gradient_sensitivity_ffn_neurons_by_weighted_gradient() -> None:
+    """importance_i = Σ_steps |Σ_j grad_ij·w_ij| of inter.weight: with loss = sum(out(inter(x))), x = 1,
+    grad_ij = out_i, so |out_i · rowsum_i| = |1·2|, |1·0|, |3·1|, |0.5·(-4)| = 2, 0, 3, 2 (per step). Keep 2:
+    neurons 2 and 0 (the tie 0 / 3 goes to the lower index, as INC's heap); rows 1, 3 of inter and columns
+    1, 3 of out (transpose) are masked, at the end of epoch 0."""
+    from sparsify.compat.inc_callbacks import prepare_compression
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l = nn.ModuleList([nn.ModuleDict({"inter": nn.Linear(2, 4, bias=False),
+                                                   "out": nn.Linear(4, 1, bias=False)})])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.l[0]["out"](self.l[0]["inter"](x))
+
+    model = Net()
+    with torch.no_grad():
+        model.l[0]["inter"].weight.copy_(torch.tensor([[1.0, 1.0], [2.0, -2.0], [0.5, 0.5], [-3.0, -1.0]]))
+        model.l[0]["out"].weight.copy_(torch.tensor([[1.0, 1.0, 3.0, 0.5]]))
+    entry = ("        - !Pruner\n            prune_type: gradient_sensitivity\n"
+             "            names: ['l.*.{name}.weight']\n"
+             "            parameters: {{target: 2, stride: 1, transpose: {t}, normalize: false,\n"
+             "                         importance_inputs: ['l.*.inter.weight'],\n"
+             "                         importance_metric: weighted_gradient}}\n")
+    manager = prepare_compression(model, _sensitivity_config(entry.format(name="inter", t="false") +
+                                                             entry.format(name="out", t="true")))
+    _train_one_epoch(manager, model, torch.ones(1, 2))
+    inter, out = model.l[0]["inter"], model.l[0]["out"]
+    assert (inter.weight_mask.all(1)).tolist() == [True, False, True, False]
+    assert (out.weight_mask.all(0)).tolist() == [True, False, True, False]
+    manager.callbacks.on_train_end()
+    assert torch.equal(inter.weight, torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.5, 0.5], [0.0, 0.0]]))
+
+
+def test_inc_1x_gradient_sensitivity_heads_by_the_head_mask_gradient() -> None:
+    """abs_gradient of BERT's head_mask: per head, |Σ context·∂loss/∂context| over its features, the context
+    being the input of attention.output.dense. Context = x = (1, 2, 3, 4) (identity value), ∂loss/∂context =
+    dense.weight = (1, -1, .5, .5): head 0 |1 - 2| = 1, head 1 |1.5 + 2| = 3.5. Keep 1 head of stride 2:
+    head 1; rows 0-1 of value, columns 0-1 of the output dense are masked."""
+    from sparsify.compat.inc_callbacks import prepare_compression
+
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = nn.ModuleDict({"self": nn.ModuleDict({"value": nn.Linear(4, 4)}),
+                                            "output": nn.ModuleDict({"dense": nn.Linear(4, 1, bias=False)})})
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.ModuleList([Layer()])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            attention = self.layer[0].attention
+            return attention["output"]["dense"](attention["self"]["value"](x))
+
+    model = Net()
+    value, dense = model.layer[0].attention["self"]["value"], model.layer[0].attention["output"]["dense"]
+    with torch.no_grad():
+        value.weight.copy_(torch.eye(4))
+        value.bias.zero_()
+        dense.weight.copy_(torch.tensor([[1.0, -1.0, 0.5, 0.5]]))
+    entry = ("        - !Pruner\n            prune_type: gradient_sensitivity\n            names: ['{name}']\n"
+             "            parameters: {{target: 1, stride: 2, transpose: {t}, normalize: true,\n"
+             "                         importance_inputs: ['head_mask'], importance_metric: abs_gradient}}\n")
+    config = _sensitivity_config(entry.format(name="layer.*.attention.self.value.weight', "
+                                              "'layer.*.attention.self.value.bias", t="false")
+                                 + entry.format(name="layer.*.attention.output.dense.weight", t="true"))
+    manager = prepare_compression(model, config)
+    _train_one_epoch(manager, model, torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    assert value.weight_mask.all(1).tolist() == [False, False, True, True]
+    assert dense.weight_mask.all(0).tolist() == [False, False, True, True]
+    manager.callbacks.on_train_end()
+    assert float(dense.weight.detach().abs().sum()) == 1.0
+
+
+@pytest.mark.parametrize(("parameters", "message"), [
+    ("{target: 0, stride: 1, importance_inputs: [x], importance_metric: weighted_gradient}",
+     r"parameters\.target=0 is invalid: expected an integer >= 1"),
+    ("{target: 2, stride: 1, importance_inputs: [x], importance_metric: taylor}",
+     r"parameters\.importance_metric='taylor' is invalid: allowed abs_gradient, weighted_gradient"),
+])
+def test_inc_1x_gradient_sensitivity_parameters_are_checked(parameters: str, message: str) -> None:
+    text = ("        - !Pruner\n            prune_type: gradient_sensitivity\n            names: ['l.*.w.weight']\n"
+            f"            parameters: {parameters}\n")
+    with pytest.raises(SourceError, match=message):
+        read_inc_config(_sensitivity_config(text))

@@ -171,8 +171,8 @@ quantization_modifiers:
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    ("modifiers:\n  - !ACDCPruningModifier\n    params: __ALL_PRUNABLE__\n",
-     r"^recipe\.yaml:2: ACDCPruningModifier is not supported: AC/DC alternates dense and sparse phases"),
+    ("modifiers:\n  - !RigLPruningModifier\n    params: __ALL_PRUNABLE__\n",
+     r"^recipe\.yaml:2: RigLPruningModifier is not supported: RigL regrows weights by gradient during training"),
     ("x: 1\nmodifiers:\n  - !FancyModifier {}\n", r"^recipe\.yaml:3: FancyModifier is not supported: not a modifier"),
     ("modifiers:\n  - !GMPruningModifier\n    params: __ALL_PRUNABLE__\n    leave_enabled: false\n",
      r"^recipe\.yaml:2: leave_enabled: false is not supported"),
@@ -361,3 +361,146 @@ def test_recipe_variables_as_json_must_be_an_object() -> None:
         with pytest.raises(ValueError, match=rf"recipe_variables='{re.escape(text)}' is invalid: allowed a mapping "
                                              rf"or a JSON object .* got a JSON {kind}"):
             ScheduledModifierManager.from_yaml(body, recipe_variables=text)
+
+
+GMP_EPOCHS = """
+modifiers:
+  - !GMPruningModifier
+    params: ["re:features.*weight"]
+    init_sparsity: 0.0
+    final_sparsity: 0.5
+    start_epoch: 0.0
+    end_epoch: 2.0
+    update_frequency: 1.0
+"""
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan, 0, -3, 2.5, True, "4"])
+def test_steps_per_epoch_must_be_a_whole_number_of_steps(bad: object) -> None:
+    model = Net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    message = (f"steps_per_epoch={bad!r} is invalid: allowed a whole number of optimizer steps > 0 (the steps in "
+               f"one epoch, e.g. len(train_loader))")
+    with pytest.raises(ValueError) as info:
+        Recipe.from_string(GMP_EPOCHS).attach(model, bad)  # type: ignore[arg-type]
+    assert str(info.value) == message
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ScheduledModifierManager.from_yaml(io.StringIO(GMP_EPOCHS)).modify(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), steps_per_epoch=bad)  # type: ignore[arg-type]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not hasattr(
+        model.features[0], "weight_mask")
+    session = Recipe.from_string(GMP_EPOCHS).attach(model, 4.0)  # a whole float is a count
+    assert session.pruner.step_count == 0
+
+
+CARD_TWO_BLOCKS = """---
+modifiers:
+  - !GMPruningModifier
+    params: ["re:features.*weight"]
+    init_sparsity: 0.0
+    final_sparsity: 0.5
+    start_epoch: 0.0
+    end_epoch: 2.0
+    update_frequency: 1.0
+---
+
+# The model card
+
+Also prune the classifier:
+
+```yaml
+more_modifiers:
+  - !GMPruningModifier
+    params: ["classifier.weight"]
+    final_sparsity: 0.8
+```
+"""
+
+
+@pytest.mark.parametrize("card, first, second, what", [
+    (CARD_TWO_BLOCKS, 1, 16, "```yaml block"),
+    ("# card\n\n```yaml" + GMP_EPOCHS + "```\n\ntext\n\n~~~yml\nx: 1\n~~~\n", 3, 16, "~~~yml block"),
+], ids=["front-matter-and-fence", "two-fences"])
+def test_markdown_card_with_two_yaml_blocks_is_refused_naming_the_second(tmp_path, card: str, first: int,
+                                                                         second: int, what: str) -> None:
+    path = tmp_path / "card.md"
+    path.write_text(card)
+    with pytest.raises(SourceError) as info:
+        Recipe.from_yaml(path)
+    assert info.value.line == second
+    assert str(info.value) == (
+        f"{path}:{second}: a second YAML block ({what}) starts here; the first "
+        f"({'front matter' if first == 1 else '```yaml block'}) is at line {first}: SparseML reads only a recipe "
+        f"card's front matter and would drop the other block, so sparsify refuses rather than apply half — keep the "
+        f"whole recipe in one block")
+    path.write_text(card.split("# The model card")[0] if first == 1 else card.split("text")[0])
+    assert len(Recipe.from_yaml(path).plan.groups) == 1  # one block: read as before
+
+
+ACDC = """
+modifiers:
+  - !ACDCPruningModifier
+    compression_sparsity: 0.75
+    start_epoch: 0
+    end_epoch: 4
+    update_frequency: 1
+    params: ["re:features.*weight", "classifier.weight"]
+    global_sparsity: false
+"""
+
+
+def test_acdc_alternates_dense_and_compressed_phases_as_sparseml() -> None:
+    """SparseML's AC/DC, by hand: end_epoch 4 is cut to 3 (epoch 3 is an odd, compressed phase of the absolute
+    count: _finish_on_compression); updates at epochs 0 (phase 0: dense), 1 (compressed), 2 (dense), 3 = end
+    (compressed). Two steps an epoch: the masks change before optimizer steps 2, 4 and 6. Pruned weights come
+    back at zero; the momentum is zeroed after the first optimizer step of the dense phase (SparseML's
+    optimizer_post_step)."""
+    recipe = Recipe.from_string(ACDC)
+    (group,) = recipe.plan.groups
+    assert (group.schedule.start, group.schedule.end, group.scope) == (0, 3, "local")
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    manager = ScheduledModifierManager(recipe)
+    wrapped = manager.modify(model, optimizer, steps_per_epoch=2)
+    layers = {"features.0": model.features[0], "features.2": model.features[2], "classifier": model.classifier}
+    levels, returned, momentum_zero = [], {}, []
+    for step, (x, y) in enumerate(_data(8)):
+        masks = {n: m.weight_mask.clone() for n, m in layers.items()}
+        F.cross_entropy(model(x), y).backward()
+        wrapped.step()
+        wrapped.zero_grad()
+        levels.append([round(float((m.weight_mask == 0).float().mean()), 4) for m in layers.values()])
+        weights = {n: m.weight_orig * m.weight_mask for n, m in layers.items()}  # what the next forward uses
+        if step == 3:  # dense again: the weights pruned in the compressed phase are back, at exactly zero
+            returned = {n: torch.equal(weights[n] == 0, masks[n] == 0) for n in layers}
+        if step == 3:
+            pruned = {n: masks[n] == 0 for n in layers}
+        if step == 4:  # and train from there (where their gradient is not zero)
+            assert all(bool((weights[n][pruned[n]] != 0).any()) for n in layers)
+        momentum_zero.append(all(float(optimizer.state[p]["momentum_buffer"].abs().sum()) == 0
+                                 for p in model.parameters()))
+    compressed = [0.75, 0.75, 0.75]  # 27 of 36, 216 of 288, 648 of 864: exact
+    assert levels == [[0, 0, 0], compressed, compressed, [0, 0, 0], [0, 0, 0], compressed, compressed, compressed]
+    assert returned == {"features.0": True, "features.2": True, "classifier": True}
+    assert momentum_zero == [False, False, False, False, True, False, False, False]
+    final = manager.finalize(model)
+    assert [round(float((m.weight == 0).float().mean()), 4) for m in layers.values()] == compressed
+    assert not hasattr(final.classifier, "weight_mask")
+
+
+def test_acdc_fields_are_checked_and_one_shot_is_the_compressed_state() -> None:
+    from sparsify.compat.sparseml.acdc import finish_on_compression
+
+    # SparseML's arithmetic, on the absolute epoch: trailing epochs with odd floor(e / f) are cut
+    assert [finish_on_compression(0, end, 1) for end in (1, 2, 3, 4, 5)] == [1, 1, 3, 3, 5]
+    assert finish_on_compression(0, 9, 2) == 9 and finish_on_compression(0, 4, 2) == 2
+    with pytest.raises(SourceError, match=r"compression_sparsity is required"):
+        Recipe.from_string("modifiers:\n  - !ACDCPruningModifier\n    params: __ALL_PRUNABLE__\n")
+    with pytest.raises(SourceError, match=r"start_epoch=0, end_epoch=0, update_frequency=1 are invalid"):
+        Recipe.from_string(ACDC.replace("end_epoch: 4", "end_epoch: 0"))
+    with pytest.raises(UnsupportedFeatureError, match=r"leave_enabled: false is not supported"):
+        Recipe.from_string(ACDC + "    leave_enabled: false\n")
+    model = Net()
+    Recipe.from_string(ACDC.replace("global_sparsity: false", "global_sparsity: true")).oneshot(model, inplace=True)
+    weights = [model.features[0].weight, model.features[2].weight, model.classifier.weight]
+    assert sum(int((w == 0).sum()) for w in weights) == round(0.75 * sum(w.numel() for w in weights))

@@ -243,7 +243,16 @@ class IncWeights(Selection):
 
     def select(self, model: nn.Module, origin: Origin) -> list[str]:
         params = _weights(model)
-        if self.names:
+        if any("*" in n for n in self.names):  # gradient_sensitivity: '*' is the layer index, matched at the start
+            wanted = []
+            for text in self.names:
+                pattern = re.compile(text.replace("*", r"(\d+)"))
+                hits = [p for p in params if pattern.match(p)]
+                if not hits:
+                    raise origin.error(f"names entry {text!r} matches no parameter of the model ('*' is a layer "
+                                       f"index; INC matches the name at its start)")
+                wanted += [p for p in hits if p not in wanted]
+        elif self.names:
             missing = [n for n in self.names if n not in params]
             if missing:
                 raise origin.error(f"names {missing} are not parameters of the model (INC 1.x reads exact names)")
@@ -346,6 +355,16 @@ class PruningGroup:
     options: dict[str, Any] = attrs.field(factory=dict)
     notes: list[str] = attrs.field(factory=list)
 
+    def level_for(self, sparsity: float | None, shape: tuple[int, ...]) -> float | None:
+        """The final sparsity of a weight of ``shape``: the rule's, or for a group that keeps a number of units
+        (INC's gradient sensitivity: ``keep_units`` of ``stride`` rows, or columns) what that leaves."""
+        keep = self.options.get("keep_units")
+        if keep is None or len(shape) < 2:
+            return sparsity
+        size = shape[1] if self.options.get("transpose") else shape[0]
+        units = size // int(self.options["stride"])
+        return 1.0 - min(int(keep), units) / units if units else 0.0
+
     def describe(self) -> str:
         rules = "; ".join(f"{'its zeros' if r.sparsity is None else format(r.sparsity, 'g')} on "
                           f"{r.selection.describe()}" for r in self.targets)
@@ -416,7 +435,7 @@ class RecipePlan:
                             continue
                         raise group.origin.error(
                             f"{name} of shape {shape} is not divided by {group.structure.describe()}")
-                    modules[name] = rule.sparsity
+                    modules[name] = group.level_for(rule.sparsity, shape)
             for name in modules:
                 if name in owner:
                     raise group.origin.error(f"{name} is also pruned by {owner[name]}: one entry per layer")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import re
 from typing import Any, ClassVar, cast
 
@@ -45,7 +46,15 @@ from ..criteria import criterion_from_dict, criterion_kinds
 from ..schedules import ConstantSparsityScheduler, PruningScheduler, register_scheduler
 from .plan import PruningGroup, RecipePlan, ResolvedGroup, Schedule, UnsupportedFeatureError
 
-__all__ = ["PassThrough", "StepLevelsScheduler", "criterion_for", "epoch_levels", "pruner_config", "scheduler_for"]
+__all__ = [
+    "PassThrough",
+    "StepLevelsScheduler",
+    "check_steps_per_epoch",
+    "criterion_for",
+    "epoch_levels",
+    "pruner_config",
+    "scheduler_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +118,30 @@ _CURVES: dict[str, Any] = {
 }
 
 
+def check_steps_per_epoch(steps_per_epoch: Any) -> int:
+    """``steps_per_epoch`` as an int, or a `ValueError` naming the field: a whole number of optimizer steps > 0
+    (``inf``, ``nan``, 0, negatives, ``2.5``, booleans and strings are refused before any work)."""
+    value = steps_per_epoch
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    if not ok or float(value) != int(value):
+        raise ValueError(f"steps_per_epoch={steps_per_epoch!r} is invalid: allowed a whole number of optimizer steps "
+                         f"> 0 (the steps in one epoch, e.g. len(train_loader))")
+    return int(value)
+
+
 def epoch_levels(schedule: Schedule, initial: float, final: float, steps_per_epoch: float) -> StepLevelsScheduler:
     """SparseML's (or INC 1.x's) epoch schedule as `StepLevelsScheduler` (see the module docstring)."""
-    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, (int, float)) or not steps_per_epoch > 0:
-        raise ValueError(f"steps_per_epoch={steps_per_epoch!r} is invalid: allowed a number > 0")
+    steps_per_epoch = check_steps_per_epoch(steps_per_epoch)
     start, end = round(schedule.start * steps_per_epoch), round(schedule.end * steps_per_epoch)
     if schedule.curve == "inc1":  # INC 1.x: at the start of epoch e, (e - start + 1) / (end - start + 1) of the way
         count = int(schedule.end - schedule.start) + 1
         points = [(round((schedule.start + i) * steps_per_epoch), (i + 1) / count) for i in range(count)]
+    elif schedule.curve == "acdc":  # SparseML AC/DC: dense (even k), compressed (odd k), compressed at the end
+        count = math.ceil((schedule.end - schedule.start) / schedule.frequency - 1e-9)
+        points = [(round((schedule.start + k * schedule.frequency) * steps_per_epoch), float(k % 2))
+                  for k in range(count)] + [(end, 1.0)]
     elif end <= start or schedule.curve == "oneshot":
         points = [(start, 1.0)]
     else:
@@ -150,18 +175,29 @@ def scheduler_for(group: PruningGroup, steps_per_epoch: float | None, one_shot: 
     return "epochs"  # per target: `epoch_levels`
 
 
+#: Group options that drive the run around the criterion (sampling, AC/DC phases, INC's regularizer).
+NOT_CRITERION_OPTIONS = ("grad_sampler_kwargs", "momentum_buffer_reset", "group_lasso", "keep_units")
+
+
 def criterion_for(group: PruningGroup) -> Any:
     """The group's criterion as a `sparsify.criteria.Criterion`, validated; errors name the file and line."""
     method = group.method
     if method == "lock":
         return criterion_from_dict("magnitude")
+    options = {k: v for k, v in group.options.items() if k not in NOT_CRITERION_OPTIONS}
+    if method == "inc_gradient_sensitivity":  # the INC reader's own criterion, outside the public registry
+        from .inc.gradient_sensitivity import GradientSensitivityCriterion
+
+        try:
+            return GradientSensitivityCriterion(**options)
+        except (TypeError, ValueError) as exc:
+            raise group.origin.error(str(exc)) from exc
     kinds = criterion_kinds()
     if method not in kinds:
         feature = {"sparsegpt": "SparseGPT", "wanda": "Wanda"}.get(method, method)
         raise UnsupportedFeatureError(
             f"{group.origin.entry}: {feature}", f"this sparsify has no {method!r} criterion (it has "
             f"{', '.join(kinds)})", group.origin.path, group.origin.line)
-    options = {k: v for k, v in group.options.items() if k != "grad_sampler_kwargs"}
     if method == "mfac" and isinstance(options.get("num_grads"), dict):
         options["num_grads"] = {float(k): int(v) for k, v in options["num_grads"].items()}
     try:
@@ -221,6 +257,8 @@ def pruner_config(plan: RecipePlan, model: nn.Module, *, steps_per_epoch: float 
     ``prune_now()`` (SparseML's ``manager.apply``); otherwise epochs need ``steps_per_epoch``.
     Raises `UnsupportedFeatureError` before anything is built for what cannot be honoured.
     """
+    if steps_per_epoch is not None:
+        steps_per_epoch = check_steps_per_epoch(steps_per_epoch)
     for group in plan.groups:  # what this sparsify cannot do is refused before the model is looked at
         criterion_for(group)
         if group.structure.kind == "n_m":

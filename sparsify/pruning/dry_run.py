@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..config import ModulePrunerConfig, OptimizationConfig
-from .plan import SkipModule, check_target, classifier_head_name
+from .plan import Plan, SkipModule, _tied_elsewhere, check_target, classifier_head_name
 
 __all__ = ["DryRunRow", "DryRunTable", "dry_run"]
 
@@ -155,6 +155,8 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
     out). ``action`` is ``"prune"`` (with the settings it will get), ``"skip"`` (with the rule that excluded
     it, or why the pattern cannot apply) or ``"error"`` (with the message ``prepare()`` would raise).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(config, OptimizationConfig):
         raise TypeError(
             f"config must be a PrunerConfig (or Core ML Tools' MagnitudePrunerConfig), got {type(config).__name__}"
@@ -162,6 +164,8 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
     supported = config.supported_modules
     head = classifier_head_name(model) if getattr(config, "keep_classifier_dense", False) else None
     rows = DryRunTable()
+    by_param: dict[int, Plan] = {}
+    plans: list[Plan] = []
     for name, module in model.named_modules():
         is_supported = isinstance(module, supported)
         if not is_supported and not module._parameters:
@@ -187,5 +191,43 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
                 else:
                     row.settings = _settings(module_config, pattern)
                     row.action = "prune"
+                    _tie(row, module, module_config, pattern, by_param, plans)
         rows.append(row)
+    _tied_outside(model, rows, plans)
     return rows
+
+
+def _tie(row: DryRunRow, module: nn.Module, module_config: ModulePrunerConfig, pattern: Any,
+         by_param: dict[int, Plan], plans: list[Plan]) -> None:
+    """A module sharing its weight with an earlier pruned one: ``prepare()`` refuses different configs (the
+    same words here); with one config it shares the earlier module's mask."""
+    param = getattr(module, module_config.param_name)
+    owner = by_param.get(id(param))
+    if owner is not None and owner.config != module_config:
+        row.action, row.settings = "error", {}
+        row.reason = (f"{row.name}.{module_config.param_name} is the same tensor as {owner.name}."
+                      f"{module_config.param_name} (tied weights) but the two modules have different configs; give "
+                      f"them one config")
+        return
+    if owner is not None:
+        row.reason += f" (tied to {owner.name}: shares its mask)"
+    plan = Plan(row.name, module_config, pattern, id(module_config), None, owner.name if owner else None)
+    by_param.setdefault(id(param), plan)
+    plans.append(plan)
+
+
+def _tied_outside(model: nn.Module, rows: DryRunTable, plans: list[Plan]) -> None:
+    """Modules of other types holding a pruned weight: the check ``prepare()`` makes, its error on their row."""
+    while True:
+        try:
+            _tied_elsewhere(model, plans)
+        except ValueError as exc:
+            message = str(exc)
+            holder = message.split("'")[1] if message.startswith("module '") else None
+            row = next((r for r in rows if r.name == holder), None)
+            if row is None:  # not a listed module: the error goes on the pruned module's row
+                row = next(r for r in rows if r.action == "prune" and f" holds {r.name}." in message)
+            row.action, row.reason, row.settings = "error", message, {}
+            plans[:] = [p for p in plans if f" holds {p.name}." not in message]
+            continue
+        return

@@ -41,6 +41,7 @@ from ..plan import (
     TargetRule,
     UnsupportedFeatureError,
 )
+from .gradient_sensitivity import gradient_sensitivity_group
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -259,6 +260,15 @@ def _group(cfg: Mapping[str, Any], origin: Origin, *, v1: bool) -> PruningGroup:
                         notes=notes)
 
 
+def _warn_nulls(entry: Mapping[str, Any], used: Mapping[str, Any], origin: Origin, source: str) -> None:
+    """A key given as ``null`` falls back (to the global value, then INC's default), as INC reads it: said in
+    one warning per key, naming the key and the value used."""
+    for key, value in entry.items():
+        if value is None and used.get(key) is not None:
+            logger.warning("%s: %s is null: INC uses %r instead (%s), and so does sparsify",
+                           Origin(origin.path, origin.at(key), origin.entry), key, used[key], source)
+
+
 def _v2_pruners(top: Mapping[str, Any], locals_: list[Any], plan: RecipePlan, base_line: int | None) -> None:
     """INC 2.x: every pruner dict falls back to the global keys, then to `INC_DEFAULTS`."""
     path = plan.path
@@ -272,6 +282,7 @@ def _v2_pruners(top: Mapping[str, Any], locals_: list[Any], plan: RecipePlan, ba
                                                                                                 "pruners")}}
     if isinstance(globals_.get("parameters"), Mapping):
         globals_.update(globals_["parameters"])
+    _warn_nulls(top, globals_, Origin(path, base_line, "INC config", getattr(top, "lines", {})), "INC's default")
     for index, raw in enumerate(locals_ or [{}]):
         if isinstance(raw, Tagged):
             raw = raw.value
@@ -289,6 +300,7 @@ def _v2_pruners(top: Mapping[str, Any], locals_: list[Any], plan: RecipePlan, ba
         cfg = {**globals_, **{k: v for k, v in raw.items() if v is not None}}
         if isinstance(raw.get("parameters"), Mapping):
             cfg.update(raw["parameters"])
+        _warn_nulls(raw, cfg, origin, "the global value or INC's default")
         plan.groups.append(_group(cfg, origin, v1=False))
 
 
@@ -315,9 +327,12 @@ def _pruner_entries(section: Mapping[str, Any], name: str, plan: RecipePlan,
 def _v1_pytorch(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -> None:
     """INC 1.x ``weight_compression_pytorch``: global keys, then each ``!Pruner``."""
     globals_ = {**_V1_DEFAULTS, **{k: v for k, v in section.items() if k != "pruners" and v is not None}}
+    _warn_nulls(section, globals_, Origin(plan.path, line, "weight_compression_pytorch", getattr(section, "lines", {})),
+                "INC's default")
     for fields, origin in _pruner_entries(section, "weight_compression_pytorch", plan, line):
         local = {**_V1_PRUNER_DEFAULTS, **{k: v for k, v in fields.items() if v is not None}}
         cfg = {k: local.get(k, globals_.get(k)) for k in _V1_DEFAULTS}
+        _warn_nulls(fields, cfg, origin, "the global value or INC's default")
         excluded = [*_names(local.get("extra_excluded_names", globals_["extra_excluded_names"]),
                             "extra_excluded_names", origin),
                     *_names(globals_["excluded_names"], "excluded_names", origin)]
@@ -339,9 +354,9 @@ def _v1_legacy(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -
             return local[key] if local.get(key) else globals_.get(key)  # INC 1.x: a falsy local value falls through
 
         kind = str(local["prune_type"])
-        if kind in _REFUSED_TYPES:
+        if kind in _REFUSED_TYPES and kind not in ("group_lasso", "gradient_sensitivity"):
             raise _refuse(f"prune_type={kind!r}", _REFUSED_TYPES[kind], origin)
-        if kind not in ("basic_magnitude", "pattern_lock"):
+        if kind not in ("basic_magnitude", "pattern_lock", "group_lasso", "gradient_sensitivity"):
             raise origin.error(f"prune_type={kind!r} is invalid: INC 1.x's weight_compression has basic_magnitude, "
                                f"pattern_lock, group_lasso and gradient_sensitivity", key='prune_type')
         if local.get("method", "per_tensor") != "per_tensor":
@@ -350,6 +365,11 @@ def _v1_legacy(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -
             raise _refuse(f"pattern={local['pattern']!r} in weight_compression", "INC 1.x's legacy tile patterns; "
                           "use the 2.x config (pattern: '4x1', ...) for structured pruning", origin)
         structure = Structure()
+        if kind == "gradient_sensitivity":
+            start = _num(value("start_epoch") or 0, "start_epoch", origin)
+            plan.groups.append(gradient_sensitivity_group(local, _names(value("names"), "names", origin), start,
+                                                          origin))
+            continue
         selection = IncWeights(_names(value("names"), "names", origin))
         if kind == "pattern_lock":
             plan.groups.append(PruningGroup(origin, "lock", [TargetRule(None, selection)], 0.0,
@@ -370,9 +390,27 @@ def _v1_legacy(section: Mapping[str, Any], plan: RecipePlan, line: int | None) -
                  "init + (target - init)·(e - start + 1)/(end - start + 1) at epoch e"]
         if frequency < 1:
             notes.append(f"update_frequency={frequency:g} below one epoch: INC 1.x updates at epoch starts only")
+        options = {"group_lasso": _group_lasso_alpha(local, origin)} if kind == "group_lasso" else {}
         plan.groups.append(PruningGroup(origin, "magnitude", [TargetRule(target, selection)], initial,
                                         Schedule("epoch", start, end, max(frequency, 1.0), "inc1"), structure,
-                                        notes=notes))
+                                        options=options, notes=notes))
+
+
+def _group_lasso_alpha(local: Mapping[str, Any], origin: Origin) -> float:
+    """INC 1.x ``GroupLassoPruner`` reads ``parameters['alpha']`` and nothing else of ``parameters``."""
+    parameters = local.get("parameters")
+    if not isinstance(parameters, Mapping) or "alpha" not in parameters:
+        raise origin.error(f"prune_type='group_lasso' needs parameters: {{alpha: <number >= 0>}} (INC reads "
+                           f"parameters['alpha']), got parameters={parameters!r}", key="parameters")
+    alpha = _num(parameters["alpha"], "parameters.alpha", origin)
+    if alpha < 0:
+        raise origin.error(f"parameters.alpha={alpha:g} is invalid: allowed alpha >= 0", key="parameters")
+    others = sorted(str(k) for k in parameters if k != "alpha")
+    if others:
+        logger.warning("%s: parameters %s are not read by INC 1.x's GroupLassoPruner (it reads alpha only); its "
+                       "blocks are the pruner's own pattern %r, one weight each, as in INC", origin, others,
+                       local["pattern"])
+    return alpha
 
 
 def read_inc_data(data: Any, path: str | None = None) -> RecipePlan:

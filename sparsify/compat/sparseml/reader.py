@@ -17,13 +17,12 @@ What each modifier becomes (see ``docs/recipes.md`` for the full table):
 * ``LayerPruningModifier`` — a `LayerDrop`;
 * training parts — epoch range, learning rate, weight decay, distillation, quantization, trainable
   parameters — named in one warning per kind, not applied;
-* anything else (``ACDCPruningModifier``, ``MovementPruningModifier``, ...) — `UnsupportedFeatureError`.
+* anything else (``MovementPruningModifier``, ``RigLPruningModifier``, ...) — `UnsupportedFeatureError`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,7 +51,14 @@ from ..plan import (
     TargetRule,
     UnsupportedFeatureError,
 )
+from .acdc import ACDC_TAG, acdc_group
+from .cards import one_yaml_block
 from .expressions import evaluate_recipe, override_variables
+from .fields import check_keys as _check_keys
+from .fields import fraction as _fraction
+from .fields import number as _number
+from .fields import structure as _structure
+from .fields import tokens as _tokens
 from .selection import LayerTargets
 
 if TYPE_CHECKING:
@@ -82,7 +88,6 @@ NOT_APPLIED: dict[str, str] = {
     "TrainableParamsModifier": "trainable parameters",
 }
 REFUSED: dict[str, str] = {
-    "ACDCPruningModifier": "AC/DC alternates dense and sparse phases of training",
     "MovementPruningModifier": "movement scores (-w·g accumulated over training) are not a sparsify criterion",
     "RigLPruningModifier": "RigL regrows weights by gradient during training",
     "TopKASTPruningModifier": "Top-KAST keeps separate forward and backward masks",
@@ -101,59 +106,6 @@ _MFAC = {"num_grads", "damp", "fisher_block_size", "available_devices", "availab
          # sparsify's own M-FAC settings, accepted in a recipe
          "damp_mode", "obs_update", "num_recomputations", "memory_budget"}
 _OBS = {"num_grads", "damp", "fisher_block_size", "grad_sampler_kwargs", "num_recomputations"}
-_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-
-def _number(value: Any, field: str, origin: Origin, *, integer: bool = False) -> float:
-    """A YAML number; ``"1e-7"`` (a string to YAML 1.1, a number to YAML 1.2 and to users) counts."""
-    if isinstance(value, str) and _NUMBER.match(value.strip()):
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise origin.error(f"{field}={value!r} is invalid: expected a finite number")
-    if integer and float(value) != int(value):
-        raise origin.error(f"{field}={value!r} is invalid: expected an integer")
-    return int(value) if integer else float(value)
-
-
-def _fraction(value: Any, field: str, origin: Origin) -> float:
-    number = _number(value, field, origin)
-    if not 0.0 <= number <= 1.0:
-        raise origin.error(f"{field}={number:g} is invalid: allowed 0 <= {field} <= 1")
-    return number
-
-
-def _tokens(value: Any, field: str, origin: Origin) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise origin.error(f"{field}={value!r} is invalid: expected a string or a list of strings")
-
-
-def _structure(mask_type: Any, origin: Origin, global_sparsity: bool) -> tuple[Structure, float | None]:
-    """``mask_type`` → the structure, and the sparsity it fixes (N:M) or None."""
-    if mask_type in (None, "unstructured"):
-        return Structure(), None
-    if mask_type == "block4" or mask_type == "block":
-        return Structure("tile", tile="1x4", indivisible="error"), None
-    if mask_type == "filter" or mask_type == "channel":
-        return Structure("tile", tile="1xchannel", indivisible="error"), None
-    if isinstance(mask_type, list):
-        if len(mask_type) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in
-                                          mask_type):
-            raise origin.error(f"mask_type={mask_type!r} is invalid: a block is [out, in], two integers > 0")
-        return Structure("tile", tile=f"{mask_type[0]}x{mask_type[1]}", indivisible="error"), None
-    text = "2:4" if mask_type == "tensorrt" else mask_type
-    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text) if isinstance(text, str) else None
-    if match:
-        kept, size = int(match.group(1)), int(match.group(2))
-        if not 0 < kept < size:
-            raise origin.error(f"mask_type={mask_type!r} is invalid: SparseML's N:M keeps N of every M, 0 < N < M")
-        if global_sparsity:
-            logger.info("%s: N:M masks ignore global_sparsity (SparseML's rule)", origin)
-        return Structure("n_m", n_m=(size - kept, size), indivisible="error"), (size - kept) / size
-    raise origin.error(f"mask_type={mask_type!r} is invalid: allowed 'unstructured', 'block4', [out, in] blocks, "
-                       f"'N:M' (N kept of every M) or 'tensorrt'")
 
 
 def _schedule(fields: Mapping[str, Any], origin: Origin, curve: str) -> Schedule:
@@ -172,12 +124,6 @@ def _schedule(fields: Mapping[str, Any], origin: Origin, curve: str) -> Schedule
             raise origin.error(f"update_frequency={frequency:g} over epochs {start:g}-{end:g} asks for more than a "
                                f"million mask updates")
     return Schedule("epoch", start, end, frequency if frequency > 0 else 1.0, curve if end > start else "oneshot")
-
-
-def _check_keys(fields: Mapping[str, Any], allowed: set[str], tag: str, origin: Origin) -> None:
-    unknown = sorted(k for k in fields if k not in allowed)
-    if unknown:
-        raise origin.error(f"unknown key(s) {unknown} for {tag}: allowed keys are {', '.join(sorted(allowed))}")
 
 
 def _devices(value: Any, origin: Origin) -> list[str]:
@@ -431,6 +377,8 @@ def read_recipe_data(data: Any, path: str | None = None, variables: Mapping[str,
             plan.groups.append(_gradual(tag, fields, origin))
         elif tag == "ConstantPruningModifier":
             plan.groups.append(_constant(fields, origin, v2=staged))
+        elif tag == ACDC_TAG:
+            plan.groups.append(acdc_group(fields, origin))
         elif tag in ("SparseGPTModifier", "WandaPruningModifier"):
             plan.groups.append(_one_shot_llm(tag, fields, origin))
         elif tag == "LayerPruningModifier":
@@ -444,7 +392,8 @@ def read_recipe_data(data: Any, path: str | None = None, variables: Mapping[str,
         else:
             raise UnsupportedFeatureError(
                 tag, "not a modifier sparsify knows; pruning modifiers are "
-                f"{', '.join((*_V1_PRUNING, 'ConstantPruningModifier', 'SparseGPTModifier', 'LayerPruningModifier'))}",
+                f"{', '.join((*_V1_PRUNING, ACDC_TAG, 'ConstantPruningModifier', 'SparseGPTModifier'))}, "
+                "LayerPruningModifier",
                 path, line)
     if not plan.groups and not plan.layer_drops:
         raise SourceError(f"the recipe has no pruning modifier (it has only {', '.join(sorted(plan.not_applied))} "
@@ -471,6 +420,7 @@ def recipe_text_to_yaml(text: str, name: str | None = None) -> str:
     ``---`` lines is read from its front matter, as SparseML reads it."""
     lowered = (name or "").lower()
     if lowered.endswith((".md", ".markdown")):
+        one_yaml_block(text, name)
         return yaml_from_markdown(text, name)
     if not lowered.endswith((".yaml", ".yml")) and sum(line.strip() == "---" for line in text.splitlines()) >= 2:
         return yaml_from_markdown(text, name, require=False)

@@ -32,6 +32,7 @@ from ...pruning import Pruner
 from ...safe_io import DEFAULT_MAX_BYTES, load_yaml_text, read_text
 from ..plan import RecipePlan, ResolvedGroup
 from ..translate import PassThrough, pruner_config
+from .acdc import AcdcPhases
 from .reader import read_recipe_data, recipe_text_to_yaml
 
 __all__ = ["Recipe", "RecipeSession", "ScheduledModifierManager", "ScheduledOptimizer"]
@@ -94,10 +95,10 @@ class Recipe:
         return as_grad_sampler(sampler, **kwargs)
 
     def _session(self, model: nn.Module, steps_per_epoch: float | None, sampler: Any, *, one_shot: bool,
-                 inplace: bool) -> RecipeSession:
+                 inplace: bool, optimizer: Any = None) -> RecipeSession:
         check_flags("Recipe", one_shot=one_shot, inplace=inplace)
         target = model if inplace else copy.deepcopy(model)
-        config, _ = pruner_config(self.plan, target, steps_per_epoch=steps_per_epoch, one_shot=one_shot)
+        config, resolved = pruner_config(self.plan, target, steps_per_epoch=steps_per_epoch, one_shot=one_shot)
         pruner = Pruner(target, config, self._sampler(sampler))
         dropped = _drop_layers(self.plan, target)
         try:
@@ -105,16 +106,20 @@ class Recipe:
         except BaseException:
             _restore_layers(target, dropped)
             raise
-        return RecipeSession(pruner)
+        acdc = [r for r in resolved if r.group.schedule.curve == "acdc" and r.modules] if not one_shot else []
+        phases = AcdcPhases(pruner, [n for r in acdc for n in r.modules], any(
+            r.group.options.get("momentum_buffer_reset", True) for r in acdc), optimizer) if acdc else None
+        return RecipeSession(pruner, phases)
 
     def attach(self, model: nn.Module, steps_per_epoch: float, sampler: GradSampler | Mapping[str, Any] | None = None,
-               *, inplace: bool = True) -> RecipeSession:
+               *, inplace: bool = True, optimizer: Any = None) -> RecipeSession:
         """Prepare ``model`` to train under the recipe; call ``session.step()`` after each optimizer step.
 
         Epochs become steps with ``steps_per_epoch``. Data-dependent criteria read the training gradients
-        (or ``sampler``, SparseML's ``grad_sampler`` dict or a `sparsify.GradSampler`).
+        (or ``sampler``, SparseML's ``grad_sampler`` dict or a `sparsify.GradSampler`). ``optimizer``: the
+        training optimizer, for an ``ACDCPruningModifier`` that resets its momentum (`manager.modify` passes it).
         """
-        return self._session(model, steps_per_epoch, sampler, one_shot=False, inplace=inplace)
+        return self._session(model, steps_per_epoch, sampler, one_shot=False, inplace=inplace, optimizer=optimizer)
 
     def oneshot(self, model: nn.Module, sampler: GradSampler | Mapping[str, Any] | None = None, *,
                 inplace: bool = False, finalize: bool = True) -> RecipeSession:
@@ -154,8 +159,9 @@ def _restore_layers(model: nn.Module, replaced: list[tuple[nn.Module, str, nn.Mo
 class RecipeSession:
     """A recipe applied to one model: one `sparsify.Pruner` (``step``, ``finalize``, ``report``)."""
 
-    def __init__(self, pruner: Pruner) -> None:
+    def __init__(self, pruner: Pruner, acdc: AcdcPhases | None = None) -> None:
         self.pruner = pruner
+        self.acdc = acdc
 
     @property
     def model(self) -> nn.Module:
@@ -163,7 +169,12 @@ class RecipeSession:
 
     def step(self) -> None:
         """After each optimizer step: advance every modifier's schedule."""
+        if self.acdc is None:
+            self.pruner.step()
+            return
+        self.acdc.before_step()
         self.pruner.step()
+        self.acdc.after_step()
 
     def finalize(self) -> nn.Module:
         """Bake the masks into the model (Core ML metadata included) and return it."""
@@ -247,7 +258,7 @@ class ScheduledModifierManager:
         if epoch not in (None, 0, 0.0):
             raise ValueError(f"modify(epoch={epoch!r}): start from epoch 0, or resume with the pruner's "
                              f"state_dict()")
-        self.session = self.recipe.attach(module, steps_per_epoch, grad_sampler, inplace=True)
+        self.session = self.recipe.attach(module, steps_per_epoch, grad_sampler, inplace=True, optimizer=optimizer)
         return ScheduledOptimizer(optimizer, self.session) if wrap_optimizer else optimizer
 
     def step(self) -> None:
