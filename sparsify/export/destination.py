@@ -36,16 +36,18 @@ _PACKAGE_FILES = ("Manifest.json", "executorch_debug_handle_mapping.json")
 class Destination:
     """A checked ``.mlpackage`` path with a staging folder beside it (see the module docstring)."""
 
+    owner = _OWNER  # named in errors
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        _refuse_foreign(path)
+        self._refuse(path)
         self._created: Path | None = _first_missing(path.parent)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         except OSError as exc:
             self._remove_created()
-            raise OSError(exc.errno, f"{_OWNER}: cannot write to {path.parent} ({exc.strerror}); nothing was "
+            raise OSError(exc.errno, f"{self.owner}: cannot write to {path.parent} ({exc.strerror}); nothing was "
                                      "converted", str(path)) from exc
 
     @property
@@ -55,7 +57,7 @@ class Destination:
 
     def commit(self) -> None:
         """Move the saved package into place, replacing an existing one (checked again: it may have changed)."""
-        _refuse_foreign(self.path)
+        self._refuse(self.path)
         old = None
         if self.path.exists():
             old = self._staging / "previous"
@@ -68,6 +70,10 @@ class Destination:
             raise
         shutil.rmtree(self._staging, ignore_errors=True)
         self._created = None
+
+    def _refuse(self, path: Path) -> None:
+        """Raise ``FileExistsError`` when ``path`` holds something this export must not replace."""
+        _refuse_foreign(path)
 
     def abandon(self) -> None:
         """Remove the staging folder and the parent folders this export created."""
