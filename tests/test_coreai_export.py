@@ -196,3 +196,23 @@ def test_inspect_reads_a_saved_model_without_running_it(tmp_path: Path, caplog: 
                                                                                          ((10, 2304), 5760)]
     assert report.op_counts["coreai.blockwise_shift_scale"] == 2 and report.inputs == {"input0": (2, 8, 8, 8)}
     assert "main.mlirb" in report.to_text() and report.as_dict()["weights"][0]["storage"] == "sparse+quantized int8"
+
+
+def test_cli_exports_an_aimodel_and_inspects_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _coreai()
+    from sparsify.cli import main
+
+    pruned = sparsify.prune(_model(), 0.75)
+    torch.export.save(torch.export.export(pruned, (_x(),)), tmp_path / "m.pt2")
+    assert main(["export", str(tmp_path / "m.pt2"), str(tmp_path / "m.aimodel")]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 4 weights stored sparse" in out and "ran on this machine on 1 input(s)" in out
+    assert main(["inspect", str(tmp_path / "m.aimodel"), "--format", "json"]) == 0
+    import json
+
+    data = json.loads(capsys.readouterr().out)
+    assert [w["storage"] for w in data["weights"]].count("sparse") == 2
+    assert main(["export", str(tmp_path / "m.pt2"), str(tmp_path / "x.mlpackage"), "--to", "coreai"]) == 1
+    assert "--to coreai writes an .aimodel folder" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "none.aimodel")]) == 1
+    assert "no such .aimodel" in capsys.readouterr().err

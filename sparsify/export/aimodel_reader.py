@@ -258,18 +258,24 @@ class _Program:
         graphs = [op.operation for op in module.body.operations if op.operation.name == "coreai.graph"]
         if not graphs:
             raise ValueError("the program has no coreai.graph")
-        self.graph = graphs[0]
+        named = [g for g in graphs if "sym_name" in g.attributes and str(g.attributes["sym_name"]).strip('"') == "main"]
+        plain = [g for g in graphs if "composite_decl" not in g.attributes]  # composites: attention kernels ...
+        self.graph = (named or plain or graphs)[0]
         self.op_counts: Counter[str] = Counter()
         self.chains: dict[Any, _Chain] = {}
         self.order: list[tuple[Any, _Chain]] = []
         self.consumers: dict[int, list[str]] = {}
         self.listed: set[int] = set()
-        block = self.graph.regions[0].blocks[0]
-        self.inputs = {f"input{i}": _type_of(arg)[0] for i, arg in enumerate(block.arguments)}
+        self.inputs: dict[str, tuple[int, ...]] = {}
         self.outputs: dict[str, tuple[int, ...]] = {}
-        self._walk(block)
+        for graph in [self.graph, *[g for g in graphs if g is not self.graph]]:
+            block = graph.regions[0].blocks[0]
+            main = graph is self.graph
+            if main:
+                self.inputs = {f"input{i}": _type_of(arg)[0] for i, arg in enumerate(block.arguments)}
+            self._walk(block, main)
 
-    def _walk(self, block: Any) -> None:
+    def _walk(self, block: Any, main: bool = True) -> None:
         for item in block.operations:
             op = item.operation
             self.op_counts[op.name] += 1
@@ -288,7 +294,7 @@ class _Program:
                 merged.steps.append(op)
                 self.chains[op.results[0]] = merged
                 continue
-            if op.name == "coreai.output":
+            if op.name == "coreai.output" and main:
                 self.outputs = {f"output{i}": _type_of(v)[0] for i, v in enumerate(op.operands)}
             for value in op.operands:
                 used = self.chains.get(value)
@@ -300,7 +306,7 @@ class _Program:
                 self.consumers.setdefault(id(used), []).append(op.name.removeprefix("coreai."))
             for region in op.regions:
                 for inner in region.blocks:
-                    self._walk(inner)
+                    self._walk(inner, main=False)
 
     def weights(self) -> list[StoredWeight]:
         rows = []

@@ -98,6 +98,7 @@ class CoreAIExportReport:
     max_abs_diff: float  # the .aimodel against torch computing with the stored weights
     max_rel_diff: float  # max_abs_diff / max |torch output|
     compression_abs_diff: float  # torch with the stored weights against the model passed in
+    compression_rel_diff: float  # compression_abs_diff / max |output of the model passed in|
     inputs_checked: int
     seconds: dict[str, float] = field(default_factory=dict)  # convert, run, total
     warnings: list[str] = field(default_factory=list)
@@ -140,7 +141,7 @@ class CoreAIExportReport:
             f"the weights' constants take {self.limit_bytes} bytes (the format's floor for them)",
             f"ran on this machine on {self.inputs_checked} input(s): max |aimodel - torch| = {self.max_abs_diff:.3g} "
             f"(relative {self.max_rel_diff:.3g}); the stored weights change the torch output by "
-            f"{self.compression_abs_diff:.3g}",
+            f"{self.compression_abs_diff:.3g} (relative {self.compression_rel_diff:.3g})",
         ]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
@@ -277,6 +278,7 @@ def _export(model: Any, batches: list[tuple[torch.Tensor, ...]], destination: De
         abs_diff, rel_diff = _compare(ran, stored_outputs, atol, rtol)
     compression_diff = max((float(np.abs(a - b).max()) for got, want in zip(stored_outputs, original)
                             for a, b in zip(got, want) if a.size), default=0.0)
+    largest = max((float(np.abs(b).max()) for want in original for b in want if b.size), default=0.0)
     package.path = str(destination.path)
     return CoreAIExportReport(
         path=str(destination.path), rows=rows, total_bytes=package.total_bytes, dense_bytes=dense_bytes,
@@ -284,6 +286,7 @@ def _export(model: Any, batches: list[tuple[torch.Tensor, ...]], destination: De
         compression=(f"palettize {palettize_bits} bits" if palettize_bits else f"quantize {quantize}" if quantize
                      else None),
         max_abs_diff=abs_diff, max_rel_diff=rel_diff, compression_abs_diff=compression_diff,
+        compression_rel_diff=compression_diff / largest if largest else 0.0,
         inputs_checked=len(batches) if verify else 0, seconds=seconds, warnings=warnings, package=package,
     )
 
