@@ -216,3 +216,21 @@ def test_cli_exports_an_aimodel_and_inspects_it(tmp_path: Path, capsys: pytest.C
     assert "--to coreai writes an .aimodel folder" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "none.aimodel")]) == 1
     assert "no such .aimodel" in capsys.readouterr().err
+
+
+def test_a_prepared_model_and_token_ids(tmp_path: Path) -> None:
+    _coreai()
+    from sparsify.export.coreai import export_coreai
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 32), nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 50)).eval()
+    pruner = sparsify.Pruner(model, sparsify.PrunerConfig(global_config={"target_sparsity": 0.5}))
+    pruner.prepare(inplace=True)
+    pruner.step()  # masks installed, not finalized: export_coreai bakes them into its own copy
+    ids = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(1))  # int64: fed as int32
+    report = export_coreai(model, ids, tmp_path / "m.aimodel", measure_dense=False,
+                           extra_inputs=[torch.randint(0, 50, (2, 7))])
+    assert [(r.name, r.storage, r.nonzeros) for r in report.rows if r.pruned] == [
+        ("1.weight", "sparse", 1024), ("3.weight", "sparse", 1600)]
+    assert report.row("0.weight").storage == "dense" and report.inputs_checked == 2 and report.max_abs_diff < 1e-5
+    assert hasattr(model[1], "weight_mask")  # the model passed in keeps its masks

@@ -96,6 +96,7 @@ class AIModelReport:
     metadata: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
     outputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    values: list[np.ndarray | None] | None = field(default=None, repr=False)  # decode=True: dense float32 values
 
     @property
     def dense_bytes(self) -> int:
@@ -172,7 +173,8 @@ def inspect_aimodel(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MA
     """Read ``path`` (an ``.aimodel`` folder) without running it; see the module docstring.
 
     With ``decode=True`` every weight's dense values are decoded too and kept in ``report.values``
-    (not part of `AIModelReport.as_dict`), in the order of ``report.weights``.
+    (not part of `AIModelReport.as_dict`), in the order of ``report.weights`` (``None`` for a chain this
+    module cannot decode: palettes other than one per tensor).
     """
     path = Path(path)
     metadata = check_folder(path, max_bytes)
@@ -190,7 +192,7 @@ def inspect_aimodel(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MA
         op_counts=dict(program.op_counts), metadata=metadata, inputs=program.inputs, outputs=program.outputs,
     )
     if decode:
-        report.values = program.values()  # type: ignore[attr-defined]
+        report.values = program.values()
     return report
 
 

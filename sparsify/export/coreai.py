@@ -329,7 +329,7 @@ def _compress(module: nn.Module, pruned: set[str], sparse_weights: str, palettiz
 def _rows(package: AIModelReport, tensors: dict[str, torch.Tensor], pruned: set[str], plans: dict[str, Plan],
           warnings: list[str]) -> list[CoreAIExportRow]:
     """Match each stored weight to its torch tensor (same shape, nearest values) and check it."""
-    values: list[np.ndarray | None] = getattr(package, "values", [None] * len(package.weights))
+    values: list[np.ndarray | None] = package.values or [None] * len(package.weights)
     unmatched = {name: t.float().numpy() for name, t in tensors.items()}
     rows = []
     for weight, value in zip(package.weights, values):
