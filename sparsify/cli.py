@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(dense, sparse, ...), its non-zeros, and the weight file size against dense.",
         epilog="examples:\n  sparsify inspect model.mlpackage\n  sparsify inspect model.mlpackage --format json",
     )
-    inspect.add_argument("package", help="path of the .mlpackage")
+    inspect.add_argument("package", help="path of the .mlpackage (or Core AI .aimodel)")
     inspect.add_argument("--format", choices=("text", "json"), default="text")
     return parser
 
