@@ -180,3 +180,20 @@ def test_unsupported_modules_are_left_dense_with_a_warning(caplog: pytest.LogCap
     config = pruner_config({}, model)
     assert "0" not in "".join(config.module_name_configs)
     assert "0 (ConvTranspose2d) would be pruned by coreai-opt, but sparsify does not prune" in caplog.text
+
+
+def test_among_type_configs_for_a_parent_and_a_child_the_last_entry_wins() -> None:
+    opt = pytest.importorskip("coreai_opt.pruning", reason=REASON)
+    for order in (("torch.nn.modules.container.Sequential", "torch.nn.modules.linear.Linear"),
+                  ("torch.nn.modules.linear.Linear", "torch.nn.modules.container.Sequential")):
+        sparsities = {"torch.nn.modules.container.Sequential": 0.3, "torch.nn.modules.linear.Linear": 0.7}
+        config = {"global_config": None, "module_type_configs": {
+            key: {"op_state_spec": {"weight": {"target_sparsity": sparsities[key]}}} for key in order}}
+        reference, ours_model = _net(), _net()
+        opt.MagnitudePruner(reference, opt.MagnitudePrunerConfig.model_validate(copy.deepcopy(config))).prepare(X)
+        MagnitudePruner(ours_model, copy.deepcopy(config)).prepare(X)
+        expected, got = _coreai_opt_masks(reference), _sparsify_masks(ours_model)
+        for layer in ("head.1", "head.3"):
+            assert torch.equal(got[layer], expected[layer]), (order, layer)
+        kept = float(got["head.1"].float().mean())
+        assert round(1 - kept, 2) == sparsities[order[-1]]

@@ -234,3 +234,18 @@ def test_a_prepared_model_and_token_ids(tmp_path: Path) -> None:
         ("1.weight", "sparse", 1024), ("3.weight", "sparse", 1600)]
     assert report.row("0.weight").storage == "dense" and report.inputs_checked == 2 and report.max_abs_diff < 1e-5
     assert hasattr(model[1], "weight_mask")  # the model passed in keeps its masks
+
+
+def test_a_pruned_weight_kept_dense_because_sparse_is_larger_is_said(tmp_path: Path) -> None:
+    _coreai()
+    from sparsify.export.coreai import export_coreai
+
+    pruned = sparsify.prune(_model(), 0.1)  # 4-bit indices + a 1-bit mask beat 4-bit dense above 1/4 zeros
+    report = export_coreai(pruned, _x(), tmp_path / "m.aimodel", palettize_bits=4, measure_dense=False)
+    row = report.row("3.weight")
+    # 4-bit indices, the palette, and lut_to_dense's int16 axis
+    assert row.storage == "palettized 4 bits" and row.bytes == 23040 // 2 + 16 * 4 + 2
+    assert row.nonzeros == 20736 == row.torch_nonzeros  # decoded: the palette has no zero entry here
+    assert ("3.weight: pruned, but its 2304 zeros are stored dense: sparse storage would take 13312 bytes against "
+            "11584 (palettized 4 bits)") in report.warnings
+    assert report.max_abs_diff < 1e-5

@@ -107,7 +107,7 @@ def to_plain(config: Any) -> dict[str, Any]:
     if isinstance(config, (str, os.PathLike)):
         path = Path(config)
         config = safe_load_yaml(path if path.suffix in (".yaml", ".yml") else io.StringIO(str(config))) or {}
-    if hasattr(config, "model_fields") and hasattr(config, "global_config"):  # coreai-opt's pydantic object
+    if hasattr(type(config), "model_fields") and hasattr(config, "global_config"):  # coreai-opt's pydantic object
         config = {"global_config": _plain_module(config.global_config, pydantic=True),
                   "module_type_configs": {k: _plain_module(v, True) for k, v in config.module_type_configs.items()},
                   "module_name_configs": {k: _plain_module(v, True) for k, v in config.module_name_configs.items()}}
@@ -143,7 +143,7 @@ def _plain_module(value: Any, pydantic: bool = False) -> dict[str, Any] | None:
     """A module config as a dict; ``None`` (do not prune) stays ``None``."""
     if value is None:
         return None
-    if pydantic or hasattr(value, "model_fields"):
+    if pydantic or hasattr(type(value), "model_fields"):
         data = {k: getattr(value, k) for k in ("op_state_spec", "op_type_config", "op_name_config",
                                                "module_state_spec", "sparsity_schedule")}
         data["op_type_config"] = {k: {"op_state_spec": getattr(v, "op_state_spec", None)} if v is not None else None
@@ -229,8 +229,8 @@ def _assign(model: nn.Module, plain: dict[str, Any]) -> dict[str, tuple[str, dic
         for name in reversed(list(modules)):  # children before parents, as coreai-opt
             if re.fullmatch(key, name):
                 apply(name, f"module_name_configs[{key!r}]", _entry(config))
-    for key, config in plain["module_type_configs"].items():
-        for name, module in modules.items():
+    for key, config in reversed(list(plain["module_type_configs"].items())):  # the last entry wins, as names
+        for name, module in reversed(list(modules.items())):
             if f"{type(module).__module__}.{type(module).__qualname__}" == key:
                 apply(name, f"module_type_configs[{key!r}]", _entry(config))
     apply("", "global_config", _entry(plain["global_config"]))
@@ -295,7 +295,7 @@ def _schedule(module_config: dict[str, Any], target: float, where: str) -> tuple
     schedule = module_config.get("sparsity_schedule")
     if schedule is None:
         return ConstantSparsityScheduler(begin_step=0), target  # static masks, at prepare()
-    if hasattr(schedule, "model_fields"):
+    if hasattr(type(schedule), "model_fields"):
         name = type(schedule).__name__
         schedule = {"type": "polynomial_decay" if name == "PolynomialDecaySchedule" else "constant",
                     **{k: getattr(schedule, k) for k in type(schedule).model_fields}}

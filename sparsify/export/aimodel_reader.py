@@ -333,6 +333,9 @@ class _Program:
                 nonzeros = self._sparse_count(chain)
             elif not chain.steps and element in _NUMPY:
                 nonzeros = int(np.count_nonzero(decode_raw(_raw(stored), shape, element)))
+            else:  # compressed without a mask: decoded
+                decoded = _decode_chain(chain)
+                nonzeros = None if decoded is None else int(np.count_nonzero(decoded))
             numel = math.prod(shape)
             constant_bytes = sum(
                 math.ceil(math.prod(_type_of(c.results[0])[0]) * _width(_type_of(c.results[0])[1]) / 8)

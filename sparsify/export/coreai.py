@@ -139,9 +139,11 @@ class CoreAIExportReport:
             str(table),
             f"{sparse} of {len(self.rows)} weights stored sparse; main.mlirb {self.total_bytes} bytes{dense}; "
             f"the weights' constants take {self.limit_bytes} bytes (the format's floor for them)",
-            f"ran on this machine on {self.inputs_checked} input(s): max |aimodel - torch| = {self.max_abs_diff:.3g} "
-            f"(relative {self.max_rel_diff:.3g}); the stored weights change the torch output by "
-            f"{self.compression_abs_diff:.3g} (relative {self.compression_rel_diff:.3g})",
+            (f"ran on this machine on {self.inputs_checked} input(s): max |aimodel - torch| = "
+             f"{self.max_abs_diff:.3g} (relative {self.max_rel_diff:.3g})" if self.inputs_checked else
+             "not run (verify=False)")
+            + f"; the stored weights change the torch output by {self.compression_abs_diff:.3g} "
+            f"(relative {self.compression_rel_diff:.3g})",
         ]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
