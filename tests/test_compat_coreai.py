@@ -197,3 +197,22 @@ def test_among_type_configs_for_a_parent_and_a_child_the_last_entry_wins() -> No
             assert torch.equal(got[layer], expected[layer]), (order, layer)
         kept = float(got["head.1"].float().mean())
         assert round(1 - kept, 2) == sparsities[order[-1]]
+
+
+def test_a_sparsify_criterion_through_the_dict_reaches_a_core_ai_model(tmp_path: Path) -> None:
+    pytest.importorskip("coreai", reason=REASON)
+    from sparsify import GradSampler
+    from sparsify.export.coreai import export_coreai
+
+    calibration = [(torch.randn(4, 3, 8, 8), None) for _ in range(2)]
+    model = _net()
+    pruner = MagnitudePruner(model, {"global_config": {"op_state_spec": {"weight": {
+        "target_sparsity": 0.5, "criterion": "wanda", "n_m_ratio": [2, 4]}}}}, sampler=GradSampler(calibration))
+    pruner.prepare(X)
+    pruner.step()
+    finalized = pruner.finalize(backend="coreml")
+    report = export_coreai(finalized, X, tmp_path / "m.aimodel", measure_dense=False)
+    for layer in ("conv2", "head.1", "head.3"):  # conv1 (3 input channels: no whole run of 4) is not checked
+        row = report.row(f"{layer}.weight")
+        assert row.storage == "sparse" and row.nonzeros == row.numel // 2
+    assert report.max_abs_diff < 1e-5

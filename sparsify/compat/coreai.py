@@ -61,10 +61,12 @@ def _backend(value: Any) -> str:
 class MagnitudePruner:
     """coreai-opt's ``MagnitudePruner`` interface over `sparsify.Pruner` (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, config: Any = None) -> None:
+    def __init__(self, model: nn.Module, config: Any = None, *, sampler: Any = None) -> None:
+        """``sampler``: sparsify's `GradSampler` (calibration data) for the data-dependent criteria a config may
+        name (SparseGPT, Wanda, M-FAC in one shot); coreai-opt's magnitude configs need none."""
         self._model = model
         self.config = pruner_config({} if config is None else config, model)
-        self._pruner = Pruner(model, self.config)
+        self._pruner = Pruner(model, self.config, sampler=sampler)
         self._prepared = False
 
     @property
