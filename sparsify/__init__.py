@@ -39,6 +39,7 @@ from .export import (
     DamagedPackageError,
     MLPackageError,
     NotAPackageError,
+    export_coreai,
     export_coreml,
     inspect_mlpackage,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "Report",
     "allocate_budget",
     "dry_run",
+    "export_coreai",
     "export_coreml",
     "from_inc_config",
     "inspect_mlpackage",

@@ -139,6 +139,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise CommandError(f"{out} exists; pass --force to overwrite it")
     logger.info("converting %s (%s) to %s", args.model, kind, out)
+    from .cli_coreai import export_command, wants_coreai
+
+    if wants_coreai(args):
+        return export_command(args, model, kind, example)
     report = export_coreml(model, example, out, minimum_deployment_target=args.target,
                            compute_precision=args.precision, overwrite=args.force)
     print(report.to_text())  # every row was read back from the saved package
@@ -230,6 +234,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .export.mlpackage import inspect_mlpackage
 
     package = Path(args.package)
+    if package.suffix == ".aimodel":
+        from .cli_coreai import inspect_command
+
+        return inspect_command(args)
     if not package.exists():
         raise CommandError(f"{package}: no such .mlpackage")
     if not (package / "Manifest.json").is_file():
@@ -306,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="minimum deployment target (default: the exporter's, iOS16 or later, so sparsity is kept)")
     export.add_argument("--precision", choices=("float16", "float32"), default="float16",
                         help="compute precision and weight storage (default %(default)s)")
+    export.add_argument("--to", choices=("coreml", "coreai"), default=None,
+                        help="the format: Core ML .mlpackage or Core AI .aimodel (default: from the output's suffix)")
     export.add_argument("--force", action="store_true", help="overwrite an existing output")
     export.add_argument("--strict", action="store_true",
                         help="exit with 1 if the verification found a problem (a pruned weight not stored sparse, ...)")
@@ -360,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(dense, sparse, ...), its non-zeros, and the weight file size against dense.",
         epilog="examples:\n  sparsify inspect model.mlpackage\n  sparsify inspect model.mlpackage --format json",
     )
-    inspect.add_argument("package", help="path of the .mlpackage")
+    inspect.add_argument("package", help="path of the .mlpackage (or Core AI .aimodel)")
     inspect.add_argument("--format", choices=("text", "json"), default="text")
     return parser
 

@@ -30,6 +30,13 @@ PROVIDED: dict[str, tuple[str, tuple[str, ...]]] = {
         model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3), nn.ReLU(),
                               nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(512, 64), nn.ReLU(), nn.Linear(64, 10))
     """, ("model",)),
+    "docs/coreai.md": ("""
+        import torch
+        from torch import nn
+        model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(512, 64), nn.ReLU(), nn.Linear(64, 10))
+        example = torch.randn(1, 3, 32, 32)
+    """, ("model", "example")),
     "docs/inc.md": ("""
         import torch
         import torch.nn.functional as F
@@ -69,7 +76,8 @@ def _page_id(page: Path) -> str:
 PAGES_WITH_SAMPLES = [page for page in PAGES if samples(page)]
 
 # Extras a page may need; without them its samples are skipped (with `pip install -e ".[dev]"` all are there).
-OPTIONAL = {"transformers": "hf", "torchvision": "vision", "matplotlib": "plot", "sklearn": "data"}
+OPTIONAL = {"transformers": "hf", "torchvision": "vision", "matplotlib": "plot", "sklearn": "data",
+            "coreai_opt": "coreai", "coreai": "coreai", "coreai_torch": "coreai"}
 
 
 def missing_extras(codes: list[str]) -> list[str]:

@@ -34,7 +34,7 @@ def test_ci_runs_readme_two_commands_verbatim() -> None:
     commands = _readme_commands()
     assert len(commands) == 2
     assert '".[data]"' in commands[0] and "examples/coreml_tutorial.py" in commands[0]
-    assert '".[dev]"' in commands[1] and commands[1].endswith("-m pytest -n 2")
+    assert '".[dev,coreai]"' in commands[1] and commands[1].endswith("-m pytest -n 2")
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     positions = [ci.index(command) for command in commands]
     assert positions == sorted(positions)

@@ -38,21 +38,19 @@ _PACKAGE_FILES = ("Manifest.json", "executorch_debug_handle_mapping.json")
 class Destination:
     """A checked ``.mlpackage`` path with a staging folder beside it (see the module docstring)."""
 
+    owner = _OWNER  # named in errors
+
     def __init__(self, path: Path, overwrite: bool = False) -> None:
         self.path = path
-        if not overwrite and (path.is_symlink() or (path.exists() and not _is_empty_dir(path))):
-            raise FileExistsError(
-                f"{_OWNER}: path={str(path)!r} exists; pass overwrite=True to replace it (the command's --force). "
-                "Nothing was changed"
-            )
-        _refuse_foreign(path)
+        self.overwrite = overwrite
+        self._refuse(path)
         self._created: Path | None = _first_missing(path.parent)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         except OSError as exc:
             self._remove_created()
-            raise OSError(exc.errno, f"{_OWNER}: cannot write to {path.parent} ({exc.strerror}); nothing was "
+            raise OSError(exc.errno, f"{self.owner}: cannot write to {path.parent} ({exc.strerror}); nothing was "
                                      "converted", str(path)) from exc
 
     @property
@@ -62,7 +60,7 @@ class Destination:
 
     def commit(self) -> None:
         """Move the saved package into place, replacing an existing one (checked again: it may have changed)."""
-        _refuse_foreign(self.path)
+        self._refuse(self.path)
         old = None
         if self.path.exists():
             old = self._staging / "previous"
@@ -75,6 +73,15 @@ class Destination:
             raise
         shutil.rmtree(self._staging, ignore_errors=True)
         self._created = None
+
+    def _refuse(self, path: Path) -> None:
+        """Raise ``FileExistsError`` when ``path`` holds something this export must not replace."""
+        if not self.overwrite and (path.is_symlink() or (path.exists() and not _is_empty_dir(path))):
+            raise FileExistsError(
+                f"{self.owner}: path={str(path)!r} exists; pass overwrite=True to replace it (the command's --force). "
+                "Nothing was changed"
+            )
+        _refuse_foreign(path)
 
     def abandon(self) -> None:
         """Remove the staging folder and the parent folders this export created."""
