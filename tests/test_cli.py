@@ -456,7 +456,7 @@ def test_dry_run_lists_every_module_and_changes_nothing(tmp_path: Path, capsys: 
     legend = dict(line.split(" ", 1) for line in lines[8:-1])  # long cells are keys, spelled out below
     assert rows["9"][3] == "skip" and legend[rows["9"][4]] == "excluded by name rule '9'"
     assert rows["1"][1] == "BatchNorm2d" and legend[rows["1"][4]] == "type BatchNorm2d is not supported"
-    assert legend[rows["0"][5]].startswith("pattern per_scalar, criterion magnitude, final 0.8000, scope local")
+    assert legend[rows["0"][5]].startswith("pattern unstructured, criterion magnitude, final 0.8000, scope local")
     assert max(len(line) for line in lines[:8]) <= 100
     assert lines[-1] == "3 of 6 modules pruned, covering 21280 of 86912 listed weights"
 
