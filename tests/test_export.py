@@ -660,7 +660,7 @@ def test_failed_export_leaves_everything_as_it_was(exported: tuple, tmp_path: ob
     attention = _Attention().eval()
     for path in (target, tmp_path / "new" / "deeper" / "m.mlpackage"):
         with pytest.raises(ConversionError):
-            export_coreml(attention, torch.randn(1, 6, 32), path, trace="jit")
+            export_coreml(attention, torch.randn(1, 6, 32), path, trace="jit", overwrite=True)
     assert _tree(tmp_path) == before  # the package intact, no staging folder, no created parent folders
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.mlpackage"]
 
