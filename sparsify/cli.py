@@ -17,11 +17,13 @@ Exit codes: 0 success, 1 failure (the error is printed on stderr), 2 bad usage (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +42,15 @@ from .cli_files import (
 from .model_files import DEFAULT_MAX_BYTES
 
 __all__ = [
-    "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser", "load_model", "main",
+    "EXIT_BROKEN_PIPE", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser",
+    "load_model", "main",
     "read_state_dict",
 ]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
+_QUIET_HELP = ("only errors: no warnings or progress bars; demo, export and prune print nothing else either "
+               "(report, inspect and dry-run still print their result)")
 
 logger = logging.getLogger("sparsify.cli")
 
@@ -268,8 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse model files and packages larger than this (default 8GiB; e.g. 512M, 32G)")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help=_QUIET_HELP)
+    # the same options after the command (`sparsify report x -q`); SUPPRESS keeps the ones given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
+    _add_parser = commands.add_parser
+    commands.add_parser = lambda *a, **k: _add_parser(*a, parents=[common], **k)  # type: ignore[method-assign]
 
     commands.add_parser(
         "demo", add_help=False, formatter_class=formatter,
@@ -384,19 +396,36 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logging.getLogger("coremltools").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
 
 
+@contextlib.contextmanager
+def _silenced(active: bool) -> Iterator[None]:
+    """Send stdout and stderr to nowhere (logging keeps the real stderr: errors still show)."""
+    if not active:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "demo":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.quiet and args.verbose:
+        parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
     _configure_logging(args.verbose, args.quiet)
     commands = {"report": cmd_report, "export": cmd_export, "inspect": cmd_inspect, "dry-run": cmd_dry_run,
                 "prune": cmd_prune}
     try:
-        if args.command == "demo":
-            return cmd_demo(args, extra)
-        return commands[args.command](args)
+        # -q: a command run for the files it writes prints nothing but errors (no tables, no progress bars)
+        with _silenced(args.quiet and args.command in ("demo", "export", "prune")):
+            code = cmd_demo(args, extra) if args.command == "demo" else commands[args.command](args)
+        sys.stdout.flush()  # a closed pipe (`sparsify inspect x | head`) shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # the reader went away: stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -456,7 +456,7 @@ def test_dry_run_lists_every_module_and_changes_nothing(tmp_path: Path, capsys: 
     legend = dict(line.split(" ", 1) for line in lines[8:-1])  # long cells are keys, spelled out below
     assert rows["9"][3] == "skip" and legend[rows["9"][4]] == "excluded by name rule '9'"
     assert rows["1"][1] == "BatchNorm2d" and legend[rows["1"][4]] == "type BatchNorm2d is not supported"
-    assert legend[rows["0"][5]].startswith("pattern per_scalar, criterion magnitude, final 0.8000, scope local")
+    assert legend[rows["0"][5]].startswith("pattern unstructured, criterion magnitude, final 0.8000, scope local")
     assert max(len(line) for line in lines[:8]) <= 100
     assert lines[-1] == "3 of 6 modules pruned, covering 21280 of 86912 listed weights"
 
@@ -546,3 +546,44 @@ def test_prune_refuses_an_unwritable_output_before_any_work(tmp_path: Path, caps
     finally:
         folder.chmod(0o700)
     assert "cannot write there (permission denied)" in capsys.readouterr().err
+
+
+def test_quiet_means_quiet_for_every_subcommand(tmp_path: Path, saved: dict[str, Path], package: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """-q (before or after the command): no log lines, warnings or progress bars on stderr; commands run for
+    the files they write print nothing; report, inspect and dry-run still print their result."""
+    results = {
+        "report": ["report", saved["state_dict"]],
+        "inspect": ["inspect", package],
+        "dry-run": ["dry-run", "sparsify.demo.models:SmallCNN"],
+    }
+    for name, argv in results.items():
+        for quiet in (["-q", *argv], [*argv, "--quiet"]):
+            code, out, err = run(capsys, *quiet)
+            assert (code, err) == (0, ""), (name, err)
+            assert out.strip(), name
+    writers = {
+        "prune": ["prune", "sparsify.demo.models:SmallCNN", "--sparsity", "0.5", "-o", tmp_path / "p.pt"],
+        "export": ["export", saved["torchscript"], tmp_path / "m.mlpackage", "--input-shape", "1,1,8,8"],
+        "demo": ["demo", "--quick", "--no-export", "--threads", "1", "--out", tmp_path / "demo"],
+    }
+    for name, argv in writers.items():
+        assert run(capsys, "-q", *argv) == (0, "", ""), name
+    assert (tmp_path / "p.pt").is_file() and (tmp_path / "m.mlpackage").is_dir()
+    code, out, err = run(capsys, "-q", "prune", "sparsify.demo.models:SmallCNN", "--sparsity", "0.5",
+                         "-o", tmp_path / "p.pt")
+    assert (code, out) == (1, "") and err == f"error: -o {tmp_path / 'p.pt'} exists; pass --force to overwrite it\n"
+    assert usage_error(capsys, "report", saved["state_dict"], "-q", "-v").endswith(
+        "argument -q/--quiet: not allowed with argument -v/--verbose\n")
+
+
+def test_a_closed_pipe_ends_the_command_quietly(saved: dict[str, Path]) -> None:
+    """``sparsify report model.pt | head -0``: no traceback, no 'Exception ignored', exit code 141 (SIGPIPE)."""
+    process = subprocess.Popen([sys.executable, "-m", "sparsify", "report", str(saved["state_dict"])],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first write
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, err
+    assert err == ""

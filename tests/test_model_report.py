@@ -352,3 +352,29 @@ def test_the_requested_level_survives_finalize() -> None:
     finalized = _pruned(nn.Sequential(nn.Linear(8, 8)), 0.75)[0].finalize()
     assert [r.requested for r in model_report(finalized).layers] == [0.75]
     assert [r.requested for r in model_report(finalized.state_dict()).layers] == [None]  # a state dict cannot say
+
+
+@pytest.mark.parametrize(("choices", "name"), [
+    ({}, "unstructured"),
+    ({"block_size": 4}, "block 4"),
+    ({"granularity": "per_channel"}, "per_channel"),
+    ({"n_m_ratio": (2, 4)}, "2:4"),
+    ({"pattern": "4x1"}, "block 4"),
+])
+def test_a_pattern_has_one_name_in_every_report(choices: dict, name: str) -> None:
+    """dry_run's settings, the prepared model's report (read from the hooks) and the finalized model's report
+    (inferred from the zeros) name the pattern alike; ``per_scalar`` is only the config value."""
+    import sparsify
+    from sparsify import ModulePrunerConfig, Pruner, PrunerConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Flatten(), nn.Linear(16, 8))
+    config = PrunerConfig(global_config=ModulePrunerConfig(target_sparsity=0.5, **choices))
+    planned = {row.name: row.settings.get("pattern") for row in sparsify.dry_run(model, config)}
+    pruner = Pruner(model, config)
+    prepared = pruner.prepare()
+    pruner.prune_now()
+    from_hooks = model_report(prepared)["0"].pattern
+    inferred = model_report(pruner.finalize())["0"].pattern
+    expected_plan = "4x1" if "pattern" in choices else name  # a tile is shown as written in the config
+    assert (planned["0"], from_hooks, inferred) == (expected_plan, name, name)

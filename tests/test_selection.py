@@ -148,7 +148,7 @@ def test_dry_run_works_for_the_engine_config() -> None:
     assert rows.selected() == ["features.0", "features.3", "fc", "fc2", "head"]
     assert rows[0].settings["pattern"] == "per_channel" and rows[0].settings["final"] == "0.7500"
     by_name = {row.name: row for row in rows}
-    assert by_name["fc"].settings["pattern"] == "per_scalar"  # a Linear has no channel granularity in Core ML Tools
+    assert by_name["fc"].settings["pattern"] == "unstructured"  # a Linear has no channel granularity in Core ML Tools
     assert "constant(begin_step=0)" in str(rows)
 
 

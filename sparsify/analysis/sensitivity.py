@@ -27,9 +27,9 @@ from typing import Any
 import attrs
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._checks import check_flags
+from .._progress import tqdm
 from ..config import MagnitudePrunerConfig
 from ..patterns import ranked_mask
 

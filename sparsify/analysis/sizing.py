@@ -14,8 +14,9 @@ Constants live in ``Data/com.apple.CoreML/weights/weight.bin``: a 64-byte file h
 per constant, each a 64-byte header followed by the data, every blob starting on a 64-byte boundary.
 Constants with fewer than 10 elements are written inline in the model description instead (a bias of
 8 values, the mask of a weight with at most 72 elements on iOS16). `weight_file_bytes` adds this
-up; it pads every blob, so it overestimates the real file by at most 63 bytes (the last blob is not
-padded).
+up in the order given, the last blob unpadded as the converter writes it, so `model_report`'s dense
+size, `inspect_mlpackage`'s and `export_coreml`'s (a real dense conversion) are the same number for
+the same model (174,932 bytes for the tutorial's CNN; padding every blob gave 174,976).
 
 Which weights are stored sparse depends on how the model is exported (``rule``). A *pruned* weight is
 one with a mask (prepared model) or with Core ML compression metadata (the
@@ -73,6 +74,7 @@ __all__ = [
     "RULES",
     "TARGETS",
     "StoredTensor",
+    "blob_file_bytes",
     "check_compression",
     "compression_name",
     "dense_bytes",
@@ -263,20 +265,27 @@ class StoredTensor:
             return [(kept, kept), (self.channels, self.channels * element), *mask]
         return [(kept, kept * element), *mask]
 
+    def file_blob_sizes(self, precision: str = "fp16", target: str = "iOS16") -> list[int]:
+        """Data bytes of each constant this tensor puts in ``weight.bin`` (those of at least 10 elements)."""
+        return [size for elements, size in self.blobs(precision, target) if elements >= _MIN_FILE_ELEMENTS]
+
     def file_bytes(self, precision: str = "fp16", target: str = "iOS16") -> int:
-        """Bytes this tensor adds to ``weight.bin``: a 64-byte header plus the 64-byte-aligned data
-        for every constant of at least 10 elements (smaller ones are stored inline)."""
-        total = 0
-        for elements, size in self.blobs(precision, target):
-            if elements >= _MIN_FILE_ELEMENTS:
-                total += _BLOB_HEADER + -(-size // _ALIGNMENT) * _ALIGNMENT
-        return total
+        """Bytes this tensor adds to ``weight.bin`` in the middle of it: a 64-byte header plus the
+        64-byte-aligned data for every constant of at least 10 elements (smaller ones are stored inline)."""
+        sizes = self.file_blob_sizes(precision, target)
+        return sum(_BLOB_HEADER + -(-size // _ALIGNMENT) * _ALIGNMENT for size in sizes)
+
+
+def blob_file_bytes(sizes: Iterable[int]) -> int:
+    """Size of a ``weight.bin`` holding blobs of these data sizes, in this order: the file header, each
+    blob's header and data padded to 64 bytes — except the last, which the converter does not pad."""
+    sizes = list(sizes)
+    total = _FILE_HEADER + sum(_BLOB_HEADER + -(-size // _ALIGNMENT) * _ALIGNMENT for size in sizes)
+    return total - (-sizes[-1] % _ALIGNMENT if sizes else 0)
 
 
 def weight_file_bytes(tensors: Iterable[StoredTensor], precision: str = "fp16", target: str = "iOS16") -> int:
-    """Estimated size of ``weight.bin`` holding ``tensors``: the file header plus every blob.
-
-    Exact up to the padding of the last blob (at most 63 bytes over), provided the converter keeps
-    each tensor as one constant (no folding, e.g. of batch norm into a dense conv).
-    """
-    return _FILE_HEADER + sum(t.file_bytes(precision, target) for t in tensors)
+    """Size of ``weight.bin`` holding ``tensors`` in this order: the file header plus every blob (the last
+    one unpadded). Exact when the converter keeps each tensor as one constant in this order (no folding,
+    e.g. of batch norm into a dense conv; the state dict's order is the converter's for plain models)."""
+    return blob_file_bytes(size for t in tensors for size in t.file_blob_sizes(precision, target))

@@ -27,8 +27,8 @@ from typing import Any, ClassVar, Protocol
 import attrs
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
+from .._progress import tqdm
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
 from .base import PrunerView, Scorer, TargetView
 from .calibration import Calibration, Stage, check_layer

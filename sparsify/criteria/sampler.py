@@ -32,10 +32,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._checks import check_flags
 from .._nested import to_device
+from .._progress import tqdm
 
 __all__ = ["GradSampler", "NotEnoughDataError", "as_grad_sampler", "split_batch"]
 

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from sparsify import MagnitudePruner, MagnitudePrunerConfig, Report
+from sparsify._progress import tqdm
 from sparsify.analysis.sensitivity import accuracy
 from sparsify.demo.datasets import DATASETS, load_dataset
 from sparsify.demo.models import SmallCNN, train_epoch

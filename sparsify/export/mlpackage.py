@@ -17,7 +17,8 @@ What it reports (`PackageReport`):
   (a blob that two ops share — the mask of sparse + quantized weights — is counted once);
 * ``total_bytes`` — the size of the weight file(s), measured;
 * ``dense_bytes`` — what the same weights would take stored dense, computed from
-  `sparsify.analysis.sizing` (exact up to the last blob's padding, at most 63 bytes over).
+  `sparsify.analysis.sizing` in the file's order (the last blob unpadded, as the converter writes it),
+  so it equals `export_coreml`'s real dense conversion for the same model.
 
 The weight file's layout and its checks are in `sparsify.export.blobs`; decoding in
 `sparsify.export.decode`. A sparse weight (``constexpr_sparse_to_dense``) holds ``nonzero_data`` (the
@@ -44,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..analysis.report import Report
-from ..analysis.sizing import StoredTensor, weight_file_bytes
+from ..analysis.sizing import StoredTensor, blob_file_bytes
 from .blobs import Value, WeightFiles, shape_of
 from .decode import decode, mask_of
 from .errors import DamagedPackageError, NotAPackageError
@@ -292,14 +293,14 @@ def weight_file_sizes(weights_dir: str | os.PathLike[str] | None) -> dict[str, i
 
 def _dense_file_bytes(rows: list[WeightInfo]) -> int:
     """Size of a weight file holding every row dense (rows of other dtypes as they are stored)."""
-    total = weight_file_bytes(())  # the file header alone
-    for row in rows:
+    sizes: list[int] = []
+    for row in rows:  # in the file's order, so the last blob is left unpadded as the converter leaves it
         precision = _PRECISION.get(row.dtype)
         if precision is None:
-            total += row.bytes
+            sizes += [row.bytes] if row.numel >= 10 else []
         else:
-            total += StoredTensor(row.numel, row.numel, sparse=False).file_bytes(precision)
-    return total
+            sizes += StoredTensor(row.numel, row.numel, sparse=False).file_blob_sizes(precision)
+    return blob_file_bytes(sizes)
 
 
 def _dtype_name(value_type: Any) -> str:

@@ -150,6 +150,10 @@ class CoreMLPattern(Pattern):
         return unit * max(self.block_size, 1)
 
     def describe(self) -> str:
+        """The name every report uses (`sparsify.analysis.pattern_names`): Core ML Tools' own report calls
+        ``granularity="per_scalar"`` *unstructured* (``unstructured_weight_sparsity``), so does sparsify."""
+        if self.granularity == "per_scalar":
+            return "unstructured" if self.block_size <= 1 else f"block {self.block_size}"
         block = f", blocks of {self.block_size} output channels" if self.block_size > 1 else ""
         return f"{self.granularity}{block}"
 

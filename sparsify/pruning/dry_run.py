@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..config import ModulePrunerConfig, OptimizationConfig
+from ..patterns.coreml import CoreMLPattern
 from .plan import Plan, SkipModule, _tied_elsewhere, check_target, classifier_head_name
 
 __all__ = ["DryRunRow", "DryRunTable", "dry_run"]
@@ -124,15 +125,16 @@ def _schedule_text(scheduler: Any) -> str:
 
 
 def _pattern_text(module_config: Any, pattern: Any) -> str:
-    """Short: ``4x1``, ``n:m 2:4 (dim 1)``, ``per_channel, block 4`` — the pattern as it will be applied."""
+    """The pattern as it will be applied, named as every report names it (`sparsify.analysis.pattern_names`):
+    ``4x1``, ``2:4`` (``2:4 dim 0``), ``unstructured``, ``block 4``, ``per_channel``."""
     if module_config.pattern is not None:
         return module_config.pattern
     if module_config.n_m_ratio is not None:
         n, m = module_config.n_m_ratio
-        return f"n:m {n}:{m} (dim {module_config.dim})"
-    granularity = getattr(pattern, "granularity", module_config.granularity)
-    block = module_config.block_size
-    return granularity + (f", block {block}" if block > 1 else "")
+        return f"{n}:{m}" + (" dim 0" if module_config.dim == 0 else "")
+    if isinstance(pattern, CoreMLPattern):
+        return pattern.describe()
+    return CoreMLPattern(module_config.granularity, module_config.block_size).describe()
 
 
 def _settings(module_config: Any, pattern: Any) -> dict[str, Any]:
