@@ -46,7 +46,8 @@ def _archive_kind(path: Path) -> str | None:
         return None
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
-    if any(name.endswith(("/archive_format", "serialized_exported_program.json")) for name in names):
+    if any(name == "archive_format" or name.endswith(("/archive_format", "serialized_exported_program.json"))
+           for name in names):  # torch >= 2.8 puts the records in a root folder, torch 2.7 at the top level
         return "exported"
     if any("/code/" in name for name in names):
         return "torchscript"

@@ -27,14 +27,18 @@ from its file-name suffix, and then its bytes are checked for that kind:
 
 Refused outright: Python objects among the constants (``custom_obj_`` / ``opaque_obj_``), compiled code
 (``data/aotinductor/``, ``data/executorch/``, ``data/mtia``, ``xl_model_weights/``), duplicate member
-names, config paths that leave their folder, and any member the layout does not account for. Members are
-read through ``torch._C.PyTorchFileReader`` — the reader ``torch.export.load`` and ``torch.load`` use —
-so the bytes checked are the bytes torch would read. Every error names the member.
+names, config paths that leave their folder, and any member the layout does not account for. A rooted
+archive's members, and every nested ``torch.save`` zip, are read through ``torch._C.PyTorchFileReader`` —
+the reader ``torch.export.load`` and ``torch.load`` use — so the bytes checked are the bytes torch would
+read. Every error names the member.
 
-Layouts: the ``pt2`` archive of torch 2.7 to 2.15 (everything under one root folder; torch 2.7 keeps the
-weights and constants as pickled ``data/weights/<model>.pt`` / ``data/constants/<model>.pt``), and the
-zip of torch <= 2.5 (``serialized_exported_program.json``, ``serialized_state_dict.pt`` / ``.json``, ...
-at the top level), which ``torch.export.load`` still falls back to.
+Layouts: the ``pt2`` archive of torch 2.8 to 2.15 (everything under one root folder, read by torch's C++
+archive reader, weights described by payload configs); the ``pt2`` archive of torch 2.6 / 2.7 (the same
+folders at the top level with a ``version`` record, read by Python's ``zipfile``, weights and constants
+as pickled ``data/weights/<model>.pt`` / ``data/constants/<model>.pt``, which newer torch still reads
+under a root folder); and the zip of torch <= 2.5 (``serialized_exported_program.json``,
+``serialized_state_dict.pt`` / ``.json``, ... at the top level), which ``torch.export.load`` falls back
+to. Members are read with the reader the matching torch uses.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ _TEXT_RECORDS = {
     ".data/version": re.compile(rb"\d{1,8}\n?"),
     ".data/serialization_id": re.compile(rb"[0-9A-Za-z_\-]{0,128}"),
 }
+_PT2_27_RECORDS = {"version": re.compile(rb"\d{1,8}\n?")}  # torch 2.6 / 2.7 write the archive version here
 _OLD_TEXT_RECORDS = {"version": re.compile(rb"\d{1,4}(\.\d{1,4}){0,3}\n?")}
 _OLD_PICKLES = frozenset({"serialized_state_dict.pt", "serialized_state_dict.json", "serialized_constants.pt",
                           "serialized_constants.json", "serialized_example_inputs.pt"})
@@ -115,7 +120,8 @@ def _check_pickled(data: bytes, max_bytes: int) -> None:
     try:
         reader = torch._C.PyTorchFileReader(io.BytesIO(data))
         records = reader.get_all_records()
-        total = sum(reader.get_record_size(name) for name in records)
+        size_of = getattr(reader, "get_record_size", None) or (lambda name: len(reader.get_record(name)))
+        total = sum(size_of(name) for name in records)
     except RuntimeError as error:
         raise FileRefusedError(f"a damaged torch.save zip ({_first_line(error)})") from error
     if total > max_bytes:
@@ -238,13 +244,13 @@ def _payload_configs(archive: _Archive, max_bytes: int) -> None:
             archive.add(member, lambda data, metas=metas: _check_raw(data, metas))  # type: ignore[misc]
 
 
-def _check_pt2(archive: _Archive, max_bytes: int) -> None:
+def _check_pt2(archive: _Archive, max_bytes: int, text_records: dict[str, re.Pattern[bytes]]) -> None:
     for name in archive.names:
         if name.startswith(_COMPILED):
             raise FileRefusedError(f"member {archive.shown(name)}: compiled code (AOTInductor / ExecuTorch); "
                                    "loading it runs native code from the file")
-        if name in _TEXT_RECORDS:
-            archive.add(name, lambda data, pattern=_TEXT_RECORDS[name]: _check_text(data, pattern))  # type: ignore[misc]
+        if name in text_records:
+            archive.add(name, lambda data, pattern=text_records[name]: _check_text(data, pattern))  # type: ignore[misc]
         elif re.fullmatch(r"models/[^/]+\.json", name):
             archive.add(name, _program_check)
         elif re.fullmatch(r"data/(sample_inputs|weights|constants)/[^/]+\.pt", name):
@@ -288,10 +294,13 @@ def check_exported_archive(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES)
         if duplicates:
             raise FileRefusedError(f"member {duplicates[0]} appears more than once (readers disagree on which one "
                                    "counts)")
-        if any("/" not in name for name in names):  # torch's pt2 reader needs one root folder: the old layout
-            if any(name.startswith("/") or "\\" in name for name in names):
-                raise FileRefusedError("a member name starts with '/' or holds '\\'")
-            _check_old(_Archive(names, archive.read, str), max_bytes)
+        if any("/" not in name for name in names):  # no root folder: torch <= 2.7's layouts, read by zipfile
+            if any(name.startswith("/") or "\\" in name or ".." in name.split("/") for name in names):
+                raise FileRefusedError("a member name starts with '/', holds '\\' or a '..' folder")
+            if "archive_format" in names:  # torch 2.6 / 2.7's pt2 archive (models/, data/weights/<model>.pt)
+                _check_pt2(_Archive(names, archive.read, str), max_bytes, {**_TEXT_RECORDS, **_PT2_27_RECORDS})
+            else:
+                _check_old(_Archive(names, archive.read, str), max_bytes)
             return
         root = names[0].split("/", 1)[0] + "/"
         for name in names:  # torch's reader decodes .data/version as it opens: check the records first
@@ -308,5 +317,5 @@ def check_exported_archive(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES)
         raise FileRefusedError(f"torch's archive reader refuses it ({_first_line(error)})") from error
     if sorted(records) != sorted(name[len(root):] for name in names):
         raise FileRefusedError("the zip's directory and torch's archive reader list different members")
-    _check_pt2(_Archive(records, reader.get_record, lambda name: root + name), max_bytes)
+    _check_pt2(_Archive(records, reader.get_record, lambda name: root + name), max_bytes, _TEXT_RECORDS)
 

@@ -79,6 +79,21 @@ def marker(tmp_path: Path) -> Path:
     return tmp_path / "marker"
 
 
+def _prefix(members: Members) -> str:
+    """The root folder torch >= 2.8 puts every member in ("" for torch 2.7's top-level layout)."""
+    roots = {name.split("/", 1)[0] for name in members}
+    return f"{roots.pop()}/" if len(roots) == 1 and all("/" in name for name in members) else ""
+
+
+def _needs_configs(members: Members) -> None:
+    if not any(name.endswith("_weights_config.json") for name in members):
+        pytest.skip(f"torch {torch.__version__} writes no weights config (it came in torch 2.8)")
+
+
+def _program_name(members: Members) -> str:
+    return next(n for n in members if n.endswith("models/model.json"))
+
+
 def _payloads(marker: Path) -> dict[str, bytes]:
     raw = pickle.dumps(_Payload(marker), protocol=2)
     saved = io.BytesIO()
@@ -119,6 +134,7 @@ def test_a_payload_under_every_member_is_refused_naming_it(program: Path, tmp_pa
 
 
 def _edit_config(members: Members, folder: str, edit: Callable[[dict], None]) -> str:
+    _needs_configs(members)
     name = next(n for n in members if n.endswith(f"data/{folder}/model_{folder}_config.json"))
     config = json.loads(members[name])
     edit(config["config"])
@@ -192,6 +208,7 @@ def test_a_raw_weight_whose_bytes_are_a_pickle_is_refused_by_its_content(program
                                                                         marker: Path) -> None:
     """The config says raw (torch would not unpickle it), the size fits: the content still decides."""
     members = _members(program)
+    _needs_configs(members)
     config = json.loads(members[next(n for n in members if n.endswith("model_weights_config.json"))])["config"]
     name = next(n for n in members if n.endswith("data/weights/" + config["fc.weight"]["path_name"]))
     payload = _payloads(marker)["pickle"]
@@ -206,9 +223,11 @@ def test_a_raw_weight_whose_bytes_are_a_pickle_is_refused_by_its_content(program
 def test_members_the_layout_does_not_account_for_are_refused(program: Path, tmp_path: Path, marker: Path,
                                                              extra: str) -> None:
     members = _members(program)
-    root = next(iter(members)).split("/", 1)[0]
-    members[f"{root}/{extra}"] = b"\x7fELF" if extra.endswith(".so") else b"data"
-    message = _refused(_write(members, tmp_path / "evil.pt2"), f"{root}/{extra}", marker)
+    if extra.startswith("data/weights/"):
+        _needs_configs(members)  # torch 2.7 keeps no raw weight records
+    name = _prefix(members) + extra
+    members[name] = b"\x7fELF" if extra.endswith(".so") else b"data"
+    message = _refused(_write(members, tmp_path / "evil.pt2"), name, marker)
     assert ("native code" if extra.endswith(".so") else "not part of a torch.export archive") in message
 
 
@@ -222,20 +241,20 @@ def test_a_member_twice_is_refused(program: Path, tmp_path: Path, marker: Path) 
 
 
 def _program_with(members: Members, old: bytes, new: bytes) -> Members:
-    name = next(n for n in members if n.endswith("models/model.json"))
-    assert old in members[name]
+    name = _program_name(members)
+    if old not in members[name]:
+        pytest.skip(f"torch {torch.__version__}'s program has no {old[:40]!r}")
     return {**members, name: members[name].replace(old, new, 1)}
 
 
 def test_code_in_a_symbolic_size_is_refused_and_live_for_torch(program: Path, tmp_path: Path, marker: Path) -> None:
     """torch.export.load hands every ``expr_str`` to sympy.sympify, i.e. to eval."""
     members = _members(program)
-    symbol = json.loads(next(v for n, v in members.items() if n.endswith("model.json")))["range_constraints"]
-    symbol = next(iter(symbol))
+    symbol = next(iter(json.loads(members[_program_name(members)]).get("range_constraints") or {"s0": None}))
     code = f"__import__('os').mkdir({str(marker)!r}) or Symbol('{symbol}', positive=True, integer=True)"
     evil = _write(_program_with(members, f"Symbol('{symbol}', positive=True, integer=True)".encode(),
                                 code.encode()), tmp_path / "evil.pt2")
-    message = _refused(evil, next(n for n in members if n.endswith("models/model.json")), marker)
+    message = _refused(evil, _program_name(members), marker)
     assert ".expr_str = " in message and "calls \"__import__('os').mkdir\"" in message, message
     torch.export.load(evil)  # control: torch's own loader runs it
     assert marker.is_dir()
@@ -255,30 +274,47 @@ def test_program_parts_torch_would_run_are_refused(program: Path, tmp_path: Path
     if old.startswith(b'"type"'):  # the input spec is JSON inside a JSON string
         old, new = old.replace(b'"', b'\\"'), new.replace(b'"', b'\\"')
     evil = _write(_program_with(members, old, new), tmp_path / "evil.pt2")
-    assert reason in _refused(evil, next(n for n in members if n.endswith("models/model.json")), marker)
+    assert reason in _refused(evil, _program_name(members), marker)
 
 
-def _legacy_pt2(program: Path, members: Members) -> Members:
-    """torch 2.7's layout: weights and constants as pickled state dicts, no payload configs."""
+def _saved(value: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def _pickled_state_layout(program: Path, members: Members, prefix: str) -> Members:
+    """The layout with weights and constants as pickled state dicts, no payload configs: torch 2.6 / 2.7's
+    (``prefix=""``: top-level names and a ``version`` record), which torch >= 2.8 still reads under a root."""
     exported = torch.export.load(program)
-    root = next(iter(members)).split("/", 1)[0]
-    kept = {n: d for n, d in members.items() if "/data/weights/" not in n and "/data/constants/" not in n}
-    for folder, value in (("weights", exported.state_dict), ("constants", exported.constants)):
-        buffer = io.BytesIO()
-        torch.save(dict(value), buffer)
-        kept[f"{root}/data/{folder}/model.pt"] = buffer.getvalue()
-    return kept
+    layout = {
+        prefix + "archive_format": b"pt2",
+        prefix + ("archive_version" if prefix else "version"): b"0",
+        prefix + "models/model.json": members[_program_name(members)],
+        prefix + "data/weights/model.pt": _saved(dict(exported.state_dict)),
+        prefix + "data/constants/model.pt": _saved(dict(exported.constants)),
+        prefix + "data/sample_inputs/model.pt": next(v for n, v in members.items()
+                                                     if n.endswith("sample_inputs/model.pt")),
+    }
+    return {**({prefix + ".data/version": b"6\n", prefix + "byteorder": b"little"} if prefix else {}), **layout}
 
 
-def test_the_torch_2_7_layout_is_read_and_its_pickles_are_checked(program: Path, tmp_path: Path,
-                                                                  marker: Path) -> None:
-    members = _legacy_pt2(program, _members(program))
-    benign = _write(members, tmp_path / "legacy.pt2")
+@pytest.mark.parametrize("rooted", [False, True], ids=["torch_2_7_top_level", "legacy_files_under_a_root"])
+def test_the_torch_2_7_layout_is_read_and_its_pickles_are_checked(program: Path, tmp_path: Path, marker: Path,
+                                                                  rooted: bool) -> None:
+    members = _members(program)
+    layout = _pickled_state_layout(program, members, "legacy/" if rooted else "")
+    benign = _write(layout, tmp_path / "legacy.pt2")
     check_exported_archive(benign)
-    x = torch.randn(3, 16)
-    assert torch.equal(load_model(benign)[1].module()(x), torch.export.load(program).module()(x))
-    for name in [n for n in members if n.endswith(("weights/model.pt", "constants/model.pt"))]:
-        _refused(_write({**members, name: _payloads(marker)["torch_save"]}, tmp_path / "evil.pt2"), name, marker)
+    if rooted and _prefix(members):  # the installed torch reads this layout: the loaded program is the same
+        x = torch.randn(3, 16)
+        assert torch.equal(load_model(benign)[1].module()(x), torch.export.load(program).module()(x))
+    for name in [n for n in layout if n.endswith(".pt")]:
+        for payload in _payloads(marker).values():
+            _refused(_write({**layout, name: payload}, tmp_path / "evil.pt2"), name, marker)
+    evil = {**layout, "data/aotinductor/model/model.so" if not rooted else "legacy/data/aotinductor/m.so": b"x"}
+    with pytest.raises(FileRefusedError, match="compiled code"):
+        check_exported_archive(_write(evil, tmp_path / "evil.pt2"))
 
 
 def test_the_oldest_layout_reads_pickles_named_json_and_they_are_checked(program: Path, tmp_path: Path,
@@ -289,7 +325,7 @@ def test_the_oldest_layout_reads_pickles_named_json_and_they_are_checked(program
     torch.save({}, state)
     old = {
         "version": b"8.13",
-        "serialized_exported_program.json": next(v for n, v in members.items() if n.endswith("models/model.json")),
+        "serialized_exported_program.json": members[_program_name(members)],
         "serialized_state_dict.json": state.getvalue(),
         "serialized_constants.pt": state.getvalue(),
         "serialized_example_inputs.pt": state.getvalue(),

@@ -327,4 +327,4 @@ def test_one_dense_size_per_model(tmp_path: Path) -> None:
         exported = export.export_coreml(finalized, torch.randn(1, 1, 8, 8), tmp_path / "m.mlpackage")
     sizes = {model_report(finalized).file_dense_fp16, exported.dense_bytes,
              inspect_mlpackage(tmp_path / "m.mlpackage").dense_bytes}
-    assert sizes == {174_932}
+    assert len(sizes) == 1, sizes  # 174 932 bytes with torch 2.15 and coremltools 9.0
