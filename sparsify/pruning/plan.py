@@ -25,6 +25,7 @@ __all__ = [
     "Target",
     "check_target",
     "classifier_head_name",
+    "hook_fields",
     "inplace_backup",
     "is_transposed",
     "pattern_shape",
@@ -265,3 +266,16 @@ def inplace_backup(targets: Iterable[Target]) -> list[tuple[nn.Parameter, torch.
     """Copies of the parameters of the ``masking="inplace"`` targets, whose pruned entries are about to be
     zeroed in the user's own parameters: what `Pruner.prepare` puts back if it is interrupted."""
     return [(target.orig, target.orig.detach().clone()) for target in targets if target.config.masking == "inplace"]
+
+
+def hook_fields(plan: Plan) -> dict[str, Any]:
+    """What the mask hook records of the pattern, for reports and Core ML Tools–style introspection."""
+    pattern = plan.pattern
+    fields: dict[str, Any] = {"pattern": pattern.describe()}
+    if isinstance(pattern, CoreMLPattern):
+        fields.update(granularity=pattern.granularity, block_size=pattern.block_size)
+    elif isinstance(pattern, NMPattern):
+        fields.update(n_m_ratio=(pattern.n, pattern.m), dim=pattern.dim)
+    else:
+        fields.update(tiles=plan.config.pattern)
+    return fields

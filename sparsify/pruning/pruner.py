@@ -18,15 +18,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .._sharding import full
 from ..analysis.report import Report, global_summary, sparsity_summary
 from ..config import OptimizationConfig, PrunerConfig
 from ..criteria import Criterion, GradSampler, MagnitudeCriterion, Scorer, as_grad_sampler
 from ..distributed import refuse_fsdp
 from ..masking import bake_mask, install_mask, is_masked, set_mask, uninstall_mask
-from ..patterns import CoreMLPattern, NMPattern
 from .metadata import METADATA_VERSION_BUFFER, register_coreml_metadata
-from .plan import Plan, Target, inplace_backup, plan_model
+from .plan import Plan, Target, hook_fields, inplace_backup, plan_model
 from .saving import protect_save_pretrained, unprotect_save_pretrained
+from .sharded import adopt_sharding, refuse_sharded_finalize
 from .update import compute_masks
 
 __all__ = ["Pruner"]
@@ -191,7 +192,7 @@ class Pruner:
         config = copy.deepcopy(plan.config)
         module = model.get_submodule(plan.name)
         reader = model.get_submodule(plan.reader) if plan.reader is not None else None
-        describe = _hook_fields(plan)
+        describe = hook_fields(plan)
         if plan.owner is not None:
             owner = self._pruner_info[plan.owner]
             install_mask(module, config.param_name, owner.mask, owner.sparsity_level, reader=reader,
@@ -243,6 +244,7 @@ class Pruner:
         if self._finalized:
             logger.warning("step() after finalize(): the model is finalized, nothing to update")
             return
+        adopt_sharding(self._pruner_info)
         if not self._observed:
             self.observe_gradients()
         self._observed = False
@@ -279,6 +281,7 @@ class Pruner:
     def _apply_levels(self, levels: dict[str, float], *, fresh_scores: bool = True) -> None:
         """Bring the modules in ``levels`` to those sparsities: compute every mask first, then install."""
         levels = self._with_global_peers(levels)
+        adopt_sharding(self._pruner_info)
         self._next_change.clear()
         if not fresh_scores:
             groups = [(MagnitudeCriterion().scorer(), list(levels))]
@@ -326,6 +329,7 @@ class Pruner:
         if not self._pruner_info:
             logger.warning("finalize() before prepare(): there are no masks to bake")
         elif own and not self._finalized:
+            refuse_sharded_finalize(self._pruner_info)
             self._complete_or_warn()
         finalized = target_model if inplace else copy.deepcopy(target_model)
         if METADATA_VERSION_BUFFER not in finalized._buffers:
@@ -403,7 +407,7 @@ class Pruner:
         report = Report()
         with torch.no_grad():
             for name, target in self._pruner_info.items():
-                weight = getattr(target.module, target.param_name)
+                weight = full(getattr(target.module, target.param_name))  # FSDP2: gathered (all ranks call)
                 weight = weight.t() if target.transposed else weight  # metrics count output channels
                 report[name] = {"#params": int(weight.numel()), **sparsity_summary(weight)}
             report["global"] = global_summary(report.values())
@@ -483,15 +487,3 @@ class Pruner:
         for _, scorer, _ in self._scorers:  # e.g. M-FAC reopens its gradient recording for the next update
             scorer.after_step(self)
 
-
-def _hook_fields(plan: Plan) -> dict[str, Any]:
-    """What the mask hook records of the pattern, for reports and Core ML Tools–style introspection."""
-    pattern = plan.pattern
-    fields: dict[str, Any] = {"pattern": pattern.describe()}
-    if isinstance(pattern, CoreMLPattern):
-        fields.update(granularity=pattern.granularity, block_size=pattern.block_size)
-    elif isinstance(pattern, NMPattern):
-        fields.update(n_m_ratio=(pattern.n, pattern.m), dim=pattern.dim)
-    else:
-        fields.update(tiles=plan.config.pattern)
-    return fields
