@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -143,7 +144,12 @@ def time_worker(
             train_step()
             wall[variant].append(time.perf_counter() - start_wall)
             cpu[variant].append(time.process_time() - start_cpu)
-    return {v: {"step_s": statistics.median(wall[v]), "step_cpu_s": statistics.median(cpu[v])} for v in variants}
+    result = {v: {"step_s": statistics.median(wall[v]), "step_cpu_s": statistics.median(cpu[v])} for v in variants}
+    for v in variants:  # the spread: quartiles of the step-by-step CPU-time ratio to the dense step taken beside it
+        ratios = [c / d for c, d in zip(cpu[v], cpu[variants[0]])]
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+        result[v].update(cpu_ratio_q1=q1, cpu_ratio_q3=q3)
+    return result
 
 
 def memory_worker(
@@ -191,21 +197,24 @@ def _table(results: dict[str, list[dict[str, float]]], mask_updates: int) -> lis
         return f"{med(variant, key) / med(against, key):.3f}" if against in results else "—"
 
     def spread(variant: str) -> str:
-        per_round = [r["step_s"] / d["step_s"] for r, d in zip(results[variant], results["dense"])]
-        return f"{min(per_round):.2f}–{max(per_round):.2f}"
+        low = statistics.median(r["cpu_ratio_q1"] for r in results[variant])
+        high = statistics.median(r["cpu_ratio_q3"] for r in results[variant])
+        return f"{low:.2f}–{high:.2f}"
 
     rows = [
-        "| variant | step wall (ms) | × dense | per-round × dense (min–max) | × Core ML Tools | step CPU (ms) "
-        "| × dense | training memory (MiB) | × dense | × Core ML Tools | mask update (ms) | × Core ML Tools "
+        "| variant | step wall (ms) | × dense | × Core ML Tools | step CPU (ms) | × dense "
+        "| step-by-step CPU × dense (quartiles) | × Core ML Tools | training memory (MiB) | × dense "
+        "| × Core ML Tools | mask update (ms) | × Core ML Tools "
         "| mask update extra memory (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in variants:
         no_update = variant == "dense" or mask_updates == 0
         rows.append(
             f"| {variant} | {med(variant, 'step_s') * 1e3:.1f} | {ratio(variant, 'step_s', 'dense')} | "
-            f"{spread(variant)} | {ratio(variant, 'step_s', 'coremltools')} | "
-            f"{med(variant, 'step_cpu_s') * 1e3:.1f} | {ratio(variant, 'step_cpu_s', 'dense')} | "
+            f"{ratio(variant, 'step_s', 'coremltools')} | {med(variant, 'step_cpu_s') * 1e3:.1f} | "
+            f"{ratio(variant, 'step_cpu_s', 'dense')} | {spread(variant)} | "
+            f"{ratio(variant, 'step_cpu_s', 'coremltools')} | "
             f"{med(variant, 'train_mb'):.0f} | {ratio(variant, 'train_mb', 'dense')} | "
             f"{ratio(variant, 'train_mb', 'coremltools')} | "
             + ("— | — | — |" if no_update else
@@ -224,6 +233,7 @@ def main() -> None:
     parser.add_argument("--optimizers", default="sgd", help=f"comma-separated, of {', '.join(OPTIMIZERS)}")
     parser.add_argument("--mask-updates", type=int, default=3, help="timed pruner.step() calls (0: none)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
+    parser.add_argument("--no-memory", action="store_true", help="time only (no per-variant memory processes)")
     parser.add_argument("--fsdp", action="store_true",
                         help="instead: FSDP2 on two CPU processes (gloo), dense vs sparsify, per-step time")
     parser.add_argument("--worker", choices=(*VARIANTS, "time"), help=argparse.SUPPRESS)
@@ -240,13 +250,15 @@ def main() -> None:
         return
 
     variants = [v for v in VARIANTS if v in args.variants.split(",")]
-    if args.worker == "time":
-        print(json.dumps(time_worker(variants, args.model, args.steps, int(args.threads), optimizers[0])))
-        return
     if args.worker:
-        print(json.dumps(memory_worker(args.worker, args.model, args.steps, int(args.threads), args.mask_updates,
-                                       optimizers[0])))
-        return
+        if args.worker == "time":
+            result = time_worker(variants, args.model, args.steps, int(args.threads), optimizers[0])
+        else:
+            result = memory_worker(args.worker, args.model, args.steps, int(args.threads), args.mask_updates,
+                                   optimizers[0])
+        print(json.dumps(result), flush=True)
+        # skip interpreter shutdown: with some torchao releases installed beside coremltools, it hangs there
+        os._exit(0)
 
     def run(worker: str, threads: str, optimizer_name: str) -> dict:
         out = subprocess.run(
@@ -264,8 +276,8 @@ def main() -> None:
         for optimizer_name, threads in cases:
             timed = run("time", threads, optimizer_name)
             for variant in variants:
-                results[(optimizer_name, threads)][variant].append(
-                    {**timed[variant], **run(variant, threads, optimizer_name)})
+                memory = {"train_mb": float("nan")} if args.no_memory else run(variant, threads, optimizer_name)
+                results[(optimizer_name, threads)][variant].append({**timed[variant], **memory})
         print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
 
     with open("/proc/loadavg") as load:
