@@ -1,28 +1,34 @@
 """Training-step time, training memory and mask-update time: dense vs sparsify (both masking modes) vs Core ML Tools.
 
-    python benchmarks/engine_overhead.py --model cnn --rounds 5 --steps 100 --threads 1
+    python benchmarks/engine_overhead.py --model cnn --rounds 5 --steps 100 --threads 1,2 --optimizers sgd,adamw
     python benchmarks/engine_overhead.py --model mlp --rounds 3 --steps 10 --threads 1 --mask-updates 1
+    python benchmarks/engine_overhead.py --fsdp --model mlp --rounds 2 --steps 4 --optimizers adamw
 
-Every variant trains the same model (same seed, same batch) with SGD (momentum 0.9), after being prepared
-and pruned to 75 % by a polynomial schedule that updates the masks at *every* ``pruner.step()`` (so each
-``step()`` recomputes all masks); the timed training steps (forward + backward + optimizer step) do not
-call ``pruner.step()``. ``sparsify-inplace`` is the pruner's model with every mask reinstalled by
-``install_mask(..., mode="inplace")`` (see `_to_inplace_masks`).
+Every variant trains the same model (same seed, same batch) with the chosen optimizer (``--optimizers``:
+SGD with momentum 0.9, Adam, AdamW — torch's default CPU implementation, or ``adamw-foreach`` /
+``adamw-fused``), with ``zero_grad(set_to_none=True)``, after being prepared and pruned to 75 % by a
+polynomial schedule that updates the masks at *every* ``pruner.step()`` (so each ``step()`` recomputes all
+masks); the timed training steps (forward + backward + optimizer step) do not call ``pruner.step()``.
+``sparsify-inplace`` is the same pruning with ``ModulePrunerConfig(masking="inplace")``.
 
-Each round runs, in fresh processes:
+Each round runs, for every (optimizer, thread count) case, in fresh processes:
 
 * **time** — one process holding all variants, which take one training step each in turn, ``--steps``
   times; the medians per variant are that round's step times. Taking turns step by step makes the load
   of the moment (other processes on a shared machine) hit every variant alike. Step time is given as
   wall time and as process CPU time (user + system, all threads): the CPU time does not count waiting
-  for a core, but does count page faults — the main cost of fresh weight-sized tensors.
-* **memory** — one process per variant, alone: the peak resident set (``VmHWM`` from
-  ``/proc/self/status``) is reset after ``prepare()``, the first mask computation, one warm-up step
+  for a core, but does count page faults — the main cost of fresh weight-sized tensors. The spread is the
+  quartiles of the step-by-step ratio of a variant's CPU time to the dense step taken just before it.
+* **memory** (unless ``--no-memory``) — one process per variant, alone: the peak resident set (``VmHWM``
+  from ``/proc/self/status``) is reset after ``prepare()``, the first mask computation, one warm-up step
   and a ``malloc_trim`` (which returns the heap memory they freed to the system),
   and read after ``--steps`` training steps; "training memory" is that peak minus the resident size
   just before the model was built (both libraries are imported before that point in every variant).
   Then ``--mask-updates`` calls of ``pruner.step()`` are timed, and their own peak (reset again) above
   the resident size before them is the mask update's extra memory.
+
+``--fsdp`` instead measures FSDP2's per-step overhead over dense FSDP2 on two CPU processes
+(``_fsdp_overhead.py``).
 
 Reported figures are medians over rounds; ratios are against dense and Core ML Tools from the same run.
 """
