@@ -10,9 +10,14 @@ module names in configs match, and the optimizer sees the prepared parameters), 
 ``pruner.step()`` on every rank, and optionally `check_masks_consistent` now and then: it costs
 one small all-gather.
 
-FSDP is not supported: FSDP flattens or shards parameters, so a whole-tensor ranking cannot be
-computed on one rank without gathering. `refuse_fsdp` raises a clear error and is called by
-``prepare()``.
+FSDP2 (``torch.distributed.fsdp.fully_shard``) is supported the same way: prepare *before* sharding, then
+``fully_shard`` the layers and the root, build the optimizer, and call ``pruner.step()`` on every rank.
+Masks stay whole ``bool`` buffers on every rank (FSDP2 shards parameters, not buffers); a mask update
+all-gathers each pruned weight's scores (``DTensor.full_tensor()``), so every rank ranks the same whole
+scores with the same code and gets the same masks, global ranking included, with no further exchange.
+The hooks apply this rank's part of each mask to the local shards (`sparsify._sharding`). Only the
+magnitude criterion is supported under FSDP2 (the others keep per-weight state that is not sharded);
+the legacy ``FullyShardedDataParallel`` wrapper is refused (it flattens parameters).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["check_masks_consistent", "gather_rows", "mask_checksums", "refuse_fsdp"]
+__all__ = ["check_masks_consistent", "fsdp2_modules", "gather_rows", "mask_checksums", "refuse_fsdp"]
 
 
 def mask_checksums(model: nn.Module) -> dict[str, int]:
@@ -47,7 +52,7 @@ def check_masks_consistent(model: nn.Module, group: dist.ProcessGroup | None = N
             differing = sorted(k for k in set(local) | set(other or {}) if local.get(k) != (other or {}).get(k))
             raise RuntimeError(
                 f"pruning masks differ between rank {dist.get_rank(group)} and rank {rank}: {differing[:5]}; "
-                f"prepare the model before wrapping it in DDP and call pruner.step() on every rank"
+                f"prepare the model before wrapping it in DDP or fully_shard, and call pruner.step() on every rank"
             )
 
 
@@ -65,24 +70,36 @@ def gather_rows(rows: torch.Tensor, group: dist.ProcessGroup | None = None) -> t
     return torch.cat(parts)
 
 
+def fsdp2_modules(model: nn.Module) -> list[str]:
+    """Names of the modules of ``model`` that ``fully_shard`` has wrapped (empty without FSDP2)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - depends on the torch build
+        return []
+    return [name or "<root>" for name, module in model.named_modules() if isinstance(module, FSDPModule)]
+
+
 def refuse_fsdp(model: nn.Module) -> None:
-    """Raise ``TypeError`` if ``model`` is (or contains) an FSDP-wrapped module."""
-    fsdp_types: list[type] = []
+    """Raise ``TypeError`` if ``model`` is (or contains) an FSDP-wrapped module: legacy FSDP always, FSDP2
+    when it is already sharded (masks are installed before ``fully_shard``, as before wrapping in DDP)."""
+    legacy: tuple[type, ...] = ()
     try:
         from torch.distributed.fsdp import FullyShardedDataParallel
 
-        fsdp_types.append(FullyShardedDataParallel)
+        legacy = (FullyShardedDataParallel,)
     except ImportError:  # pragma: no cover - depends on the torch build
         pass
-    try:
-        from torch.distributed.fsdp import FSDPModule
-
-        fsdp_types.append(FSDPModule)
-    except ImportError:  # pragma: no cover
-        pass
     for name, module in model.named_modules():
-        if fsdp_types and isinstance(module, tuple(fsdp_types)):
+        if legacy and isinstance(module, legacy):
             raise TypeError(
-                f"module {name or '<root>'!r} is wrapped with FSDP, which sparsify does not support: FSDP shards "
-                f"weights, and masks need whole weights. Use DistributedDataParallel (prepare before wrapping)."
+                f"module {name or '<root>'!r} is wrapped with FullyShardedDataParallel (FSDP1), which sparsify does "
+                f"not support: it flattens weights. Use FSDP2 (torch.distributed.fsdp.fully_shard, after "
+                f"pruner.prepare()) or DistributedDataParallel."
             )
+    sharded = fsdp2_modules(model)
+    if sharded:
+        raise TypeError(
+            f"module {sharded[0]!r} is already sharded with fully_shard: call pruner.prepare(inplace=True) on the "
+            f"unsharded model first, then fully_shard it (sparsify renames each pruned weight to <name>_orig, which "
+            f"FSDP2 must see when it shards)"
+        )

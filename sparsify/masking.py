@@ -45,8 +45,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils import prune
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from . import _sharding
+from ._inplace import ZERO_PRESERVING, register_inplace, unregister_inplace
 from ._mask_ops import fast_path, masked_into, select_into
 
 __all__ = [
@@ -66,57 +67,6 @@ MASK_MODES = ("default", "inplace")
 def masked_weight(orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``orig`` with the entries where ``mask`` is ``False`` set to zero (gradients masked too)."""
     return torch.where(mask, orig, 0.0)  # a Python scalar: no tensor allocated, dtype follows orig
-
-
-# -- in-place mode: parameters to re-zero after an optimizer step ------------------------------------------------
-
-_INPLACE: dict[int, list[weakref.ref[MaskHook]]] = {}  # id(parameter) -> the in-place hooks bound to it
-_optimizer_hook: list[torch.utils.hooks.RemovableHandle] = []
-
-
-# Optimizers whose update of an entry is exactly zero when that entry's weight, gradient and per-entry state
-# (momentum, moments) are zero, whatever the other entries hold: exact types only, a subclass may change the math.
-_ZERO_PRESERVING = tuple(
-    getattr(torch.optim, name)
-    for name in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta", "ASGD", "Rprop")
-    if hasattr(torch.optim, name)
-)
-
-
-def _rezero_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    """Global optimizer post-step hook: put the zeros of in-place masks back into the stepped parameters."""
-    if not _INPLACE:
-        return
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for ref in _INPLACE.get(id(param), ()):
-                hook = ref()
-                module = hook.bound_module() if hook is not None else None
-                if hook is not None and module is not None \
-                        and module._parameters.get(hook._tensor_name + "_orig") is param:
-                    hook.after_step(module, optimizer)
-                    break
-
-
-def _register_inplace(param: nn.Parameter, hook: MaskHook) -> None:
-    for key in [k for k, refs in _INPLACE.items() if all(r() is None for r in refs)]:
-        del _INPLACE[key]  # hooks of modules that were garbage-collected
-    refs = _INPLACE.setdefault(id(param), [])
-    if not any(r() is hook for r in refs):
-        refs.append(weakref.ref(hook))
-    if not _optimizer_hook:
-        _optimizer_hook.append(register_optimizer_step_post_hook(_rezero_after_step))
-
-
-def _unregister_inplace(param: nn.Parameter | None, hook: MaskHook) -> None:
-    if param is not None:
-        refs = [r for r in _INPLACE.get(id(param), []) if r() is not None and r() is not hook]
-        if refs:
-            _INPLACE[id(param)] = refs
-        else:
-            _INPLACE.pop(id(param), None)
-    if not _INPLACE and _optimizer_hook:
-        _optimizer_hook.pop().remove()
 
 
 class MaskHook(prune.BasePruningMethod):
@@ -178,11 +128,17 @@ class MaskHook(prune.BasePruningMethod):
         self._grad_hook: torch.utils.hooks.RemovableHandle | None = None
         self._grad_masked = False  # in-place mode: the gradient hook ran since the last optimizer step
         self._settled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> its zeroed state
+        # FSDP2 (`sparsify._sharding`): the parameter last refreshed against, this rank's part of the mask, and
+        # what module.<name> is between forward passes (the sharded parameter, or its masked copy)
+        self._param_ref: weakref.ref[torch.Tensor] | None = None
+        self._local_mask: torch.Tensor | None = None
+        self._outside: torch.Tensor | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_module_ref"] = state["_grad_hook"] = None  # bound again by the first forward of the copy
         state["_settled"], state["_grad_masked"] = None, False  # the copy has other parameters and optimizers
+        state["_param_ref"] = state["_local_mask"] = state["_outside"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -191,13 +147,19 @@ class MaskHook(prune.BasePruningMethod):
         state.setdefault("_grad_hook", None)
         state.setdefault("_grad_masked", False)
         state["_settled"] = weakref.WeakKeyDictionary()
+        for key in ("_param_ref", "_local_mask", "_outside"):
+            state.setdefault(key, None)
         self.__dict__.update(state)
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
         name = self._tensor_name
         if self.mode == "inplace":
-            if not torch.compiler.is_compiling() and self.bound_module() is not module:
-                self._bind(module)
+            if not torch.compiler.is_compiling():
+                if self.bound_module() is not module:
+                    self._bind(module)
+                param = module._parameters.get(name + "_orig")
+                if param is not None and module.__dict__.get(name) is not param:
+                    module.__dict__[name] = param  # FSDP2 put its unsharded parameter in place for this forward
             return
         orig, mask = module._parameters.get(name + "_orig"), module._buffers.get(name + "_mask")
         if orig is None or mask is None:  # held elsewhere (a reparametrization): the attribute protocol finds it
@@ -219,19 +181,34 @@ class MaskHook(prune.BasePruningMethod):
     def refresh(self, module: nn.Module) -> None:
         """Bring ``module.<name>`` up to date with the mask, without building an autograd graph."""
         name = self._tensor_name
-        if self.mode == "inplace":
-            self.zero_pruned(module)
-            module.__dict__[name] = module._parameters[name + "_orig"]
-            return
         orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
+        sharded = _sharding.is_sharded(orig)
+        self._local_mask = _sharding.local_part(mask, orig) if sharded else None
+        self._outside = orig if sharded else None
+        self._param_ref = weakref.ref(orig)
+        if self.mode == "inplace":
+            if sharded and self.bound_module() is module:
+                self._bind(module)  # the gradient and optimizer hooks move to the sharded parameter
+            self.zero_pruned(module)
+            module.__dict__[name] = orig
+            return
         with torch.no_grad():
+            if sharded:  # between forward passes: this rank's masked shard (the forward sees the whole weight)
+                shard = _sharding.local(orig.detach())
+                masked = select_into(torch.empty_like(shard), shard, self._part(mask, orig))
+                self._outside = _sharding.sharded_like(masked, orig)
+                module.__dict__[name] = self._outside
+                return
             if fast_path(orig, mask):
                 setattr(module, name, masked_into(module.__dict__, name, orig.detach(), mask))
             else:
                 setattr(module, name, masked_weight(orig, mask))
 
     def detach(self, module: nn.Module, *args: Any) -> None:
-        """Forward post-hook: drop the autograd graph from the stored attribute."""
+        """Forward post-hook: drop the autograd graph from the stored attribute (sharded: the whole weight)."""
+        if self._outside is not None:
+            module.__dict__[self._tensor_name] = self._outside
+            return
         current = module.__dict__.get(self._tensor_name)
         if isinstance(current, torch.Tensor) and current.grad_fn is not None:
             module.__dict__[self._tensor_name] = current.detach()
@@ -245,32 +222,50 @@ class MaskHook(prune.BasePruningMethod):
 
     # -- in-place mode ------------------------------------------------------------------------------------------
 
+    def adopt_sharding(self, module: nn.Module) -> None:
+        """Refresh against ``module``'s parameter if FSDP2 has replaced it by a sharded one since the last time."""
+        param = module._parameters.get(self._tensor_name + "_orig")
+        if _sharding.is_sharded(param) and (self._param_ref is None or self._param_ref() is not param):
+            self.refresh(module)
+
+    def _part(self, mask: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+        """The mask for ``tensor``: this rank's part of it when ``tensor`` is sharded."""
+        if not _sharding.is_sharded(tensor):
+            return mask
+        if self._local_mask is None:
+            self._local_mask = _sharding.local_part(mask, tensor)
+        return self._local_mask
+
     def bound_module(self) -> nn.Module | None:
         """In-place mode: the module whose parameter the gradient and optimizer hooks act on."""
         return self._module_ref() if self._module_ref is not None else None
 
     def zero_pruned(self, module: nn.Module) -> None:
-        """Set the pruned entries of ``<name>_orig`` to zero, in place (the mask may have changed)."""
-        self._settled = weakref.WeakKeyDictionary()
+        """Set the pruned entries of ``<name>_orig`` to zero, in place (the mask may have changed), and the
+        per-entry state there of the zero-preserving optimizers that have stepped it, so that no momentum
+        revives a newly pruned weight and their next step stays free."""
+        optimizers, self._settled = list(self._settled.keys()), weakref.WeakKeyDictionary()
         param, mask = module._parameters[self._tensor_name + "_orig"], module._buffers[self._tensor_name + "_mask"]
         assert param is not None and mask is not None  # install_mask registered both
         with torch.no_grad():
-            orig = param.detach()
+            mask = self._part(mask, param)
+            orig = _sharding.local(param.detach())
             select_into(orig, orig, mask)
+            for optimizer in optimizers:
+                self._zero_state(optimizer, _state_of(param, optimizer), mask)
 
     def after_step(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """After ``optimizer.step()``: zero the pruned entries again, unless the step provably left them at zero.
 
-        It did when the optimizer is one of `_ZERO_PRESERVING`, this step's gradient went through the
-        gradient hook, and the optimizer's per-entry state was zeroed at the pruned entries after the last
-        mask change (and is still the same state tensors). Otherwise the weights are zeroed and, for those
-        optimizers, so is that state, which makes the following steps free.
+        It did when the optimizer is one of `sparsify._inplace.ZERO_PRESERVING`, this step's gradient went
+        through the gradient hook, and the optimizer's per-entry state was zeroed at the pruned entries after
+        the last mask change (and is still the same state tensors). Otherwise the weights are zeroed and, for
+        those optimizers, so is that state, which makes the following steps free.
         """
         param = module._parameters[self._tensor_name + "_orig"]
         assert param is not None  # install_mask registered it
-        state = [v for v in optimizer.state.get(param, {}).values()
-                 if isinstance(v, torch.Tensor) and v.shape == param.shape]
-        preserving = type(optimizer) in _ZERO_PRESERVING
+        state = _state_of(param, optimizer)
+        preserving = type(optimizer) in ZERO_PRESERVING
         settled = self._settled.get(optimizer)
         masked, self._grad_masked = self._grad_masked, False
         if preserving and masked and settled is not None and len(settled) == len(state) \
@@ -279,12 +274,17 @@ class MaskHook(prune.BasePruningMethod):
         mask = module._buffers[self._tensor_name + "_mask"]
         assert mask is not None  # install_mask registered it
         with torch.no_grad():
-            orig = param.detach()
+            mask = self._part(mask, param)
+            orig = _sharding.local(param.detach())
             select_into(orig, orig, mask)
             if preserving:
-                for tensor in state:
-                    select_into(tensor, tensor, mask)
-                self._settled[optimizer] = [weakref.ref(t) for t in state]
+                self._zero_state(optimizer, state, mask)
+
+    def _zero_state(self, optimizer: torch.optim.Optimizer, state: list[torch.Tensor], mask: torch.Tensor) -> None:
+        for tensor in state:
+            tensor = _sharding.local(tensor)
+            select_into(tensor, tensor, mask)
+        self._settled[optimizer] = [weakref.ref(t) for t in state]
 
     def _mask_grad(self, param: torch.Tensor) -> None:
         """Post-accumulate-grad hook: mask ``param.grad`` in place."""
@@ -295,7 +295,8 @@ class MaskHook(prune.BasePruningMethod):
         mask = module._buffers[self._tensor_name + "_mask"]
         assert mask is not None  # install_mask registered it
         with torch.no_grad():
-            select_into(grad, grad, mask)
+            local = _sharding.local(grad)
+            select_into(local, local, self._part(mask, grad))
         self._grad_masked = True
 
     def _bind(self, module: nn.Module) -> None:
@@ -306,7 +307,7 @@ class MaskHook(prune.BasePruningMethod):
         if param.requires_grad:
             self._grad_hook = param.register_post_accumulate_grad_hook(self._mask_grad)
         self._module_ref = weakref.ref(module)
-        _register_inplace(param, self)
+        register_inplace(param, self)
 
     def _unbind(self) -> None:
         module = self.bound_module()
@@ -314,7 +315,7 @@ class MaskHook(prune.BasePruningMethod):
             self._grad_hook.remove()
             self._grad_hook = None
         param = module._parameters.get(self._tensor_name + "_orig") if module is not None else None
-        _unregister_inplace(param, self)
+        unregister_inplace(param, self)
         self._module_ref = None
 
     # torch declares remove() -> None; returning the module as well is harmless (prune.remove ignores it)
@@ -351,6 +352,12 @@ class MaskHook(prune.BasePruningMethod):
             order.insert(self.param_position, order.pop())
             module._parameters = {key: module._parameters[key] for key in order}
         return module
+
+
+def _state_of(param: torch.Tensor, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The optimizer's per-entry state tensors of ``param`` (momentum, moments: the parameter's shape)."""
+    state = optimizer.state.get(param, {}).values()
+    return [v for v in state if isinstance(v, torch.Tensor) and v.shape == param.shape]
 
 
 class _ReaderRelay:
@@ -428,11 +435,12 @@ def install_mask(
         module.register_buffer(name + "_amount", torch.tensor(float(amount), device=param.device))
         module.register_forward_pre_hook(hook)
         hook.extra_hooks.append(module.register_load_state_dict_post_hook(hook.after_load))
-        if mode == "inplace":  # the forward reads the parameter itself: nothing to refresh or detach
+        # always_call: a forward that raises must not leave a graph-carrying tensor (or, under FSDP2, the
+        # unsharded weight) in module.<name>
+        hook.extra_hooks.append(module.register_forward_hook(hook.detach, always_call=True))
+        if mode == "inplace":  # the forward reads the parameter itself: nothing to refresh
             hook._bind(module)
         else:
-            # always_call: a forward that raises must not leave a graph-carrying tensor in module.<name>
-            hook.extra_hooks.append(module.register_forward_hook(hook.detach, always_call=True))
             if reader is not None:
                 relay = _ReaderRelay(hook, module)
                 hook.extra_hooks.append(reader.register_forward_pre_hook(relay.before))

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .._checks import check_flags
+from .._sharding import full
 from ..analysis.report import Report, global_summary, sparsity_summary
 from ..config import OptimizationConfig, PrunerConfig
 from ..criteria import Criterion, GradSampler, MagnitudeCriterion, Scorer, as_grad_sampler
@@ -28,6 +29,7 @@ from .guards import check_state_dict, describe_replaced, refuse_replaced, replac
 from .metadata import METADATA_VERSION_BUFFER, record_requested, register_coreml_metadata
 from .plan import Plan, Target, hook_fields, inplace_backup, nothing_selected, plan_model
 from .saving import protect_save_pretrained, unprotect_save_pretrained
+from .sharded import adopt_sharding, refuse_sharded_finalize
 from .update import compute_masks
 
 __all__ = ["Pruner"]
@@ -257,6 +259,7 @@ class Pruner:
             logger.warning("step() after finalize(): the model is finalized, nothing to update")
             return
         refuse_replaced(self._model, self._pruner_info, "step()")
+        adopt_sharding(self._pruner_info)
         if not self._observed:
             self.observe_gradients()
         self._observed = False
@@ -295,6 +298,7 @@ class Pruner:
     def _apply_levels(self, levels: dict[str, float], *, fresh_scores: bool = True) -> None:
         """Bring the modules in ``levels`` to those sparsities: compute every mask first, then install."""
         levels = self._with_global_peers(levels)
+        adopt_sharding(self._pruner_info)
         self._next_change.clear()
         if not fresh_scores:
             groups = [(MagnitudeCriterion().scorer(), list(levels))]
@@ -344,6 +348,7 @@ class Pruner:
             logger.warning("finalize() before prepare(): there are no masks to bake")
         elif own and not self._finalized:
             refuse_replaced(self._model, self._pruner_info, "finalize()")
+            refuse_sharded_finalize(self._pruner_info)
             self._complete_or_warn()
         finalized = target_model if inplace else copy.deepcopy(target_model)
         if METADATA_VERSION_BUFFER not in finalized._buffers:
@@ -430,7 +435,7 @@ class Pruner:
                 module = replaced.get(name, target.module)
                 if module is None or not isinstance(getattr(module, target.param_name, None), torch.Tensor):
                     continue  # removed, or holds no such weight: nothing to show
-                weight = getattr(module, target.param_name)
+                weight = full(getattr(module, target.param_name))  # FSDP2: gathered (all ranks call)
                 weight = weight.t() if target.transposed else weight  # metrics count output channels
                 report[name] = {"#params": int(weight.numel()), **sparsity_summary(weight)}
             report["global"] = global_summary(report.values())

@@ -31,6 +31,7 @@ from ..criteria import PrunerView, Scorer
 from ..patterns import NMPattern, _select, pruned_count
 from ..scope import global_keep_masks
 from .plan import Target
+from .sharded import whole_scores
 
 __all__ = ["compute_masks"]
 
@@ -50,7 +51,10 @@ def compute_masks(
     if fresh_scores:
         scorer.begin(pruner, names)
     try:
-        scores = {name: _oriented(targets[name], _checked(name, scorer.scores(pruner, name))) for name in names}
+        scores = {}
+        for name in names:  # FSDP2: gathered whole, so every rank ranks the same scores
+            whole = whole_scores(targets[name], scorer.scores(pruner, name))
+            scores[name] = _oriented(targets[name], _checked(name, whole))
         masks: dict[str, torch.Tensor] = {}
         entries: dict[int, list[str]] = defaultdict(list)
         for name in names:
