@@ -312,7 +312,8 @@ class Pruner:
                     self._set(name, masks[name], level)
 
     def _with_global_peers(self, levels: dict[str, float]) -> dict[str, float]:
-        """A global ranking always covers every module of its config entry (at their current levels)."""
+        """A global ranking always covers every module of its group (`sparsify.pruning.groups`), at their current
+        levels."""
         entries = {self._pruner_info[n].entry for n in levels if self._pruner_info[n].config.scope == "global"}
         if not entries:
             return levels
