@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from .._checks import check_flags
-from ..analysis.report import Report, global_summary, sparsity_summary
 from ..config import OptimizationConfig, PrunerConfig
 from ..criteria import Criterion, GradSampler, MagnitudeCriterion, Scorer, as_grad_sampler
 from ..distributed import refuse_fsdp
@@ -27,6 +26,7 @@ from ..masking import bake_mask, install_mask, is_masked, set_mask, uninstall_ma
 from .guards import check_state_dict, describe_replaced, refuse_replaced, replaced_modules
 from .metadata import METADATA_VERSION_BUFFER, record_requested, register_coreml_metadata
 from .plan import Plan, Target, hook_fields, inplace_backup, nothing_selected, plan_model
+from .report import Report, global_summary, sparsity_summary
 from .saving import protect_save_pretrained, unprotect_save_pretrained
 from .update import compute_masks
 
