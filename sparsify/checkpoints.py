@@ -30,6 +30,7 @@ from torch import nn
 
 from ._checks import check_flags
 from ._nested import to_device
+from .coreml_metadata import is_metadata_key
 from .masking import masked_weight
 from .model_files import DEFAULT_MAX_BYTES, FileRefusedError, read_tensor_file
 
@@ -41,7 +42,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MASK_SUFFIXES = ("_orig", "_mask", "_amount")
-_METADATA = "_COREML_/"
 
 
 def state_dict_layout(state_dict: Mapping[str, Any]) -> str:
@@ -49,7 +49,7 @@ def state_dict_layout(state_dict: Mapping[str, Any]) -> str:
     present, else ``"dense"``."""
     if any(k.endswith("_orig") for k in state_dict) and any(k.endswith("_mask") for k in state_dict):
         return "prepared"
-    if any(_METADATA in k for k in state_dict):
+    if any(is_metadata_key(k) for k in state_dict):
         return "finalized"
     return "dense"
 
@@ -64,7 +64,7 @@ def dense_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
     """Turn a prepared or finalized state dict into a plain one (masks applied, metadata dropped)."""
     bases = _masked_bases(state_dict)
     skip = {base + suffix for base in bases for suffix in _MASK_SUFFIXES}
-    out = {k: v for k, v in state_dict.items() if k not in skip and _METADATA not in k}
+    out = {k: v for k, v in state_dict.items() if k not in skip and not is_metadata_key(k)}
     for base in bases:
         out[base] = masked_weight(state_dict[base + "_orig"], state_dict[base + "_mask"].bool())
     return out
@@ -75,7 +75,7 @@ def _prepared_from_plain(
 ) -> dict[str, torch.Tensor]:
     """Map ``x.weight`` to ``x.weight_orig`` (+ mask and amount) wherever the model is prepared."""
     bases = _masked_bases(model_sd)
-    out = {k: v for k, v in plain.items() if k not in bases and _METADATA not in k}
+    out = {k: v for k, v in plain.items() if k not in bases and not is_metadata_key(k)}
     for base in bases & set(plain):
         weight = plain[base]
         out[base + "_orig"] = weight
@@ -111,9 +111,9 @@ def load_state_dict(
     else:
         converted = dict(state_dict)
     if target == "finalized":  # keep the model's own Core ML metadata
-        converted.update({k: v for k, v in model_sd.items() if _METADATA in k and k not in converted})
+        converted.update({k: v for k, v in model_sd.items() if is_metadata_key(k) and k not in converted})
     else:
-        converted = {k: v for k, v in converted.items() if _METADATA not in k}
+        converted = {k: v for k, v in converted.items() if not is_metadata_key(k)}
     if strict:
         missing = sorted(set(model_sd) - set(converted))
         unexpected = sorted(set(converted) - set(model_sd))

@@ -1,18 +1,20 @@
-"""Scope: one sparsity budget per layer (local), or one ranking across the whole model (global).
+"""Scope: one sparsity budget per layer (local), or one ranking across a group of layers (global).
 
-Both functions here are pure: they take **group scores** (one importance value per prunable group,
-as `sparsify.patterns.group_scores` or `sparsify.tiles.tile_scores` return them; higher
-means keep) and return ``bool`` keep-masks of the same shapes. Nothing here knows about modules.
+The pruner ranks a layer alone through its pattern (`sparsify.patterns.Pattern.local_mask`); it ranks the
+layers of one global group — those whose configs name the same ``global_group``, else those one config entry
+selects (`sparsify.pruning.groups`) — together through `global_keep_masks`, each layer's scores first
+grouped by its pattern (`sparsify.patterns.Pattern.groups`). `local_keep_masks` is the same rule for one
+layer at a time on group scores already made. Both are pure: they take **group scores** (one importance
+value per prunable group, higher means keep) and return ``bool`` keep-masks of the same shapes; nothing
+here knows about modules.
 
-Counting rule (the same as the engine's `sparsify.patterns.keep_count`): out of ``W`` weights
-at sparsity ``s`` the number kept is ``ceil(W * (1 - s))`` computed in float32, so the number pruned
-is ``floor(W * s)`` up to float32 rounding, and one layer ranked "globally" prunes exactly as many
-weights as the same layer ranked alone.
-
-Ties are broken deterministically — lower score first, then layer order (insertion order of the
-dict), then flat index — so counts are exact even when many scores are equal (all-zero gradients,
-already-pruned weights); NaN scores rank below every other score, as in the engine. (The engine's
-Core ML threshold rule instead keeps every group that ties with the last kept one.)
+Counting is the one ranking rule of `sparsify.patterns.ranking` (`keep_count`, `pruned_count`): out of
+``W`` weights at sparsity ``s`` the number kept is ``ceil(W * (1 - s))`` computed in float32, so one layer
+ranked "globally" prunes exactly as many weights as the same layer ranked alone. Ties are broken as
+there, by position: lower score first, then layer order (insertion order of the dict), then flat index,
+so counts are exact even when many scores are equal (all-zero gradients, already-pruned weights); only
+Core ML Tools' own threshold rule keeps every group that ties with the last one kept. NaN scores rank
+below every other score (NaN weights are pruned first); ``+inf`` is kept.
 
 Global ranking and fairness across layers
 -----------------------------------------
@@ -20,9 +22,10 @@ Global ranking and fairness across layers
 layers. That is right when the score is in the same unit everywhere — an estimate of the loss
 increase, such as the M-FAC / OBS saliency ``w²/(2[F⁻¹]ᵢᵢ)`` — and biased when it is not: raw
 magnitudes favour pruning layers whose weights are small because they are wide (fan-in
-initialisation), which can empty a layer. ``normalize="mean"`` divides each layer's scores by their
-weighted mean, ``"l2"`` by their weighted root-mean-square and ``"max"`` by their maximum, so every
-layer's scores are on a scale of about 1 before they are ranked together. In every case per-layer
+initialisation), which can empty a layer. ``normalize="mean"`` divides each layer's scores by the mean
+of their magnitudes, ``"l2"`` by their root-mean-square and ``"max"`` by their largest magnitude (over the
+layer's finite group scores, each group counted once whatever its size), so every layer's scores are on a
+scale of about 1 before they are ranked together. In every case per-layer
 ``min_sparsity`` / ``max_sparsity`` caps bound each layer; ``max_sparsity=0.98`` (INC's default)
 keeps at least 2 % of every layer alive.
 
@@ -62,7 +65,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .patterns import keep_count
+from .patterns import pruned_count  # the one counting rule (`sparsify.patterns.ranking`), also exported here
 from .patterns._select import at_most as _at_most
 from .patterns._select import cut as _cut
 from .patterns._select import smallest as _smallest
@@ -87,11 +90,6 @@ def _per_layer(value: PerLayer | int | None, name: str, default: float) -> float
 def _check_fraction(field: str, name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{field}[{name!r}]={value!r} is invalid: allowed 0.0 <= {field} <= 1.0")
-
-
-def pruned_count(num: int, sparsity: float) -> int:
-    """How many of ``num`` items are pruned at ``sparsity``: ``num - keep_count(num, sparsity)``."""
-    return num - keep_count(num, sparsity)
 
 
 def _bad_normalize(how: object) -> str:

@@ -11,7 +11,7 @@
 
 and returns a `ModelReport`: for every weight of rank ≥ 2 its parameters, non-zeros,
 requested vs achieved sparsity, pattern (read, or inferred from the zeros), the fraction of output
-channels that are entirely zero (measured on magnitudes, see `sparsify.analysis.report`), and its size
+channels that are entirely zero (measured on magnitudes, see `sparsify.pruning.report`), and its size
 dense vs as Core ML will store it, in fp16 and fp32 (`sparsify.analysis.sizing` has the formula and the
 rule deciding which weights Core ML stores sparse). The whole-model line estimates the exported
 ``weight.bin``, other tensors (biases, norms) included.
@@ -31,11 +31,12 @@ import torch
 from torch import nn
 
 from ..config import ModulePrunerConfig, OptimizationConfig
+from ..coreml_metadata import COMPRESSION_TYPE, PRUNING, is_metadata_key, parse_metadata_key
 from ..pruning.metadata import REQUESTED_ATTRIBUTE
 from ..pruning.plan import is_transposed
+from ..pruning.report import sparsity_summary
 from .layer_report import LayerReport, ModelReport
 from .pattern_names import describe_pattern, infer_pattern
-from .report import sparsity_summary
 from .sizing import (
     JOINT_TARGET,
     RULES,
@@ -54,8 +55,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LayerReport", "ModelReport", "infer_pattern", "model_report"]  # the first three are re-exported
 
-_COREML_PREFIX = "_COREML_/"
-_PRUNING = 1  # coremltools' CompressionType.pruning
 Requested = float | Mapping[str, float] | OptimizationConfig | None
 
 
@@ -122,12 +121,12 @@ def _read_state(state: Mapping[str, torch.Tensor]) -> tuple[list[_Weight], dict[
     metadata: set[tuple[str, str]] = set()
     used: set[str] = set()
     for key, value in state.items():
-        if _COREML_PREFIX in key:
+        if is_metadata_key(key):
             used.add(key)
-            module, _, rest = key.partition(_COREML_PREFIX)
-            param, _, field = rest.rpartition("/")
-            if field == "compression_type" and _PRUNING in torch.as_tensor(value).reshape(-1).tolist():
-                metadata.add((module.rstrip("."), param))
+            parsed = parse_metadata_key(key)
+            types = torch.as_tensor(value).reshape(-1).tolist()
+            if parsed is not None and parsed[2] == COMPRESSION_TYPE and PRUNING in types:
+                metadata.add((parsed[0], parsed[1]))
     weights: list[_Weight] = []
     seen: set[tuple[Any, ...]] = set()  # storages already counted: tied weights appear once
     for key, value in state.items():

@@ -39,6 +39,13 @@ import torch
 from torch import nn
 
 from .._checks import check_flags
+from ..coreml_metadata import (
+    BUFFER_NAME_SEPARATOR,
+    METADATA_VERSION,
+    METADATA_VERSION_BUFFER,
+    STATE_DICT_METADATA_BUFFER_PREFIX,
+    metadata_buffer,
+)
 from ..patterns import n_m_mask as _n_m_keep_mask
 
 __all__ = [
@@ -50,10 +57,6 @@ __all__ = [
     "register_metadata_version",
 ]
 
-STATE_DICT_METADATA_BUFFER_PREFIX = "_COREML_"
-BUFFER_NAME_SEPARATOR = "/"
-METADATA_VERSION_BUFFER = STATE_DICT_METADATA_BUFFER_PREFIX + BUFFER_NAME_SEPARATOR + "metadata_version"
-METADATA_VERSION = 1
 
 
 def n_m_mask(weights: torch.Tensor, nm: tuple[int, int], dim: int = 1) -> torch.Tensor:
@@ -153,7 +156,7 @@ class CompressionMetadata:
                 "CompressionMetadata.param_name=None is invalid here: register() names its buffers "
                 "'_COREML_/<param_name>/<field>', so set the parameter's name (for example 'weight')"
             )
-        return BUFFER_NAME_SEPARATOR.join([STATE_DICT_METADATA_BUFFER_PREFIX, self.param_name, field])
+        return metadata_buffer(self.param_name, field)
 
     def register(self, module: nn.Module, override_compression_type: bool = False) -> None:
         """Write every set field as a buffer on ``module``.

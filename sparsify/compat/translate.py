@@ -1,8 +1,9 @@
 """A `sparsify.compat.plan.RecipePlan` applied to a model, as one `sparsify.PrunerConfig` for `sparsify.Pruner`.
 
 Every pruning group of the plan becomes **one config object** shared by the modules it selects, keyed
-by their escaped names: the engine ranks a global group over exactly the modules of one config entry,
-so each SparseML modifier and each INC pruner is ranked on its own, as its project ranks it. Nothing
+by their escaped names; a global group's config names its ranking (``global_group``: the modifier or
+pruner, ``"modifier 3 (!GMPruningModifier)"``), so each SparseML modifier and each INC pruner is ranked
+on its own, as its project ranks it, and the config ranks the same after ``as_dict`` / ``to_yaml``. Nothing
 else is pruned (no global config, no classifier-head rule: the readers already applied the peer's).
 
 Translations (see ``docs/recipes.md``):
@@ -35,6 +36,7 @@ import copy
 import logging
 import math
 import re
+from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
 import attrs
@@ -52,6 +54,7 @@ __all__ = [
     "check_steps_per_epoch",
     "criterion_for",
     "epoch_levels",
+    "global_group_names",
     "pruner_config",
     "scheduler_for",
 ]
@@ -224,8 +227,17 @@ def _pattern_fields(group: PruningGroup, module: nn.Module | None, target: float
     return {}
 
 
+def global_group_names(groups: Sequence[PruningGroup]) -> list[str]:
+    """Each group's ``ModulePrunerConfig.global_group``: where it comes from (``"modifier 3
+    (!GMPruningModifier)"``, ``"pruners[0] (!Pruner)"``), numbered where two would read the same."""
+    labels = [group.origin.entry for group in groups]
+    return [label if labels.count(label) == 1 else f"{label} #{labels[:i + 1].count(label)}"
+            for i, label in enumerate(labels)]
+
+
 def _module_config(group: PruningGroup, module: nn.Module, target: float | None, scheduler: Any,
-                   one_shot: bool, steps_per_epoch: float | None = None) -> ModulePrunerConfig:
+                   one_shot: bool, steps_per_epoch: float | None = None,
+                   global_group: str | None = None) -> ModulePrunerConfig:
     if target is None:  # keep the zeros it has: magnitude at its zero fraction, fixed at prepare()
         weight = cast(torch.Tensor, module.weight).detach()
         zeros = int((weight == 0).sum())
@@ -242,6 +254,8 @@ def _module_config(group: PruningGroup, module: nn.Module, target: float | None,
     config: dict[str, Any] = {"scheduler": copy.deepcopy(scheduler), "initial_sparsity": initial,
                               "criterion": criterion_for(group), "scope": group.scope,
                               "min_sparsity": group.min_sparsity, "max_sparsity": group.max_sparsity, **fields}
+    if group.scope == "global":
+        config["global_group"] = global_group
     if "n_m_ratio" not in fields:
         config["target_sparsity"] = target
     else:
@@ -267,7 +281,7 @@ def pruner_config(plan: RecipePlan, model: nn.Module, *, steps_per_epoch: float 
                     _pattern_fields(group, None, rule.sparsity)
     resolved = plan.resolve(model)
     names: dict[str, ModulePrunerConfig] = {}
-    for entry in resolved:
+    for entry, label in zip(resolved, global_group_names([entry.group for entry in resolved]), strict=True):
         group = entry.group
         if not entry.modules:
             continue
@@ -291,7 +305,7 @@ def pruner_config(plan: RecipePlan, model: nn.Module, *, steps_per_epoch: float 
                         "INC's channel tiles differ per convolution; sparsify ranks one pattern per global group",
                         group.origin.path, group.origin.at("pattern"))
             if key not in shared:
-                shared[key] = _module_config(group, module, target, scheduler, one_shot, steps_per_epoch)
+                shared[key] = _module_config(group, module, target, scheduler, one_shot, steps_per_epoch, label)
             names[re.escape(name)] = shared[key]
     if not names:
         raise UnsupportedFeatureError(f"{plan.path or 'recipe'}: nothing to prune",

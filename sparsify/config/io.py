@@ -6,6 +6,8 @@ error that names them and the allowed ones.
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -15,7 +17,7 @@ import yaml
 
 from ..safe_io import load_yaml
 
-__all__ = ["Dictable", "load_yaml_mapping", "safe_load_yaml"]
+__all__ = ["Dictable", "load_yaml_mapping", "safe_load_yaml", "yaml_source"]
 
 T = TypeVar("T")
 
@@ -34,6 +36,19 @@ def load_yaml_mapping(source: str | Path | IO[str]) -> dict[str, Any]:
         kind = "list" if isinstance(data, list) else type(data).__name__
         raise ValueError(f"a config YAML document must be a mapping at the top level, got {kind}")
     return data
+
+
+def yaml_source(owner: str, yml: str | Path | IO[str]) -> Path | IO[str]:
+    """What ``from_yaml(yml)`` reads: a path, a stream, or (a ``str`` that is not a file but has a newline or a
+    ``:``) the YAML text itself."""
+    if not isinstance(yml, str):
+        return yml
+    if os.path.isfile(yml):
+        return Path(yml)
+    if "\n" in yml or ":" in yml:
+        return io.StringIO(yml)
+    raise FileNotFoundError(f"{owner}.from_yaml({yml!r}): no such file; pass the path of a YAML file, a stream, or "
+                            "YAML text (a mapping such as 'global_config: {target_sparsity: 0.5}')")
 
 
 def check_keys(cls: type, data: Mapping[str, Any]) -> None:
@@ -60,8 +75,12 @@ class Dictable:
 
     @classmethod
     def from_yaml(cls: type[T], yml: str | Path | IO[str]) -> T:
-        """Build from a YAML file path or stream (parsed with ``yaml.safe_load``)."""
-        return cls.from_dict(load_yaml_mapping(yml))  # type: ignore[attr-defined]
+        """Build from a YAML file path, a stream, or YAML text (parsed safely, see `safe_load_yaml`).
+
+        A ``str`` is a path, as in Core ML Tools, when it names an existing file; otherwise one with a newline
+        or a ``:`` is YAML text (what `to_yaml` returns). Any other ``str`` is refused, naming it.
+        """
+        return cls.from_dict(load_yaml_mapping(yaml_source(cls.__name__, yml)))  # type: ignore[attr-defined]
 
     def as_dict(self) -> dict[str, Any]:
         """A plain dict of JSON/YAML types; ``from_dict`` rebuilds an equal config."""

@@ -1,9 +1,9 @@
 """`ModulePrunerConfig`: how one module is pruned — the four parts of the machine, chosen freely.
 
 Its first eight fields are Core ML Tools' ``ModuleMagnitudePrunerConfig`` fields, in the same order with
-the same defaults; the rest choose the criterion, the tile pattern, the scope and its caps. Every field is
-validated when the config is built and when it is changed (assignment), with an error naming the field,
-the value and what is allowed.
+the same defaults; the rest choose the criterion, the tile pattern, the scope, its caps and its ranking
+group. Every field is validated when the config is built and when it is changed (assignment), with an
+error naming the field, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -68,6 +68,16 @@ def _to_pattern(value: Any) -> str | None:
     return None if tiles == TilePattern(1, 1) else tiles.text
 
 
+def _to_global_group(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise field_error(_OWNER, "global_group", value, "expected None or a group name (a str)", TypeError)
+    if not value.strip():
+        raise field_error(_OWNER, "global_group", value, "expected None or a non-empty group name")
+    return value
+
+
 def check_module_config(values: Mapping[str, Any], owner: str = _OWNER) -> None:
     """Checks that involve more than one field."""
     n_m, pattern = values["n_m_ratio"], values.get("pattern")
@@ -95,6 +105,10 @@ def check_module_config(values: Mapping[str, Any], owner: str = _OWNER) -> None:
             f"{owner}.initial_sparsity={values['initial_sparsity']} is invalid: allowed 0.0 <= initial_sparsity "
             f"<= the final sparsity ({final})"
         )
+    group = values.get("global_group")
+    if group is not None and values.get("scope") != "global":
+        raise ValueError(f"{owner}.global_group={group!r} is invalid with scope={values.get('scope')!r}: a ranking "
+                         "group names modules ranked together, so it needs scope='global'")
     low, high = values.get("min_sparsity", 0.0), values.get("max_sparsity", 1.0)
     if low > high:
         raise ValueError(f"{owner}.min_sparsity={low} is invalid: allowed min_sparsity <= max_sparsity ({high})")
@@ -126,7 +140,8 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
             whole runs made sparse one by one, layers whose runs do not divide skipped
             (`sparsify.patterns.n_m`); ``None`` uses the Core ML Tools fields above.
         scope: ``"local"`` (each layer at its scheduled sparsity) or ``"global"`` (one ranking over the
-            modules this config entry selects, with the per-layer caps).
+            modules this config entry selects — ``global_config``, one type rule or one name rule — with the
+            per-layer caps; see ``global_group`` to rank several entries together).
         min_sparsity: in global scope, the least sparsity of a layer.
         max_sparsity: the most sparsity of a layer, in either scope (INC's ``max_sparsity_ratio_per_op``).
         normalize: how global ranking compares layers: ``None`` (raw scores), ``"mean"``, ``"l2"``, ``"max"``.
@@ -134,6 +149,11 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
             revive them) or ``"inplace"`` (pruned entries zeroed in the parameter, gradients masked in place and
             re-zeroed after each optimizer step, so the forward pass reads the parameter directly: close to dense
             speed and memory; pruned weights cannot come back — see `sparsify.masking`).
+        global_group: with ``scope="global"``, a name: every module whose config names the same group is
+            ranked in one ranking, whichever entries selected them (their criteria and ``normalize`` must
+            agree). ``None``: the modules of this config's own entry. The name is saved by ``as_dict`` and
+            ``to_yaml``, so a ranking survives round trips; sharing one config *object* between entries does
+            not make a group (`sparsify.pruning.groups`).
     """
 
     # mypy's attrs plugin cannot type a converter that a call returns (fields.py): hence ignore[misc] below
@@ -154,6 +174,7 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
     max_sparsity: float = attrs.field(default=1.0, converter=fields.fraction(_OWNER, "max_sparsity"))  # type: ignore[misc]
     normalize: str | None = attrs.field(default=None, converter=fields.one_of(_OWNER, "normalize", NORMALIZATIONS))  # type: ignore[misc]
     masking: str = attrs.field(default="default", converter=fields.one_of(_OWNER, "masking", MASK_MODES))  # type: ignore[misc]
+    global_group: str | None = attrs.field(default=None, converter=_to_global_group)
 
     def __attrs_post_init__(self) -> None:
         check_module_config(attrs.asdict(self, recurse=False), type(self).__name__)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .._checks import field_error
+from ..coreml_metadata import COMPRESSION_TYPE, METADATA_PREFIX, PRUNING, parse_metadata_key
 from ..masking import bake_mask, is_masked
 from ..pruning.metadata import register_coreml_metadata
 from .errors import ConversionError
@@ -44,8 +45,6 @@ logger = logging.getLogger("sparsify.export.coreml")
 
 ROUTES = ("jit", "export")
 _OWNER = "export_coreml"
-_METADATA_PREFIX = "_COREML_/"
-_PRUNING = 1  # Core ML Tools' CompressionType.pruning
 _ROUTE_NAMES = {"jit": "TorchScript tracing (torch.jit.trace)", "export": "torch.export"}
 
 
@@ -179,12 +178,12 @@ def _finalized_copy(model: nn.Module) -> tuple[nn.Module, set[str]]:
                     "(the model passed in is unchanged)", _OWNER, baked)
     pruned = pruned_by_metadata(export_model.named_buffers())
     for module in export_model.modules():
-        for key in [k for k in module._buffers if k.startswith(_METADATA_PREFIX)]:
+        for key in [k for k in module._buffers if k.startswith(METADATA_PREFIX)]:
             del module._buffers[key]
     if isinstance(export_model, torch.fx.GraphModule):  # ExportedProgram.module() reads every buffer
         graph = export_model.graph
         for node in list(graph.nodes):
-            if node.op == "get_attr" and _METADATA_PREFIX in str(node.target) and not node.users:
+            if node.op == "get_attr" and METADATA_PREFIX in str(node.target) and not node.users:
                 graph.erase_node(node)
         export_model.recompile()
     return export_model, pruned
@@ -201,12 +200,12 @@ def pruned_by_metadata(named_buffers: Any) -> set[str]:
     """Tensors marked pruned by Core ML compression metadata; other compression types are refused."""
     pruned = set()
     for key, value in named_buffers:
-        owner, _, local = key.partition(_METADATA_PREFIX)  # "conv1.", "weight/compression_type"
-        if not local.endswith("/compression_type"):
+        parsed = parse_metadata_key(key)  # ("conv1", "weight", "compression_type")
+        if parsed is None or parsed[2] != COMPRESSION_TYPE:
             continue
-        full_name = owner + local[: -len("/compression_type")]
+        full_name = f"{parsed[0]}.{parsed[1]}" if parsed[0] else parsed[1]
         types = [int(t) for t in value.reshape(-1).tolist()]
-        if types != [_PRUNING]:
+        if types != [PRUNING]:
             raise ValueError(
                 f"{_OWNER}: {full_name} carries Core ML compression types {types}; only pruning ([1]) is read from "
                 "torch here. Pass palettize_bits= or quantize= to export_coreml for joint compression, or convert "

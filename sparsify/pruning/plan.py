@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 import attrs
@@ -18,6 +18,7 @@ from ..config import ModulePrunerConfig, OptimizationConfig
 from ..config.model import Conv1D
 from ..masking import is_masked
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, n_m_zero_count
+from .groups import check_groups, ranking_group
 
 __all__ = [
     "TRANSPOSED_MODULES",
@@ -55,7 +56,7 @@ class Target:
     module: nn.Module
     config: ModulePrunerConfig
     pattern: Pattern
-    entry: int  # which config entry selected it: a global ranking covers the targets of one entry
+    entry: Hashable  # the global ranking it joins: its config's global_group or its entry (`groups.ranking_group`)
     sparsity_level: float
     tied_to: list[str] = attrs.field(factory=list)  # other modules holding the same parameter
     transposed: bool = False  # the weight is [in, out]: patterns see its transpose (see `is_transposed`)
@@ -80,7 +81,7 @@ class Plan:
     name: str
     config: ModulePrunerConfig
     pattern: Pattern
-    entry: int
+    entry: Hashable  # see `Target.entry`
     reader: str | None  # a parent that reads the weight outside the module's forward (MHA out_proj)
     owner: str | None  # for a tied weight, the module whose mask this one shares
     transposed: bool = False  # see `is_transposed`
@@ -241,7 +242,7 @@ def plan_model(model: nn.Module, config: OptimizationConfig) -> list[Plan]:
     for name, module in model.named_modules(remove_duplicate=True):
         if not isinstance(module, config.supported_modules) or name == head:
             continue
-        module_config = config.get_module_config(name, module)
+        module_config, rule = config.lookup(name, module)
         if module_config is None:
             continue
         assert isinstance(module_config, ModulePrunerConfig)
@@ -257,11 +258,13 @@ def plan_model(model: nn.Module, config: OptimizationConfig) -> list[Plan]:
                 f"{name}.{module_config.param_name} is the same tensor as {owner.name}.{module_config.param_name} "
                 f"(tied weights) but the two modules have different configs; give them one config"
             )
-        plan = Plan(name, module_config, pattern, id(module_config), reading_parent(model, name, module),
-                    owner.name if owner is not None else None, is_transposed(module, param))
+        plan = Plan(name, module_config, pattern, ranking_group(module_config, rule),
+                    reading_parent(model, name, module), owner.name if owner is not None else None,
+                    is_transposed(module, param))
         by_param.setdefault(id(param), plan)
         plans.append(plan)
     plans += _tied_elsewhere(model, plans)
+    check_groups(plans)
     return plans
 
 

@@ -20,7 +20,6 @@ from torch import nn
 
 from .._checks import check_flags
 from .._sharding import full
-from ..analysis.report import Report, global_summary, sparsity_summary
 from ..config import OptimizationConfig, PrunerConfig
 from ..criteria import Criterion, GradSampler, MagnitudeCriterion, Scorer, as_grad_sampler
 from ..distributed import refuse_fsdp
@@ -28,6 +27,7 @@ from ..masking import bake_mask, install_mask, is_masked, set_mask, uninstall_ma
 from .guards import check_state_dict, describe_replaced, refuse_replaced, replaced_modules
 from .metadata import METADATA_VERSION_BUFFER, record_requested, register_coreml_metadata
 from .plan import Plan, Target, hook_fields, inplace_backup, nothing_selected, plan_model
+from .report import Report, global_summary, sparsity_summary
 from .saving import protect_save_pretrained, unprotect_save_pretrained
 from .sharded import adopt_sharding, refuse_sharded_finalize
 from .update import compute_masks
@@ -316,7 +316,8 @@ class Pruner:
                     self._set(name, masks[name], level)
 
     def _with_global_peers(self, levels: dict[str, float]) -> dict[str, float]:
-        """A global ranking always covers every module of its config entry (at their current levels)."""
+        """A global ranking always covers every module of its group (`sparsify.pruning.groups`), at their current
+        levels."""
         entries = {self._pruner_info[n].entry for n in levels if self._pruner_info[n].config.scope == "global"}
         if not entries:
             return levels

@@ -25,11 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..coreml_metadata import is_metadata_key
+
 __all__ = ["MaskedSavePretrained", "plain_state_dict", "protect_save_pretrained", "unprotect_save_pretrained"]
 
 logger = logging.getLogger(__name__)
 
-_METADATA_PREFIX = "_COREML_/"
 
 
 def _masked_tensors(model: nn.Module) -> list[str]:
@@ -55,7 +56,7 @@ def plain_state_dict(model: nn.Module, state_dict: Mapping[str, Any] | None = No
     baked: dict[tuple[int, int], torch.Tensor] = {}
     plain: dict[str, Any] = {}
     for key, value in source.items():
-        if _METADATA_PREFIX in key:
+        if is_metadata_key(key):
             continue
         base, _, suffix = key.rpartition("_")
         if base not in masked or suffix not in ("orig", "mask", "amount"):

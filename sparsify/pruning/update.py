@@ -2,8 +2,10 @@
 
 Local targets are ranked alone through their pattern (`sparsify.patterns.Pattern.local_mask`), at their
 scheduled sparsity capped by ``max_sparsity``. Global targets are ranked together with the other targets
-their config entry selected (`sparsify.scope.global_keep_masks`), with the per-layer caps: the budget is
-the sum of every member's scheduled zeros, so a global ranking never prunes more than the schedules ask.
+of their group — those whose configs name the same ``global_group``, else those their config entry
+selected (`sparsify.pruning.groups`) — through `sparsify.scope.global_keep_masks`, with the per-layer
+caps: the budget is the sum of every member's scheduled zeros, so a global ranking never prunes more than
+the schedules ask.
 
 Patterns see every weight as ``[out, in, *kernel]``: a target whose weight is stored ``[in, out]``
 (``Target.transposed``: transformers' ``Conv1D``) is scored in its own layout, ranked on the transposed
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 
 import torch
 
@@ -56,7 +58,7 @@ def compute_masks(
             whole = whole_scores(targets[name], scorer.scores(pruner, name))
             scores[name] = _oriented(targets[name], _checked(name, whole))
         masks: dict[str, torch.Tensor] = {}
-        entries: dict[int, list[str]] = defaultdict(list)
+        entries: dict[Hashable, list[str]] = defaultdict(list)
         for name in names:
             target = targets[name]
             if target.config.scope == "global":

@@ -12,7 +12,7 @@ from torch import nn
 
 from ...config import SUPPORTED_MODULES, ModulePrunerConfig, PrunerConfig
 from ..plan import IncOps, PruningGroup, RecipePlan, UnsupportedFeatureError
-from ..translate import criterion_for, pruner_config, scheduler_for
+from ..translate import criterion_for, global_group_names, pruner_config, scheduler_for
 from .reader import INC_DEFAULTS, read_inc_config
 
 __all__ = ["WeightPruningConfig", "from_inc_config", "inc_plan"]
@@ -90,7 +90,7 @@ def _model_free(plan: RecipePlan) -> PrunerConfig:
     names: dict[str, ModulePrunerConfig | None] = {}
     type_sets: set[tuple[str, ...]] = set()
     types: tuple[str, ...] | None
-    for group in plan.groups:
+    for group, label in zip(plan.groups, global_group_names(plan.groups), strict=True):
         selection = group.targets[0].selection
         if group.method == "lock" or not isinstance(selection, IncOps):
             raise UnsupportedFeatureError(f"{group.origin.entry}: {group.method} without the model",
@@ -104,7 +104,7 @@ def _model_free(plan: RecipePlan) -> PrunerConfig:
         type_sets.add(types)
         guard = "(?!" + "|".join(f".*(?:{p})" for p in selection.excluded) + ")" if selection.excluded else ""
         key = guard + "(?:" + _search(selection.op_names) + ")"
-        names[key] = _group_config(group)
+        names[key] = _group_config(group, label)
     if len(type_sets) > 1:
         raise UnsupportedFeatureError(
             f"{plan.path or 'INC config'}: pruners with different pruning_op_types",
@@ -119,7 +119,7 @@ def _model_free(plan: RecipePlan) -> PrunerConfig:
                                                   g.targets[0].selection.drop_classifier_head for g in plan.groups))
 
 
-def _group_config(group: PruningGroup) -> ModulePrunerConfig:
+def _group_config(group: PruningGroup, label: str) -> ModulePrunerConfig:
     """One INC pruner as a module config, model-free (INC's channel tiles on convs become whole channels)."""
     target = group.targets[0].sparsity
     assert target is not None
@@ -139,6 +139,8 @@ def _group_config(group: PruningGroup) -> ModulePrunerConfig:
                 logger.info("%s: pattern %r on a convolution prunes whole input channels here; INC prunes one input "
                             "channel at one kernel position: pass the model for INC's exact tiles", group.origin,
                             group.structure.tile)
+    if group.scope == "global":  # named, so that it ranks the same after as_dict / to_yaml
+        fields["global_group"] = label
     return ModulePrunerConfig(scheduler=scheduler_for(group, None, False), criterion=criterion_for(group),
                               scope=group.scope, min_sparsity=group.min_sparsity, max_sparsity=group.max_sparsity,
                               **fields)
