@@ -39,6 +39,7 @@ import torch
 import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
+from ..coreml_metadata import is_metadata_key
 from ..masking import is_masked
 from ..pruning import Pruner
 from .coreai_config import CoreAIPolynomialDecayScheduler, pruner_config, to_plain
@@ -121,7 +122,7 @@ def _full_mask(module: nn.Module) -> torch.Tensor:
 
 def _drop_metadata(model: nn.Module) -> None:
     for module in model.modules():
-        for key in [k for k in module._buffers if k.startswith("_COREML_/")]:
+        for key in [k for k in module._buffers if is_metadata_key(k)]:
             del module._buffers[key]
 
 
