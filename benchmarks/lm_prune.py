@@ -174,7 +174,7 @@ def fine_tune(pruned: nn.Module, tokens: torch.Tensor, steps: int, batch: int, l
         loss.backward()
         optimizer.step()
         pruner.step()
-        if (step + 1) % 50 == 0:
+        if (step + 1) % 10 == 0:
             print(f"  fine-tuning step {step + 1}/{steps}: loss {loss.item():.3f}", flush=True)
     spent = time.perf_counter() - started
     final = pruner.finalize(inplace=True).eval()
@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=16, help="calibration windows")
     parser.add_argument("--eval", type=int, default=24, help="held-out windows")
     parser.add_argument("--tune-steps", type=int, default=40)
+    parser.add_argument("--tune-batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--methods", default="", help="comma-separated substrings: run only these methods")
@@ -219,7 +220,18 @@ def main() -> None:
     chosen = {k: v for k, v in METHODS.items() if not args.methods or any(s in k for s in args.methods.split(","))}
     results: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in chosen}
     keep: nn.Module | None = None
-    levels = {k: v for k, v in LEVELS.items() if k in args.levels.split(",")}
+
+    def tune(pruned: nn.Module, before: float) -> nn.Module:
+        tuned, spent = fine_tune(pruned, train, args.tune_steps, args.tune_batch, args.length)
+        after = perplexity(tuned, test, progress=False).perplexity
+        kept = all(bool(((m.weight.reshape(m.weight.shape[0], -1, 4) == 0).sum(-1) >= 2).all())
+                   for n, m in tuned.named_modules() if isinstance(m, nn.Linear) and ".layers." in n)
+        print(f"\nfine-tuning the 2:4 SparseGPT model, masks kept, {args.tune_steps} steps of {args.tune_batch} x "
+              f"{args.length} tokens ({spent:.0f} s): perplexity {before:.2f} -> {after:.2f} (dense "
+              f"{dense.perplexity:.2f}); 2:4 kept: {kept}\n", flush=True)
+        return tuned
+
+    levels = {k: LEVELS[k] for k in args.levels.split(",")}  # in the order given
     for label, level in levels.items():
         for name, method in chosen.items():
             if level is None and name.endswith("+ OWL"):
@@ -233,6 +245,9 @@ def main() -> None:
             print(f"  {label} {name}: perplexity {score:.2f} ({spent:.1f} s)", flush=True)
             if level is None and name == "sparsify SparseGPT":
                 keep = pruned
+        if keep is not None and args.tune_steps:  # right after the 2:4 column
+            tune(keep, results["sparsify SparseGPT"]["2:4"][0])
+            keep = None
     print(f"\nperplexity on {dense.tokens} held-out tokens (dense {dense.perplexity:.2f}); pruning time in seconds, "
           f"one run each, {args.threads} threads; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}\n")
     print("| method | " + " | ".join(levels) + " | time " + " / ".join(levels) + " (s) |")
@@ -241,15 +256,6 @@ def main() -> None:
         cells = " | ".join(f"{results[name][k][0]:.2f}" if k in results[name] else "-" for k in levels)
         spent = " / ".join(f"{results[name][k][1]:.1f}" if k in results[name] else "-" for k in levels)
         print(f"| {name} | {cells} | {spent} |")
-    if keep is not None and args.tune_steps and "sparsify SparseGPT" in results:
-        before = results["sparsify SparseGPT"]["2:4"][0]
-        tuned, spent = fine_tune(keep, train, args.tune_steps, 8, args.length)
-        after = perplexity(tuned, test, progress=False).perplexity
-        kept = all(bool(((m.weight.reshape(m.weight.shape[0], -1, 4) == 0).sum(-1) >= 2).all())
-                   for n, m in tuned.named_modules() if isinstance(m, nn.Linear) and ".layers." in n)
-        print(f"\nfine-tuning the 2:4 SparseGPT model, masks kept, {args.tune_steps} steps of 8 x {args.length} tokens "
-              f"({spent:.0f} s): perplexity {before:.2f} -> {after:.2f} (dense {dense.perplexity:.2f}); 2:4 kept: "
-              f"{kept}")
 
 
 if __name__ == "__main__":
