@@ -128,3 +128,5 @@ def test_errors_ask_only_for_what_the_criterion_needs() -> None:
         sparsify.prune(tiny_llama(), 0.5, criterion="snip")
     with pytest.raises(TypeError, match="sampler must be calibration data .* got int"):
         sparsify.prune(tiny_llama(), 0.5, criterion="wanda", sampler=3)
+    with pytest.raises(TypeError, match=r"sampler is one dict \(keys \['input_ids'\]\): give a list of such items"):
+        sparsify.prune(tiny_llama(), 0.5, criterion="wanda", sampler={"input_ids": token_batches()[0]})

@@ -17,6 +17,12 @@ def as_calibration_data(sampler: Any, **builder_kwargs: Any) -> CalibrationData:
     if isinstance(sampler, CalibrationData):
         return sampler
     if isinstance(sampler, Mapping):
+        if "data_loader_builder" not in sampler and "loss_function" not in sampler:
+            raise TypeError(
+                f"sampler is one dict (keys {sorted(map(str, sampler))[:6]}): give a list of such items, e.g. "
+                f"sampler=[batch] (a dict is read as SparseML's grad_sampler dict only with 'data_loader_builder' "
+                f"and 'loss_function')"
+            )
         return as_grad_sampler(sampler, **builder_kwargs)
     try:
         return CalibrationData(sampler)
