@@ -16,11 +16,12 @@ when an export, an inspection or a plot needs them.
 
 from __future__ import annotations
 
-from . import magnitude_pruner, patterns, pruning_scheduler, schedules
+from . import calibration, magnitude_pruner, patterns, pruning_scheduler, schedules
 from .analysis.budget import allocate_budget
 from .analysis.model_report import model_report
 from .analysis.report import Report
 from .analysis.sensitivity import sensitivity_scan
+from .calibration import CalibrationData, GradSampler
 from .compat.coremltools import CompressionMetadata, CompressionType, n_m_mask
 from .compat.inc import from_inc_config
 from .compat.inc_callbacks import prepare_compression
@@ -33,7 +34,7 @@ from .config import (
     OptimizationConfig,
     PrunerConfig,
 )
-from .criteria import Criterion, GradSampler, register_criterion
+from .criteria import Criterion, register_criterion
 from .export import (
     ConversionError,
     DamagedPackageError,
@@ -44,7 +45,7 @@ from .export import (
     inspect_mlpackage,
 )
 from .patterns import Pattern
-from .pruning import MagnitudePruner, Pruner, dry_run, prune
+from .pruning import MagnitudePruner, Pruner, dry_run, from_pretrained_pruned, prune
 from .schedules import (
     ConstantSparsityScheduler,
     CosineScheduler,
@@ -60,6 +61,7 @@ from .schedules import (
 __version__ = "0.2.0"
 
 __all__ = [
+    "CalibrationData",
     "CompressionMetadata",
     "CompressionType",
     "ConstantSparsityScheduler",
@@ -88,10 +90,12 @@ __all__ = [
     "Recipe",
     "Report",
     "allocate_budget",
+    "calibration",
     "dry_run",
     "export_coreai",
     "export_coreml",
     "from_inc_config",
+    "from_pretrained_pruned",
     "inspect_mlpackage",
     "magnitude_pruner",
     "model_report",

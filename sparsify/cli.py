@@ -39,6 +39,7 @@ from .cli_files import (
     read_state_dict,
     save_atomically,
 )
+from .cli_prune import add_saved_model_arguments
 from .model_files import DEFAULT_MAX_BYTES
 
 __all__ = [
@@ -162,9 +163,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from .cli_prune import prune_saved, saved_kind
     from .config import ModulePrunerConfig, PrunerConfig
     from .pruning import Pruner
 
+    saved = saved_kind(args.model)  # a Hugging Face directory or a torch.export program: written back the same
+    if saved is not None:
+        return prune_saved(args, saved)
     out = check_output(args.output, args.force)  # before any work: a wrong -o fails in a second
     model = build_model(args.model)
     if args.weights is not None:
@@ -359,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  sparsify prune torchvision.models:resnet18 --sparsity 0.5 --pattern 4x1 --scope global -o r18.pt\n"
         "  sparsify prune my.models:Net --weights w.pt --config prune.yaml --trace 1,3,32,32 -o pruned.ts",
     )
-    prune_cmd.add_argument("model", help="a model factory 'package.module:callable', called without arguments")
+    prune_cmd.add_argument("model", help="a model factory 'package.module:callable', called without arguments; a "
+                           "Hugging Face model directory; or a torch.export program (.pt2), saved back as such")
     prune_cmd.add_argument("--weights", help="a torch.save'd state dict (or a TorchScript / torch.export file) whose "
                            "tensors to load into the model (read without running anything in it)")
     prune_cmd.add_argument("--sparsity", type=float, help="the fraction of weights to prune, in [0, 1]")
@@ -374,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune_cmd.add_argument("--trace", type=_parse_shape, help="save TorchScript traced with a random input of this "
                            "shape (e.g. 1,3,32,32) instead of a state dict")
     prune_cmd.add_argument("-o", "--output", required=True, help="where to save the pruned model")
+    add_saved_model_arguments(prune_cmd)
     prune_cmd.add_argument("--force", action="store_true", help="overwrite --output if it exists")
 
     inspect = commands.add_parser(

@@ -29,7 +29,8 @@ from torch import nn
 
 from ..config import ModulePrunerConfig, OptimizationConfig
 from ..patterns.coreml import CoreMLPattern
-from .plan import Plan, SkipModule, _tied_elsewhere, check_target, classifier_head_name
+from .language_models import lm_exclusion, lm_parts_for
+from .plan import Plan, SkipModule, check_target, classifier_head_name, is_transposed, tied_holders
 
 __all__ = ["DryRunRow", "DryRunTable", "dry_run"]
 
@@ -165,9 +166,10 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
         )
     supported = config.supported_modules
     head = classifier_head_name(model) if getattr(config, "keep_classifier_dense", False) else None
+    parts = lm_parts_for(model, config)
     rows = DryRunTable()
-    by_param: dict[int, Plan] = {}
-    plans: list[Plan] = []
+    plans: dict[str, Plan] = {}
+    seen: dict[int, Plan] = {}
     for name, module in model.named_modules():
         is_supported = isinstance(module, supported)
         if not is_supported and not module._parameters:
@@ -180,9 +182,12 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
         param = getattr(module, param_name, None)
         shape = tuple(param.shape) if isinstance(param, torch.Tensor) else None
         row = DryRunRow(name, type(module).__name__, shape, "skip", reason)
+        excluded = lm_exclusion(parts, config, name) if module_config is not None else None
         if module_config is not None:
             if name == head:
                 row.reason = "classifier head kept dense (keep_classifier_dense)"
+            elif excluded is not None:
+                row.reason = excluded
             else:
                 try:
                     pattern = check_target(name, module, module_config)
@@ -193,43 +198,36 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
                 else:
                     row.settings = _settings(module_config, pattern)
                     row.action = "prune"
-                    _tie(row, module, module_config, pattern, by_param, plans)
+                    param = getattr(module, module_config.param_name)
+                    owner = seen.get(id(param))
+                    if owner is None:  # a tied parameter's first holder owns the mask
+                        seen[id(param)] = plans[name] = Plan(name, module_config, pattern, id(module_config), None,
+                                                             None, is_transposed(module, param))
+                    elif owner.config != module_config:  # prepare()'s refusal, in its words
+                        row.action, row.settings = "error", {}
+                        row.reason = (f"{name}.{module_config.param_name} is the same tensor as {owner.name}."
+                                      f"{module_config.param_name} (tied weights) but the two modules have different "
+                                      "configs; give them one config")
+                    else:
+                        row.reason += f" (tied to {owner.name}: shares its mask)"
         rows.append(row)
-    _tied_outside(model, rows, plans)
+    _mark_tied(model, rows, plans, parts)
     return rows
 
 
-def _tie(row: DryRunRow, module: nn.Module, module_config: ModulePrunerConfig, pattern: Any,
-         by_param: dict[int, Plan], plans: list[Plan]) -> None:
-    """A module sharing its weight with an earlier pruned one: ``prepare()`` refuses different configs (the
-    same words here); with one config it shares the earlier module's mask."""
-    param = getattr(module, module_config.param_name)
-    owner = by_param.get(id(param))
-    if owner is not None and owner.config != module_config:
-        row.action, row.settings = "error", {}
-        row.reason = (f"{row.name}.{module_config.param_name} is the same tensor as {owner.name}."
-                      f"{module_config.param_name} (tied weights) but the two modules have different configs; give "
-                      f"them one config")
-        return
-    if owner is not None:
-        row.reason += f" (tied to {owner.name}: shares its mask)"
-    plan = Plan(row.name, module_config, pattern, id(module_config), None, owner.name if owner else None)
-    by_param.setdefault(id(param), plan)
-    plans.append(plan)
-
-
-def _tied_outside(model: nn.Module, rows: DryRunTable, plans: list[Plan]) -> None:
-    """Modules of other types holding a pruned weight: the check ``prepare()`` makes, its error on their row."""
-    while True:
+def _mark_tied(model: nn.Module, rows: DryRunTable, plans: dict[str, Plan], parts: dict[str, str]) -> None:
+    """Rows of modules that share a pruned parameter without being selected (`tied_holders`): ``prune`` with the
+    owner's mask, or ``error`` on the owner's row where ``prepare()`` would refuse."""
+    by_name = {row.name: row for row in rows}
+    selected = [row.name for row in rows if row.action == "prune"]
+    for name, plan in plans.items():
         try:
-            _tied_elsewhere(model, plans)
+            holders = tied_holders(model, [plan], parts, selected)
         except ValueError as exc:
-            message = str(exc)
-            holder = message.split("'")[1] if message.startswith("module '") else None
-            row = next((r for r in rows if r.name == holder), None)
-            if row is None:  # not a listed module: the error goes on the pruned module's row
-                row = next(r for r in rows if r.action == "prune" and f" holds {r.name}." in message)
-            row.action, row.reason, row.settings = "error", message, {}
-            plans[:] = [p for p in plans if f" holds {p.name}." not in message]
+            by_name[name].action, by_name[name].reason = "error", str(exc)
             continue
-        return
+        for holder in holders:
+            row = by_name.get(holder.name)
+            if row is not None:
+                row.action, row.reason = "prune", f"tied to {name!r}: shares its weight and mask"
+                row.settings = dict(by_name[name].settings)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -20,8 +20,9 @@ from torch import nn
 
 from .._checks import check_flags
 from .._sharding import full
+from ..calibration import CalibrationData, as_calibration_data
 from ..config import OptimizationConfig, PrunerConfig
-from ..criteria import Criterion, GradSampler, MagnitudeCriterion, Scorer, as_grad_sampler
+from ..criteria import Criterion, MagnitudeCriterion, Scorer
 from ..distributed import refuse_fsdp
 from ..masking import bake_mask, install_mask, is_masked, set_mask, uninstall_mask
 from .guards import check_state_dict, describe_replaced, refuse_replaced, replaced_modules
@@ -46,8 +47,11 @@ class Pruner:
         model: the model to prune.
         config: a `sparsify.PrunerConfig` (or a subclass, such as Core ML Tools' ``MagnitudePrunerConfig``);
             default: every ``Linear`` / ``Conv`` to 50 % by magnitude at the first ``step()``.
-        sampler: calibration data for data-dependent criteria used in one shot (`sparsify.GradSampler`, or
-            SparseML's ``grad_sampler`` dict). During training they read the training loop's gradients.
+        sampler: calibration data for data-dependent criteria used in one shot: the data as it is (a list or
+            ``DataLoader`` of dicts of tensors, token tensors, ``(inputs, targets)``; a ``datasets.Dataset``), a
+            `sparsify.CalibrationData`, a `sparsify.GradSampler` (data plus a loss, for gradient criteria) or
+            SparseML's ``grad_sampler`` dict (`sparsify.calibration`). During training gradient criteria read the
+            training loop's gradients.
 
     Example::
 
@@ -68,7 +72,7 @@ class Pruner:
         self,
         model: nn.Module,
         config: OptimizationConfig | None = None,
-        sampler: GradSampler | Mapping[str, Any] | None = None,
+        sampler: CalibrationData | Mapping[str, Any] | Iterable[Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -82,7 +86,7 @@ class Pruner:
             )
         self._model = model
         self._config = config
-        self._sampler = None if sampler is None else as_grad_sampler(sampler)
+        self._sampler = None if sampler is None else as_calibration_data(sampler)
         self._step_count = 0
         self._pruner_info: dict[str, Target] = {}
         self._scorers: list[tuple[Criterion, Scorer, list[str]]] = []
@@ -104,7 +108,7 @@ class Pruner:
         return self._config
 
     @property
-    def sampler(self) -> GradSampler | None:
+    def sampler(self) -> CalibrationData | None:
         return self._sampler
 
     @property
@@ -175,7 +179,9 @@ class Pruner:
             self._model = original
             raise
         self._prepared = True
-        protect_save_pretrained(model)  # Hugging Face-style models: save_pretrained writes the masked weights
+        # Hugging Face-style models: save_pretrained writes the masked weights and each layer's pattern and level
+        protect_save_pretrained(model, {name: {"param": t.param_name, **hook_fields(t), "tied_to": list(t.tied_to)}
+                                        for name, t in self._pruner_info.items()})
         for name, target in self._pruner_info.items():
             logger.info("%s: %s, criterion %s, %s scope", name, target.pattern.describe(),
                         target.config.criterion.describe(), target.config.scope)
