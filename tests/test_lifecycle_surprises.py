@@ -243,12 +243,16 @@ def test_the_scope_local_advice_appears_only_in_global_scope(caplog) -> None:
     )
 
 
-def test_an_n_m_ratio_that_overrides_the_requested_sparsity_is_said(caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="sparsify"):
-        pruned = sparsify.prune(mlp(), 0.3, n_m_ratio=(2, 4))
-    assert int((pruned[0].weight == 0).sum()) == 32  # 0.5, Core ML Tools' rule
-    assert ("prune(sparsity=0.3, n_m_ratio=(2, 4)) prunes 0.5: n_m_ratio always prunes n/m (Core ML Tools' rule); "
-            "pattern='2:4' prunes 0.3 by whole runs (Neural Compressor's rule)") in caplog.messages
+def test_an_n_m_ratio_that_overrides_the_requested_sparsity_is_refused() -> None:
+    """prune() is one-shot to `sparsity`: an n:m ratio that prunes another level is refused before any work
+    (the language-model issue's 2:4 at 0.7 used to end at 0.5 silently)."""
+    model = mlp()
+    before = model[0].weight.detach().clone()
+    with pytest.raises(ValueError) as error:
+        sparsify.prune(model, 0.3, n_m_ratio=(2, 4))
+    assert str(error.value) == ("prune(model, 0.3, n_m_ratio=(2, 4)): that pattern prunes 0.5 of each layer, not 0.3; "
+                                "pass sparsity=0.5 or another pattern")
+    assert torch.equal(model[0].weight, before)
 
 
 # -- 7. nothing to prune ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ will get::
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import attrs
@@ -217,14 +218,19 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
 
 def _mark_tied(model: nn.Module, rows: DryRunTable, plans: dict[str, Plan], parts: dict[str, str]) -> None:
     """Rows of modules that share a pruned parameter without being selected (`tied_holders`): ``prune`` with the
-    owner's mask, or ``error`` on the owner's row where ``prepare()`` would refuse."""
+    owner's mask, or ``error`` where ``prepare()`` would refuse (on the holder's row when it is listed)."""
     by_name = {row.name: row for row in rows}
-    selected = [row.name for row in rows if row.action == "prune"]
+    selected = [row.name for row in rows if row.action in ("prune", "error")]  # an error row keeps its message
     for name, plan in plans.items():
         try:
             holders = tied_holders(model, [plan], parts, selected)
         except ValueError as exc:
-            by_name[name].action, by_name[name].reason = "error", str(exc)
+            # "module 'x' holds ... under another name" goes on the holder's row (x cannot be pruned as it is);
+            # "... is tied to module 'x', which no rule selects" on the owner's (select both, or exclude it)
+            holder_name = re.match(r"module '([^']*)'", str(exc))
+            row = by_name.get(holder_name.group(1)) if holder_name else None
+            row = by_name[name] if row is None else row
+            row.action, row.reason, row.settings = "error", str(exc), {}
             continue
         for holder in holders:
             row = by_name.get(holder.name)
