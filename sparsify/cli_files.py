@@ -47,7 +47,7 @@ def _archive_kind(path: Path) -> str | None:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
     if any(name == "archive_format" or name.endswith(("/archive_format", "serialized_exported_program.json"))
-           for name in names):  # torch >= 2.8 puts the records in a root folder, torch 2.7 at the top level
+           for name in names):  # torch >= 2.8: records in a root folder; torch <= 2.7: serialized_* at the top
         return "exported"
     if any("/code/" in name for name in names):
         return "torchscript"

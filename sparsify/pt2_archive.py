@@ -3,7 +3,7 @@ every member in it was judged by what the archive's own format says it is *and* 
 
 Why: ``torch.export.load`` is not a safe loader. Depending on the member it calls ``torch.load(...,
 weights_only=False)`` (weights and constants its config marks ``use_pickle``, the sample inputs, the
-legacy ``<model>.pt`` state dicts, the ``serialized_*`` members of the oldest layout — some of them named
+legacy ``<model>.pt`` state dicts, the ``serialized_*`` members of torch <= 2.7's zip — some of them named
 ``.json``), ``pickle.loads`` (``opaque_obj_`` constants), TorchScript's unpickler (``custom_obj_``
 constants) or AOTInductor's loader of compiled shared libraries (``data/aotinductor/``). A member's *name*
 says nothing: the check that used to skip ``*.json`` members let a pickled weight named ``w.json`` run.
@@ -32,13 +32,18 @@ archive's members, and every nested ``torch.save`` zip, are read through ``torch
 the reader ``torch.export.load`` and ``torch.load`` use — so the bytes checked are the bytes torch would
 read. Every error names the member.
 
-Layouts: the ``pt2`` archive of torch 2.8 to 2.15 (everything under one root folder, read by torch's C++
-archive reader, weights described by payload configs); the ``pt2`` archive of torch 2.6 / 2.7 (the same
-folders at the top level with a ``version`` record, read by Python's ``zipfile``, weights and constants
-as pickled ``data/weights/<model>.pt`` / ``data/constants/<model>.pt``, which newer torch still reads
-under a root folder); and the zip of torch <= 2.5 (``serialized_exported_program.json``,
-``serialized_state_dict.pt`` / ``.json``, ... at the top level), which ``torch.export.load`` falls back
-to. Members are read with the reader the matching torch uses.
+Layouts (read in torch 2.7's and torch 2.15's ``torch/export/__init__.py``): the ``pt2`` archive that
+``torch.export.save`` writes from torch 2.8 on (everything under one root folder, read by torch's C++
+archive reader, weights described by payload configs; the same reader still takes weights and constants
+as pickled ``data/weights/<model>.pt`` / ``data/constants/<model>.pt`` under that root); and the zip that
+torch <= 2.7's ``torch.export.save`` writes (``serialized_exported_program.json``,
+``serialized_state_dict.pt``, ``serialized_constants.pt``, ``serialized_example_inputs.pt``, ``version``
+and ``extra_files/`` at the top level; older files have ``serialized_state_dict.json`` /
+``serialized_constants.json``, pickles too), which torch 2.7's ``torch.export.load`` reads with
+``zipfile`` and newer torch falls back to. Members are read with the reader the matching torch uses. A
+``pt2`` layout at the top level (``archive_format`` and ``version`` beside ``models/``: torch 2.6 / 2.7's
+AOTInductor packages) is refused: no ``torch.export.load`` reads it (torch's archive reader wants a root
+folder; the fallback wants ``serialized_exported_program.json``).
 """
 
 from __future__ import annotations
@@ -75,7 +80,6 @@ _TEXT_RECORDS = {
     ".data/version": re.compile(rb"\d{1,8}\n?"),
     ".data/serialization_id": re.compile(rb"[0-9A-Za-z_\-]{0,128}"),
 }
-_PT2_27_RECORDS = {"version": re.compile(rb"\d{1,8}\n?")}  # torch 2.6 / 2.7 write the archive version here
 _OLD_TEXT_RECORDS = {"version": re.compile(rb"\d{1,4}(\.\d{1,4}){0,3}\n?")}
 _OLD_PICKLES = frozenset({"serialized_state_dict.pt", "serialized_state_dict.json", "serialized_constants.pt",
                           "serialized_constants.json", "serialized_example_inputs.pt"})
@@ -244,17 +248,17 @@ def _payload_configs(archive: _Archive, max_bytes: int) -> None:
             archive.add(member, lambda data, metas=metas: _check_raw(data, metas))  # type: ignore[misc]
 
 
-def _check_pt2(archive: _Archive, max_bytes: int, text_records: dict[str, re.Pattern[bytes]]) -> None:
+def _check_pt2(archive: _Archive, max_bytes: int) -> None:
     for name in archive.names:
         if name.startswith(_COMPILED):
             raise FileRefusedError(f"member {archive.shown(name)}: compiled code (AOTInductor / ExecuTorch); "
                                    "loading it runs native code from the file")
-        if name in text_records:
-            archive.add(name, lambda data, pattern=text_records[name]: _check_text(data, pattern))  # type: ignore[misc]
+        if name in _TEXT_RECORDS:
+            archive.add(name, lambda data, pattern=_TEXT_RECORDS[name]: _check_text(data, pattern))  # type: ignore[misc]
         elif re.fullmatch(r"models/[^/]+\.json", name):
             archive.add(name, _program_check)
         elif re.fullmatch(r"data/(sample_inputs|weights|constants)/[^/]+\.pt", name):
-            archive.add(name, lambda data: _check_pickled(data, max_bytes))  # torch 2.7's state dicts, sample inputs
+            archive.add(name, lambda data: _check_pickled(data, max_bytes))  # sample inputs, pickled state dicts
         elif re.fullmatch(r"data/(weights/[^/]+_model_param|constants/[^/]+_model_constants)_config\.json", name):
             archive.add(name, _check_json)
         elif name.startswith("extra/"):
@@ -266,7 +270,8 @@ def _check_pt2(archive: _Archive, max_bytes: int, text_records: dict[str, re.Pat
 
 
 def _check_old(archive: _Archive, max_bytes: int) -> None:
-    """torch <= 2.5's zip, which ``torch.export.load`` reads when the archive is not a pt2 archive."""
+    """torch <= 2.7's zip: what torch 2.7's ``torch.export.save`` writes and its ``torch.export.load`` reads, and
+    what newer ``torch.export.load`` falls back to when the archive is not a rooted pt2 archive."""
     for name in archive.names:
         if name in _OLD_TEXT_RECORDS:
             archive.add(name, lambda data, pattern=_OLD_TEXT_RECORDS[name]: _check_text(data, pattern))  # type: ignore[misc]
@@ -294,13 +299,15 @@ def check_exported_archive(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES)
         if duplicates:
             raise FileRefusedError(f"member {duplicates[0]} appears more than once (readers disagree on which one "
                                    "counts)")
-        if any("/" not in name for name in names):  # no root folder: torch <= 2.7's layouts, read by zipfile
+        if any("/" not in name for name in names):  # no root folder: torch <= 2.7's zip, read by zipfile
             if any(name.startswith("/") or "\\" in name or ".." in name.split("/") for name in names):
                 raise FileRefusedError("a member name starts with '/', holds '\\' or a '..' folder")
-            if "archive_format" in names:  # torch 2.6 / 2.7's pt2 archive (models/, data/weights/<model>.pt)
-                _check_pt2(_Archive(names, archive.read, str), max_bytes, {**_TEXT_RECORDS, **_PT2_27_RECORDS})
-            else:
-                _check_old(_Archive(names, archive.read, str), max_bytes)
+            if "archive_format" in names:
+                raise FileRefusedError(
+                    "member archive_format: a pt2 archive without a root folder (the layout of torch 2.6 / 2.7's "
+                    "AOTInductor packages), which torch.export.load does not read; re-save the program with "
+                    "torch.export.save")
+            _check_old(_Archive(names, archive.read, str), max_bytes)
             return
         root = names[0].split("/", 1)[0] + "/"
         for name in names:  # torch's reader decodes .data/version as it opens: check the records first
@@ -317,5 +324,5 @@ def check_exported_archive(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES)
         raise FileRefusedError(f"torch's archive reader refuses it ({_first_line(error)})") from error
     if sorted(records) != sorted(name[len(root):] for name in names):
         raise FileRefusedError("the zip's directory and torch's archive reader list different members")
-    _check_pt2(_Archive(records, reader.get_record, lambda name: root + name), max_bytes, _TEXT_RECORDS)
+    _check_pt2(_Archive(records, reader.get_record, lambda name: root + name), max_bytes)
 

@@ -3,11 +3,17 @@ and by its content, never by its name, before ``torch.export.load`` reads it.
 
 Each test plants a payload — a pickle whose reduce creates the folder ``marker`` — under a member name or
 a config flag the format allows, and checks that sparsify refuses the archive naming that member and that
-the marker never appears. Two controls show the payloads are live: torch 2.15's own loader runs them.
+the marker never appears. Controls show the payloads are live: the installed torch's own loader runs them.
+
+The suite runs on torch 2.15 and on torch 2.7, whose ``torch.export.save`` writes different layouts: 2.15 a
+``pt2`` archive under a root folder with payload configs, 2.7 the top-level ``serialized_*`` zip. Tests
+that take the installed torch's archive are layout-aware; tests of a feature only one layout has (payload
+configs) skip on a probe of that feature, naming it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import logging
@@ -25,6 +31,15 @@ from sparsify.cli import main
 from sparsify.cli_files import CommandError, load_model
 from sparsify.model_files import FileRefusedError
 from sparsify.pt2_archive import _is_code_pickle, check_exported_archive
+
+# torch.export.save writes payload configs (data/weights/<model>_weights_config.json) from the module that
+# writes rooted pt2 archives, torch.export.pt2_archive (torch >= 2.8); torch 2.7 writes the serialized_* zip.
+_WRITES_CONFIGS = importlib.util.find_spec("torch.export.pt2_archive") is not None
+_needs_configs = pytest.mark.skipif(
+    not _WRITES_CONFIGS, reason=f"torch {torch.__version__}'s torch.export.save writes no payload configs "
+    "(torch.export.pt2_archive, torch >= 2.8): it writes the serialized_* zip, covered by the layout tests")
+_OLD_PROGRAM = "serialized_exported_program.json"
+_OLD_PICKLES = ("serialized_state_dict.pt", "serialized_constants.pt", "serialized_example_inputs.pt")
 
 
 class _Payload:
@@ -85,13 +100,13 @@ def _prefix(members: Members) -> str:
     return f"{roots.pop()}/" if len(roots) == 1 and all("/" in name for name in members) else ""
 
 
-def _needs_configs(members: Members) -> None:
-    if not any(name.endswith("_weights_config.json") for name in members):
-        pytest.skip(f"torch {torch.__version__} writes no weights config (it came in torch 2.8)")
-
-
 def _program_name(members: Members) -> str:
-    return next(n for n in members if n.endswith("models/model.json"))
+    """The program: ``<root>/models/model.json`` (torch >= 2.8) or ``serialized_exported_program.json``."""
+    return next(n for n in members if n.endswith("models/model.json") or n == _OLD_PROGRAM)
+
+
+def _sample_inputs_name(members: Members) -> str:
+    return next(n for n in members if n.endswith("sample_inputs/model.pt") or n == "serialized_example_inputs.pt")
 
 
 def _payloads(marker: Path) -> dict[str, bytes]:
@@ -121,9 +136,36 @@ def test_a_real_archive_passes_and_loads(program: Path) -> None:
                                       "bn.running_var", "bn.num_batches_tracked"}
 
 
-def test_a_payload_under_every_member_is_refused_naming_it(program: Path, tmp_path: Path, marker: Path) -> None:
+# The members torch.export.save writes for _Net (besides the raw weight / constant records of a pt2 archive).
+_SAVED_MEMBERS = ({"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id",
+                   "models/model.json", "data/sample_inputs/model.pt", "data/weights/model_weights_config.json",
+                   "data/constants/model_constants_config.json"} if _WRITES_CONFIGS
+                  else {_OLD_PROGRAM, *_OLD_PICKLES, "version"})
+
+
+def _layout(kind: str, program: Path) -> Members:
     members = _members(program)
-    assert len(members) >= 12, sorted(members)
+    if kind == "saved_by_the_installed_torch":
+        return members
+    if kind == "pickled_state_dicts_under_a_root":
+        return _pickled_state_layout(program, members)
+    return _serialized_zip(members)
+
+
+@pytest.mark.parametrize("layout", ["saved_by_the_installed_torch", "pickled_state_dicts_under_a_root",
+                                    "serialized_zip_of_torch_2_7"])
+def test_a_payload_under_every_member_is_refused_naming_it(program: Path, tmp_path: Path, marker: Path,
+                                                           layout: str) -> None:
+    """Every member of the archive the installed torch writes (torch 2.15: a rooted pt2 archive with payload
+    configs; torch 2.7: the serialized_* zip), and of the other layouts torch.export.load reads."""
+    members = _layout(layout, program)
+    check_exported_archive(_write(members, tmp_path / "benign.pt2"))
+    if layout == "saved_by_the_installed_torch":
+        prefix = _prefix(members)
+        written = {name[len(prefix):] for name in members}
+        assert written >= _SAVED_MEMBERS, sorted(members)
+        raw_records = 8 if _WRITES_CONFIGS else 0  # 7 weights and buffers, 1 constant (torch 2.7: none)
+        assert len(written - _SAVED_MEMBERS) == raw_records, sorted(members)
     refused = 0
     for form, payload in _payloads(marker).items():
         for name in members:
@@ -134,7 +176,6 @@ def test_a_payload_under_every_member_is_refused_naming_it(program: Path, tmp_pa
 
 
 def _edit_config(members: Members, folder: str, edit: Callable[[dict], None]) -> str:
-    _needs_configs(members)
     name = next(n for n in members if n.endswith(f"data/{folder}/model_{folder}_config.json"))
     config = json.loads(members[name])
     edit(config["config"])
@@ -167,6 +208,7 @@ _FLAGS: dict[str, tuple[str, Callable[[dict], None], str]] = {
 }
 
 
+@_needs_configs
 @pytest.mark.parametrize("case", list(_FLAGS))
 @pytest.mark.parametrize("form", ["pickle", "torch_save"])
 def test_every_config_flag_that_makes_torch_unpickle_is_judged_by_the_config(
@@ -182,6 +224,7 @@ def test_every_config_flag_that_makes_torch_unpickle_is_judged_by_the_config(
         assert "posix.mkdir" in message or "outside a torch.save zip" in message, message
 
 
+@_needs_configs
 def test_the_pickled_json_weight_is_live_for_torch_itself(program: Path, tmp_path: Path, marker: Path) -> None:
     """Control: torch.export.load runs the payload the old name-based check let through."""
     members = _members(program)
@@ -197,6 +240,7 @@ def test_the_pickled_json_weight_is_live_for_torch_itself(program: Path, tmp_pat
     assert marker.is_dir()
 
 
+@_needs_configs
 def test_config_paths_cannot_leave_their_folder(program: Path, tmp_path: Path, marker: Path) -> None:
     members = _members(program)
     _edit_config(members, "weights", lambda c: _first(c).update(path_name="../models/model.json"))
@@ -204,11 +248,11 @@ def test_config_paths_cannot_leave_their_folder(program: Path, tmp_path: Path, m
         check_exported_archive(_write(members, tmp_path / "evil.pt2"))
 
 
+@_needs_configs
 def test_a_raw_weight_whose_bytes_are_a_pickle_is_refused_by_its_content(program: Path, tmp_path: Path,
                                                                         marker: Path) -> None:
     """The config says raw (torch would not unpickle it), the size fits: the content still decides."""
     members = _members(program)
-    _needs_configs(members)
     config = json.loads(members[next(n for n in members if n.endswith("model_weights_config.json"))])["config"]
     name = next(n for n in members if n.endswith("data/weights/" + config["fc.weight"]["path_name"]))
     payload = _payloads(marker)["pickle"]
@@ -223,18 +267,17 @@ def test_a_raw_weight_whose_bytes_are_a_pickle_is_refused_by_its_content(program
 def test_members_the_layout_does_not_account_for_are_refused(program: Path, tmp_path: Path, marker: Path,
                                                              extra: str) -> None:
     members = _members(program)
-    if extra.startswith("data/weights/"):
-        _needs_configs(members)  # torch 2.7 keeps no raw weight records
-    name = _prefix(members) + extra
+    prefix = _prefix(members)  # "" for torch 2.7's serialized_* zip, which reads no compiled code either
+    name = prefix + extra
     members[name] = b"\x7fELF" if extra.endswith(".so") else b"data"
     message = _refused(_write(members, tmp_path / "evil.pt2"), name, marker)
-    assert ("native code" if extra.endswith(".so") else "not part of a torch.export archive") in message
+    assert ("native code" if extra.endswith(".so") and prefix else "not part of a torch.export archive") in message
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")
 def test_a_member_twice_is_refused(program: Path, tmp_path: Path, marker: Path) -> None:
     members = _members(program)
-    name = next(n for n in members if n.endswith("sample_inputs/model.pt"))
+    name = _sample_inputs_name(members)
     evil = _write([*members.items(), (name, _payloads(marker)["torch_save"])], tmp_path / "evil.pt2")
     with pytest.raises(FileRefusedError, match=f"member {name} appears more than once"):
         check_exported_archive(evil)
@@ -283,9 +326,10 @@ def _saved(value: object) -> bytes:
     return buffer.getvalue()
 
 
-def _pickled_state_layout(program: Path, members: Members, prefix: str) -> Members:
-    """The layout with weights and constants as pickled state dicts, no payload configs: torch 2.6 / 2.7's
-    (``prefix=""``: top-level names and a ``version`` record), which torch >= 2.8 still reads under a root."""
+def _pickled_state_layout(program: Path, members: Members, prefix: str = "legacy/") -> Members:
+    """A pt2 archive with weights and constants as pickled state dicts and no payload configs, which torch
+    >= 2.8 reads under a root folder (``prefix=""``: the same at the top level, torch 2.6 / 2.7's AOTInductor
+    package layout, which no torch.export.load reads)."""
     exported = torch.export.load(program)
     layout = {
         prefix + "archive_format": b"pt2",
@@ -293,59 +337,85 @@ def _pickled_state_layout(program: Path, members: Members, prefix: str) -> Membe
         prefix + "models/model.json": members[_program_name(members)],
         prefix + "data/weights/model.pt": _saved(dict(exported.state_dict)),
         prefix + "data/constants/model.pt": _saved(dict(exported.constants)),
-        prefix + "data/sample_inputs/model.pt": next(v for n, v in members.items()
-                                                     if n.endswith("sample_inputs/model.pt")),
+        prefix + "data/sample_inputs/model.pt": members[_sample_inputs_name(members)],
     }
     return {**({prefix + ".data/version": b"6\n", prefix + "byteorder": b"little"} if prefix else {}), **layout}
 
 
-@pytest.mark.parametrize("rooted", [False, True], ids=["torch_2_7_top_level", "legacy_files_under_a_root"])
-def test_the_torch_2_7_layout_is_read_and_its_pickles_are_checked(program: Path, tmp_path: Path, marker: Path,
-                                                                  rooted: bool) -> None:
+def _serialized_zip(members: Members) -> Members:
+    """The zip torch <= 2.7's torch.export.save writes (every torch.export.load reads it), with the older
+    ``serialized_state_dict.json`` name: a pickle named ``.json``. The program is the installed torch's."""
+    from torch._export.serde.schema import SCHEMA_VERSION
+
+    return {
+        "version": ".".join(map(str, SCHEMA_VERSION)).encode(),
+        _OLD_PROGRAM: members[_program_name(members)],
+        "serialized_state_dict.json": _saved({}),
+        "serialized_constants.pt": _saved({}),
+        "serialized_example_inputs.pt": members[_sample_inputs_name(members)],
+    }
+
+
+def test_pickled_state_dicts_under_a_root_are_read_and_checked(program: Path, tmp_path: Path) -> None:
     members = _members(program)
-    layout = _pickled_state_layout(program, members, "legacy/" if rooted else "")
+    layout = _pickled_state_layout(program, members)
     benign = _write(layout, tmp_path / "legacy.pt2")
     check_exported_archive(benign)
-    if rooted and _prefix(members):  # the installed torch reads this layout: the loaded program is the same
+    if _WRITES_CONFIGS:  # torch >= 2.8 reads this layout: the loaded program is the same
         x = torch.randn(3, 16)
         assert torch.equal(load_model(benign)[1].module()(x), torch.export.load(program).module()(x))
-    for name in [n for n in layout if n.endswith(".pt")]:
-        for payload in _payloads(marker).values():
-            _refused(_write({**layout, name: payload}, tmp_path / "evil.pt2"), name, marker)
-    evil = {**layout, "data/aotinductor/model/model.so" if not rooted else "legacy/data/aotinductor/m.so": b"x"}
-    with pytest.raises(FileRefusedError, match="compiled code"):
+    evil = {**layout, "legacy/data/aotinductor/m.so": b"x"}
+    with pytest.raises(FileRefusedError, match="member legacy/data/aotinductor/m.so: compiled code"):
         check_exported_archive(_write(evil, tmp_path / "evil.pt2"))
 
 
-def test_the_oldest_layout_reads_pickles_named_json_and_they_are_checked(program: Path, tmp_path: Path,
-                                                                        marker: Path) -> None:
-    """torch <= 2.5's zip (torch.export.load falls back to it): ``serialized_state_dict.json`` is a pickle."""
-    members = _members(program)
-    state = io.BytesIO()
-    torch.save({}, state)
-    old = {
-        "version": b"8.13",
-        "serialized_exported_program.json": members[_program_name(members)],
-        "serialized_state_dict.json": state.getvalue(),
-        "serialized_constants.pt": state.getvalue(),
-        "serialized_example_inputs.pt": state.getvalue(),
-    }
+def test_a_pt2_layout_without_a_root_folder_is_refused(program: Path, tmp_path: Path) -> None:
+    """No torch.export.load reads it (torch's archive reader wants a root folder, the fallback wants
+    serialized_exported_program.json): sparsify says so instead of handing it to torch."""
+    path = _write(_pickled_state_layout(program, _members(program), ""), tmp_path / "top.pt2")
+    with pytest.raises(FileRefusedError, match="member archive_format: a pt2 archive without a root folder"):
+        check_exported_archive(path)
+    with pytest.raises(CommandError, match="a pt2 archive without a root folder"):
+        load_model(path)
+    logging.disable(logging.CRITICAL)
+    try:
+        with pytest.raises((RuntimeError, AssertionError, KeyError)):  # control: the installed torch reads none
+            torch.export.load(path)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@pytest.mark.filterwarnings("ignore:This version of file is deprecated")
+def test_the_serialized_zip_reads_pickles_named_json_and_they_are_checked(program: Path, tmp_path: Path,
+                                                                          marker: Path) -> None:
+    """torch <= 2.7's zip: ``serialized_state_dict.json`` is a pickle, and every torch.export.load runs it."""
+    old = _serialized_zip(_members(program))
     check_exported_archive(_write(old, tmp_path / "old.pt2"))
-    for name in ("serialized_state_dict.json", "serialized_constants.pt", "serialized_example_inputs.pt"):
-        for payload in _payloads(marker).values():
-            _refused(_write({**old, name: payload}, tmp_path / "evil.pt2"), name, marker)
-    _refused(_write({**old, "extra.pkl": b"x"}, tmp_path / "evil.pt2"), "extra.pkl", marker)
+    evil = _write({**old, "serialized_state_dict.json": _payloads(marker)["pickle"]}, tmp_path / "evil.pt2")
+    _refused(evil, "serialized_state_dict.json", marker)
+    _refused(_write({**old, "extra.pkl": b"x"}, tmp_path / "extra.pt2"), "extra.pkl", marker)
+    logging.disable(logging.CRITICAL)
+    try:
+        with pytest.raises(RuntimeError, match="Invalid magic number"):  # control: torch unpickled it, then failed
+            torch.export.load(evil)
+    finally:
+        logging.disable(logging.NOTSET)
+    assert marker.is_dir()
 
 
 def test_the_command_refuses_in_one_line_and_prune_weights_never_loads_a_program(
         program: Path, tmp_path: Path, marker: Path, capsys: pytest.CaptureFixture[str]) -> None:
     members = _members(program)
-    prefix = _edit_config(members, "weights", _FLAGS["pickled weight named .json"][1])
-    members[prefix + "w.json"] = _payloads(marker)["pickle"]
+    if _WRITES_CONFIGS:  # a weight the config marks pickled, named .json
+        prefix = _edit_config(members, "weights", _FLAGS["pickled weight named .json"][1])
+        name = prefix + "w.json"
+    else:  # torch 2.7's zip: its pickled state dict
+        name = "serialized_state_dict.pt"
+    members[name] = _payloads(marker)["pickle"]
     evil = _write(members, tmp_path / "evil.pt2")
     code = main(["export", str(evil), str(tmp_path / "out.mlpackage")])
     err = capsys.readouterr().err
-    assert code == 1 and len(err.splitlines()) == 1 and f"member {prefix}w.json:" in err, err
+    assert code == 1 and len(err.splitlines()) == 1 and f"member {name}:" in err, err
     # --weights reads tensors only (never torch.export.load): the pickled weight is refused by the reader
     code = main(["prune", "sparsify.demo.models:SmallCNN", "--weights", str(evil), "--sparsity", "0.5",
                  "-o", str(tmp_path / "pruned.pt")])
