@@ -16,11 +16,12 @@ when an export, an inspection or a plot needs them.
 
 from __future__ import annotations
 
-from . import magnitude_pruner, patterns, pruning_scheduler, schedules
+from . import calibration, magnitude_pruner, patterns, pruning_scheduler, schedules
 from .analysis.budget import allocate_budget
 from .analysis.model_report import model_report
 from .analysis.report import Report
 from .analysis.sensitivity import sensitivity_scan
+from .calibration import CalibrationData, GradSampler
 from .compat.coremltools import CompressionMetadata, CompressionType, n_m_mask
 from .compat.inc import from_inc_config
 from .compat.inc_callbacks import prepare_compression
@@ -33,7 +34,7 @@ from .config import (
     OptimizationConfig,
     PrunerConfig,
 )
-from .criteria import Criterion, GradSampler, register_criterion
+from .criteria import Criterion, register_criterion
 from .export import (
     ConversionError,
     DamagedPackageError,
@@ -60,6 +61,7 @@ from .streaming import prune_pretrained
 __version__ = "0.2.0"
 
 __all__ = [
+    "CalibrationData",
     "CompressionMetadata",
     "CompressionType",
     "ConstantSparsityScheduler",
@@ -88,6 +90,7 @@ __all__ = [
     "Recipe",
     "Report",
     "allocate_budget",
+    "calibration",
     "dry_run",
     "export_coreml",
     "from_inc_config",

@@ -39,10 +39,11 @@ def test_split_batch_forms() -> None:
     assert split_batch(({"x": x}, y)) == ((), {"x": x}, y)
     assert split_batch(([x], {"scale": 2.0}, y)) == ((x,), {"scale": 2.0}, y)
     assert split_batch((x, {}, y)) == ((x,), {}, y)
-    with pytest.raises(TypeError, match=r"yielded a tuple of length 1: allowed \(forward_args"):
+    with pytest.raises(TypeError, match=r"yielded a tuple of length 1: allowed a dict of tensors"):
         split_batch((x,))
-    with pytest.raises(TypeError, match="yielded Tensor"):
-        split_batch(x)
+    assert split_batch(x) == ((x,), {}, None)  # one tensor: one positional argument (token ids, an image batch)
+    with pytest.raises(TypeError, match="yielded int"):
+        split_batch(3)
     with pytest.raises(TypeError, match="forward_args must be a list or tuple"):
         split_batch((3, {}, y))
 

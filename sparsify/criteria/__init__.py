@@ -10,11 +10,12 @@ from .base import Criterion, PrunerView, Scorer, TargetView, criterion_from_dict
 from .gradient import GradientCriterion, SnipCriterion, SnipMomentumCriterion
 from .magnitude import MagnitudeCriterion
 from .mfac import MFACCriterion
-from .sampler import GradSampler, NotEnoughDataError, as_grad_sampler
+from .sampler import CalibrationData, GradSampler, NotEnoughDataError, as_calibration_data, as_grad_sampler
 from .sparsegpt import SparseGPTCriterion
 from .wanda import WandaCriterion
 
 __all__ = [
+    "CalibrationData",
     "Criterion",
     "GradSampler",
     "GradientCriterion",
@@ -28,6 +29,7 @@ __all__ = [
     "SparseGPTCriterion",
     "TargetView",
     "WandaCriterion",
+    "as_calibration_data",
     "as_grad_sampler",
     "criterion_from_dict",
     "criterion_kinds",

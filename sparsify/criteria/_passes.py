@@ -2,7 +2,8 @@
 
 Hooks that stop a forward early, substitute the new weights of modules already pruned in the current update
 (the pruned parameter through its masked attribute, a bias by swapping its data for the call only), switch the
-model to ``eval()`` for a pass, and concatenate calibration batches into fewer, larger forwards.
+model to ``eval()`` for a pass, and (re-exported from `sparsify.calibration.merge`) concatenate calibration
+items into fewer, larger forwards.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..calibration.merge import merged
 from ..masking import MaskHook
 from .base import TargetView
 
 __all__ = ["StopForward", "bind", "columns_size", "evaluating", "merged", "swapped"]
+
+# merging calibration items moved to sparsify.calibration.merge; imported here for old callers
 
 
 class StopForward(Exception):
@@ -104,48 +108,3 @@ def columns_size(module: nn.Module, inputs: torch.Tensor) -> int:
     if isinstance(module, nn.Conv1d):
         return inputs.numel() * module.kernel_size[0] // module.stride[0]
     return inputs.numel()
-
-
-def _mergeable(first: Any, other: Any) -> bool:
-    if isinstance(first, torch.Tensor):
-        return (isinstance(other, torch.Tensor) and first.dim() > 0 and first.dim() == other.dim()
-                and first.shape[1:] == other.shape[1:] and first.dtype == other.dtype and first.device == other.device)
-    if isinstance(first, Mapping):
-        return isinstance(other, Mapping) and first.keys() == other.keys() and all(
-            _mergeable(first[k], other[k]) for k in first)
-    if isinstance(first, (tuple, list)):
-        return (type(first) is type(other) and len(first) == len(other)
-                and all(_mergeable(a, b) for a, b in zip(first, other)))
-    try:
-        return bool(first == other)
-    except Exception:  # an odd object that cannot be compared is simply not merged
-        return False
-
-
-def _concatenated(values: list[Any]) -> Any:
-    first = values[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(values)
-    if isinstance(first, Mapping):
-        return {k: _concatenated([v[k] for v in values]) for k in first}
-    if isinstance(first, (tuple, list)):
-        return type(first)(_concatenated(list(parts)) for parts in zip(*values))
-    return first
-
-
-def merged(batches: list[Any], factor: int) -> list[Any]:
-    """Consecutive ``(args, kwargs, target)`` batches concatenated along dim 0, ``factor`` at a time, where their
-    inputs allow (same shapes but the first, equal non-tensor arguments): fewer, larger forwards with the same
-    rows. Targets are dropped (unused)."""
-    if factor <= 1:
-        return batches
-    out: list[Any] = []
-    group: list[Any] = []
-    for args, kwargs, _ in batches:
-        if group and (len(group) == factor or not _mergeable(group[0], (args, kwargs))):
-            out.append((*_concatenated(group), None))
-            group = []
-        group.append((args, kwargs))
-    if group:
-        out.append((*_concatenated(group), None))
-    return out

@@ -173,6 +173,8 @@ class Criterion(abc.ABC):
     kind: ClassVar[str] = ""
     #: needs calibration data (a sampler) or training gradients before its first update
     needs_data: ClassVar[bool] = False
+    #: calibrates layer by layer on data run forward only (no loss needed; language-model defaults apply)
+    layerwise: ClassVar[bool] = False
 
     @abc.abstractmethod
     def scorer(self) -> Scorer:

@@ -1,6 +1,7 @@
 """Forward-only calibration for the layer-wise criteria (``sparsegpt``, ``wanda``): what each pruned layer sees.
 
-The data is the pruner's `GradSampler`, used forward only (its targets and ``loss_fn`` are ignored). Its first
+The data is the pruner's `sparsify.calibration.CalibrationData` (a `GradSampler` too), used forward only (targets and
+any ``loss_fn`` are ignored). Its first
 ``num_batches`` items are kept for the whole mask update — the raw batches, never activations — so every pass
 sees the same samples. Then:
 
@@ -10,7 +11,8 @@ sees the same samples. Then:
 * **stages** — consecutive modules (in forward order) fed the same input form one stage, calibrated together
   and sharing one statistic (one Hessian for ``q``/``k``/``v``); a criterion may ask for one stage per block of
   a chain (below) instead — every layer of a decoder block calibrated on one forward of that block;
-* **merged forwards** — consecutive batches whose inputs differ only in their first dimension are concatenated,
+* **merged forwards** — consecutive items whose inputs differ only in their batch dimension are concatenated
+  where that is exactly equivalent (`sparsify.calibration.merge`),
   as long as the largest pruned layer's (unfolded) input stays under `MERGED_COLUMNS` floats (64 MiB): the same
   rows in fewer forwards (so the model must treat samples independently in ``eval()`` mode, as batch norm does);
 * **a pass** runs every kept batch through the model in ``eval()`` mode under ``no_grad``, with forward
@@ -40,10 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._module_types import Conv1D
+from ..calibration import CalibrationData
 from ._passes import StopForward, bind, columns_size, evaluating, merged, swapped
 from .base import TargetView
 from .chain import BlockInputs, Chain, ChainProbe
-from .sampler import GradSampler
 
 __all__ = ["Calibration", "Stage", "check_layer", "input_columns"]
 
@@ -143,7 +145,8 @@ class Calibration:
     """
 
     def __init__(
-        self, model: nn.Module, sampler: GradSampler, targets: Mapping[str, TargetView], num_batches: int, owner: str,
+        self, model: nn.Module, sampler: CalibrationData, targets: Mapping[str, TargetView], num_batches: int,
+        owner: str,
         reference: bool = False,
     ) -> None:
         self.model = model

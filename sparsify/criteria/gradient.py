@@ -30,6 +30,7 @@ import attrs
 import torch
 
 from .._checks import as_float, as_int, check_range
+from ..calibration import as_grad_sampler
 from .base import Criterion, PrunerView, Scorer, register_criterion
 
 __all__ = ["GradientCriterion", "SnipCriterion", "SnipMomentumCriterion"]
@@ -98,7 +99,8 @@ class _GradientScorer(Scorer):
                 f"pruner.step() (training), or give calibration data: Pruner(model, config, sampler=GradSampler(...))"
             )
         params = [pruner.targets[name].orig for name in missing]
-        for grads in pruner.sampler.gradients(pruner.model, params, self.spec.num_batches, desc=self.spec.kind):
+        sampler = as_grad_sampler(pruner.sampler)
+        for grads in sampler.gradients(pruner.model, params, self.spec.num_batches, desc=self.spec.kind):
             for name, grad in zip(missing, grads):
                 self._fold(pruner, name, grad)
 

@@ -267,8 +267,9 @@ class LayerwiseScorer(Scorer):
         kind = type(self.spec).kind
         if pruner.sampler is None:
             raise ValueError(
-                f"criterion {kind!r} calibrates every layer on data: pass sampler=GradSampler(data) to the Pruner "
-                f"(forward only: loss_fn may be None)"
+                f"criterion {kind!r} calibrates every layer on data (forward only, no loss needed): pass "
+                f"sampler=<calibration data> to the Pruner — e.g. a list of {{'input_ids': ..., 'attention_mask': "
+                f"...}} dicts or of input tensors (sparsify.calibration)"
             )
         for name in names:
             check_layer(kind, name, pruner.targets[name].module)

@@ -29,6 +29,7 @@ import attrs
 import torch
 
 from .._checks import as_float, as_int, boolean, check_in, check_range, field_error
+from ..calibration import as_grad_sampler
 from ..distributed import gather_rows
 from .base import Criterion, PrunerView, Scorer, register_criterion
 from .fisher import DAMP_MODES, FisherInverse, plan_memory
@@ -392,7 +393,8 @@ class _MFACScorer(Scorer):
         device = self.spec.grads_device
         buffer = torch.empty(num_grads, dim, device=device)
         params = [param for _, param, _ in entries]
-        for row, grads in enumerate(pruner.sampler.gradients(pruner.model, params, num_grads, desc="M-FAC gradients")):
+        sampler = as_grad_sampler(pruner.sampler)
+        for row, grads in enumerate(sampler.gradients(pruner.model, params, num_grads, desc="M-FAC gradients")):
             offset = 0
             for grad, (_, _, index) in zip(grads, entries):
                 buffer[row, offset : offset + index.numel()] = grad.reshape(-1)[index].to(device, buffer.dtype)

@@ -103,6 +103,7 @@ class SparseGPTCriterion(Criterion):
 
     kind: ClassVar[str] = "sparsegpt"
     needs_data: ClassVar[bool] = True
+    layerwise: ClassVar[bool] = True
 
     # mypy's attrs plugin cannot type a converter that a call returns: hence ignore[misc] below
     num_batches: int = attrs.field(default=128, converter=positive_int(_OWNER, "num_batches"))  # type: ignore[misc]

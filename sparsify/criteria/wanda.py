@@ -57,6 +57,7 @@ class WandaCriterion(Criterion):
 
     kind: ClassVar[str] = "wanda"
     needs_data: ClassVar[bool] = True
+    layerwise: ClassVar[bool] = True
 
     num_batches: int = attrs.field(default=128, converter=_to_batches)
     # mypy's attrs plugin cannot type a converter that a call returns: hence ignore[misc] below

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from torch import nn
 
+from ..calibration import CalibrationData
 from ..config import MagnitudePrunerConfig, ModulePrunerConfig, OptimizationConfig, PrunerConfig
-from ..criteria import GradSampler
 from .pruner import Pruner
 
 __all__ = ["MagnitudePruner", "prune"]
@@ -41,7 +41,7 @@ def prune(
     model: nn.Module,
     sparsity: float,
     *,
-    sampler: GradSampler | Mapping[str, Any] | None = None,
+    sampler: CalibrationData | Mapping[str, Any] | Iterable[Any] | None = None,
     module_types: Any = None,
     keep_classifier_dense: bool = False,
     inplace: bool = False,
@@ -64,9 +64,14 @@ def prune(
         global_config=module_config, module_types=module_types, keep_classifier_dense=keep_classifier_dense
     )
     if module_config.criterion.needs_data and sampler is None:
+        kind = module_config.criterion.kind
+        wanted = ("sampler=<calibration data> (forward only, no loss needed: e.g. a list of {'input_ids': ..., "
+                  "'attention_mask': ...} dicts or of input tensors)" if module_config.criterion.layerwise
+                  else "sampler=GradSampler(data, loss_fn) (or data whose items carry labels for a model that "
+                  "returns its loss)")
         raise ValueError(
-            f"criterion {module_config.criterion.kind!r} needs calibration data for one-shot pruning: "
-            f"prune(model, {sparsity}, criterion=..., sampler=GradSampler(data, loss_fn))"
+            f"criterion {kind!r} needs calibration data for one-shot pruning: "
+            f"prune(model, {sparsity}, criterion={kind!r}, {wanted})"
         )
     pruner = Pruner(model, config, sampler)
     pruned = pruner.prepare(inplace=inplace)

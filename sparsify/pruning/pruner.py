@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..analysis.report import Report, global_summary, sparsity_summary
+from ..calibration import CalibrationData, as_calibration_data
 from ..config import OptimizationConfig, PrunerConfig
-from ..criteria import Criterion, GradSampler, MagnitudeCriterion, Scorer, as_grad_sampler
+from ..criteria import Criterion, MagnitudeCriterion, Scorer
 from ..distributed import refuse_fsdp
 from ..masking import bake_mask, install_mask, is_masked, set_mask, uninstall_mask
 from ..patterns import CoreMLPattern, NMPattern
@@ -43,8 +44,11 @@ class Pruner:
         model: the model to prune.
         config: a `sparsify.PrunerConfig` (or a subclass, such as Core ML Tools' ``MagnitudePrunerConfig``);
             default: every ``Linear`` / ``Conv`` to 50 % by magnitude at the first ``step()``.
-        sampler: calibration data for data-dependent criteria used in one shot (`sparsify.GradSampler`, or
-            SparseML's ``grad_sampler`` dict). During training they read the training loop's gradients.
+        sampler: calibration data for data-dependent criteria used in one shot: the data as it is (a list or
+            ``DataLoader`` of dicts of tensors, token tensors, ``(inputs, targets)``; a ``datasets.Dataset``), a
+            `sparsify.CalibrationData`, a `sparsify.GradSampler` (data plus a loss, for gradient criteria) or
+            SparseML's ``grad_sampler`` dict (`sparsify.calibration`). During training gradient criteria read the
+            training loop's gradients.
 
     Example::
 
@@ -65,7 +69,7 @@ class Pruner:
         self,
         model: nn.Module,
         config: OptimizationConfig | None = None,
-        sampler: GradSampler | Mapping[str, Any] | None = None,
+        sampler: CalibrationData | Mapping[str, Any] | Iterable[Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -79,7 +83,7 @@ class Pruner:
             )
         self._model = model
         self._config = config
-        self._sampler = None if sampler is None else as_grad_sampler(sampler)
+        self._sampler = None if sampler is None else as_calibration_data(sampler)
         self._step_count = 0
         self._pruner_info: dict[str, Target] = {}
         self._scorers: list[tuple[Criterion, Scorer, list[str]]] = []
@@ -99,7 +103,7 @@ class Pruner:
         return self._config
 
     @property
-    def sampler(self) -> GradSampler | None:
+    def sampler(self) -> CalibrationData | None:
         return self._sampler
 
     @property
