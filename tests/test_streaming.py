@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
 import sparsify  # noqa: E402
-from sparsify import GradSampler, prune_pretrained  # noqa: E402
+from sparsify import prune_pretrained  # noqa: E402
 from sparsify.streaming import BlockResult  # noqa: E402
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -54,8 +54,8 @@ def test_writes_what_in_memory_prune_gives(source: Path, tmp_path: Path, criteri
     target = prune_pretrained(source, tmp_path / "out", 0.5, criterion=criterion, sampler=data, progress=False,
                               **pattern)
     model = AutoModelForCausalLM.from_pretrained(source)
-    reference = sparsify.prune(model, 0.5, criterion=criterion, sampler=GradSampler([(d, None) for d in data]),
-                               keep_classifier_dense=True, **pattern).state_dict()
+    reference = sparsify.prune(model, 0.5, criterion=criterion, sampler=data, keep_classifier_dense=True,
+                               **pattern).state_dict()
     streamed = _tensors(target)
     assert streamed.keys() == {k for k in reference if "_COREML_" not in k}
     for key, value in streamed.items():
@@ -178,6 +178,25 @@ def test_magnitude_and_token_tensors(source: Path, tmp_path: Path) -> None:
     by_tokens = prune_pretrained(source, tmp_path / "tokens", 0.5, criterion="wanda", sampler=tokens, progress=False)
     by_dicts = prune_pretrained(source, tmp_path / "dicts", 0.5, criterion="wanda", sampler=dicts, progress=False)
     assert _shard_bytes(by_tokens) == _shard_bytes(by_dicts)
+
+
+def test_the_calibration_data_prune_takes(source: Path, tmp_path: Path) -> None:
+    """Items with ``position_ids`` [1, T] beside ``input_ids`` [B, T], and a datasets.Dataset, as in memory."""
+    positions = [{**d, "position_ids": torch.arange(12).unsqueeze(0)} for d in _data()]
+    model = AutoModelForCausalLM.from_pretrained(source)
+    reference = sparsify.prune(model, 0.5, criterion="sparsegpt", sampler=positions,
+                               keep_classifier_dense=True).state_dict()
+    target = prune_pretrained(source, tmp_path / "positions", 0.5, criterion="sparsegpt", sampler=positions,
+                              progress=False)
+    for key, value in _tensors(target).items():
+        assert (value - reference[key]).abs().max() <= 1e-5, key
+    datasets = pytest.importorskip("datasets")
+    rows = torch.cat([d["input_ids"] for d in _data()])
+    table = datasets.Dataset.from_dict({"input_ids": rows.tolist(), "text": ["x"] * len(rows)})
+    by_table = prune_pretrained(source, tmp_path / "table", 0.5, criterion="wanda", sampler=table, progress=False)
+    by_rows = prune_pretrained(source, tmp_path / "rows", 0.5, criterion="wanda", progress=False,
+                               sampler=[{"input_ids": row.unsqueeze(0)} for row in rows])
+    assert _shard_bytes(by_table) == _shard_bytes(by_rows)
 
 
 @pytest.mark.parametrize(("choices", "error", "message"), [

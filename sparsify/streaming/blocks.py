@@ -1,7 +1,7 @@
 """One decoder block pruned by the same machine `sparsify.prune` runs, on its cached calibration inputs.
 
 The block is wrapped as a model of its own (`BlockModel`) and handed to `sparsify.prune` with a
-`GradSampler` whose items are the block's inputs — each batch's hidden states with the keyword arguments the
+`CalibrationData` whose items are the block's inputs — each batch's hidden states with the keyword arguments the
 full model passed it. So the criteria, patterns and SparseGPT / Wanda solvers are those of in-memory pruning,
 not a copy. Two settings make the result the one in-memory pruning gives for this block
 (`tests/test_streaming.py` checks it to 1e-5):
@@ -11,7 +11,7 @@ not a copy. Two settings make the result the one in-memory pruning gives for thi
   ``sequential=False`` inside it (every layer of the block on the block's unpruned forward). With
   ``true_sequential=True`` the criterion keeps ``sequential=True`` and its stages run inside the block as
   they run in memory;
-* in memory, calibration batches are concatenated once, before the first block (`sparsify.criteria._passes.merged`);
+* in memory, calibration batches are concatenated once, before the first block (`sparsify.calibration.merged`);
   here they arrive already concatenated the same way, and each item carries its index (``_batch``), a
   keyword argument that differs between items so they are not concatenated a second time.
 """
@@ -27,8 +27,8 @@ import attrs
 import torch
 from torch import nn
 
+from ..calibration import CalibrationData
 from ..config import ModulePrunerConfig
-from ..criteria import GradSampler
 from ..pruning import prune
 from ..pruning.saving import _METADATA_PREFIX, plain_state_dict
 
@@ -69,7 +69,7 @@ def prune_block(
     sampler = None
     if type(module_config.criterion).needs_data:
         items = [((hidden,), {**kwargs, "_batch": index}, None) for index, (hidden, kwargs) in enumerate(inputs)]
-        sampler = GradSampler(items, progress=False)
+        sampler = CalibrationData(items, progress=False)
     with _quiet(logging.getLogger("sparsify.pruning.pruner")):  # its per-layer lines, once per block
         prune(model, module_config.target_sparsity, sampler=sampler, inplace=True, **choices)
     state = plain_state_dict(model)

@@ -1,10 +1,10 @@
 """Calibration data for `prune_pretrained`: normalised as `sparsify.prune` normalises it, merged as it merges.
 
-The items are read through `GradSampler.batches` — the one normaliser `sparsify.prune` uses — so both accept
-the same data. The first ``num_batches`` items are kept and concatenated into larger forwards exactly as the
-in-memory calibration does (`sparsify.criteria._passes.merged`, at most
-`sparsify.criteria.calibration.MERGED_COLUMNS` floats in the largest layer input), so the two compute the same
-sums in the same order.
+The ``sampler`` argument goes through `sparsify.calibration.as_calibration_data` — the one path
+`sparsify.prune` uses — so both accept the same data (dicts of tensors, token tensors, ``datasets.Dataset``,
+...). The first ``num_batches`` items are kept and concatenated into larger forwards exactly as the in-memory
+calibration does (`sparsify.calibration.merged`, at most `sparsify.criteria.calibration.MERGED_COLUMNS` floats
+in the largest layer input), so the two compute the same sums in the same order.
 """
 
 from __future__ import annotations
@@ -16,40 +16,20 @@ from typing import Any
 
 import torch
 
-from ..criteria import GradSampler
-from ..criteria._passes import merged
+from ..calibration import CalibrationData, merged
 from ..criteria.calibration import MERGED_COLUMNS
 
-__all__ = ["as_sampler", "digest", "kept_batches", "merged_batches"]
+__all__ = ["digest", "kept_batches", "merged_batches"]
 
 logger = logging.getLogger(__name__)
 
 Batch = tuple[tuple[Any, ...], dict[str, Any], Any]
 
 
-def as_sampler(data: Any) -> GradSampler:
-    """``data`` as a forward-only `GradSampler`: one as it is, or an iterable of items — a dict of tensors
-    (``{"input_ids", "attention_mask", ...}``: keyword arguments), a token tensor ``[B, T]`` (``[T]``: one
-    window), or any item `GradSampler` takes."""
-    if isinstance(data, GradSampler):
-        return data
-    if isinstance(data, (torch.Tensor, Mapping, str, bytes)) or not hasattr(data, "__iter__"):
-        raise TypeError(f"sampler must be a GradSampler or an iterable of calibration items (dicts of tensors, "
-                        f"token tensors [B, T]), got {type(data).__name__}")
-    items = []
-    for item in data:
-        if isinstance(item, Mapping):
-            item = ((), dict(item), None)
-        elif isinstance(item, torch.Tensor):
-            item = ((item.unsqueeze(0) if item.dim() == 1 else item,), {}, None)
-        items.append(item)
-    return GradSampler(items, progress=False)
-
-
-def kept_batches(sampler: GradSampler, num_batches: int, owner: str) -> list[Batch]:
+def kept_batches(sampler: CalibrationData, num_batches: int, owner: str) -> list[Batch]:
     """The first ``num_batches`` normalised items (a warning when there are fewer, as in memory)."""
     batches: list[Batch] = []
-    for batch in sampler.batches():
+    for batch in sampler.items():
         batches.append(batch)
         if len(batches) == num_batches:
             break

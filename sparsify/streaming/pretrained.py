@@ -38,11 +38,12 @@ from tqdm.auto import tqdm
 
 from .._module_types import Conv1D
 from ..analysis.pattern_names import describe_pattern
+from ..calibration import as_calibration_data
 from ..config import ModulePrunerConfig
 from .activations import ActivationStore, spill
 from .blocks import forward_block, prune_block
 from .checkpoint import INDEX_NAME, SourceCheckpoint, write_atomically, write_json
-from .data import as_sampler, digest, kept_batches, merged_batches
+from .data import digest, kept_batches, merged_batches
 from .progress import MANIFEST_NAME, Progress
 from .skeleton import Skeleton
 
@@ -91,9 +92,9 @@ def prune_pretrained(
             block plus one for the rest, a shard index — with ``sparsity.json`` recording every pruned
             weight's pattern and sparsity.
         sparsity: each decoder linear layer's target fraction of zeros.
-        sampler: calibration data, as `sparsify.prune` takes it (a `GradSampler`, or an iterable of dicts of
-            tensors such as ``{"input_ids", "attention_mask"}``, or of token tensors ``[B, T]``); needed by
-            ``"sparsegpt"`` and ``"wanda"``.
+        sampler: calibration data, exactly as `sparsify.prune` takes it (`sparsify.calibration`: a list of dicts
+            of tensors such as ``{"input_ids", "attention_mask"}``, token tensors ``[B, T]``, a
+            ``datasets.Dataset``, a `CalibrationData`, ...); needed by ``"sparsegpt"`` and ``"wanda"``.
         offload: where the calibration activations between blocks live: ``"memory"``, ``"disk"``
             (memory-mapped files) or ``"auto"`` (disk when they pass ``max_activation_bytes``).
         max_activation_bytes: the ``"auto"`` limit for a block's input and output activations together.
@@ -171,7 +172,7 @@ def _run(
     first = torch.zeros(0)
     if calibrated:
         skeleton.load_on_call()
-        batches = kept_batches(as_sampler(sampler), int(getattr(criterion, "num_batches", 128)), kind)
+        batches = kept_batches(as_calibration_data(sampler), int(getattr(criterion, "num_batches", 128)), kind)
         first = skeleton.capture_first_block(batches[:1])[0][0]
         rows = first.numel() // first.shape[-1]
         batches = merged_batches(batches, rows, _widest_input(skeleton.layers[0]))
