@@ -66,6 +66,7 @@ def prune_block(
     choices = {a.name: getattr(module_config, a.name) for a in attrs.fields(ModulePrunerConfig)
                if a.init and a.name not in ("target_sparsity", "scheduler")}
     choices["criterion"] = block_criterion(module_config, len(inputs))
+    choices["masking"] = "inplace"  # the forward reads the block's own weights: no masked copy of them
     sampler = None
     if type(module_config.criterion).needs_data:
         items = [((hidden,), {**kwargs, "_batch": index}, None) for index, (hidden, kwargs) in enumerate(inputs)]

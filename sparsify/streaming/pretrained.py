@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._memory import release_freed_memory
 from .._module_types import Conv1D
 from ..analysis.pattern_names import describe_pattern
 from ..calibration import as_calibration_data
@@ -208,6 +209,8 @@ def _run(
         kwargs.append(call_kwargs)
         del hidden
     del first
+    skeleton.unload_outside()
+    release_freed_memory()
     layers = skeleton.layers
     stored_propagation = bool(getattr(criterion, "sequential", True))
     try:
@@ -238,6 +241,7 @@ def _run(
                     inputs = outputs
                 del stored
                 skeleton.unload_block(index)
+                release_freed_memory()
                 result = BlockResult(index, num_blocks, time.perf_counter() - started, _peak_rss(), levels)
                 state.blocks.append(state.entry(names[index + 1], index=index, seconds=round(result.seconds, 3),
                                                 layers=_jsonable(levels)))

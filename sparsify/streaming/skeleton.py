@@ -145,6 +145,13 @@ class Skeleton:
         parent = self.model.get_submodule(parent_name) if parent_name else self.model
         setattr(parent, child, fresh)
 
+    def unload_outside(self) -> None:
+        """Free every module outside the blocks again (the captured inputs are all that is needed of them)."""
+        inside = {id(m) for m in self.layers.modules()}
+        for module in self.model.modules():
+            if id(module) not in inside and not _has_meta_tensors(module):
+                module.to("meta")
+
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
