@@ -44,7 +44,7 @@ from .export import (
     inspect_mlpackage,
 )
 from .patterns import Pattern
-from .pruning import MagnitudePruner, Pruner, dry_run, prune
+from .pruning import MagnitudePruner, Pruner, dry_run, from_pretrained_pruned, prune
 from .schedules import (
     ConstantSparsityScheduler,
     CosineScheduler,
@@ -94,6 +94,7 @@ __all__ = [
     "dry_run",
     "export_coreml",
     "from_inc_config",
+    "from_pretrained_pruned",
     "inspect_mlpackage",
     "magnitude_pruner",
     "model_report",

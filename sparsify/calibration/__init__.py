@@ -15,7 +15,8 @@ Typical use with a transformers causal LM::
     pruned = sparsify.prune(model, 0.5, criterion="sparsegpt", sampler=windows)
 """
 
-from .data import CalibrationData, as_calibration_data, first_device
+from .convert import as_calibration_data
+from .data import CalibrationData, first_device
 from .gradients import GradSampler, NotEnoughDataError, as_grad_sampler
 from .items import CalibrationItem, split_batch
 from .merge import batch_size, merged

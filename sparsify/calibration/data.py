@@ -19,7 +19,7 @@ a `CalibrationData` / `GradSampler`, SparseML's ``grad_sampler`` dict, or the pl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from torch import nn
@@ -27,7 +27,7 @@ from torch import nn
 from .._nested import to_device
 from .items import CalibrationItem, split_batch
 
-__all__ = ["CalibrationData", "as_calibration_data", "first_device"]
+__all__ = ["CalibrationData", "first_device"]
 
 
 def _is_hf_dataset(data: Any) -> bool:
@@ -115,23 +115,3 @@ def first_device(model: nn.Module) -> Any:
     for param in model.parameters():
         return param.device
     return None
-
-
-def as_calibration_data(sampler: Any, **builder_kwargs: Any) -> CalibrationData:
-    """What a ``sampler=`` argument becomes: a `CalibrationData` (or `GradSampler`) as it is, SparseML's
-    ``grad_sampler`` dict as a `GradSampler`, any other data (see the module docs) as ``CalibrationData(data)``."""
-    from .gradients import as_grad_sampler
-
-    if isinstance(sampler, CalibrationData):
-        return sampler
-    if isinstance(sampler, Mapping):
-        return as_grad_sampler(sampler, **builder_kwargs)
-    try:
-        return CalibrationData(sampler)
-    except TypeError:
-        raise TypeError(
-            f"sampler must be calibration data — a list / iterable / DataLoader of items (dicts of tensors such as "
-            f"{{'input_ids': ..., 'attention_mask': ...}}, token tensors, (inputs, targets)), a datasets.Dataset, "
-            f"a sparsify.CalibrationData, a sparsify.GradSampler(data, loss_fn) or SparseML's grad_sampler dict — "
-            f"got {type(sampler).__name__}"
-        ) from None

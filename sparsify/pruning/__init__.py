@@ -6,7 +6,9 @@ from .metadata import register_coreml_metadata
 from .plan import Target, classifier_head_name
 from .presets import MagnitudePruner, prune
 from .pruner import Pruner
+from .resume import from_pretrained_pruned
 
 __all__ = [
-    "MagnitudePruner", "Pruner", "Target", "classifier_head_name", "dry_run", "prune", "register_coreml_metadata",
+    "MagnitudePruner", "Pruner", "Target", "classifier_head_name", "dry_run", "from_pretrained_pruned", "prune",
+    "register_coreml_metadata",
 ]

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from ..config import ModulePrunerConfig, OptimizationConfig
-from .plan import SkipModule, check_target, classifier_head_name
+from .language_models import language_model_parts, lm_exclusion
+from .plan import Plan, SkipModule, check_target, classifier_head_name, is_transposed, tied_holders
 
 __all__ = ["DryRunRow", "DryRunTable", "dry_run"]
 
@@ -161,7 +162,10 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
         )
     supported = config.supported_modules
     head = classifier_head_name(model) if getattr(config, "keep_classifier_dense", False) else None
+    parts = language_model_parts(model)
     rows = DryRunTable()
+    plans: dict[str, Plan] = {}
+    seen: set[int] = set()
     for name, module in model.named_modules():
         is_supported = isinstance(module, supported)
         if not is_supported and not module._parameters:
@@ -174,9 +178,12 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
         param = getattr(module, param_name, None)
         shape = tuple(param.shape) if isinstance(param, torch.Tensor) else None
         row = DryRunRow(name, type(module).__name__, shape, "skip", reason)
+        excluded = lm_exclusion(parts, config, name) if module_config is not None else None
         if module_config is not None:
             if name == head:
                 row.reason = "classifier head kept dense (keep_classifier_dense)"
+            elif excluded is not None:
+                row.reason = excluded
             else:
                 try:
                     pattern = check_target(name, module, module_config)
@@ -187,5 +194,29 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
                 else:
                     row.settings = _settings(module_config, pattern)
                     row.action = "prune"
+                    param = getattr(module, module_config.param_name)
+                    if id(param) not in seen:  # a tied parameter's first holder owns the mask
+                        seen.add(id(param))
+                        plans[name] = Plan(name, module_config, pattern, id(module_config), None, None,
+                                           is_transposed(module, param))
         rows.append(row)
+    _mark_tied(model, rows, plans, parts)
     return rows
+
+
+def _mark_tied(model: nn.Module, rows: DryRunTable, plans: dict[str, Plan], parts: dict[str, str]) -> None:
+    """Rows of modules that share a pruned parameter without being selected (`tied_holders`): ``prune`` with the
+    owner's mask, or ``error`` on the owner's row where ``prepare()`` would refuse."""
+    by_name = {row.name: row for row in rows}
+    selected = [row.name for row in rows if row.action == "prune"]
+    for name, plan in plans.items():
+        try:
+            holders = tied_holders(model, [plan], parts, selected)
+        except ValueError as exc:
+            by_name[name].action, by_name[name].reason = "error", str(exc)
+            continue
+        for holder in holders:
+            row = by_name.get(holder.name)
+            if row is not None:
+                row.action, row.reason = "prune", f"tied to {name!r}: shares its weight and mask"
+                row.settings = dict(by_name[name].settings)

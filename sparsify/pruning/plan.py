@@ -17,6 +17,7 @@ from ..config import ModulePrunerConfig, OptimizationConfig
 from ..config.model import Conv1D
 from ..masking import is_masked
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, n_m_zero_count
+from .language_models import language_model_parts, lm_exclusion
 
 __all__ = [
     "TRANSPOSED_MODULES",
@@ -25,11 +26,13 @@ __all__ = [
     "Target",
     "check_target",
     "classifier_head_name",
+    "hook_fields",
     "inplace_backup",
     "is_transposed",
     "pattern_shape",
     "plan_model",
     "reading_parent",
+    "tied_holders",
 ]
 
 logger = logging.getLogger(__name__)
@@ -151,6 +154,9 @@ def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pa
         return applied
     if isinstance(pattern, NMPattern):
         pattern.check(shape, where)
+        if config.n_m_ratio is None and config.target_sparsity > pattern.max_sparsity + 1e-9:
+            logger.warning("%s: target_sparsity=%g is more than n:m %d:%d can reach; pruned to %g", where,
+                           config.target_sparsity, pattern.n, pattern.m, pattern.max_sparsity)
         if pattern.by_runs:  # Neural Compressor's "n:m" skips a layer whose runs do not divide, as it does
             try:
                 pattern.check_whole_runs(shape, where)
@@ -190,6 +196,7 @@ def _check_embedding(where: str, module: nn.Embedding) -> None:
 def plan_model(model: nn.Module, config: OptimizationConfig) -> list[Plan]:
     """Decide what to prune and validate every choice; nothing is changed."""
     head = classifier_head_name(model) if getattr(config, "keep_classifier_dense", False) else None
+    parts = language_model_parts(model)
     _warn_unsupported_name_rules(model, config)
     plans: list[Plan] = []
     by_param: dict[int, Plan] = {}
@@ -198,6 +205,10 @@ def plan_model(model: nn.Module, config: OptimizationConfig) -> list[Plan]:
             continue
         module_config = config.get_module_config(name, module)
         if module_config is None:
+            continue
+        excluded = lm_exclusion(parts, config, name)
+        if excluded is not None:
+            logger.info("module %r: %s", name, excluded)
             continue
         assert isinstance(module_config, ModulePrunerConfig)
         try:
@@ -216,21 +227,37 @@ def plan_model(model: nn.Module, config: OptimizationConfig) -> list[Plan]:
                     owner.name if owner is not None else None, is_transposed(module, param))
         by_param.setdefault(id(param), plan)
         plans.append(plan)
-    plans += _tied_elsewhere(model, plans)
+    plans += tied_holders(model, plans, parts)
     return plans
 
 
-def _tied_elsewhere(model: nn.Module, plans: list[Plan]) -> list[Plan]:
-    """Modules of any type (an ``Embedding`` tied to an LM head) that hold a parameter being pruned: they
-    share its mask, so training, validation and the finalized model all see the same weights."""
+def tied_holders(
+    model: nn.Module, plans: list[Plan], parts: dict[str, str] | None = None, selected: Iterable[str] = ()
+) -> list[Plan]:
+    """Modules of any type (an ``Embedding`` tied to a head) that hold a parameter being pruned but that no rule
+    selected: they share its mask, so training, validation and the finalized model all see the same weights.
+
+    Refused (``ValueError`` naming both modules) when the holder is a language-model part (``parts``,
+    `sparsify.pruning.language_models`) or the criterion is layer-wise: a tied weight is then changed only when
+    both modules are selected by rules. ``selected``: more modules the rules selected (besides ``plans``)."""
+    parts = language_model_parts(model) if parts is None else parts
     owners = {id(getattr(model.get_submodule(p.name), p.config.param_name)): p for p in plans if p.owner is None}
-    planned = {p.name for p in plans}
+    planned = {p.name for p in plans} | set(selected)
     extra = []
     for name, module in model.named_modules(remove_duplicate=True):
         if name in planned:
             continue
         for param_name, param in module._parameters.items():
             plan = owners.get(id(param))
+            if plan is not None and (name in parts or plan.config.criterion.layerwise):
+                why = (f"the language-model {parts[name]}" if name in parts
+                       else f"criterion {plan.config.criterion.kind!r} would rewrite it")
+                raise ValueError(
+                    f"{plan.name}.{plan.config.param_name} is tied to module {name!r} ({type(module).__name__}) as "
+                    f"its {param_name!r}, which no rule selects ({why}): pruning it through {plan.name!r} alone "
+                    f"would change {name!r} too; select both with one config (module_name_configs="
+                    f"{{{plan.name!r}: config, {name!r}: config}}), exclude {plan.name!r} or untie them"
+                )
             if plan is not None and param_name == plan.config.param_name:
                 if isinstance(module, nn.Embedding):
                     _check_embedding(f"module {name!r} (Embedding, tied to {plan.name!r})", module)
@@ -265,3 +292,16 @@ def inplace_backup(targets: Iterable[Target]) -> list[tuple[nn.Parameter, torch.
     """Copies of the parameters of the ``masking="inplace"`` targets, whose pruned entries are about to be
     zeroed in the user's own parameters: what `Pruner.prepare` puts back if it is interrupted."""
     return [(target.orig, target.orig.detach().clone()) for target in targets if target.config.masking == "inplace"]
+
+
+def hook_fields(plan: Plan | Target) -> dict[str, Any]:
+    """What the mask hook records of the pattern, for reports and Core ML Tools–style introspection."""
+    pattern = plan.pattern
+    fields: dict[str, Any] = {"pattern": pattern.describe()}
+    if isinstance(pattern, CoreMLPattern):
+        fields.update(granularity=pattern.granularity, block_size=pattern.block_size)
+    elif isinstance(pattern, NMPattern):
+        fields.update(n_m_ratio=(pattern.n, pattern.m), dim=pattern.dim)
+    else:
+        fields.update(tiles=plan.config.pattern)
+    return fields

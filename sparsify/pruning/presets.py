@@ -9,6 +9,7 @@ from torch import nn
 
 from ..calibration import CalibrationData
 from ..config import MagnitudePrunerConfig, ModulePrunerConfig, OptimizationConfig, PrunerConfig
+from .layer_levels import LAYER_LEVELS, owl_config
 from .pruner import Pruner
 
 __all__ = ["MagnitudePruner", "prune"]
@@ -45,6 +46,9 @@ def prune(
     module_types: Any = None,
     keep_classifier_dense: bool = False,
     inplace: bool = False,
+    layer_levels: str | None = None,
+    owl_m: float = 5.0,
+    owl_lambda: float = 0.08,
     **choices: Any,
 ) -> nn.Module:
     """Prune ``model`` to ``sparsity`` in one shot and return the finalized model (Core ML metadata included).
@@ -56,10 +60,23 @@ def prune(
     ``max_sparsity``, ``normalize`` — and data-dependent criteria (``"snip"``, ``"mfac"``, …) need a ``sampler``::
 
         pruned = sparsify.prune(model, 0.8, criterion="mfac", scope="global", sampler=GradSampler(data, loss_fn))
+
+    On a transformers language model the output head and the embeddings stay dense unless a name rule names
+    them (`sparsify.pruning.language_models`). ``layer_levels="owl"`` gives each layer its own level by OWL
+    (outlier-weighted layerwise sparsity; ``owl_m``, ``owl_lambda``: the paper's ``M = 5``, ``λ = 0.08``),
+    measured on ``sampler``, with any criterion and pattern; the mean level stays ``sparsity``
+    (`sparsify.analysis.owl`).
     """
     if "scheduler" in choices or "target_sparsity" in choices:
         raise TypeError("prune() prunes in one shot to `sparsity`: do not pass scheduler or target_sparsity")
     module_config = ModulePrunerConfig(target_sparsity=sparsity, **choices)
+    if abs(module_config.final_sparsity - sparsity) > 1e-9:
+        chosen = (f"n_m_ratio={module_config.n_m_ratio}" if module_config.n_m_ratio is not None
+                  else f"pattern={module_config.pattern!r}")
+        raise ValueError(
+            f"prune(model, {sparsity}, {chosen}): that pattern prunes {module_config.final_sparsity:g} of each "
+            f"layer, not {sparsity}; pass sparsity={module_config.final_sparsity:g} or another pattern"
+        )
     config = PrunerConfig(
         global_config=module_config, module_types=module_types, keep_classifier_dense=keep_classifier_dense
     )
@@ -73,6 +90,15 @@ def prune(
             f"criterion {kind!r} needs calibration data for one-shot pruning: "
             f"prune(model, {sparsity}, criterion={kind!r}, {wanted})"
         )
+    if layer_levels is not None:
+        if layer_levels not in LAYER_LEVELS:
+            raise ValueError(f"layer_levels={layer_levels!r} is invalid: allowed {', '.join(LAYER_LEVELS)} or None")
+        if sampler is None:
+            raise ValueError("layer_levels='owl' measures each layer's outliers on calibration data: pass "
+                             "sampler=<calibration data> (forward only, no loss needed)")
+        config = owl_config(model, config, sampler, sparsity, m=owl_m, lam=owl_lambda)
+    elif (owl_m, owl_lambda) != (5.0, 0.08):
+        raise ValueError("owl_m / owl_lambda are OWL's settings: pass layer_levels='owl' with them")
     pruner = Pruner(model, config, sampler)
     pruned = pruner.prepare(inplace=inplace)
     try:

@@ -24,9 +24,8 @@ from ..config import OptimizationConfig, PrunerConfig
 from ..criteria import Criterion, MagnitudeCriterion, Scorer
 from ..distributed import refuse_fsdp
 from ..masking import bake_mask, install_mask, is_masked, set_mask, uninstall_mask
-from ..patterns import CoreMLPattern, NMPattern
 from .metadata import METADATA_VERSION_BUFFER, register_coreml_metadata
-from .plan import Plan, Target, inplace_backup, plan_model
+from .plan import Plan, Target, hook_fields, inplace_backup, plan_model
 from .saving import protect_save_pretrained, unprotect_save_pretrained
 from .update import compute_masks
 
@@ -165,7 +164,9 @@ class Pruner:
                     param.copy_(values)
             self._model = original
             raise
-        protect_save_pretrained(model)  # Hugging Face-style models: save_pretrained writes the masked weights
+        # Hugging Face-style models: save_pretrained writes the masked weights and each layer's pattern and level
+        protect_save_pretrained(model, {name: {"param": t.param_name, **hook_fields(t), "tied_to": list(t.tied_to)}
+                                        for name, t in self._pruner_info.items()})
         for name, target in self._pruner_info.items():
             logger.info("%s: %s, criterion %s, %s scope", name, target.pattern.describe(),
                         target.config.criterion.describe(), target.config.scope)
@@ -195,7 +196,7 @@ class Pruner:
         config = copy.deepcopy(plan.config)
         module = model.get_submodule(plan.name)
         reader = model.get_submodule(plan.reader) if plan.reader is not None else None
-        describe = _hook_fields(plan)
+        describe = hook_fields(plan)
         if plan.owner is not None:
             owner = self._pruner_info[plan.owner]
             install_mask(module, config.param_name, owner.mask, owner.sparsity_level, reader=reader,
@@ -486,16 +487,3 @@ class Pruner:
                 hook.amount = float(level)
         for _, scorer, _ in self._scorers:  # e.g. M-FAC reopens its gradient recording for the next update
             scorer.after_step(self)
-
-
-def _hook_fields(plan: Plan) -> dict[str, Any]:
-    """What the mask hook records of the pattern, for reports and Core ML Tools–style introspection."""
-    pattern = plan.pattern
-    fields: dict[str, Any] = {"pattern": pattern.describe()}
-    if isinstance(pattern, CoreMLPattern):
-        fields.update(granularity=pattern.granularity, block_size=pattern.block_size)
-    elif isinstance(pattern, NMPattern):
-        fields.update(n_m_ratio=(pattern.n, pattern.m), dim=pattern.dim)
-    else:
-        fields.update(tiles=plan.config.pattern)
-    return fields

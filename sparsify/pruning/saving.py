@@ -10,6 +10,9 @@ masked parameter under its plain name with its masked values, and no masks, amou
 metadata (which ``from_pretrained`` could not put back). ``from_pretrained`` then reloads exactly the
 weights the model computed when it was saved, with its zeros.
 
+Beside the weights it writes ``sparsity.json``: every pruned layer's pattern and level
+(`sparsify.pruning.sparsity_record`), from which `sparsify.Pruner.from_pretrained` attaches the masks again.
+
 What such a file does not hold is the pruning state (the ``weight_orig`` values under the mask, the
 schedule): to resume pruning, checkpoint ``model.state_dict()`` and ``pruner.state_dict()``
 (`sparsify.compat.hf.PruningCallback` does this in Trainer checkpoints).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,6 +88,8 @@ would list them as unexpected keys and drop them).
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        #: name → pattern fields of every pruned layer (`sparsify.pruning.sparsity_record`), set by the pruner
+        self.layers: dict[str, dict[str, Any]] = {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model_class: Any = type(self.model)  # duck-typed: installed only where the class has save_pretrained
@@ -97,13 +103,24 @@ would list them as unexpected keys and drop them).
                 "the pruning state is not in this file: checkpoint model.state_dict() and pruner.state_dict() to "
                 "resume pruning", len(masked),
             )
-        return method(*bound.args, **bound.kwargs)
+        result = method(*bound.args, **bound.kwargs)
+        directory = bound.arguments.get("save_directory")
+        if self.layers and directory is not None and bound.arguments.get("is_main_process", True) \
+                and os.path.isdir(directory):
+            from .sparsity_record import record_of, write_record
+
+            path = write_record(directory, record_of(self.model, self.layers))
+            logger.info("save_pretrained: the sparsity of %d layer(s) recorded in %s", len(self.layers), path)
+        return result
 
 
-def protect_save_pretrained(model: nn.Module) -> None:
-    """Install `MaskedSavePretrained` on ``model`` if its class has a ``save_pretrained`` method."""
+def protect_save_pretrained(model: nn.Module, layers: Mapping[str, dict[str, Any]] | None = None) -> None:
+    """Install `MaskedSavePretrained` on ``model`` if its class has a ``save_pretrained`` method; ``layers``
+    (name → param and pattern fields) are recorded in ``sparsity.json`` at each save."""
     if callable(getattr(type(model), "save_pretrained", None)):
-        model.__dict__["save_pretrained"] = MaskedSavePretrained(model)
+        guard = MaskedSavePretrained(model)
+        guard.layers = dict(layers or {})
+        model.__dict__["save_pretrained"] = guard
 
 
 def unprotect_save_pretrained(model: nn.Module) -> None:

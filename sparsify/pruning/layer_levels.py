@@ -1,0 +1,57 @@
+"""Per-layer levels for `sparsify.prune`: ``layer_levels="owl"`` turns one config into one per module.
+
+The modules the config selects (`plan_model`: language-model defaults, ``module_types`` and
+``keep_classifier_dense`` included) are measured on the calibration data (`sparsify.analysis.owl`); each then
+gets the config with its own ``target_sparsity`` — or, for an n:m pattern, its own ``n`` with ``m`` fixed —
+as a name rule. The criterion, pattern family and every other field stay the user's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+from torch import nn
+
+from ..analysis.owl import nm_counts, owl_levels
+from ..config import ModulePrunerConfig, PrunerConfig
+from ..patterns import NMPattern
+from .plan import plan_model
+
+__all__ = ["LAYER_LEVELS", "owl_config"]
+
+#: the ``layer_levels`` choices of `sparsify.prune`
+LAYER_LEVELS = ("owl",)
+
+
+def owl_config(
+    model: nn.Module, config: PrunerConfig, sampler: Any, sparsity: float, *, m: float, lam: float
+) -> PrunerConfig:
+    """``config`` (one ``global_config``) as one name rule per selected module at its OWL level."""
+    base = config.global_config
+    assert base is not None
+    if base.scope != "local":
+        raise ValueError(f"layer_levels='owl' sets each layer's level itself: scope={base.scope!r} is not allowed "
+                         f"with it (use scope='local')")
+    names = [plan.name for plan in plan_model(model, config) if plan.owner is None]
+    owl = owl_levels(model, sampler, sparsity, names, m=m, lam=lam)
+    pattern = base.pattern_spec()
+    rules: dict[str, ModulePrunerConfig | None] = {}
+    if isinstance(pattern, NMPattern):
+        sizes = {name: model.get_submodule(name).get_parameter("weight").numel() for name in names}
+        counts = nm_counts(owl.levels, sizes, pattern.n, pattern.m)
+        for name, n in counts.items():
+            if n == 0:
+                rules[re.escape(name)] = None
+            elif base.n_m_ratio is not None:
+                rules[re.escape(name)] = attrs.evolve(base, n_m_ratio=(n, pattern.m))
+            else:
+                rules[re.escape(name)] = attrs.evolve(base, pattern=f"{n}:{pattern.m}",
+                                                      target_sparsity=n / pattern.m)
+    else:
+        for name, level in owl.levels.items():
+            rules[re.escape(name)] = attrs.evolve(base, target_sparsity=level,
+                                                  initial_sparsity=min(base.initial_sparsity, level))
+    return PrunerConfig(module_name_configs=rules, module_types=config.module_types,
+                        keep_classifier_dense=config.keep_classifier_dense)
