@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=WORKERS)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--only", nargs="*", choices=WORKERS, default=list(WORKERS))
+    parser.add_argument("--mmap-threshold", type=int, help="MALLOC_MMAP_THRESHOLD_ for every child (glibc)")
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args.out)))
@@ -173,6 +174,8 @@ def main() -> None:
             if name != "streaming":
                 out.mkdir(parents=True)
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+            if args.mmap_threshold:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
             done = subprocess.run([sys.executable, __file__, "--worker", name, "--out", str(out)], env=env,
                                   capture_output=True, text=True)
             line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
 import sparsify  # noqa: E402
 from sparsify import prune_pretrained  # noqa: E402
+from sparsify.pruning.sparsity_record import read_record  # noqa: E402
 from sparsify.streaming import BlockResult  # noqa: E402
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -54,8 +55,8 @@ def test_writes_what_in_memory_prune_gives(source: Path, tmp_path: Path, criteri
     target = prune_pretrained(source, tmp_path / "out", 0.5, criterion=criterion, sampler=data, progress=False,
                               **pattern)
     model = AutoModelForCausalLM.from_pretrained(source)
-    reference = sparsify.prune(model, 0.5, criterion=criterion, sampler=data, keep_classifier_dense=True,
-                               **pattern).state_dict()
+    pruned = sparsify.prune(model, 0.5, criterion=criterion, sampler=data, keep_classifier_dense=True, **pattern)
+    reference = pruned.state_dict()
     streamed = _tensors(target)
     assert streamed.keys() == {k for k in reference if "_COREML_" not in k}
     for key, value in streamed.items():
@@ -70,11 +71,20 @@ def test_writes_what_in_memory_prune_gives(source: Path, tmp_path: Path, criteri
             assert torch.equal(value, original[key]), key
     index = json.loads((target / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) == 4  # the rest + one shard per block
-    record = json.loads((target / "sparsity.json").read_text())
-    assert record["weights"]["model.layers.2.mlp.down_proj.weight"] == {
-        "pattern": "2:4" if pattern else "unstructured", "sparsity": 0.5, "target": 0.5}
-    assert len(record["weights"]) == 3 * len(LINEARS)
+    pruned.save_pretrained(tmp_path / "in-memory")
+    record = read_record(target)
+    assert record == read_record(tmp_path / "in-memory")  # the record save_pretrained of a pruned model writes
+    assert record["model.layers.2.mlp.down_proj"]["level"] == 0.5 and len(record) == 3 * len(LINEARS)
     assert json.loads((target / "config.json").read_text()) == json.loads((source / "config.json").read_text())
+
+
+def test_masks_reattach_from_the_record(source: Path, tmp_path: Path) -> None:
+    target = prune_pretrained(source, tmp_path / "out", 0.5, criterion="wanda", sampler=_data(), progress=False,
+                              n_m_ratio=(2, 4))
+    pruner = sparsify.from_pretrained_pruned(AutoModelForCausalLM, target)
+    module = pruner.model.get_submodule("model.layers.1.self_attn.q_proj")
+    assert module.weight_mask.float().mean() == 0.5
+    assert torch.equal(module.weight_mask, module.weight_orig != 0)
 
 
 def test_interrupted_run_resumes_to_the_same_files(source: Path, tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ The loop (see `docs/streaming.md`):
    machine `sparsify.prune` runs (`sparsify.streaming.blocks`); its tensors are written, in the source's
    dtype, to its own shard; the block then runs on the calibration inputs with the weights just written,
    giving the next block's inputs; it is freed;
-4. the config and the other small files of ``source``, the sparsity record (``sparsity.json``) and, last, the
-   shard index are written.
+4. the config and the other small files of ``source``, the sparsity record (``sparsity.json``, the format
+   ``save_pretrained`` of a pruned model writes) and, last, the shard index are written.
 
 Every file is written under a temporary name and renamed when whole, and the progress manifest
 (`sparsify.streaming.progress`) is updated after each block, so an interrupted call leaves a consistent target
@@ -28,7 +28,8 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import attrs
 import torch
@@ -38,9 +39,10 @@ from tqdm.auto import tqdm
 
 from .._memory import release_freed_memory
 from .._module_types import Conv1D
-from ..analysis.pattern_names import describe_pattern
 from ..calibration import as_calibration_data
 from ..config import ModulePrunerConfig
+from ..pruning.plan import hook_fields
+from ..pruning.sparsity_record import FORMAT, SPARSITY_FILE, write_record
 from .activations import ActivationStore, spill
 from .blocks import forward_block, prune_block
 from .checkpoint import INDEX_NAME, SourceCheckpoint, write_atomically, write_json
@@ -52,8 +54,6 @@ __all__ = ["SPARSITY_FILE", "BlockResult", "prune_pretrained"]
 
 logger = logging.getLogger(__name__)
 
-#: the side file recording each pruned weight's pattern, target and measured sparsity
-SPARSITY_FILE = "sparsity.json"
 _CRITERIA = ("magnitude", "sparsegpt", "wanda")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".index.json")
 _MAX_COPIED_BYTES = 512 * 1024 * 1024
@@ -91,7 +91,8 @@ def prune_pretrained(
         target: a new or empty directory (or one an interrupted call with the same arguments left: it resumes).
             It becomes a checkpoint ``from_pretrained`` loads — same config and dtype, one shard per decoder
             block plus one for the rest, a shard index — with ``sparsity.json`` recording every pruned
-            weight's pattern and sparsity.
+            layer's pattern and level, as ``save_pretrained`` of a pruned model writes it
+            (`sparsify.pruning.sparsity_record`; `sparsify.from_pretrained_pruned` reads it).
         sparsity: each decoder linear layer's target fraction of zeros.
         sampler: calibration data, exactly as `sparsify.prune` takes it (`sparsify.calibration`: a list of dicts
             of tensors such as ``{"input_ids", "attention_mask"}``, token tensors ``[B, T]``, a
@@ -331,16 +332,13 @@ def _finish(source: Path, target: Path, checkpoint: SourceCheckpoint, skeleton: 
                 or path.name in (MANIFEST_NAME, SPARSITY_FILE) or path.stat().st_size > _MAX_COPIED_BYTES):
             continue
         _copy(path, target / path.name)
-    pattern = describe_pattern(module_config.n_m_ratio, module_config.block_size, module_config.granularity,
-                               module_config.dim, module_config.pattern)
-    weights = {}
-    for block in state.blocks:
-        for key, level in block["layers"].items():
-            weights[key] = {"pattern": pattern, "target": module_config.final_sparsity, "sparsity": level}
-    write_json(target / SPARSITY_FILE, {
-        "format": "sparsify.sparsity/1", "written_by": "sparsify.prune_pretrained",
-        "config": _jsonable(module_config.as_dict()), "weights": weights,
-    })
+    fields = hook_fields(cast(Any, SimpleNamespace(pattern=module_config.pattern_spec(), config=module_config)))
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+    suffix = "." + module_config.param_name
+    layers = {key.removesuffix(suffix): {"param": module_config.param_name, **fields, "level": round(level, 6),
+                                         "tied_to": []}
+              for block in state.blocks for key, level in block["layers"].items()}
+    write_record(target, {"format": FORMAT, "version": 1, "layers": layers})
     weight_map = dict.fromkeys(skeleton.outside_keys(), names[0])
     for index in range(len(skeleton.layers)):
         weight_map.update(dict.fromkeys(skeleton.block_keys(index).values(), names[index + 1]))
