@@ -225,13 +225,14 @@ def _run(
                 started = time.perf_counter()
                 keys = skeleton.block_keys(index)
                 original = checkpoint.tensors(keys.values())
-                block = skeleton.load_block(index, {local: original[key] for local, key in keys.items()})
+                block = skeleton.load_block(index, {local: original.pop(key) for local, key in keys.items()})
+                del original  # float32 tensors became the block's own; others were upcast copies
                 outputs = None
                 if calibrated and not stored_propagation:  # every block calibrated on the unpruned model's activations
                     outputs = _through(block, inputs, kwargs, index, keep=True)
                 pruned = prune_block(block, module_config, list(zip(inputs.batches, kwargs)))
-                stored, levels = _stored(keys, pruned, original, checkpoint, module_config)
-                del pruned, original
+                stored, levels = _stored(keys, pruned, checkpoint, module_config)
+                del pruned
                 _write_shard(target / names[index + 1], stored)
                 if stored_propagation and calibrated:
                     block.load_state_dict({local: stored[key].float() for local, key in keys.items()},
@@ -304,22 +305,13 @@ def _stored_block(skeleton: Skeleton, checkpoint: SourceCheckpoint, target: Path
     return skeleton.load_block(index, tensors)
 
 
-def _stored(keys: dict[str, str], pruned: dict[str, torch.Tensor], original: dict[str, torch.Tensor],
-            checkpoint: SourceCheckpoint, module_config: ModulePrunerConfig,
-            ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """The block's tensors to write (checkpoint keys, source dtypes; unchanged tensors byte for byte) and each
-    pruned weight's measured sparsity."""
-    stored: dict[str, torch.Tensor] = {}
-    levels: dict[str, float] = {}
-    for local, key in keys.items():
-        value = pruned[local]
-        if torch.equal(value, original[key].float()):
-            stored[key] = original[key]
-            continue
-        stored[key] = value.to(checkpoint.dtype(key)).contiguous()
-    for local, key in keys.items():
-        if local.endswith("." + module_config.param_name) and stored[key].dim() >= 2:
-            levels[key] = float((stored[key] == 0).float().mean())
+def _stored(keys: dict[str, str], pruned: dict[str, torch.Tensor], checkpoint: SourceCheckpoint,
+            module_config: ModulePrunerConfig) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The block's tensors to write (checkpoint keys, the source's dtypes: an unchanged bfloat16 or float16
+    tensor comes back bit for bit from its float32 copy) and each pruned weight's measured sparsity."""
+    stored = {key: pruned[local].to(checkpoint.dtype(key)).contiguous() for local, key in keys.items()}
+    levels = {key: float((stored[key] == 0).float().mean()) for local, key in keys.items()
+              if local.endswith("." + module_config.param_name) and stored[key].dim() >= 2}
     return stored, levels
 
 
