@@ -238,3 +238,29 @@ def test_refused_directories(source: Path, tmp_path: Path) -> None:
     (pickled / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(ValueError, match=r"it holds \['pytorch_model.bin'\]: pickled weights are not read"):
         prune_pretrained(pickled, tmp_path / "x", 0.5, progress=False)
+
+
+@pytest.mark.parametrize("criterion", ["sparsegpt", "wanda"])
+def test_prune_default_masking_gives_what_default_masking_gives(source: Path, criterion: str) -> None:
+    """`prune()` calibrates with masking="inplace" (no masked float copy of every weight): same result."""
+    model = AutoModelForCausalLM.from_pretrained(source)
+    data = _data()
+    lean = sparsify.prune(model, 0.5, criterion=criterion, sampler=data).state_dict()
+    default = sparsify.prune(model, 0.5, criterion=criterion, sampler=data, masking="default").state_dict()
+    assert lean.keys() == default.keys()
+    for key, value in lean.items():
+        assert torch.equal(value, default[key]), key
+
+
+def test_inverse_factor_overwrite_gives_the_same_factor() -> None:
+    from sparsify.criteria.sparsegpt import inverse_factor
+
+    columns = torch.randn(64, 16)
+    hessian = columns.t() @ columns / 64
+    kept = hessian.clone()
+    factor, alive = inverse_factor(hessian, 0.01)
+    assert torch.equal(hessian, kept)  # the caller's matrix is left alone by default
+    factor2, alive2 = inverse_factor(hessian.clone(), 0.01, overwrite=True)
+    assert torch.equal(factor, factor2) and torch.equal(alive, alive2)
+    assert torch.allclose(factor.t() @ factor, torch.linalg.inv(kept + 0.01 * kept.diagonal().mean() * torch.eye(16)),
+                          atol=1e-4)
