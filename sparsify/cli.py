@@ -29,6 +29,7 @@ import torch
 
 from .analysis.sizing import RULES, TARGETS
 from .cli_files import CommandError, build_model, load_config, load_model, read_state_dict
+from .cli_prune import add_saved_model_arguments
 from .model_files import DEFAULT_MAX_BYTES
 
 __all__ = [
@@ -144,9 +145,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from .cli_prune import prune_saved, saved_kind
     from .config import ModulePrunerConfig, PrunerConfig
     from .pruning import Pruner
 
+    saved = saved_kind(args.model)  # a Hugging Face directory or a torch.export program: written back the same
+    if saved is not None:
+        return prune_saved(args, saved)
     model = build_model(args.model)
     if args.weights is not None:
         kind, state = load_model(args.weights, args.max_file_size)
@@ -331,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  sparsify prune torchvision.models:resnet18 --sparsity 0.5 --pattern 4x1 --scope global -o r18.pt\n"
         "  sparsify prune my.models:Net --weights w.pt --config prune.yaml --trace 1,3,32,32 -o pruned.ts",
     )
-    prune_cmd.add_argument("model", help="a model factory 'package.module:callable', called without arguments")
+    prune_cmd.add_argument("model", help="a model factory 'package.module:callable', called without arguments; a "
+                           "Hugging Face model directory; or a torch.export program (.pt2), saved back as such")
     prune_cmd.add_argument("--weights", help="a torch.save'd state dict to load into the model (read weights_only)")
     prune_cmd.add_argument("--sparsity", type=float, help="the fraction of weights to prune, in [0, 1]")
     prune_cmd.add_argument("--criterion", default="magnitude", help="a data-free criterion (default: magnitude)")
@@ -345,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune_cmd.add_argument("--trace", type=_parse_shape, help="save TorchScript traced with a random input of this "
                            "shape (e.g. 1,3,32,32) instead of a state dict")
     prune_cmd.add_argument("-o", "--output", required=True, help="where to save the pruned model")
+    add_saved_model_arguments(prune_cmd)
     prune_cmd.add_argument("--force", action="store_true", help="overwrite --output if it exists")
 
     inspect = commands.add_parser(

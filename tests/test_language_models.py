@@ -150,3 +150,16 @@ def test_dry_run_shows_a_tied_table_sharing_the_heads_mask() -> None:
     layerwise = PrunerConfig(global_config=ModulePrunerConfig(criterion="wanda"))
     row = {r.name: r for r in dry_run(_TiedLM(), layerwise)}["head"]
     assert row.action == "error" and "criterion 'wanda' would rewrite it" in row.reason
+
+
+def test_core_ml_tools_configs_keep_core_ml_tools_selection() -> None:
+    """The drop-in MagnitudePrunerConfig prunes every Linear, GPT-2's tied head included (the table shares it)."""
+    model = tiny_gpt2()
+    pruner = sparsify.MagnitudePruner(model)
+    prepared = pruner.prepare()
+    pruner.step()
+    assert pruner.targets["lm_head"].tied_to == ["transformer.wte"]
+    assert torch.equal(prepared.transformer.wte.weight, prepared.lm_head.weight)
+    assert int((prepared.lm_head.weight == 0).sum()) == prepared.lm_head.weight.numel() // 2
+    rows = {r.name: r for r in dry_run(model, sparsify.MagnitudePrunerConfig())}
+    assert rows["lm_head"].action == rows["transformer.wte"].action == "prune"

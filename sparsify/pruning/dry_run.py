@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..config import ModulePrunerConfig, OptimizationConfig
-from .language_models import language_model_parts, lm_exclusion
+from .language_models import lm_exclusion, lm_parts_for
 from .plan import Plan, SkipModule, check_target, classifier_head_name, is_transposed, tied_holders
 
 __all__ = ["DryRunRow", "DryRunTable", "dry_run"]
@@ -162,7 +162,7 @@ def dry_run(model: nn.Module, config: Any) -> DryRunTable:
         )
     supported = config.supported_modules
     head = classifier_head_name(model) if getattr(config, "keep_classifier_dense", False) else None
-    parts = language_model_parts(model)
+    parts = lm_parts_for(model, config)
     rows = DryRunTable()
     plans: dict[str, Plan] = {}
     seen: set[int] = set()

@@ -3,8 +3,9 @@
 SparseGPT's and Wanda's reference code, llm-compressor and the papers' magnitude baselines prune the linear
 layers of the decoder blocks only: the output head (``lm_head``) and the token / position embeddings stay
 dense. A transformers language model — a model whose ``get_output_embeddings()`` returns a module — gets the
-same default here, whatever the criterion: its output head and every module its ``get_input_embeddings()``,
-``get_output_embeddings()`` or ``nn.Embedding`` children hold are *language-model parts*, skipped unless a
+same default here with a `sparsify.PrunerConfig` (`sparsify.prune` included), whatever the criterion
+(Core ML Tools' drop-in ``MagnitudePrunerConfig`` keeps Core ML Tools' selection): its output head, its
+``get_input_embeddings()`` and every ``nn.Embedding`` are *language-model parts*, skipped unless a
 ``module_name_configs`` pattern with a config names them (``keep_classifier_dense`` is not needed).
 
 **Tied weights.** GPT-2 ties ``lm_head.weight`` to ``transformer.wte.weight``. A weight held by two modules is
@@ -23,7 +24,9 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["language_model_parts", "lm_exclusion", "named_by_name_rule"]
+from ..config import PrunerConfig
+
+__all__ = ["language_model_parts", "lm_exclusion", "lm_parts_for", "named_by_name_rule"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,12 @@ def language_model_parts(model: nn.Module) -> dict[str, str]:
         elif isinstance(module, nn.Embedding):
             parts[name] = "embeddings"
     return parts
+
+
+def lm_parts_for(model: nn.Module, config: Any) -> dict[str, str]:
+    """`language_model_parts` where the defaults apply: sparsify's `PrunerConfig`. Core ML Tools' drop-in
+    ``MagnitudePrunerConfig`` keeps Core ML Tools' own selection (every ``Linear``, the head included)."""
+    return language_model_parts(model) if isinstance(config, PrunerConfig) else {}
 
 
 def named_by_name_rule(config: Any, name: str) -> bool:

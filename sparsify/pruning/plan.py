@@ -17,7 +17,7 @@ from ..config import ModulePrunerConfig, OptimizationConfig
 from ..config.model import Conv1D
 from ..masking import is_masked
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, n_m_zero_count
-from .language_models import language_model_parts, lm_exclusion
+from .language_models import lm_exclusion, lm_parts_for
 
 __all__ = [
     "TRANSPOSED_MODULES",
@@ -196,7 +196,7 @@ def _check_embedding(where: str, module: nn.Embedding) -> None:
 def plan_model(model: nn.Module, config: OptimizationConfig) -> list[Plan]:
     """Decide what to prune and validate every choice; nothing is changed."""
     head = classifier_head_name(model) if getattr(config, "keep_classifier_dense", False) else None
-    parts = language_model_parts(model)
+    parts = lm_parts_for(model, config)
     _warn_unsupported_name_rules(model, config)
     plans: list[Plan] = []
     by_param: dict[int, Plan] = {}
@@ -240,7 +240,7 @@ def tied_holders(
     Refused (``ValueError`` naming both modules) when the holder is a language-model part (``parts``,
     `sparsify.pruning.language_models`) or the criterion is layer-wise: a tied weight is then changed only when
     both modules are selected by rules. ``selected``: more modules the rules selected (besides ``plans``)."""
-    parts = language_model_parts(model) if parts is None else parts
+    parts = {} if parts is None else parts
     owners = {id(getattr(model.get_submodule(p.name), p.config.param_name)): p for p in plans if p.owner is None}
     planned = {p.name for p in plans} | set(selected)
     extra = []
