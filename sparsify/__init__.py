@@ -57,6 +57,7 @@ from .schedules import (
     PruningScheduler,
     register_scheduler,
 )
+from .streaming import prune_pretrained
 
 __version__ = "0.2.0"
 
@@ -103,6 +104,7 @@ __all__ = [
     "patterns",
     "prepare_compression",
     "prune",
+    "prune_pretrained",
     "pruning_scheduler",
     "register_criterion",
     "register_scheduler",

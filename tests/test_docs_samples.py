@@ -48,6 +48,16 @@ PROVIDED: dict[str, tuple[str, tuple[str, ...]]] = {
         loss_fn = F.cross_entropy
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     """, ("model", "loader", "loss_fn", "optimizer")),
+    "docs/streaming.md": ("""
+        import torch
+        from transformers import AutoModelForCausalLM, LlamaConfig
+        torch.manual_seed(0)
+        config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=50, use_cache=False)
+        AutoModelForCausalLM.from_config(config).save_pretrained("llama-dense", max_shard_size="40KB")
+        windows = [{"input_ids": torch.randint(0, 50, (2, 16)), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+                   for _ in range(4)]
+    """, ("windows",)),
     "docs/reports.md": ("""
         import torch
         from sparsify.demo.models import SmallCNN

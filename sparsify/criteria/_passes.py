@@ -20,9 +20,26 @@ from ..calibration.merge import merged
 from ..masking import MaskHook
 from .base import TargetView
 
-__all__ = ["StopForward", "bind", "columns_size", "evaluating", "merged", "swapped"]
+__all__ = ["MaskedWeight", "Replacements", "StopForward", "bind", "columns_size", "evaluating", "merged", "swapped"]
 
 # merging calibration items moved to sparsify.calibration.merge; imported here for old callers
+
+
+class MaskedWeight:
+    """A pruned layer's new weight as its later passes see it, ``where(keep, weight, 0)``, made only for the call
+    that reads it: an update keeps the ``bool`` mask and, for SparseGPT, the new values — not also a masked
+    float copy of every layer it has pruned so far."""
+
+    def __init__(self, keep: torch.Tensor, weight: torch.Tensor) -> None:
+        self.keep = keep
+        self.weight = weight
+
+    def __call__(self) -> torch.Tensor:
+        return torch.where(self.keep, self.weight, 0.0)
+
+
+#: module name → parameter name → its stand-in (the pruned parameter as a `MaskedWeight`, a bias as a tensor)
+Replacements = Mapping[str, Mapping[str, "torch.Tensor | MaskedWeight"]]
 
 
 class StopForward(Exception):
@@ -53,7 +70,7 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def swapped(
     targets: Mapping[str, TargetView],
-    replaced: Mapping[str, Mapping[str, torch.Tensor]],
+    replaced: Replacements,
     active: Callable[[], bool] = lambda: True,
 ) -> Iterator[None]:
     """While inside, every call of a module in ``replaced`` (name → parameter name → tensor) uses those tensors
@@ -66,10 +83,11 @@ def swapped(
             return
         for key, value in replaced[name].items():
             if key == targets[name].param_name:
-                setattr(module, key, value)
+                setattr(module, key, value() if isinstance(value, MaskedWeight) else value)
             else:
                 param = getattr(module, key)
                 saved.setdefault((name, key), param.data)
+                assert isinstance(value, torch.Tensor)
                 param.data = value
 
     def restore(name: str, module: nn.Module, _args: tuple[Any, ...]) -> None:

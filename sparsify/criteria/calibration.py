@@ -43,7 +43,7 @@ from torch import nn
 
 from .._module_types import Conv1D
 from ..calibration import CalibrationData
-from ._passes import StopForward, bind, columns_size, evaluating, merged, swapped
+from ._passes import Replacements, StopForward, bind, columns_size, evaluating, merged, swapped
 from .base import TargetView
 from .chain import BlockInputs, Chain, ChainProbe
 
@@ -264,7 +264,7 @@ class Calibration:
         self,
         stage: Stage,
         observe: Callable[[str, torch.Tensor], None],
-        replaced: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        replaced: Replacements | None = None,
         reference: Callable[[str, torch.Tensor], None] | None = None,
     ) -> None:
         """One pass over the kept batches: ``observe(leader, columns)`` for each input of the stage's leaders,

@@ -25,7 +25,7 @@ import attrs
 import torch
 from torch import nn
 
-from ._passes import StopForward, swapped
+from ._passes import Replacements, StopForward, swapped
 from .base import TargetView
 
 __all__ = ["BlockInputs", "Chain", "ChainProbe"]
@@ -136,7 +136,7 @@ class BlockInputs:
         forward: Any,
         batches: Sequence[Any],
         targets: Mapping[str, TargetView],
-        replaced: Mapping[str, Mapping[str, torch.Tensor]],
+        replaced: Replacements,
     ) -> None:
         """Bring the cache to block ``index``: capture the first block's inputs with ``forward(batch)`` (the
         model's), then run each finished block on its inputs with the new weights in ``replaced``."""
@@ -153,7 +153,7 @@ class BlockInputs:
 
     def _capture(
         self, forward: Any, batches: Sequence[Any], targets: Mapping[str, TargetView],
-        replaced: Mapping[str, Mapping[str, torch.Tensor]],
+        replaced: Replacements,
     ) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
         inputs: list[tuple[Any, ...]] = []
         kwargs: list[dict[str, Any]] = []
@@ -174,7 +174,7 @@ class BlockInputs:
 
     def _through(
         self, index: int, inputs: list[tuple[Any, ...]], targets: Mapping[str, TargetView],
-        replaced: Mapping[str, Mapping[str, torch.Tensor]],
+        replaced: Replacements,
     ) -> list[tuple[Any, ...]]:
         block = self.chain.blocks[index][1]
         outputs = []

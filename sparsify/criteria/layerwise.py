@@ -28,8 +28,10 @@ import attrs
 import torch
 import torch.distributed as dist
 
+from .._memory import release_freed_memory
 from .._progress import tqdm
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
+from ._passes import MaskedWeight
 from .base import PrunerView, Scorer, TargetView
 from .calibration import Calibration, Stage, check_layer
 
@@ -342,23 +344,26 @@ class LayerwiseScorer(Scorer):
         names = [n for n in masks if n in self.names]
         calibration = self._calibration(pruner, names)
         stages = calibration.stages(names, sequential=self.spec.sequential, by_block=self.by_block())
-        replaced: dict[str, dict[str, torch.Tensor]] = {}
+        replaced: dict[str, dict[str, torch.Tensor | MaskedWeight]] = {}
         refined: dict[str, torch.Tensor] = {}
-        updates: dict[str, dict[str, torch.Tensor]] = {}
+        updated: list[str] = []
         with tqdm(total=len(names), desc=f"{self.label} layers", unit="layer", leave=False,
                   disable=not getattr(pruner.sampler, "progress", True)) as bar:
             for stage in stages:
-                refined.update(self._stage(pruner, calibration, stage, masks, replaced, updates))
+                refined.update(self._stage(pruner, calibration, stage, masks, replaced, updated))
                 bar.update(len(stage.names))
+        # the new values go in only now, all together: an interrupted update leaves the model as it was
         with torch.no_grad():
-            for name, values in updates.items():
+            for name in updated:
                 target = pruner.targets[name]
-                for key, value in values.items():
+                for key, value in replaced.pop(name).items():
                     param = getattr(target.module, key if key != target.param_name else key + "_orig")
-                    value = value.to(param.device, param.dtype)
-                    if key == target.param_name:
-                        value = torch.where(refined[name].expand(param.shape), value, param)
-                    param.copy_(value)
+                    if isinstance(value, MaskedWeight):
+                        new = torch.where(refined[name].expand(param.shape), value.weight.to(param.device,
+                                                                                              param.dtype), param)
+                    else:
+                        new = value.to(param.device, param.dtype)
+                    param.copy_(new)
         return refined
 
     def _stage(
@@ -367,9 +372,12 @@ class LayerwiseScorer(Scorer):
         calibration: Calibration,
         stage: Stage,
         masks: Mapping[str, torch.Tensor],
-        replaced: dict[str, dict[str, torch.Tensor]],
-        updates: dict[str, dict[str, torch.Tensor]],
+        replaced: dict[str, dict[str, torch.Tensor | MaskedWeight]],
+        updated: list[str],
     ) -> dict[str, torch.Tensor]:
+        """Calibrate and prune one stage; each pruned layer's stand-in for later stages goes to ``replaced``
+        (its keep-mask and, when it changed them, its new values: held once) and, when it has new values, its
+        name to ``updated``."""
         statistics = {leader: self.statistic(pruner.targets[leader].module) for leader in stage.leaders}
         sequential = self.spec.sequential and bool(replaced)
         reference = None
@@ -382,19 +390,25 @@ class LayerwiseScorer(Scorer):
             statistic.synchronize()
             refuse_nonfinite(self.label, leader, [n for n in stage.names if stage.leader[n] == leader], statistic)
         refined = {}
+        users = {leader: sum(1 for n in stage.names if stage.leader[n] == leader) for leader in stage.leaders}
         for name in stage.names:
             target = pruner.targets[name]
             layer = LayerTarget.of(target)
             chosen = layer.flip(masks[name].expand(target.orig.shape))
-            keep, values = self.prune_layer(layer, chosen, statistics[stage.leader[name]])
+            leader = stage.leader[name]
+            keep, values = self.prune_layer(layer, chosen, statistics[leader])
+            users[leader] -= 1
+            if not users[leader]:  # its last layer is done: free the Hessian and its factors now
+                del statistics[leader]
+            release_freed_memory()
             keep = layer.flip(keep)
             if target.param_name in values:
                 values[target.param_name] = layer.flip(values[target.param_name])
             refined[name] = to_mask_shape(keep, masks[name].shape)
             if values:
-                updates[name] = values
-            weight = values.get(target.param_name, target.orig.detach())
-            replaced[name] = {**values, target.param_name: torch.where(keep, weight.to(target.orig.dtype), 0.0)}
+                updated.append(name)
+            weight = values.pop(target.param_name, target.orig.detach())
+            replaced[name] = {**values, target.param_name: MaskedWeight(keep, weight.to(target.orig.dtype))}
         return refined
 
     def end(self) -> None:

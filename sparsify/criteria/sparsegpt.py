@@ -46,6 +46,7 @@ import attrs
 import torch
 
 from .._checks import as_float, boolean, check_range, positive_int
+from .._memory import release_freed_memory
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
 from .base import Criterion, Scorer, register_criterion
 from .layerwise import (
@@ -193,14 +194,17 @@ class Hessian:
         """``(U, alive)`` for the columns in ``order`` (cached: layers sharing this input share it)."""
         key = (None if order is None else tuple(order.tolist()), damp, bias)
         if key not in self.factors:
-            self.factors[key] = inverse_factor(self.matrices(order, bias)[0], damp)
+            self.factors[key] = inverse_factor(self.matrices(order, bias)[0], damp, overwrite=True)
         return self.factors[key]
 
 
-def inverse_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+def inverse_factor(hessian: torch.Tensor, damp: float, *, overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(U, alive)``: the upper Cholesky factor of ``(H + λI)⁻¹`` (dead inputs set to ``H_jj = 1``) and which
-    input columns ever see a non-zero value. Damping grows tenfold (with a warning) while ``H`` is singular."""
-    matrix = hessian.clone()
+    input columns ever see a non-zero value. Damping grows tenfold (with a warning) while ``H`` is singular.
+    With ``overwrite``, ``hessian`` (a fresh copy the caller gives up) is damped in place instead of copied;
+    each ``C²`` matrix is freed as soon as the next one exists (at most two at a time, beside ``hessian``)."""
+    matrix = hessian if overwrite else hessian.clone()
+    del hessian
     diag = matrix.diagonal()
     alive = diag > 0
     diag[~alive] = 1.0
@@ -214,8 +218,9 @@ def inverse_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, to
         diag.add_(step * (10 ** (attempt + 1) - 10**attempt))
     else:
         raise RuntimeError("SparseGPT: the Hessian stayed singular after damping it 100000× more; check the inputs")
+    del matrix, diag
     inverse = torch.cholesky_inverse(factor)
-    del factor, matrix
+    del factor
     return torch.linalg.cholesky(inverse, upper=True), alive
 
 
@@ -446,6 +451,7 @@ class _SparseGPTScorer(LayerwiseScorer):
         if mode == "runs" and counts is None:  # the unstructured ramp-up stage of a scheduled n:m
             mode, order, cuts, pattern = "groups", None, None, CoreMLPattern()
         factor, alive = statistic.factor(order, self.spec.damp, bias is not None)
+        release_freed_memory()  # the factorisation's C² temporaries, before the column loop allocates its own
         device, columns = factor.device, math.prod(shape[1:])
         # n:m may bring weights back (the machine's masks only grow for the other patterns): start them from
         # their trained values, as a regrown weight of any criterion does, rather than from zero
@@ -455,9 +461,12 @@ class _SparseGPTScorer(LayerwiseScorer):
             weight = weight[:, order]
         if bias is not None:
             weight = torch.cat([weight, bias.detach().to(device, torch.float32).unsqueeze(1)], 1)
-        hessian, cross = statistic.matrices(order, bias is not None)
-        if cross is not None:  # ‖W X − Ŵ X̂‖²: first the least-squares fit of the dense outputs (ridge toward W)
-            weight = weight + (weight @ (cross - hessian)) @ factor.t() @ factor
+        hessian = None  # H itself (another C²) only where it is read: asymmetric fits and whole rows
+        if statistic.cross is not None:  # ‖W X − Ŵ X̂‖²: first the least-squares fit of the dense outputs
+            hessian, cross = statistic.matrices(order, bias is not None)
+            assert cross is not None
+            weight = weight + (weight @ (cross - hessian)) @ factor.t() @ factor  # (ridge toward W)
+            del cross
         alive = alive[:columns]
         frozen = ~current.reshape(shape[0], -1).to(device)
         if order is not None:
@@ -473,9 +482,12 @@ class _SparseGPTScorer(LayerwiseScorer):
         else:
             row_cost = None
             if mode == "rows":
+                if hessian is None:
+                    hessian = statistic.matrices(order, bias is not None)[0]
                 live = weight[:, :columns]
                 row_cost = ((live @ hessian[:columns, :columns]) * live).sum(1)
             selector = _Groups(pattern, shape, order, chosen.to(device), frozen, alive.float(), row_cost)
+        del hessian
         new = obs_prune(weight, factor, selector, self.spec.block_size, cuts, columns)
         values: dict[str, torch.Tensor] = {}
         if bias is not None:

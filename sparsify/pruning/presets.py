@@ -74,6 +74,9 @@ def prune(
     check_flags("prune", inplace=inplace, keep_classifier_dense=keep_classifier_dense)
     if "scheduler" in choices or "target_sparsity" in choices:
         raise TypeError("prune() prunes in one shot to `sparsity`: do not pass scheduler or target_sparsity")
+    # the model comes back finalized either way; "inplace" masking reads each weight itself instead of keeping a
+    # masked float copy of every pruned weight for the calibration forwards (docs/benchmarks.md, streaming)
+    choices.setdefault("masking", "inplace")
     module_config = ModulePrunerConfig(target_sparsity=sparsity, **choices)
     if abs(module_config.final_sparsity - sparsity) > 1e-9:
         chosen = (f"n_m_ratio={module_config.n_m_ratio}" if module_config.n_m_ratio is not None

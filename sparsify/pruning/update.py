@@ -53,22 +53,24 @@ def compute_masks(
     if fresh_scores:
         scorer.begin(pruner, names)
     try:
-        scores = {}
-        for name in names:  # FSDP2: gathered whole, so every rank ranks the same scores
-            whole = whole_scores(targets[name], scorer.scores(pruner, name))
-            scores[name] = _oriented(targets[name], _checked(name, whole))
+        scores: dict[str, torch.Tensor] = {}  # of globally ranked targets only: a local one's go once it is masked
         masks: dict[str, torch.Tensor] = {}
         entries: dict[Hashable, list[str]] = defaultdict(list)
         for name in names:
             target = targets[name]
+            # FSDP2: gathered whole, so every rank ranks the same scores
+            score = _oriented(target, _checked(name, whole_scores(target, scorer.scores(pruner, name))))
             if target.config.scope == "global":
                 entries[target.entry].append(name)
+                scores[name] = score
             else:
                 level = min(levels[name], target.config.max_sparsity, target.pattern.max_sparsity)
                 kept = _oriented(target, target.mask.expand(target.orig.shape)) if scorer.monotone else None
-                masks[name] = target.pattern.local_mask(scores[name], level, kept)
+                masks[name] = target.pattern.local_mask(score, level, kept)
+            del score
         for members in entries.values():
             masks.update(_global_masks([targets[n] for n in members], scores, levels))
+        scores.clear()  # a layer-wise update calibrates for a long time next: hold no score through it
         masks = {name: _oriented(targets[name], mask) for name, mask in masks.items()}  # back to the stored layout
         if scorer.monotone:  # masks only grow — except n:m, whose runs must keep exactly m - n weights
             masks = {name: mask if isinstance(targets[name].pattern, NMPattern) else
