@@ -1,0 +1,122 @@
+"""SparseGPT's second-order statistics: the layer-input Hessian ``H = XᵀX / n`` and the factor of its inverse.
+
+Kept apart from `sparsify.criteria.sparsegpt` (the solver) because both the in-memory and the streaming paths
+accumulate it per layer, and its memory (``C²`` floats, two matrices at a time while factoring) is what bounds
+a block's peak.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from .layerwise import count_nonfinite, summed_over_ranks
+
+__all__ = ["Hessian", "inverse_factor"]
+
+logger = logging.getLogger("sparsify.criteria.sparsegpt")  # the name users filter SparseGPT's warnings by
+
+
+class Hessian:
+    """``H = Σ x̂ x̂ᵀ / rows`` over input columns (float32, ``C²`` floats), with the column means (for the bias)
+    and, when references are given, the cross term ``Σ x x̂ᵀ / rows`` with the same samples' inputs before
+    this update's earlier layers were pruned (another ``C²``)."""
+
+    def __init__(self) -> None:
+        self.sum: torch.Tensor | None = None
+        self.column_sum: torch.Tensor | None = None
+        self.cross: torch.Tensor | None = None
+        self.reference_sum: torch.Tensor | None = None
+        self.rows = 0
+        self.nonfinite: torch.Tensor | None = None  # NaN / inf input values seen (`refuse_nonfinite`)
+        self.pending: list[torch.Tensor] = []
+        self.factors: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def add_reference(self, columns: torch.Tensor) -> None:
+        self.pending.append(columns)
+
+    def add(self, columns: torch.Tensor) -> None:
+        size = columns.shape[1]
+        if self.sum is None:
+            self.sum = torch.zeros(size, size, device=columns.device)
+            self.column_sum = torch.zeros(size, device=columns.device)
+        assert self.column_sum is not None
+        self.sum.addmm_(columns.t(), columns)
+        sums = columns.sum(0)
+        self.column_sum += sums
+        self.rows += columns.shape[0]
+        self.nonfinite = count_nonfinite(columns, sums, self.nonfinite)
+        if self.pending:
+            reference = self.pending.pop(0)
+            reference_sums = reference.sum(0)
+            self.nonfinite = count_nonfinite(reference, reference_sums, self.nonfinite)
+            if self.cross is None:
+                self.cross = torch.zeros_like(self.sum)
+                self.reference_sum = torch.zeros_like(self.column_sum)
+            assert self.reference_sum is not None
+            self.cross.addmm_(reference.t(), columns)
+            self.reference_sum += reference_sums
+
+    def synchronize(self) -> None:
+        """Sum the statistics of every rank of a multi-process group (`summed_over_ranks`)."""
+        if self.nonfinite is None and self.sum is not None:  # every rank sums the same tensors
+            self.nonfinite = torch.zeros((), dtype=torch.int64, device=self.sum.device)
+        stats = (self.sum, self.column_sum, self.cross, self.reference_sum, self.nonfinite)
+        parts = [t for t in stats if t is not None]
+        self.rows = summed_over_ranks(parts, self.rows)
+
+    def matrices(self, order: torch.Tensor | None, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(H, G)`` in processing ``order``, each with a constant-one input appended last when ``bias``:
+        ``H = X̂ᵀX̂ / n`` and ``G = XᵀX̂ / n`` (``None`` without references)."""
+        assert self.sum is not None and self.column_sum is not None
+        rows = max(self.rows, 1)
+
+        def arrange(matrix: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+            matrix = matrix / rows if order is None else matrix[order][:, order] / rows
+            if not bias:
+                return matrix
+            left = (left if order is None else left[order]) / rows
+            right = (right if order is None else right[order]) / rows
+            corner = torch.ones(1, 1, device=matrix.device)
+            return torch.cat([torch.cat([matrix, left.unsqueeze(1)], 1), torch.cat([right.unsqueeze(0), corner], 1)])
+
+        hessian = arrange(self.sum, self.column_sum, self.column_sum)
+        if self.cross is None:
+            return hessian, None
+        assert self.reference_sum is not None
+        return hessian, arrange(self.cross, self.reference_sum, self.column_sum)
+
+    def factor(self, order: torch.Tensor | None, damp: float, bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U, alive)`` for the columns in ``order`` (cached: layers sharing this input share it)."""
+        key = (None if order is None else tuple(order.tolist()), damp, bias)
+        if key not in self.factors:
+            self.factors[key] = inverse_factor(self.matrices(order, bias)[0], damp, overwrite=True)
+        return self.factors[key]
+
+
+def inverse_factor(hessian: torch.Tensor, damp: float, *, overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, alive)``: the upper Cholesky factor of ``(H + λI)⁻¹`` (dead inputs set to ``H_jj = 1``) and which
+    input columns ever see a non-zero value. Damping grows tenfold (with a warning) while ``H`` is singular.
+    With ``overwrite``, ``hessian`` (a fresh copy the caller gives up) is damped in place instead of copied;
+    each ``C²`` matrix is freed as soon as the next one exists (at most two at a time, beside ``hessian``)."""
+    matrix = hessian if overwrite else hessian.clone()
+    del hessian
+    diag = matrix.diagonal()
+    alive = diag > 0
+    diag[~alive] = 1.0
+    step = damp * float(diag.mean())
+    diag.add_(step)
+    for attempt in range(6):
+        factor, info = torch.linalg.cholesky_ex(matrix)
+        if int(info) == 0:
+            break
+        logger.warning("SparseGPT: the damped Hessian is not positive definite; damping %g× more", 10 ** (attempt + 1))
+        diag.add_(step * (10 ** (attempt + 1) - 10**attempt))
+    else:
+        raise RuntimeError("SparseGPT: the Hessian stayed singular after damping it 100000× more; check the inputs")
+    del matrix, diag
+    inverse = torch.cholesky_inverse(factor)
+    del factor
+    return torch.linalg.cholesky(inverse, upper=True), alive
