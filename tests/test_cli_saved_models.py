@@ -43,7 +43,7 @@ def test_a_hugging_face_directory_in_a_directory_out(llama_dir, capsys) -> None:
     record = json.loads((out / "sparsity.json").read_text())
     assert len(record["layers"]) == 14 and record["layers"]["model.layers.0.self_attn.q_proj"]["n_m_ratio"] == [2, 4]
     assert main(["prune", str(root / "src"), "--sparsity", "0.5", "-o", str(out)]) == 1
-    assert "exists; pass --force" in capsys.readouterr().err
+    assert "exists and is not empty; pass --force" in capsys.readouterr().err
     assert main(["prune", str(root / "src"), "--criterion", "sparsegpt", "--sparsity", "0.5", "-o",
                  str(root / "x")]) == 1
     assert "criterion 'sparsegpt' needs calibration data" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Per-layer levels for `sparsify.prune`: ``layer_levels="owl"`` turns one config into one per module.
 
 The modules the config selects (`plan_model`: language-model defaults, ``module_types`` and
-``keep_classifier_dense`` included) are measured on the calibration data (`sparsify.analysis.owl`); each then
+``keep_classifier_dense`` included) are measured on the calibration data (`sparsify.pruning.owl`); each then
 gets the config with its own ``target_sparsity`` — or, for an n:m pattern, its own ``n`` with ``m`` fixed —
 as a name rule. The criterion, pattern family and every other field stay the user's.
 """
@@ -14,9 +14,9 @@ from typing import Any
 import attrs
 from torch import nn
 
-from ..analysis.owl import nm_counts, owl_levels
 from ..config import ModulePrunerConfig, PrunerConfig
 from ..patterns import NMPattern
+from .owl import nm_counts, owl_levels
 from .plan import plan_model
 
 __all__ = ["LAYER_LEVELS", "owl_config"]

@@ -69,7 +69,7 @@ def prune(
     them (`sparsify.pruning.language_models`). ``layer_levels="owl"`` gives each layer its own level by OWL
     (outlier-weighted layerwise sparsity; ``owl_m``, ``owl_lambda``: the paper's ``M = 5``, ``λ = 0.08``),
     measured on ``sampler``, with any criterion and pattern; the mean level stays ``sparsity``
-    (`sparsify.analysis.owl`).
+    (`sparsify.pruning.owl`).
     """
     check_flags("prune", inplace=inplace, keep_classifier_dense=keep_classifier_dense)
     if "scheduler" in choices or "target_sparsity" in choices:
