@@ -16,6 +16,8 @@ when an export, an inspection or a plot needs them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import calibration, magnitude_pruner, patterns, pruning_scheduler, schedules
 from .analysis.budget import allocate_budget
 from .analysis.model_report import model_report
@@ -57,7 +59,17 @@ from .schedules import (
     PruningScheduler,
     register_scheduler,
 )
-from .streaming import prune_pretrained
+
+if TYPE_CHECKING:  # imported on first use: streaming needs safetensors (the hf extra), the main job does not
+    from .streaming import prune_pretrained
+
+
+def __getattr__(name: str) -> Any:
+    if name == "prune_pretrained":
+        from .streaming import prune_pretrained
+
+        return prune_pretrained
+    raise AttributeError(f"module 'sparsify' has no attribute {name!r}")
 
 __version__ = "0.2.0"
 

@@ -163,3 +163,36 @@ def test_install_hints_name_the_real_distribution() -> None:
     wrong = [f"{path.relative_to(ROOT)}: {match.group(0)}" for path in files
              for match in re.finditer(r"pip install [\"']?sparsify(\[|[\"'\s]|$)", path.read_text())]
     assert wrong == []
+
+
+_ONLY_THE_MAIN_JOBS_EXTRAS = """
+import runpy, sys
+
+_OPTIONAL = ("safetensors", "transformers", "accelerate", "datasets", "huggingface_hub", "pandas", "pyarrow",
+             "matplotlib", "torchvision", "coreai", "coreai_torch", "coreai_opt", "tokenizers")
+
+class _NotInstalled:  # README's command 1 installs `.[data]` only: none of the other extras' packages
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in _OPTIONAL:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NotInstalled())
+import importlib.util
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (  # "is it installed?" probes (torch._dynamo's) say no
+    None if name.split(".")[0] in _OPTIONAL else _find_spec(name, package))
+sys.argv = ["sparsify", "demo", "--quick", "--threads", "1", "--out", "demo"]
+runpy.run_module("sparsify", run_name="__main__")
+assert not [m for m in sys.modules if m.split(".")[0] in _OPTIONAL], "an optional package was imported"
+"""
+
+
+def test_the_main_job_needs_only_the_data_extra(tmp_path: Path) -> None:
+    """README's command 1 installs ``.[data]`` (scikit-learn) and nothing else: ``import sparsify`` and the whole
+    main job (train, prune, report, export, verify) run without any other extra's packages (a top-level
+    ``safetensors`` import in the streaming package once broke exactly this, in CI)."""
+    result = subprocess.run([sys.executable, "-c", _ONLY_THE_MAIN_JOBS_EXTRAS], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "demo").is_dir()
