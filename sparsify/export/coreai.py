@@ -42,12 +42,13 @@ import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
 from .._checks import field_error
-from ..analysis.report import Report
 from ..analysis.sizing import PALETTIZE_BITS
 from .aimodel_reader import AIModelReport, inspect_aimodel, require_coreai
 from .coreai_run import convert_program, quiet_coreai, run_aimodel, torch_outputs
 from .coreai_storage import QUANTIZE, CompressedWeight, Plan, plan_weight
+from .coreml import weights_table
 from .destination import Destination
+from .mlpackage import _Sparsity
 from .routes import prepare_source
 
 __all__ = ["CoreAIExportReport", "CoreAIExportRow", "ExportMismatchError", "export_coreai"]
@@ -63,7 +64,7 @@ class ExportMismatchError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class CoreAIExportRow:
+class CoreAIExportRow(_Sparsity):
     """One weight of the exported program, as stored, next to what torch had."""
 
     name: str  # the torch tensor ("conv1.weight") when identified, else "#<index>" in program order
@@ -75,10 +76,6 @@ class CoreAIExportRow:
     pruned: bool
     torch_nonzeros: int | None
     error: float | None = None  # compressed weights: max |stored - torch| / max |torch| (decoded from the file)
-
-    @property
-    def sparsity(self) -> float | None:
-        return None if self.nonzeros is None or not self.numel else 1.0 - self.nonzeros / self.numel
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "shape": list(self.shape), "sparsity": self.sparsity}
@@ -120,18 +117,7 @@ class CoreAIExportReport:
         return {**data, "ratio": self.ratio, "rows": [r.as_dict() for r in self.rows]}
 
     def to_text(self) -> str:
-        compressed = any(row.error is not None for row in self.rows)
-        table = Report({
-            row.name: {
-                "storage": row.storage, "shape": "x".join(map(str, row.shape)) or "scalar",
-                "pruned": "yes" if row.pruned else "", "numel": row.numel,
-                "nonzeros": "?" if row.nonzeros is None else row.nonzeros,
-                "torch nonzeros": "" if row.torch_nonzeros is None else row.torch_nonzeros,
-                "sparsity": "?" if row.sparsity is None else f"{row.sparsity:.3f}", "bytes": row.bytes,
-                **({"error": "" if row.error is None else f"{row.error:.4f}"} if compressed else {}),
-            }
-            for row in self.rows
-        })
+        table = weights_table(self.rows)
         sparse = sum(1 for r in self.rows if r.storage.startswith("sparse"))
         dense = "" if self.dense_bytes is None else f" vs {self.dense_bytes} exported dense ({self.ratio:.3f}x)"
         lines = [

@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,23 @@ class ExportRow(_Sparsity):
         return {**asdict(self), "shape": list(self.shape), "sparsity": self.sparsity}
 
 
+def weights_table(rows: Sequence[Any]) -> Report:
+    """The per-weight table of an export report (`ExportReport`, and Core AI's `CoreAIExportReport`): storage,
+    shape, stored and torch non-zeros, sparsity, bytes, and the decoding error when any weight is compressed."""
+    compressed = any(row.error is not None for row in rows)
+    return Report({
+        row.name: {
+            "storage": row.storage, "shape": "x".join(map(str, row.shape)) or "scalar",
+            "pruned": "yes" if row.pruned else "", "numel": row.numel,
+            "nonzeros": "?" if row.nonzeros is None else row.nonzeros,
+            "torch nonzeros": "" if row.torch_nonzeros is None else row.torch_nonzeros,
+            "sparsity": "?" if row.sparsity is None else f"{row.sparsity:.3f}", "bytes": row.bytes,
+            **({"error": "" if row.error is None else f"{row.error:.4f}"} if compressed else {}),
+        }
+        for row in rows
+    })
+
+
 @dataclass
 class ExportReport:
     """What `export_coreml` wrote, read back from the saved package."""
@@ -143,18 +161,7 @@ class ExportReport:
 
     def to_text(self) -> str:
         """A table of the weights, then the weight-file size against the dense export."""
-        compressed = any(row.error is not None for row in self.rows)
-        table = Report({
-            row.name: {
-                "storage": row.storage, "shape": "x".join(map(str, row.shape)) or "scalar",
-                "pruned": "yes" if row.pruned else "", "numel": row.numel,
-                "nonzeros": "?" if row.nonzeros is None else row.nonzeros,
-                "torch nonzeros": "" if row.torch_nonzeros is None else row.torch_nonzeros,
-                "sparsity": "?" if row.sparsity is None else f"{row.sparsity:.3f}", "bytes": row.bytes,
-                **({"error": "" if row.error is None else f"{row.error:.4f}"} if compressed else {}),
-            }
-            for row in self.rows
-        })
+        table = weights_table(self.rows)
         sparse = sum(1 for r in self.rows if r.storage.startswith("sparse"))
         options = f"trace={self.trace}" + (f", {self.compression}" if self.compression else "")
         lines = [
