@@ -7,12 +7,11 @@ Each rank trains on its half of every batch, with magnitude and with M-FAC pruni
 """
 
 import os
-import socket
 import sys
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from _two_ranks import spawn_two_ranks
 from torch import nn
 
 from sparsify import (
@@ -109,10 +108,7 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
 def main() -> None:
     out_dir = sys.argv[1]
     torch.set_num_threads(1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(rank_main, args=(port, out_dir), nprocs=2, join=True)
+    spawn_two_ranks(rank_main, out_dir)
     model, pruner = build()
     train(model, pruner, None)
     torch.save({"state": model.state_dict()}, os.path.join(out_dir, "single.pt"))

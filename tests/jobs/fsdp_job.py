@@ -11,13 +11,12 @@ rank, with a single-process run on the full batches for comparison.
 """
 
 import os
-import socket
 import sys
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-import torch.multiprocessing as mp
+from _two_ranks import spawn_two_ranks
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -154,10 +153,7 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
 def main() -> None:
     out_dir = sys.argv[1]
     torch.set_num_threads(1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(rank_main, args=(port, out_dir), nprocs=2, join=True)
+    spawn_two_ranks(rank_main, out_dir)
     single = {}
     for masking in ("default", "inplace"):
         model, pruner, optimizer = build(masking, shard=False)
