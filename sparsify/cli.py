@@ -163,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .cli_prune import prune_saved, saved_kind
+    from .cli_prune import option_choices, prune_saved, saved_kind
     from .config import ModulePrunerConfig, PrunerConfig
     from .pruning import Pruner
 
@@ -186,17 +186,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     else:
         if args.sparsity is None and args.n_m is None:
             raise CommandError("give --sparsity (e.g. 0.8), --n-m (e.g. 2:4) or a config file with --config")
-        choices: dict[str, Any] = {"criterion": args.criterion, "scope": args.scope}
+        choices = option_choices(args)
         if args.sparsity is not None:
             choices["target_sparsity"] = args.sparsity
-        if args.pattern is not None:
-            choices["pattern"] = args.pattern
-        if args.granularity is not None:
-            choices["granularity"] = args.granularity
-        if args.n_m is not None:
-            from .patterns import n_m_from_string
-
-            choices["n_m_ratio"] = n_m_from_string(args.n_m)
         config = PrunerConfig(global_config=ModulePrunerConfig(**choices))
     needs_data = sorted({c.criterion.kind for c in _module_configs(config) if c.criterion.needs_data})
     if needs_data:

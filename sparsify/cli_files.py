@@ -123,20 +123,28 @@ def load_model(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[st
     return read_state_dict(path, max_bytes)
 
 
-def check_output(path: str | Path, force: bool) -> Path:
-    """Check an output file path before any work: not a directory, not an existing file unless ``force``,
-    under a folder (or a folder still to create) that can be written. Every message names the path."""
+def check_output(path: str | Path, force: bool, *, directory: bool = False) -> Path:
+    """Check an output path before any work: a file path is not a directory, not an existing file unless
+    ``force``; a ``directory`` (a Hugging Face model) is not a file, and not a folder holding files unless
+    ``force``; either under a folder (or a folder still to create) that can be written. Every message names
+    the path."""
     path = Path(path)
-    if path.is_dir():
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise CommandError(f"-o {path} is a file: give the directory to write the Hugging Face model to")
+        if path.is_dir() and any(path.iterdir()) and not force:
+            raise CommandError(f"-o {path} exists and is not empty; pass --force to write into it")
+    elif path.is_dir():
         raise CommandError(f"-o {path} is a directory: give the path of the file to write")
-    if (path.exists() or path.is_symlink()) and not force:
+    elif (path.exists() or path.is_symlink()) and not force:
         raise CommandError(f"-o {path} exists; pass --force to overwrite it")
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
         raise CommandError(f"-o {path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if not os.access(folder, os.W_OK | os.X_OK) or (
+            not directory and path.exists() and not os.access(path, os.W_OK)):
         raise CommandError(f"-o {path}: cannot write there (permission denied)")
     return path
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -62,7 +61,9 @@ def add_saved_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer-levels", choices=("owl",), help="per-layer levels by OWL (needs --calibration)")
 
 
-def _choices(args: argparse.Namespace) -> dict[str, Any]:
+def option_choices(args: argparse.Namespace) -> dict[str, Any]:
+    """The pruning options of ``sparsify prune`` (criterion, scope, pattern, granularity, n:m) as
+    `ModulePrunerConfig` keywords; ``--sparsity`` is the caller's (a target, or a one-shot level)."""
     choices: dict[str, Any] = {"criterion": args.criterion, "scope": args.scope}
     for field, value in (("pattern", args.pattern), ("granularity", args.granularity)):
         if value is not None:
@@ -75,23 +76,9 @@ def _choices(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _output(args: argparse.Namespace, *, directory: bool = False) -> Path:
-    """``-o``, checked before any work as `sparsify.cli_files.check_output` checks a file: for a Hugging Face
-    model the output is a directory, refused when it is a file, or holds files and ``--force`` is not given."""
-    if not directory:
-        return check_output(args.output, args.force)
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"-o {out} is a file: give the directory to write the Hugging Face model to")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
-        raise CommandError(f"-o {out} exists and is not empty; pass --force to write into it")
-    folder = out
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise CommandError(f"-o {out}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise CommandError(f"-o {out}: cannot write there (permission denied)")
-    return out
+    """``-o``, checked before any work (`sparsify.cli_files.check_output`): a directory for a Hugging Face
+    model, a file for a ``torch.export`` program."""
+    return check_output(args.output, args.force, directory=directory)
 
 
 def _load_hf(directory: Path, max_bytes: int) -> nn.Module:
@@ -123,7 +110,7 @@ def _prune_hf(args: argparse.Namespace) -> int:
     directory = Path(args.model)
     out = _output(args, directory=True)
     model = _load_hf(directory, args.max_file_size)
-    choices = _choices(args)
+    choices = option_choices(args)
     sparsity = args.sparsity
     if sparsity is None:
         if "n_m_ratio" not in choices:
@@ -193,7 +180,7 @@ def _prune_exported(args: argparse.Namespace) -> int:
     else:
         if args.sparsity is None and args.n_m is None:
             raise CommandError("give --sparsity (e.g. 0.8), --n-m (e.g. 2:4) or a config file with --config")
-        choices = _choices(args)
+        choices = option_choices(args)
         if args.sparsity is not None:
             choices["target_sparsity"] = args.sparsity
         config = PrunerConfig(global_config=ModulePrunerConfig(**choices))
