@@ -28,14 +28,36 @@ __all__ = ["MaskedWeight", "Replacements", "StopForward", "bind", "columns_size"
 class MaskedWeight:
     """A pruned layer's new weight as its later passes see it, ``where(keep, weight, 0)``, made only for the call
     that reads it: an update keeps the ``bool`` mask and, for SparseGPT, the new values — not also a masked
-    float copy of every layer it has pruned so far."""
+    float copy of every layer it has pruned so far.
 
-    def __init__(self, keep: torch.Tensor, weight: torch.Tensor) -> None:
+    New values (`compact`) are held as the kept entries only, ``weight[keep]``: an update holds every pruned
+    layer's new values until it ends (so an interrupted update leaves the model as it was), and at 50 %
+    sparsity this halves them; `write` puts them into the parameter, `__call__` rebuilds the masked weight."""
+
+    def __init__(self, keep: torch.Tensor, weight: torch.Tensor, kept: torch.Tensor | None = None) -> None:
         self.keep = keep
-        self.weight = weight
+        self.weight = weight  # the full tensor, or only a stand-in for its shape, dtype and device when `kept`
+        self.kept = kept
+
+    @classmethod
+    def compact(cls, keep: torch.Tensor, weight: torch.Tensor) -> MaskedWeight:
+        """Hold only ``weight``'s kept entries (``weight`` is a new tensor the caller gives up)."""
+        kept = weight[keep.expand(weight.shape)]
+        return cls(keep, torch.empty((), dtype=weight.dtype, device=weight.device).expand(weight.shape), kept)
 
     def __call__(self) -> torch.Tensor:
-        return torch.where(self.keep, self.weight, 0.0)
+        if self.kept is None:
+            return torch.where(self.keep, self.weight, 0.0)
+        full = torch.zeros(self.weight.shape, dtype=self.weight.dtype, device=self.weight.device)
+        return full.masked_scatter_(self.keep.expand(full.shape), self.kept)
+
+    def write(self, param: torch.Tensor, keep: torch.Tensor) -> None:
+        """Set ``param`` to these values where ``keep`` (the refined mask, expanded), leaving it elsewhere."""
+        keep = keep.expand(param.shape)
+        if self.kept is None:
+            param.copy_(torch.where(keep, self.weight.to(param.device, param.dtype), param))
+        else:
+            param.masked_scatter_(keep, self.kept.to(param.device, param.dtype))
 
 
 #: module name → parameter name → its stand-in (the pruned parameter as a `MaskedWeight`, a bias as a tensor)

@@ -359,11 +359,9 @@ class LayerwiseScorer(Scorer):
                 for key, value in replaced.pop(name).items():
                     param = getattr(target.module, key if key != target.param_name else key + "_orig")
                     if isinstance(value, MaskedWeight):
-                        new = torch.where(refined[name].expand(param.shape), value.weight.to(param.device,
-                                                                                              param.dtype), param)
+                        value.write(param, refined[name])
                     else:
-                        new = value.to(param.device, param.dtype)
-                    param.copy_(new)
+                        param.copy_(value.to(param.device, param.dtype))
         return refined
 
     def _stage(
@@ -407,8 +405,11 @@ class LayerwiseScorer(Scorer):
             refined[name] = to_mask_shape(keep, masks[name].shape)
             if values:
                 updated.append(name)
-            weight = values.pop(target.param_name, target.orig.detach())
-            replaced[name] = {**values, target.param_name: MaskedWeight(keep, weight.to(target.orig.dtype))}
+            new = values.pop(target.param_name, None)
+            stand_in = (MaskedWeight(keep, target.orig.detach()) if new is None
+                        else MaskedWeight.compact(keep, new.to(target.orig.dtype)))
+            del new
+            replaced[name] = {**values, target.param_name: stand_in}
         return refined
 
     def end(self) -> None:

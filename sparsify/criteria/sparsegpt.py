@@ -132,6 +132,13 @@ def _blocks(columns: int, block_size: int, cuts: Sequence[int] | None) -> list[t
     return blocks
 
 
+#: columns per inner step of the column loop: inside a step each pruned column's error reaches the step's later
+#: columns one rank-1 update at a time; at the step's end one matrix product carries the step's errors to the
+#: rest of the block. The same updates as one rank-1 update per column over the whole block, reassociated:
+#: the rank-1 work (memory-bound) shrinks by ``block_size / SUB_BLOCK``, the rest runs as matrix products.
+SUB_BLOCK = 16
+
+
 def obs_prune(
     weight: torch.Tensor,
     factor: torch.Tensor,
@@ -143,28 +150,42 @@ def obs_prune(
     """SparseGPT's column loop: ``weight`` (``rows × C``, float) pruned where ``selector.pruned`` says, with the
     OBS update through ``factor`` (`inverse_factor`'s ``U``). ``selector.block(start, stop, W, diag)`` is called
     at each block and ``selector.column(j, start, W_block, diag)`` at each column, before ``j`` is pruned. Only
-    the first ``columns`` are pruned (default: all); the rest (a bias column) only take the updates."""
+    the first ``columns`` are pruned (default: all); the rest (a bias column) only take the updates.
+
+    A block is processed transposed (``columns × rows``, each column contiguous), in steps of `SUB_BLOCK`
+    columns whose edges lie on ``cuts`` (a per-column selector reads a whole n:m run at its first column, so a
+    run must not straddle two steps)."""
     weight = weight.clone()
     diag = factor.diagonal()
     per_column = getattr(selector, "per_column", True)
     limit = weight.shape[1] if columns is None else columns
     for start, stop in _blocks(limit, block_size, cuts):
         selector.block(start, stop, weight[:, :limit], diag[:limit])
-        block = weight[:, start:stop].clone()
+        block = weight[:, start:stop].t().contiguous()  # block[i] is column start + i
+        rows_view = block.t()  # the block as rows × columns, for the selectors
         errors = torch.empty_like(block)
         local = factor[start:stop, start:stop]
         inverse = local.diagonal().reciprocal()
         pruned = selector.pruned[:, start:stop]  # a view: a per-column selector fills it as the loop goes
-        for i in range(stop - start):
-            if per_column:
-                selector.column(start + i, start, block, diag)
-            error = errors[:, i]
-            torch.mul(block[:, i], pruned[:, i], out=error)
-            error.mul_(inverse[i])
-            block[:, i:].addr_(error, local[i, i:], alpha=-1)
-            block[:, i].masked_fill_(pruned[:, i], 0.0)
-        weight[:, start:stop] = block
-        weight[:, stop:].addmm_(errors, factor[start:stop, stop:], alpha=-1)
+        inner = None if cuts is None else sorted({c - start for c in cuts if start < c < stop} | {stop - start})
+        width = stop - start
+        # the block's mask transposed, so each column is contiguous too (known now unless chosen column by column)
+        pruned_t = None if per_column else pruned.t().contiguous()
+        for first, last in _blocks(width, SUB_BLOCK, inner):
+            for i in range(first, last):
+                if per_column:
+                    selector.column(start + i, start, rows_view, diag)
+                column_pruned = pruned[:, i] if pruned_t is None else pruned_t[i]
+                error = errors[i]
+                torch.mul(block[i], column_pruned, out=error)
+                error.mul_(inverse[i])
+                if i + 1 < last:
+                    block[i + 1 : last].addr_(local[i, i + 1 : last], error, alpha=-1)
+                block[i].masked_fill_(column_pruned, 0.0)
+            if last < width:
+                block[last:].addmm_(local[first:last, last:].t(), errors[first:last], alpha=-1)
+        weight[:, start:stop] = rows_view
+        weight[:, stop:].addmm_(errors.t(), factor[start:stop, stop:], alpha=-1)
     return weight
 
 
@@ -184,6 +205,12 @@ class _Groups:
         # single weights: rank only the undecided ones against the layer's remaining count (same result, cheaper)
         self.elementwise = row_cost is None and _single_weights(pattern)
         self.total = int((~chosen).sum()) if self.elementwise else 0
+        # the elementwise ranking's running state: pruned so far (not recounted at every block), whether any
+        # weight was already pruned before this update (else nothing needs masking out), all inputs alive
+        self.pruned_count = int(self.pruned.sum()) if self.elementwise else 0
+        self.any_frozen = bool(frozen.any()) if self.elementwise else False
+        self.all_alive = bool(alive.all())
+        self.diag_squared: torch.Tensor | None = None
 
     def to_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         if self.order is None:
@@ -200,13 +227,7 @@ class _Groups:
         if bool(self.decided[:, start:stop].all()):
             return
         if self.elementwise:
-            saliency = weight[:, start:].square() / diag[start:].square() * self.alive[start:]
-            open_ = ~self.decided[:, start:]
-            need = self.total - int(self.pruned.sum())
-            lowest_ = lowest(torch.where(open_, saliency, math.inf).reshape(-1), need).reshape(open_.shape)
-            width = stop - start
-            self.pruned[:, start:stop] |= lowest_[:, :width] & open_[:, :width]
-            self.decided[:, start:stop] = True
+            self._block_elementwise(start, stop, weight, diag)
             return
         if self.row_cost is not None:  # whole rows: decided once, by their exact cost
             saliency = (self.row_cost.clamp(min=0) / weight.shape[1]).sqrt().unsqueeze(1).expand_as(weight)
@@ -218,6 +239,29 @@ class _Groups:
                                          chosen_groups=self.chosen_groups))
         open_ = ~self.decided[:, start:stop]
         self.pruned[:, start:stop] |= open_ & ~keep[:, start:stop]
+        self.decided[:, start:stop] = True
+
+    def _block_elementwise(self, start: int, stop: int, weight: torch.Tensor, diag: torch.Tensor) -> None:
+        """Single weights: the block's weights among the lowest ``w² / U_jj²`` of every undecided weight left,
+        against the layer's remaining count. The saliency is computed in place in one buffer, masked only where
+        weights were pruned before this update, and the count kept rather than recounted (this runs at every
+        block over the rest of the layer: it is most of the loop's cost)."""
+        if self.diag_squared is None:
+            self.diag_squared = diag.square()
+        saliency = torch.square(weight[:, start:])
+        saliency.div_(self.diag_squared[start:])
+        if not self.all_alive:
+            saliency.mul_(self.alive[start:])
+        open_ = None
+        if self.any_frozen:
+            open_ = ~self.decided[:, start:]
+            saliency.masked_fill_(~open_, math.inf)
+        width = stop - start
+        chosen = lowest(saliency.reshape(-1), self.total - self.pruned_count).reshape(saliency.shape)[:, :width]
+        if open_ is not None:
+            chosen &= open_[:, :width]
+        self.pruned[:, start:stop] |= chosen
+        self.pruned_count += int(chosen.sum())
         self.decided[:, start:stop] = True
 
     def column(self, j: int, start: int, block: torch.Tensor, diag: torch.Tensor) -> None:
