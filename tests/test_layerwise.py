@@ -32,14 +32,15 @@ def one_shot(model: nn.Module, x: torch.Tensor, criterion, sparsity: float = 0.5
     return pruner.finalize(inplace=True)
 
 
-def paper_sparsegpt(weight, inputs, sparsity, damp=0.01, block=128, n_m=None, rule="block"):
+def paper_sparsegpt(weight, inputs, sparsity, damp=0.01, block=128, n_m=None, rule="block", rerank_every=4):
     """SparseGPT's Algorithm 1 (Frantar & Alistarh, 2023) written from the paper, in float64, without lazy
     batching: at every ``block`` columns choose the mask on the current weights by ``w² / [H⁻¹]_cc²`` with
     ``[H⁻¹]`` the upper Cholesky factor of the damped inverse Hessian; n:m at every run of m columns; then
     prune column j and update the later columns by ``(w_j / U_jj) · U[j, j:]``.
 
-    ``rule="block"``: the paper's share of every block; ``rule="layer"``: sparsify's variant, the whole layer
-    ranked again at each block with earlier blocks fixed (the same count)."""
+    ``rule="block"``: the paper's share of every block; ``rule="layer"``: sparsify's variant, the rest of the
+    layer ranked again every ``rerank_every`` blocks with earlier blocks fixed (the same count), each of the next
+    ``rerank_every`` blocks then taking its share of that ranking among its own current weights."""
     w = weight.double().clone()
     x = inputs.double()
     hessian = x.t() @ x / x.shape[0]
@@ -56,13 +57,20 @@ def paper_sparsegpt(weight, inputs, sparsity, damp=0.01, block=128, n_m=None, ru
                 pruned = torch.zeros_like(part, dtype=torch.bool)
                 pruned[torch.argsort(part)[: round(part.numel() * sparsity)]] = True
                 keep[:, j : j + block] = ~pruned.reshape(rows, -1)
-            else:
+            elif (j // block) % rerank_every == 0:
                 decided = torch.zeros_like(keep)
                 decided[:, :j] = True
                 ranked = torch.where(decided, torch.where(keep, torch.inf, -1.0), saliency).reshape(-1)
                 pruned = torch.zeros_like(ranked, dtype=torch.bool)
-                pruned[torch.argsort(ranked)[:total]] = True
-                keep[:, j : j + block] = ~pruned.reshape(rows, cols)[:, j : j + block]
+                pruned[torch.argsort(ranked, stable=True)[:total]] = True
+                pruned = pruned.reshape(rows, cols)
+                keep[:, j : j + block] = ~pruned[:, j : j + block]
+                shares = {k: int(pruned[:, k : k + block].sum()) for k in range(j, cols, block)}
+            else:
+                part = saliency[:, j : j + block].reshape(-1)
+                pruned = torch.zeros_like(part, dtype=torch.bool)
+                pruned[torch.argsort(part, stable=True)[: shares[j]]] = True
+                keep[:, j : j + block] = ~pruned.reshape(rows, -1)
         if n_m is not None and j % n_m[1] == 0:
             saliency = w[:, j : j + n_m[1]].square() / u.diagonal()[j : j + n_m[1]].square()
             run = torch.ones_like(saliency, dtype=torch.bool)
@@ -89,13 +97,14 @@ def test_sparsegpt_by_hand_prunes_the_cheaper_weight_and_moves_it_onto_the_corre
     assert torch.allclose(pruned.weight, torch.tensor([[0.0, 3 + 1 / 2.02]]), atol=1e-6)
 
 
-@pytest.mark.parametrize("block", [128, 4])
-def test_sparsegpt_matches_the_papers_algorithm_on_a_linear(block):
+@pytest.mark.parametrize(("block", "rerank_every"), [(128, 4), (4, 1), (2, 4), (3, 2)])
+def test_sparsegpt_matches_the_papers_algorithm_on_a_linear(block, rerank_every):
     torch.manual_seed(0)
     layer = nn.Linear(12, 6)
     x = torch.randn(40, 12) @ torch.randn(12, 12)  # correlated inputs, so the update matters
-    expected, keep = paper_sparsegpt(layer.weight.detach(), x, 0.5, block=block, rule="layer")
-    pruned = one_shot(layer, x, {"kind": "sparsegpt", "block_size": block})
+    expected, keep = paper_sparsegpt(layer.weight.detach(), x, 0.5, block=block, rule="layer",
+                                     rerank_every=rerank_every)
+    pruned = one_shot(layer, x, {"kind": "sparsegpt", "block_size": block, "rerank_every": rerank_every})
     assert torch.equal(pruned.weight != 0, keep)
     assert torch.allclose(pruned.weight.double(), expected, atol=1e-4, rtol=1e-4)
 
@@ -436,7 +445,7 @@ def test_settings_round_trip_through_a_config_dict():
     criterion = config.global_config.criterion
     assert criterion.as_dict() == {"kind": "sparsegpt", "num_batches": 128, "block_size": 64, "damp": 0.05,
                                    "sequential": True, "update_bias": True, "asymmetric": True,
-                                   "true_sequential": False}
+                                   "true_sequential": False, "rerank_every": 4}
     assert criterion.describe() == "sparsegpt(block_size=64, damp=0.05, update_bias=True, asymmetric=True)"
     assert PrunerConfig.from_dict(config.as_dict()) == config
     assert criterion_from_dict("wanda").as_dict() == {"kind": "wanda", "num_batches": 128, "sequential": True,

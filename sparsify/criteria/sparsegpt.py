@@ -15,9 +15,12 @@ error ``‖W X − Ŵ X‖²`` under the mask, using the Hessian ``H = X Xᵀ / 
 
 How the mask is chosen inside that loop, by pattern (the pattern and scope fixed each layer's count before):
 
-* element, block and tile patterns — at every block, the whole layer is ranked again through the pattern's
-  own groups (weights already decided keep their decision), and the groups inside the block are fixed. So the
-  layer's count is exact and, unlike the paper's fixed share per block, columns may differ in sparsity. Groups
+* single weights — every ``rerank_every`` blocks the rest of the layer is ranked (weights already decided keep
+  their decision), which gives each of the next blocks its share of the layer's count; each block takes its
+  share among its own weights when the loop reaches it. So the layer's count is exact and, unlike the paper's
+  fixed share per block, columns may differ in sparsity;
+* block and tile patterns — at every block, the whole layer is ranked again through the pattern's
+  own groups (weights already decided keep their decision), and the groups inside the block are fixed. Groups
   never straddle blocks: a convolution's columns are reordered (kernel position major) for tiles and kept in
   ``flatten(1)`` order for kernels and whole input channels, and block edges move to group edges;
 * n:m along input channels — every run of ``m`` columns is decided when the loop reaches it, on the weights
@@ -96,6 +99,10 @@ class SparseGPTCriterion(Criterion):
             layers before it: per block it was worse on the benchmark transformer, ``docs/oneshot.md``).
         update_bias: let the layer's bias take part in the reconstruction (a constant input, never pruned, last
             in the column order), so it absorbs the mean of the pruning error.
+        rerank_every: for single-weight patterns, how many blocks share one ranking of the rest of the layer:
+            it gives each of them its share of the layer's count, and each block takes its share among its own
+            weights when the loop reaches it. ``1`` ranks the rest of the layer at every block (four times the
+            selection work at the default; the selection runs over ``rows × remaining columns``).
         asymmetric: reconstruct each layer's output *before* this update, ``‖W X − Ŵ X̂‖²`` with ``X`` the
             layer's input in the unpruned model and ``X̂`` in the pruned one (GPTAQ's asymmetric calibration),
             instead of ``‖(W − Ŵ) X̂‖²``: the layer also corrects the error of the layers before it. Costs a
@@ -115,6 +122,7 @@ class SparseGPTCriterion(Criterion):
     asymmetric: bool = attrs.field(default=False, converter=boolean(_OWNER, "asymmetric"))  # type: ignore[misc]
     true_sequential: bool = attrs.field(default=False,
                                         converter=boolean(_OWNER, "true_sequential"))  # type: ignore[misc]
+    rerank_every: int = attrs.field(default=4, converter=positive_int(_OWNER, "rerank_every"))  # type: ignore[misc]
 
     def scorer(self) -> Scorer:
         return _SparseGPTScorer(self)
@@ -169,19 +177,24 @@ def obs_prune(
         pruned = selector.pruned[:, start:stop]  # a view: a per-column selector fills it as the loop goes
         inner = None if cuts is None else sorted({c - start for c in cuts if start < c < stop} | {stop - start})
         width = stop - start
-        # the block's mask transposed, so each column is contiguous too (known now unless chosen column by column)
-        pruned_t = None if per_column else pruned.t().contiguous()
+        if per_column:
+            pruned_t = None
+        else:  # the mask is known for the whole block: transposed like it, and pre-scaled by 1 / U_jj
+            pruned_t = pruned.t().contiguous()
+            scaled = pruned_t.to(block.dtype).mul_(inverse.unsqueeze(1))
         for first, last in _blocks(width, SUB_BLOCK, inner):
             for i in range(first, last):
-                if per_column:
+                if pruned_t is None:
                     selector.column(start + i, start, rows_view, diag)
-                column_pruned = pruned[:, i] if pruned_t is None else pruned_t[i]
-                error = errors[i]
-                torch.mul(block[i], column_pruned, out=error)
-                error.mul_(inverse[i])
+                    torch.mul(block[i], pruned[:, i], out=errors[i])
+                    errors[i].mul_(inverse[i])
+                    block[i].masked_fill_(pruned[:, i], 0.0)
+                else:
+                    torch.mul(block[i], scaled[i], out=errors[i])
                 if i + 1 < last:
-                    block[i + 1 : last].addr_(local[i, i + 1 : last], error, alpha=-1)
-                block[i].masked_fill_(column_pruned, 0.0)
+                    block[i + 1 : last].addr_(local[i, i + 1 : last], errors[i], alpha=-1)
+            if pruned_t is not None:  # no later column of the step reads these: zeroed once per step
+                block[first:last].masked_fill_(pruned_t[first:last], 0.0)
             if last < width:
                 block[last:].addmm_(local[first:last, last:].t(), errors[first:last], alpha=-1)
         weight[:, start:stop] = rows_view
@@ -195,7 +208,8 @@ class _Groups:
     per_column = False
 
     def __init__(self, pattern: Pattern, shape: torch.Size, order: torch.Tensor | None, chosen: torch.Tensor,
-                 frozen: torch.Tensor, alive: torch.Tensor, row_cost: torch.Tensor | None) -> None:
+                 frozen: torch.Tensor, alive: torch.Tensor, row_cost: torch.Tensor | None,
+                 rerank_every: int = 1) -> None:
         self.pattern, self.shape, self.order, self.alive, self.row_cost = pattern, shape, order, alive, row_cost
         self.chosen = chosen  # weight-shaped keep-mask the pattern and scope chose
         plain = isinstance(pattern, (CoreMLPattern, TilePattern))
@@ -211,6 +225,9 @@ class _Groups:
         self.any_frozen = bool(frozen.any()) if self.elementwise else False
         self.all_alive = bool(alive.all())
         self.diag_squared: torch.Tensor | None = None
+        self.rerank_every = rerank_every
+        self.shares: dict[int, int] = {}  # block start → how many of its weights the last ranking pruned
+        self.weight = self.diag = torch.empty(0)
 
     def to_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         if self.order is None:
@@ -241,27 +258,49 @@ class _Groups:
         self.pruned[:, start:stop] |= open_ & ~keep[:, start:stop]
         self.decided[:, start:stop] = True
 
-    def _block_elementwise(self, start: int, stop: int, weight: torch.Tensor, diag: torch.Tensor) -> None:
-        """Single weights: the block's weights among the lowest ``w² / U_jj²`` of every undecided weight left,
-        against the layer's remaining count. The saliency is computed in place in one buffer, masked only where
-        weights were pruned before this update, and the count kept rather than recounted (this runs at every
-        block over the rest of the layer: it is most of the loop's cost)."""
+    def _saliency(self, start: int, stop: int | None) -> torch.Tensor:
+        """``w² / U_jj²`` of columns ``[start, stop)``, computed in place in one buffer; ``inf`` where a weight
+        was pruned before this update (it stays pruned and counts as such already)."""
         if self.diag_squared is None:
-            self.diag_squared = diag.square()
-        saliency = torch.square(weight[:, start:])
-        saliency.div_(self.diag_squared[start:])
+            self.diag_squared = self.diag.square()
+        saliency = torch.square(self.weight[:, start:stop])
+        saliency.div_(self.diag_squared[start:stop])
         if not self.all_alive:
-            saliency.mul_(self.alive[start:])
-        open_ = None
+            saliency.mul_(self.alive[start:stop])
         if self.any_frozen:
-            open_ = ~self.decided[:, start:]
-            saliency.masked_fill_(~open_, math.inf)
+            saliency.masked_fill_(self.decided[:, start:stop], math.inf)
+        return saliency
+
+    def _block_elementwise(self, start: int, stop: int, weight: torch.Tensor, diag: torch.Tensor) -> None:
+        """Single weights. Every `rerank_every` blocks the rest of the layer is ranked by ``w² / U_jj²`` against
+        the layer's remaining count, which gives each of the next blocks its share; each block then takes its
+        share among its own weights, ranked on their values at that point (after the updates of the blocks
+        before it). With ``rerank_every=1`` each block's weights are simply those among the lowest of the rest.
+        The ranking of the rest runs over ``rows × remaining columns`` floats: at every block it would be most
+        of the loop's cost; the count is kept rather than recounted."""
+        self.weight, self.diag = weight, diag
         width = stop - start
-        chosen = lowest(saliency.reshape(-1), self.total - self.pruned_count).reshape(saliency.shape)[:, :width]
-        if open_ is not None:
-            chosen &= open_[:, :width]
-        self.pruned[:, start:stop] |= chosen
-        self.pruned_count += int(chosen.sum())
+        if start not in self.shares:
+            saliency = self._saliency(start, None)
+            chosen = lowest(saliency.reshape(-1), self.total - self.pruned_count).reshape(saliency.shape)
+            del saliency
+            for index in range(self.rerank_every):
+                first = index * width
+                if first >= chosen.shape[1]:
+                    break
+                self.shares[start + first] = int(chosen[:, first : first + width].sum())
+            if self.rerank_every == 1:  # the ranking itself is the block's choice
+                self.shares.pop(start)
+                self._decide(start, stop, chosen[:, :width])
+                return
+            del chosen
+        share = self.shares.pop(start)
+        saliency = self._saliency(start, stop)
+        self._decide(start, stop, lowest(saliency.reshape(-1), share).reshape(saliency.shape))
+
+    def _decide(self, start: int, stop: int, picked: torch.Tensor) -> None:
+        self.pruned[:, start:stop] |= picked
+        self.pruned_count += int(picked.sum())
         self.decided[:, start:stop] = True
 
     def column(self, j: int, start: int, block: torch.Tensor, diag: torch.Tensor) -> None:
@@ -426,7 +465,8 @@ class _SparseGPTScorer(LayerwiseScorer):
                     hessian = statistic.matrices(order, bias is not None)[0]
                 live = weight[:, :columns]
                 row_cost = ((live @ hessian[:columns, :columns]) * live).sum(1)
-            selector = _Groups(pattern, shape, order, chosen.to(device), frozen, alive.float(), row_cost)
+            selector = _Groups(pattern, shape, order, chosen.to(device), frozen, alive.float(), row_cost,
+                               self.spec.rerank_every)
         del hessian
         new = obs_prune(weight, factor, selector, self.spec.block_size, cuts, columns)
         values: dict[str, torch.Tensor] = {}
