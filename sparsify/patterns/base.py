@@ -154,11 +154,13 @@ class Pattern(abc.ABC):
         return self.kind or type(self).__name__
 
     def as_dict(self) -> dict[str, Any]:
-        """``{"kind": kind, **fields}``, what configs save; `pattern_from_dict` reads it back."""
+        """``{"kind": kind, **fields}`` in JSON / YAML types (tuples as lists), what configs save;
+        `pattern_from_dict` reads it back."""
         if not self.kind or not attrs.has(type(self)):
             raise TypeError(f"{type(self).__name__} cannot be saved: register it with register_pattern (an attrs "
                             "class with a kind) or override as_dict")
-        return {"kind": self.kind, **attrs.asdict(self, recurse=False)}  # type: ignore[arg-type]
+        fields = attrs.asdict(self, recurse=False)  # type: ignore[arg-type]
+        return {"kind": self.kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
 
     def record_fields(self) -> dict[str, Any]:
         """What a pruned weight records of the pattern besides `describe` — on its mask hook (reports),
