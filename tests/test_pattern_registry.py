@@ -219,6 +219,9 @@ def test_names_and_records_come_from_the_pattern():
     assert fields == {"pattern": "pairs of adjacent output rows", "tiles": "row pairs",
                       "spec": {"kind": "test_row_pairs"}}
     assert model.fc1.weight_mask.shape == (12, 96)
+    pruner.step()
+    assert sparsify.model_report(model)["fc1"].pattern == "row pairs"  # a prepared model: from its hook
+    assert sparsify.model_report(_model(), requested=config)["fc1"].pattern == "test_column_runs"  # a config
     # sparsity.json's entry rebuilds the config with the pattern (sparsify.from_pretrained_pruned)
     rebuilt = config_from_record({"param": "weight", "level": 0.5, **fields}, "default")
     assert rebuilt.pattern == RowPairs() and rebuilt.target_sparsity == 0.5
