@@ -46,7 +46,7 @@ from .export import (
     export_coreml,
     inspect_mlpackage,
 )
-from .patterns import Pattern
+from .patterns import Pattern, register_pattern
 from .pruning import MagnitudePruner, Pruner, dry_run, from_pretrained_pruned, prune
 from .schedules import (
     ConstantSparsityScheduler,
@@ -119,6 +119,7 @@ __all__ = [
     "prune_pretrained",
     "pruning_scheduler",
     "register_criterion",
+    "register_pattern",
     "register_scheduler",
     "schedules",
     "sensitivity_scan",

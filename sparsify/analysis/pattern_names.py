@@ -43,7 +43,7 @@ def describe_pattern(n_m_ratio: Any = None, block_size: int = 1, granularity: st
                      dim: int = 1, pattern: Any = None) -> str:
     """The name of the pattern a pruner is configured with (Core ML fields, or the engine's ``pattern``)."""
     if pattern is not None:
-        text = str(getattr(pattern, "text", pattern)).strip()
+        text = str(getattr(pattern, "label", pattern)).strip()  # a Pattern instance: its short name
         tile, n_m = _TILE_RE.match(text), _N_M_RE.match(text)
         if tile is not None:
             out, inn = tile.groups()

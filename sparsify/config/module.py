@@ -1,14 +1,13 @@
 """`ModulePrunerConfig`: how one module is pruned — the four parts of the machine, chosen freely.
 
 Its first eight fields are Core ML Tools' ``ModuleMagnitudePrunerConfig`` fields, in the same order with
-the same defaults; the rest choose the criterion, the tile pattern, the scope, its caps and its ranking
-group. Every field is validated when the config is built and when it is changed (assignment), with an
-error naming the field, the value and what is allowed.
+the same defaults; the rest choose the criterion, the pattern (tiles, n:m or any registered one), the scope,
+its caps and its ranking group. Every field is validated when the config is built and when it is changed
+(assignment), with an error naming the field, the value and what is allowed.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +16,8 @@ import attrs
 from .._checks import field_error
 from ..criteria import Criterion, MagnitudeCriterion, criterion_from_dict
 from ..masking import MASK_MODES
-from ..patterns import GRANULARITIES, CoreMLPattern, NMPattern, Pattern, TilePattern, parse_pattern
+from ..patterns import GRANULARITIES, Pattern, pattern_from_dict, pattern_kinds
+from ..patterns.fields import normalized_text, pattern_of_fields
 from ..schedules import ConstantSparsityScheduler, PruningScheduler
 from ..scope import NORMALIZATIONS
 from . import fields
@@ -27,7 +27,6 @@ __all__ = ["SCOPES", "ModuleOptimizationConfig", "ModulePrunerConfig"]
 
 SCOPES = ("local", "global")
 _OWNER = "ModulePrunerConfig"
-_N_M_TEXT = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
 class ModuleOptimizationConfig(Dictable):
@@ -51,21 +50,29 @@ def _to_criterion(value: Any) -> Criterion:
         raise type(exc)(f"{_OWNER}.criterion: {exc}") from exc
 
 
-def _to_pattern(value: Any) -> str | None:
+def _to_pattern(value: Any) -> str | Pattern | None:
+    """The config's ``pattern``: ``None``, a pattern string (``"4x1"``, ``"2:4"``, normalised), or a `Pattern`.
+
+    A registered kind name (``"row_pairs"``) or a dict (``{"kind": ..., **fields}``, what `as_dict` writes) is
+    built through the registry; an instance whose `Pattern.config_text` is a string (a tile) is stored as that
+    string, so a config compares and saves the same whichever way it was written.
+    """
     if value is None:
         return None
-    if isinstance(value, str) and _N_M_TEXT.match(value):
-        n, m = (int(g) for g in _N_M_TEXT.match(value).groups())  # type: ignore[union-attr]
+    if isinstance(value, Mapping) or (isinstance(value, str) and value.strip() in pattern_kinds()):
         try:
-            NMPattern(n, m)
-        except ValueError as exc:
-            raise ValueError(f"{_OWNER}.pattern={value!r} is invalid: {exc}") from exc
-        return f"{n}:{m}"
+            value = pattern_from_dict(value if isinstance(value, Mapping) else value.strip())
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{_OWNER}.pattern={value!r} is invalid: {exc}") from exc
+    if isinstance(value, Pattern):
+        text = value.config_text
+        if text is None:
+            return value
+        value = text
     try:
-        tiles = parse_pattern(value)
+        return normalized_text(value)
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"{_OWNER}.{exc}") from exc
-    return None if tiles == TilePattern(1, 1) else tiles.text
 
 
 def _to_global_group(value: Any) -> str | None:
@@ -96,8 +103,8 @@ def check_module_config(values: Mapping[str, Any], owner: str = _OWNER) -> None:
                                     ("granularity", "per_scalar", values["granularity"])):
             if value != plain:
                 raise ValueError(
-                    f"{owner}: {field}={value!r} and pattern={pattern!r} are mutually exclusive: a tile pattern "
-                    f"replaces Core ML Tools' pattern fields, so {field} must be {plain!r}"
+                    f"{owner}: {field}={value!r} and pattern={pattern!r} are mutually exclusive: a pattern replaces "
+                    f"Core ML Tools' pattern fields, so {field} must be {plain!r}"
                 )
     final = values["target_sparsity"] if n_m is None else n_m[0] / n_m[1]
     if values["initial_sparsity"] > final:
@@ -138,7 +145,9 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
             at ``min(target_sparsity, n / m)``: with ``target_sparsity >= n / m`` exactly ``n_m_ratio=(n, m)``
             (same masks, partial runs padded); below ``n / m``, Neural Compressor's meaning — that share of
             whole runs made sparse one by one, layers whose runs do not divide skipped
-            (`sparsify.patterns.n_m`); ``None`` uses the Core ML Tools fields above.
+            (`sparsify.patterns.n_m`); or any `sparsify.patterns.Pattern` — an instance, a registered kind's name
+            (default settings) or ``{"kind": ..., **fields}`` (`sparsify.patterns.register_pattern`), saved
+            by ``as_dict`` in that dict form; ``None`` uses the Core ML Tools fields above.
         scope: ``"local"`` (each layer at its scheduled sparsity) or ``"global"`` (one ranking over the
             modules this config entry selects — ``global_config``, one type rule or one name rule — with the
             per-layer caps; see ``global_group`` to rank several entries together).
@@ -168,7 +177,7 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
     dim: int = attrs.field(default=1, converter=fields.dim(_OWNER))  # type: ignore[misc]
     param_name: str = attrs.field(default="weight", converter=fields.param_name(_OWNER))  # type: ignore[misc]
     criterion: Criterion = attrs.field(factory=MagnitudeCriterion, converter=_to_criterion)
-    pattern: str | None = attrs.field(default=None, converter=_to_pattern)
+    pattern: str | Pattern | None = attrs.field(default=None, converter=_to_pattern)
     scope: str = attrs.field(default="local", converter=fields.one_of(_OWNER, "scope", SCOPES))  # type: ignore[misc]
     min_sparsity: float = attrs.field(default=0.0, converter=fields.fraction(_OWNER, "min_sparsity"))  # type: ignore[misc]
     max_sparsity: float = attrs.field(default=1.0, converter=fields.fraction(_OWNER, "max_sparsity"))  # type: ignore[misc]
@@ -185,23 +194,12 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
         Tools' rule); at most ``n / m`` with ``pattern="n:m"`` (Neural Compressor's rule)."""
         if self.n_m_ratio is not None:
             return self.n_m_ratio[0] / self.n_m_ratio[1]
-        pattern = self.pattern_spec()
-        if isinstance(pattern, NMPattern):
-            return min(self.target_sparsity, pattern.max_sparsity)
-        return self.target_sparsity
+        return min(self.target_sparsity, self.pattern_spec().max_sparsity)
 
     def pattern_spec(self) -> Pattern:
-        """The `sparsify.patterns.Pattern` these fields describe."""
-        if self.n_m_ratio is not None:
-            return NMPattern(*self.n_m_ratio, dim=self.dim)
-        if self.pattern is not None and ":" in self.pattern:
-            n, m = (int(v) for v in self.pattern.split(":"))
-            # at a target of n/m or more this is n_m_ratio=(n, m)'s request, and gets its masks; below, Neural
-            # Compressor's meaning: that share of whole runs made n:m-sparse
-            return NMPattern(n, m, dim=1, by_runs=self.target_sparsity < n / m - 1e-9)
-        if self.pattern is not None:
-            return parse_pattern(self.pattern)
-        return CoreMLPattern(self.granularity, self.block_size)
+        """The `sparsify.patterns.Pattern` these fields describe (`sparsify.patterns.fields.pattern_of_fields`)."""
+        return pattern_of_fields(self.pattern, n_m_ratio=self.n_m_ratio, dim=self.dim, granularity=self.granularity,
+                                 block_size=self.block_size, target_sparsity=self.target_sparsity)
 
     def as_dict(self) -> dict[str, Any]:
         data = {a.name: getattr(self, a.name) for a in attrs.fields(type(self)) if a.init}
@@ -210,4 +208,6 @@ class ModulePrunerConfig(ModuleOptimizationConfig):
             data["n_m_ratio"] = list(self.n_m_ratio)
         if "criterion" in data:
             data["criterion"] = self.criterion.as_dict()
+        if isinstance(data.get("pattern"), Pattern):
+            data["pattern"] = self.pattern.as_dict()  # type: ignore[union-attr]
         return data

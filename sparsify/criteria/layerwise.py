@@ -13,8 +13,9 @@ How a layer-wise criterion fits the one machine (`sparsify.pruning.update`):
    stages (`by_block`: a whole block of a chain is one stage) — and returns the new masks; the machine checks
    that each keeps its count (`_refined` in the update).
 
-`reselect` is the count-preserving selection both criteria use: the pattern's own groups, ranked by new
-scores, pruning as many groups as the chosen mask prunes (n:m: as many weights in every run).
+`reselect` is the count-preserving selection both criteria use, asked of the pattern (`Pattern.reselect`): its
+own groups, ranked by new scores, pruning as many groups as the chosen mask prunes (n:m: as many weights in every
+run).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch.distributed as dist
 
 from .._memory import release_freed_memory
 from .._progress import tqdm
-from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
+from ..patterns import Pattern
 from ._passes import MaskedWeight
 from .base import PrunerView, Scorer, TargetView
 from .calibration import Calibration, Stage, check_layer
@@ -79,33 +80,10 @@ def encode(scores: torch.Tensor, decided: torch.Tensor | None, pruned: torch.Ten
     return torch.where(decided, fixed, scaled)
 
 
-def nm_run_counts(chosen: torch.Tensor, pattern: NMPattern) -> torch.Tensor | None:
-    """Zeros of the chosen weight-shaped keep-mask in every n:m run (``[rows, runs]``, runs padded at the end),
-    or ``None`` when the full runs do not all hold 0 or one same ``k > 0`` zeros (the unstructured ramp-up
-    stage of a scheduled n:m, which is then re-selected unstructured)."""
-    moved = (~chosen).movedim(pattern.dim, -1)
-    rows = moved.reshape(-1, moved.shape[-1]).float()
-    channels, m = rows.shape[-1], pattern.m
-    padded = torch.nn.functional.pad(rows, (0, (-channels) % m))
-    counts = padded.reshape(rows.shape[0], -1, m).sum(-1).round().long()
-    full = counts[:, : channels // m]
-    distinct = set(full.unique().tolist()) - {0}
-    if len(distinct) > 1 or (not distinct and int(counts.sum()) != 0):
-        return None
-    return counts
-
-
-def _nm_keep(scores: torch.Tensor, counts: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
-    """Keep-mask pruning the ``counts[row, run]`` lowest scores of every run (ties: the earlier first)."""
-    moved = scores.movedim(pattern.dim, -1)
-    shape = moved.shape
-    rows = moved.reshape(-1, shape[-1])
-    channels, m = rows.shape[-1], pattern.m
-    padded = torch.nn.functional.pad(rows, (0, (-channels) % m), value=math.inf)
-    runs = padded.reshape(rows.shape[0], -1, m)
-    ranks = torch.argsort(torch.argsort(runs, dim=-1, stable=True), dim=-1)
-    keep = ranks >= counts.unsqueeze(-1)
-    return keep.reshape(rows.shape[0], -1)[:, :channels].reshape(shape).movedim(-1, pattern.dim)
+def nm_run_counts(chosen: torch.Tensor, pattern: Pattern) -> torch.Tensor | None:
+    """The pattern's zeros per run in the chosen weight-shaped keep-mask (`ColumnLayout.run_counts`), or ``None``
+    for a pattern without runs or a mask not in runs yet (n:m's unstructured ramp-up stage)."""
+    return pattern.column_layout(chosen.shape, chosen).run_counts
 
 
 def reselect(
@@ -116,36 +94,19 @@ def reselect(
     nm_counts: torch.Tensor | None = None,
     chosen_groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """A weight-shaped keep-mask with the same pattern and count as ``chosen``, ranked by ``scores``.
+    """A weight-shaped keep-mask with the same pattern and count as ``chosen``, ranked by ``scores``
+    (`Pattern.reselect`: the pattern's own groups, as many pruned as in ``chosen``; n:m as many zeros in every run).
 
     ``scores`` are weight-shaped, non-negative, higher = keep (`encode` them to honour earlier decisions);
-    ``chosen`` is the weight-shaped keep-mask the pattern and scope chose. Core ML and tile patterns prune as many
-    of their groups as ``chosen`` does (a partial block at the end keeps ``chosen``'s decision, so the count is
-    exact); n:m prunes ``nm_counts`` (`nm_run_counts`) in every run; any other pattern keeps ``chosen``.
-    ``chosen_groups`` (`pruned_groups` of ``chosen``) saves recomputing it when one layer is re-selected often.
+    ``chosen`` is the weight-shaped keep-mask the pattern and scope chose. ``nm_counts`` (`nm_run_counts`) and
+    ``chosen_groups`` (`pruned_groups_of` ``chosen``) save recomputing them when one layer is re-selected often.
     """
-    if isinstance(pattern, NMPattern):
-        counts = nm_run_counts(chosen, pattern) if nm_counts is None else nm_counts
-        if counts is not None:
-            return _nm_keep(scores, counts, pattern)
-        pattern = CoreMLPattern()
-    if not isinstance(pattern, (CoreMLPattern, TilePattern)):
-        return chosen.clone()
-    grouped, sizes = pattern.groups(scores)
-    pruned_groups = pruned_groups_of(pattern, chosen) if chosen_groups is None else chosen_groups
-    flat = grouped.reshape(-1).clone()
-    if isinstance(sizes, torch.Tensor) and (sizes != sizes.max()).any():
-        partial = (sizes != sizes.max()).reshape(-1)
-        was_pruned = pruned_groups.reshape(-1)[partial]
-        flat[partial] = torch.where(was_pruned, torch.full_like(flat[partial], -1.0),
-                                    torch.full_like(flat[partial], math.inf))
-    keep = ~lowest(flat, int(pruned_groups.sum())).reshape(grouped.shape)
-    return pattern.expand(keep, scores).expand(scores.shape)
+    return pattern.reselect(scores, chosen, chosen_groups=chosen_groups, counts=nm_counts)
 
 
 def pruned_groups_of(pattern: Pattern, chosen: torch.Tensor) -> torch.Tensor:
-    """Which of the pattern's groups the weight-shaped keep-mask ``chosen`` prunes (Core ML and tile patterns)."""
-    return pattern.groups(chosen.float())[0] == 0
+    """Which of the pattern's groups the weight-shaped keep-mask ``chosen`` prunes whole (`Pattern.pruned_groups`)."""
+    return pattern.pruned_groups(chosen)
 
 
 def summed_over_ranks(tensors: list[torch.Tensor], rows: int) -> int:

@@ -13,7 +13,8 @@ error ``‖W X − Ŵ X‖²`` under the mask, using the Hessian ``H = X Xᵀ / 
    over the later columns of the block through row ``j`` of ``U`` (the OBS update), the block's accumulated
    error reaching the rest of the layer at its end.
 
-How the mask is chosen inside that loop, by pattern (the pattern and scope fixed each layer's count before):
+How the mask is chosen inside that loop is the pattern's answer (`Pattern.column_layout`: a mode, a column order
+and where blocks may end; the pattern and scope fixed each layer's count before):
 
 * single weights — every ``rerank_every`` blocks the rest of the layer is ranked (weights already decided keep
   their decision), which gives each of the next blocks its share of the layer's count; each block takes its
@@ -27,7 +28,9 @@ How the mask is chosen inside that loop, by pattern (the pattern and scope fixed
   updated so far (the paper's n:m); along output channels every column is decided when reached;
 * whole output channels (``per_channel``, ``"Nxchannel"``) — rows are chosen once by their exact cost
   ``w_r H w_rᵀ`` (a removed row cannot be compensated within the layer);
-* any other pattern keeps the chosen mask and gets the OBS update only.
+* any other pattern whose groups are pruned whole (a registered one that says nothing of its columns) is
+  re-selected once, over one block of every column, on the first saliencies, then gets the OBS update; one whose
+  groups are not pruned whole keeps the chosen mask and gets the OBS update only.
 
 Memory per layer with ``C`` input columns: the float32 Hessian and its inverse factor, ``2·C²·4`` bytes at
 rest and ``3·C²·4`` at the Cholesky peak (``C = 4096``: 192 MiB), plus two float32 copies of the weight and
@@ -50,15 +53,13 @@ import torch
 
 from .._checks import as_float, boolean, check_range, positive_int
 from .._memory import release_freed_memory
-from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
+from ..patterns import ColumnLayout, Pattern, lowest
 from .base import Criterion, Scorer, register_criterion
 from .hessian import Hessian, inverse_factor
 from .layerwise import (
     LayerTarget,
     LayerwiseScorer,
     encode,
-    nm_run_counts,
-    pruned_groups_of,
     reselect,
 )
 
@@ -212,12 +213,11 @@ class _Groups:
                  rerank_every: int = 1) -> None:
         self.pattern, self.shape, self.order, self.alive, self.row_cost = pattern, shape, order, alive, row_cost
         self.chosen = chosen  # weight-shaped keep-mask the pattern and scope chose
-        plain = isinstance(pattern, (CoreMLPattern, TilePattern))
-        self.chosen_groups = pruned_groups_of(pattern, chosen) if plain else None
+        self.chosen_groups = pattern.pruned_groups(chosen) if pattern.whole_groups else None
         self.pruned = frozen.clone()  # in processing order
         self.decided = frozen.clone()
         # single weights: rank only the undecided ones against the layer's remaining count (same result, cheaper)
-        self.elementwise = row_cost is None and _single_weights(pattern)
+        self.elementwise = row_cost is None and pattern.single_weights
         self.total = int((~chosen).sum()) if self.elementwise else 0
         # the elementwise ranking's running state: pruned so far (not recounted at every block), whether any
         # weight was already pruned before this update (else nothing needs masking out), all inputs alive
@@ -307,19 +307,13 @@ class _Groups:
         pass
 
 
-def _single_weights(pattern: Pattern) -> bool:
-    if isinstance(pattern, CoreMLPattern):
-        return pattern.granularity == "per_scalar" and pattern.block_size <= 1
-    return isinstance(pattern, TilePattern) and pattern.out_size == 1 and pattern.in_size == 1
-
-
 class _Runs:
-    """n:m: ``counts[row, run]`` zeros chosen in every run when the loop reaches it (runs along input channels:
-    consecutive columns in kernel-position-major order; along output channels: within each column)."""
+    """Runs (n:m): ``counts[row, run]`` zeros chosen in every run when the loop reaches it (runs along input
+    channels: consecutive columns in kernel-position-major order; along output channels: within each column)."""
 
-    def __init__(self, pattern: NMPattern, counts: torch.Tensor, kernel: int, channels: int,
+    def __init__(self, layout: ColumnLayout, counts: torch.Tensor, kernel: int, channels: int,
                  alive: torch.Tensor, rows: int) -> None:
-        self.m, self.dim, self.counts, self.alive = pattern.m, pattern.dim, counts, alive
+        self.m, self.dim, self.counts, self.alive = layout.run_length, layout.run_axis, counts, alive
         self.pruned = torch.zeros(rows, kernel * channels, dtype=torch.bool, device=counts.device)
         runs_per_segment = math.ceil(channels / self.m) if self.dim == 1 else 0
         self.starts: dict[int, tuple[int, int, int]] = {}  # column → (run stop, count column index)
@@ -370,39 +364,12 @@ class _Fixed:
         pass
 
 
-def _kernel_major(channels: int, kernel: int, device: torch.device) -> torch.Tensor:
-    """Processing order ``(k, ci)`` → ``flatten(1)`` column ``ci·K + k``."""
-    return torch.arange(channels * kernel, device=device).reshape(channels, kernel).t().reshape(-1)
-
-
-def _plan(
-    pattern: Pattern, shape: torch.Size, device: torch.device
-) -> tuple[str, torch.Tensor | None, list[int] | None]:
-    """``(mode, processing order or None, allowed block edges or None for any)`` for a weight of ``shape``."""
-    channels = shape[1]
-    kernel = math.prod(shape[2:]) if len(shape) > 2 else 1
-    total = channels * kernel
-    if isinstance(pattern, NMPattern):
-        if pattern.dim == 0:
-            return "runs", None, None
-        order = _kernel_major(channels, kernel, device) if kernel > 1 else None
-        cuts = sorted({k * channels + r for k in range(kernel + 1) for r in range(0, channels, pattern.m)} | {total})
-        return "runs", order, [c for c in cuts if c <= total]
-    if isinstance(pattern, CoreMLPattern):
-        if pattern.granularity == "per_channel" and len(shape) > 1:
-            return "rows", None, None
-        if pattern.granularity == "per_kernel" and len(shape) > 2:
-            return "groups", None, list(range(0, total + 1, kernel))
-        return "groups", None, None
-    if isinstance(pattern, TilePattern):
-        if pattern.in_size is None:
-            return "rows", None, None
-        if pattern.out_size is None:
-            return "groups", None, list(range(0, total + 1, pattern.in_size * kernel))
-        order = _kernel_major(channels, kernel, device) if kernel > 1 else None
-        cuts = sorted({k * channels + r for k in range(kernel) for r in range(0, channels, pattern.in_size)} | {total})
-        return "groups", order, cuts
-    return "fixed", None, None
+def _plan(pattern: Pattern, shape: torch.Size, chosen: torch.Tensor, device: torch.device) -> ColumnLayout:
+    """The pattern's `ColumnLayout` for this weight and chosen mask, its processing order on ``device``."""
+    layout = pattern.column_layout(shape, chosen)
+    if layout.order is None:
+        return layout
+    return attrs.evolve(layout, order=layout.order.to(device))
 
 
 class _SparseGPTScorer(LayerwiseScorer):
@@ -425,16 +392,15 @@ class _SparseGPTScorer(LayerwiseScorer):
         shape, pattern = orig.shape, layer.pattern
         current = layer.mask
         bias = getattr(layer.module, "bias", None) if self.spec.update_bias else None
-        mode, order, cuts = _plan(pattern, shape, statistic.sum.device if statistic.sum is not None else orig.device)
-        counts = nm_run_counts(chosen, pattern) if isinstance(pattern, NMPattern) else None
-        if mode == "runs" and counts is None:  # the unstructured ramp-up stage of a scheduled n:m
-            mode, order, cuts, pattern = "groups", None, None, CoreMLPattern()
+        layout = _plan(pattern, shape, chosen, statistic.sum.device if statistic.sum is not None else orig.device)
+        mode, order, cuts, counts = layout.mode, layout.order, layout.edges, layout.run_counts
+        pattern = layout.pattern or pattern  # n:m's unstructured ramp-up stage is re-selected unstructured
         factor, alive = statistic.factor(order, self.spec.damp, bias is not None)
         release_freed_memory()  # the factorisation's C² temporaries, before the column loop allocates its own
         device, columns = factor.device, math.prod(shape[1:])
-        # n:m may bring weights back (the machine's masks only grow for the other patterns): start them from
+        # a pattern may bring weights back (n:m; the machine's masks only grow for the others): start them from
         # their trained values, as a regrown weight of any criterion does, rather than from zero
-        start = orig if isinstance(layer.pattern, NMPattern) else torch.where(current, orig, 0.0)
+        start = orig if layer.pattern.may_regrow else torch.where(current, orig, 0.0)
         weight = start.to(device, torch.float32).reshape(shape[0], -1)
         if order is not None:
             weight = weight[:, order]
@@ -452,9 +418,9 @@ class _SparseGPTScorer(LayerwiseScorer):
             frozen = frozen[:, order]
         selector: Any
         if mode == "runs":
-            assert counts is not None and isinstance(pattern, NMPattern)
+            assert counts is not None
             kernel = math.prod(shape[2:]) if len(shape) > 2 else 1
-            selector = _Runs(pattern, counts.to(device), kernel, shape[1], alive.float(), shape[0])
+            selector = _Runs(layout, counts.to(device), kernel, shape[1], alive.float(), shape[0])
         elif mode == "fixed":
             pruned = ~chosen.reshape(shape[0], -1).to(device)
             selector = _Fixed(pruned if order is None else pruned[:, order])

@@ -9,8 +9,9 @@ output position); it needs no gradient, no Hessian and no weight update. Here:
 * layers are calibrated in forward order, each on the inputs of the layers already pruned before it
   (``sequential=True``, as the paper's code does block by block), or all at once from the current model;
 * ``per_output=True`` compares weights within each output row (the paper's "per output" comparison group:
-  every row loses the same share), for the element-wise patterns; structured patterns (blocks, channels, n:m,
-  tiles) rank their own groups, which already fixes how many each row or run loses.
+  every row loses the same share), for the element-wise patterns (`Pattern.single_weights`); structured patterns
+  (blocks, channels, n:m, tiles, registered ones) rank their own groups (`Pattern.reselect`), which already fixes
+  how many each row or run loses.
 
 Every pattern works: the pattern and scope fix each layer's count (globally ranked layers use Wanda's scores
 of the unpruned model for that), then each layer's weights are re-selected on its calibrated inputs.
@@ -24,7 +25,6 @@ import attrs
 import torch
 
 from .._checks import as_int, boolean, check_range
-from ..patterns import CoreMLPattern, TilePattern
 from .base import Criterion, Scorer, register_criterion
 from .layerwise import ColumnNorms, LayerTarget, LayerwiseScorer, encode, reselect, wanda_scores
 
@@ -70,12 +70,6 @@ class WandaCriterion(Criterion):
         return _WandaScorer(self)
 
 
-def _element_wise(pattern: Any) -> bool:
-    if isinstance(pattern, CoreMLPattern):
-        return pattern.granularity == "per_scalar" and pattern.block_size <= 1
-    return isinstance(pattern, TilePattern) and pattern.out_size == 1 and pattern.in_size == 1
-
-
 def per_output_ranks(scores: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
     """Scores whose layer-wide ranking prunes about the same share of every output row: each weight's rank
     within its row over the row length, already-pruned weights lowest (0)."""
@@ -102,7 +96,7 @@ class _WandaScorer(LayerwiseScorer):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         scores = wanda_scores(torch.where(layer.mask, layer.orig, 0.0), statistic.mean_squares)
         frozen = ~layer.mask
-        if self.spec.per_output and _element_wise(layer.pattern):
+        if self.spec.per_output and layer.pattern.single_weights:
             ranked = per_output_ranks(scores, frozen)
         else:
             ranked = encode(scores, frozen, frozen)

@@ -13,16 +13,21 @@ the pruner). Whole rows of a ``Linear`` are the ``"1xchannel"`` tile pattern.
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Any
 
 import attrs
 import torch
 
 from . import _select
-from .base import Pattern, Shape
+from .base import ColumnLayout, Pattern, Shape, Usage
 from .ranking import rank_keep, rankable
+from .registry import register_pattern
 
 __all__ = ["GRANULARITIES", "CoreMLPattern", "group_scores", "magnitude_ranked_mask", "mask_shape", "ranked_mask"]
+
+logger = logging.getLogger(__name__)
 
 GRANULARITIES = ("per_scalar", "per_kernel", "per_channel")
 
@@ -81,12 +86,48 @@ def _block_norms(unit: torch.Tensor, block_size: int) -> torch.Tensor:
     return blocks
 
 
+@register_pattern
 @attrs.frozen
 class CoreMLPattern(Pattern):
     """``granularity`` × ``block_size``, as Core ML Tools' ``ModuleMagnitudePrunerConfig`` describes them."""
 
+    kind = "coreml"
+
     granularity: str = "per_scalar"
     block_size: int = 1
+
+    def fit(self, shape: Shape, usage: Usage) -> Pattern:
+        """`for_shape` (logged at INFO when it falls back), with a warning when one block covers the weight."""
+        applied = self.for_shape(shape)
+        if applied != self:
+            logger.info("%s: granularity=%r does not apply to a weight of shape %s; pruned %s (as Core ML Tools "
+                        "does; use pattern='1xchannel' for whole rows)", usage.where, self.granularity, shape,
+                        applied.granularity)
+        if self.block_size > 1 and self.block_size > shape[0]:
+            logger.warning("%s: block_size=%d exceeds the %d output channels, so the whole weight is one block",
+                           usage.where, self.block_size, shape[0])
+        return applied
+
+    @property
+    def label(self) -> str:
+        return self.describe()
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"granularity": self.granularity, "block_size": self.block_size}
+
+    @property
+    def single_weights(self) -> bool:
+        return self.granularity == "per_scalar" and self.block_size <= 1
+
+    def column_layout(self, shape: Shape, chosen: torch.Tensor) -> ColumnLayout:
+        """Whole channels are rows; kernels are whole blocks of ``flatten(1)`` columns; blocks of output channels
+        and single weights lie in one column each."""
+        if self.granularity == "per_channel" and len(shape) > 1:
+            return ColumnLayout("rows")
+        if self.granularity == "per_kernel" and len(shape) > 2:
+            kernel = math.prod(shape[2:])
+            return ColumnLayout("groups", edges=list(range(0, math.prod(shape[1:]) + 1, kernel)))
+        return ColumnLayout("groups")
 
     def for_shape(self, shape: Shape) -> CoreMLPattern:
         """The pattern Core ML Tools actually applies to a weight of ``shape``: rank-2 weights have no kernels

@@ -22,14 +22,16 @@ import logging
 import math
 import re
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import torch
 
 from . import _select
-from .base import Pattern, Shape
-from .coreml import ranked_mask
+from .base import ColumnLayout, Pattern, Shape, SkipWeight, Usage, kernel_major_order
+from .coreml import CoreMLPattern, ranked_mask
 from .ranking import rankable
+from .registry import register_pattern
 from .tiles import as_3d, dims, from_3d
 
 __all__ = ["NMPattern", "n_m_from_string", "n_m_mask", "n_m_zero_count", "scheduled_n_m_mask"]
@@ -118,9 +120,12 @@ def scheduled_n_m_mask(
     return n_m_mask(scores, (zeros, m), dim)
 
 
+@register_pattern
 @attrs.frozen
 class NMPattern(Pattern):
     """``n`` zeros in every ``m`` consecutive weights along input (``dim=1``) or output (``dim=0``) channels."""
+
+    kind = "n_m"
 
     n: int
     m: int
@@ -145,9 +150,115 @@ class NMPattern(Pattern):
         axis = "input" if self.dim == 1 else "output"
         return f"n:m {self.n} zeros of every {self.m} consecutive {axis}-channel weights ({self.n / self.m:.2%})"
 
+    @property
+    def label(self) -> str:
+        return f"{self.n}:{self.m}" + (" dim 0" if self.dim == 0 else "")
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"n_m_ratio": (self.n, self.m), "dim": self.dim}
+
+    @property
+    def may_regrow(self) -> bool:
+        """The ramp's unstructured early phase can leave more than ``n`` zeros in a run: runs must keep exactly
+        ``m - n`` weights, so masks are not ANDed with the previous ones."""
+        return True
+
+    @property
+    def whole_groups(self) -> bool:
+        return False
+
+    @property
+    def level_steps(self) -> int:
+        return self.m
+
+    def at_level(self, level: float) -> NMPattern:
+        """``round(level · m)`` zeros of every ``m``, reached the Core ML Tools way (not by runs)."""
+        return NMPattern(round(level * self.m), self.m, self.dim)
+
     def check(self, shape: Shape, where: str) -> None:
         if len(shape) < 2:
             raise ValueError(f"{where}: n_m_ratio needs a weight of rank >= 2, got shape {tuple(shape)}")
+
+    def fit(self, shape: Shape, usage: Usage) -> Pattern:
+        """Rank >= 2; whole runs where ranked globally (refused) or ramped by runs (skipped, as Neural Compressor
+        does); warnings for a target above ``n / m`` and for partial runs, which reach less."""
+        where = usage.where
+        self.check(shape, where)
+        if usage.target_sparsity is not None and usage.target_sparsity > self.max_sparsity + 1e-9:
+            logger.warning("%s: target_sparsity=%g is more than n:m %d:%d can reach; pruned to %g", where,
+                           usage.target_sparsity, self.n, self.m, self.max_sparsity)
+        if self.by_runs:  # Neural Compressor's "n:m" skips a layer whose runs do not divide, as it does
+            target = usage.target_sparsity if usage.target_sparsity is not None else self.max_sparsity
+            try:
+                self.check_whole_runs(shape, where, advice=(
+                    f"at target_sparsity={target:g} (below {self.max_sparsity:g}) it makes that share of whole runs "
+                    f"sparse, as Neural Compressor does; n_m_ratio={(self.n, self.m)} pads partial runs but always "
+                    f"prunes {self.max_sparsity:g}"), spelled=usage.spelled)
+            except ValueError as exc:
+                raise SkipWeight(str(exc)) from exc
+        if usage.scope == "global":
+            self.check_whole_runs(shape, where, spelled=usage.spelled)
+        achieved = n_m_zero_count(shape, (self.n, self.m), self.dim) / math.prod(shape)
+        if achieved < self.max_sparsity - 1e-9:
+            logger.warning(
+                "%s: %d channels along dim=%d are not a multiple of m=%d, so n:m (%d, %d) reaches only %.4f sparsity "
+                "instead of %.4f", where, shape[self.dim], self.dim, self.m, self.n, self.m,
+                achieved, self.max_sparsity,
+            )
+        return self
+
+    def run_counts(self, chosen: torch.Tensor) -> torch.Tensor | None:
+        """Zeros of the chosen weight-shaped keep-mask in every run (``[rows, runs]`` of the weight with ``dim``
+        moved last, runs padded at the end), or ``None`` when the full runs do not all hold 0 or one same
+        ``k > 0`` zeros (the unstructured ramp-up stage of a scheduled n:m, then re-selected unstructured)."""
+        moved = (~chosen).movedim(self.dim, -1)
+        rows = moved.reshape(-1, moved.shape[-1]).float()
+        channels, m = rows.shape[-1], self.m
+        padded = torch.nn.functional.pad(rows, (0, (-channels) % m))
+        counts = padded.reshape(rows.shape[0], -1, m).sum(-1).round().long()
+        full = counts[:, : channels // m]
+        distinct = set(full.unique().tolist()) - {0}
+        if len(distinct) > 1 or (not distinct and int(counts.sum()) != 0):
+            return None
+        return counts
+
+    def reselect(
+        self,
+        scores: torch.Tensor,
+        chosen: torch.Tensor,
+        *,
+        chosen_groups: torch.Tensor | None = None,
+        counts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """As many zeros in every run as ``chosen`` has (`run_counts`, or ``counts``), the lowest ``scores`` of the
+        run (ties: the earlier first); unstructured when ``chosen`` is not n:m yet (the ramp-up stage)."""
+        counts = self.run_counts(chosen) if counts is None else counts
+        if counts is None:
+            return CoreMLPattern().reselect(scores, chosen)
+        moved = scores.movedim(self.dim, -1)
+        shape = moved.shape
+        rows = moved.reshape(-1, shape[-1])
+        channels, m = rows.shape[-1], self.m
+        padded = torch.nn.functional.pad(rows, (0, (-channels) % m), value=math.inf)
+        runs = padded.reshape(rows.shape[0], -1, m)
+        ranks = torch.argsort(torch.argsort(runs, dim=-1, stable=True), dim=-1)
+        keep = ranks >= counts.unsqueeze(-1)
+        return keep.reshape(rows.shape[0], -1)[:, :channels].reshape(shape).movedim(-1, self.dim)
+
+    def column_layout(self, shape: Shape, chosen: torch.Tensor) -> ColumnLayout:
+        """Runs decided as the column loop reaches them: along input channels, ``m`` consecutive columns in
+        kernel-position-major order (blocks end on run edges); along output channels, within each column.
+        Before the ramp is n:m (`run_counts` is ``None``), unstructured."""
+        counts = self.run_counts(chosen)
+        if counts is None:
+            return ColumnLayout("groups", pattern=CoreMLPattern())
+        if self.dim == 0:
+            return ColumnLayout("runs", run_length=self.m, run_axis=0, run_counts=counts)
+        channels, kernel = shape[1], math.prod(shape[2:])
+        total = channels * kernel
+        edges = sorted({k * channels + r for k in range(kernel + 1) for r in range(0, channels, self.m)} | {total})
+        return ColumnLayout("runs", order=kernel_major_order(shape), edges=[c for c in edges if c <= total],
+                            run_length=self.m, run_axis=1, run_counts=counts)
 
     def check_whole_runs(self, shape: Shape, where: str, advice: str | None = None, spelled: str | None = None) -> None:
         """Global ranking, and Neural Compressor's ramp by runs, need whole runs: the channel count along ``dim``

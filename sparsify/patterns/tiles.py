@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 import math
 import re
+from typing import Any
 
 import attrs
 import torch
 
-from .base import Pattern
+from .base import ColumnLayout, Pattern, Shape, SkipWeight, Usage, kernel_major_order
 from .ranking import rankable
+from .registry import register_pattern
 
 __all__ = ["TilePattern", "as_3d", "dims", "from_3d", "parse_pattern"]
 
@@ -55,9 +57,12 @@ def dims(shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
     return shape[0], math.prod(shape[2:]), shape[1]
 
 
+@register_pattern
 @attrs.frozen
 class TilePattern(Pattern):
     """``N×M`` tiles: ``out_size`` output channels × ``in_size`` input channels; ``None`` = ``"channel"``."""
+
+    kind = "tiles"
 
     out_size: int | None = 1
     in_size: int | None = 1
@@ -80,6 +85,41 @@ class TilePattern(Pattern):
     @property
     def whole_channels(self) -> bool:
         return self.out_size is None or self.in_size is None
+
+    @property
+    def label(self) -> str:
+        return self.text
+
+    @property
+    def config_text(self) -> str:
+        return self.text
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"tiles": self.text}
+
+    @property
+    def single_weights(self) -> bool:
+        return self.out_size == 1 and self.in_size == 1
+
+    def fit(self, shape: Shape, usage: Usage) -> Pattern:
+        """A weight whose channels the tile does not divide is skipped (`SkipWeight`), as Neural Compressor does."""
+        try:
+            self.check(shape, usage.where)
+        except ValueError as exc:
+            raise SkipWeight(str(exc)) from exc
+        return self
+
+    def column_layout(self, shape: Shape, chosen: torch.Tensor) -> ColumnLayout:
+        """Whole output channels are rows; whole input channels are blocks of ``in_size · K`` consecutive
+        ``flatten(1)`` columns; tiles are ``in_size`` consecutive columns in kernel-position-major order."""
+        if self.in_size is None:
+            return ColumnLayout("rows")
+        channels, kernel = shape[1], math.prod(shape[2:])
+        total = channels * kernel
+        if self.out_size is None:
+            return ColumnLayout("groups", edges=list(range(0, total + 1, self.in_size * kernel)))
+        edges = sorted({k * channels + r for k in range(kernel) for r in range(0, channels, self.in_size)} | {total})
+        return ColumnLayout("groups", order=kernel_major_order(shape), edges=edges)
 
     def describe(self) -> str:
         if self.out_size is None:

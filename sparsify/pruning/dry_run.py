@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..config import ModulePrunerConfig, OptimizationConfig
-from ..patterns.coreml import CoreMLPattern
+from ..patterns import Pattern
 from .language_models import lm_exclusion, lm_parts_for
 from .plan import Plan, SkipModule, check_target, classifier_head_name, is_transposed, tied_holders
 
@@ -126,20 +126,16 @@ def _schedule_text(scheduler: Any) -> str:
     return f"{kind}(" + ", ".join(f"{k}={v}" for k, v in data.items()) + ")"
 
 
-def _pattern_text(module_config: Any, pattern: Any) -> str:
+def _pattern_text(module_config: Any, pattern: Pattern) -> str:
     """The pattern as it will be applied, named as every report names it (`sparsify.analysis.pattern_names`):
-    ``4x1``, ``2:4`` (``2:4 dim 0``), ``unstructured``, ``block 4``, ``per_channel``."""
-    if module_config.pattern is not None:
+    a pattern string as the config has it (``4x1``, ``2:4``), else `Pattern.label` (``2:4 dim 0``,
+    ``unstructured``, ``block 4``, ``per_channel``, a registered pattern's name)."""
+    if isinstance(module_config.pattern, str):
         return module_config.pattern
-    if module_config.n_m_ratio is not None:
-        n, m = module_config.n_m_ratio
-        return f"{n}:{m}" + (" dim 0" if module_config.dim == 0 else "")
-    if isinstance(pattern, CoreMLPattern):
-        return pattern.describe()
-    return CoreMLPattern(module_config.granularity, module_config.block_size).describe()
+    return pattern.label
 
 
-def _settings(module_config: Any, pattern: Any) -> dict[str, Any]:
+def _settings(module_config: Any, pattern: Pattern) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "pattern": _pattern_text(module_config, pattern),
         "criterion": module_config.criterion.describe(),

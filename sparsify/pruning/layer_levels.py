@@ -2,8 +2,9 @@
 
 The modules the config selects (`plan_model`: language-model defaults, ``module_types`` and
 ``keep_classifier_dense`` included) are measured on the calibration data (`sparsify.pruning.owl`); each then
-gets the config with its own ``target_sparsity`` — or, for an n:m pattern, its own ``n`` with ``m`` fixed —
-as a name rule. The criterion, pattern family and every other field stay the user's.
+gets the config with its own ``target_sparsity`` — or, for a pattern that reaches only some levels
+(`Pattern.level_steps`: n:m's multiples of ``1 / m``), its own level among them (n:m: its own ``n`` with ``m``
+fixed) — as a name rule. The criterion, pattern family and every other field stay the user's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import attrs
 from torch import nn
 
 from ..config import ModulePrunerConfig, PrunerConfig
-from ..patterns import NMPattern
 from .owl import nm_counts, owl_levels
 from .plan import plan_model
 
@@ -38,17 +38,18 @@ def owl_config(
     owl = owl_levels(model, sampler, sparsity, names, m=m, lam=lam)
     pattern = base.pattern_spec()
     rules: dict[str, ModulePrunerConfig | None] = {}
-    if isinstance(pattern, NMPattern):
+    steps = pattern.level_steps
+    if steps is not None:  # levels k / steps only (n:m: k zeros of every m), keeping the total
         sizes = {name: model.get_submodule(name).get_parameter("weight").numel() for name in names}
-        counts = nm_counts(owl.levels, sizes, pattern.n, pattern.m)
-        for name, n in counts.items():
-            if n == 0:
+        counts = nm_counts(owl.levels, sizes, round(pattern.max_sparsity * steps), steps)
+        for name, k in counts.items():
+            if k == 0:
                 rules[re.escape(name)] = None
             elif base.n_m_ratio is not None:
-                rules[re.escape(name)] = attrs.evolve(base, n_m_ratio=(n, pattern.m))
+                rules[re.escape(name)] = attrs.evolve(base, n_m_ratio=(k, steps))
             else:
-                rules[re.escape(name)] = attrs.evolve(base, pattern=f"{n}:{pattern.m}",
-                                                      target_sparsity=n / pattern.m)
+                rules[re.escape(name)] = attrs.evolve(base, pattern=pattern.at_level(k / steps),
+                                                      target_sparsity=k / steps)
     else:
         for name, level in owl.levels.items():
             rules[re.escape(name)] = attrs.evolve(base, target_sparsity=level,

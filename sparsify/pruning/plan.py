@@ -17,7 +17,7 @@ from torch.nn.utils import prune as torch_prune
 from ..config import ModulePrunerConfig, OptimizationConfig
 from ..config.model import Conv1D
 from ..masking import is_masked
-from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, n_m_zero_count
+from ..patterns import Pattern, SkipWeight, Usage
 from .groups import check_groups, ranking_group
 from .language_models import lm_exclusion, lm_parts_for
 
@@ -146,47 +146,12 @@ def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pa
     shape = pattern_shape(module, param)
     if is_transposed(module, param):
         where += " (weight stored [in, out], seen here as [out, in])"
-    pattern = config.pattern_spec()
-    if isinstance(pattern, CoreMLPattern):
-        applied = pattern.for_shape(shape)
-        if applied != pattern:
-            logger.info("%s: granularity=%r does not apply to a weight of shape %s; pruned %s (as Core ML Tools "
-                        "does; use pattern='1xchannel' for whole rows)", where, pattern.granularity, shape,
-                        applied.granularity)
-        if pattern.block_size > 1 and pattern.block_size > shape[0]:
-            logger.warning("%s: block_size=%d exceeds the %d output channels, so the whole weight is one block",
-                           where, pattern.block_size, shape[0])
-        return applied
-    if isinstance(pattern, NMPattern):
-        pattern.check(shape, where)
-        if config.n_m_ratio is None and config.target_sparsity > pattern.max_sparsity + 1e-9:
-            logger.warning("%s: target_sparsity=%g is more than n:m %d:%d can reach; pruned to %g", where,
-                           config.target_sparsity, pattern.n, pattern.m, pattern.max_sparsity)
-        if pattern.by_runs:  # Neural Compressor's "n:m" skips a layer whose runs do not divide, as it does
-            try:
-                pattern.check_whole_runs(shape, where, advice=(
-                    f"at target_sparsity={config.target_sparsity:g} (below {pattern.max_sparsity:g}) it makes that "
-                    f"share of whole runs sparse, as Neural Compressor does; n_m_ratio={(pattern.n, pattern.m)} pads "
-                    f"partial runs but always prunes {pattern.max_sparsity:g}"), spelled=f"pattern={config.pattern!r}")
-            except ValueError as exc:
-                raise SkipModule(str(exc)) from exc
-        if config.scope == "global":
-            pattern.check_whole_runs(shape, where, spelled=None if config.pattern is None else
-                                     f"pattern={config.pattern!r}")
-        achieved = n_m_zero_count(shape, (pattern.n, pattern.m), pattern.dim) / param.numel()
-        if achieved < pattern.max_sparsity - 1e-9:
-            logger.warning(
-                "%s: %d channels along dim=%d are not a multiple of m=%d, so n:m (%d, %d) reaches only %.4f sparsity "
-                "instead of %.4f", where, shape[pattern.dim], pattern.dim, pattern.m, pattern.n, pattern.m,
-                achieved, pattern.max_sparsity,
-            )
-        return pattern
-    if isinstance(pattern, TilePattern):
-        try:
-            pattern.check(shape, where)
-        except ValueError as exc:
-            raise SkipModule(str(exc)) from exc  # Neural Compressor skips such layers too
-    return pattern
+    spelled = None if config.pattern is None else f"pattern={config.pattern!r}"
+    usage = Usage(where, config.scope, None if config.n_m_ratio is not None else config.target_sparsity, spelled)
+    try:
+        return config.pattern_spec().fit(shape, usage)
+    except SkipWeight as exc:  # Neural Compressor skips a layer its tiles (or runs) do not divide, too
+        raise SkipModule(str(exc)) from exc
 
 
 _UNMASK_FIRST = ("a second pruner cannot mask a weight again: finalize() the first pruner (or abandon() it to "
@@ -376,13 +341,7 @@ def inplace_backup(targets: Iterable[Target]) -> list[tuple[nn.Parameter, torch.
 
 
 def hook_fields(plan: Plan | Target) -> dict[str, Any]:
-    """What the mask hook records of the pattern, for reports and Core ML Tools–style introspection."""
+    """What the mask hook records of the pattern, for reports and Core ML Tools–style introspection:
+    `Pattern.describe` and `Pattern.record_fields` (also what ``sparsity.json`` saves)."""
     pattern = plan.pattern
-    fields: dict[str, Any] = {"pattern": pattern.describe()}
-    if isinstance(pattern, CoreMLPattern):
-        fields.update(granularity=pattern.granularity, block_size=pattern.block_size)
-    elif isinstance(pattern, NMPattern):
-        fields.update(n_m_ratio=(pattern.n, pattern.m), dim=pattern.dim)
-    else:
-        fields.update(tiles=plan.config.pattern)
-    return fields
+    return {"pattern": pattern.describe(), **pattern.record_fields()}

@@ -9,8 +9,10 @@
                                                 "tied_to": []}, ...}}
 
 ``level`` is the fraction of zeros the layer's mask holds when saved; the pattern fields are those the mask
-hook records (``granularity`` / ``block_size`` for Core ML Tools' patterns, ``n_m_ratio`` / ``dim`` for n:m,
-``tiles`` for NxM tiles). `sparsify.from_pretrained_pruned` (`sparsify.pruning.resume`) reads it back.
+hook records (`Pattern.record_fields`: ``granularity`` / ``block_size`` for Core ML Tools' patterns,
+``n_m_ratio`` / ``dim`` for n:m, ``tiles`` for NxM tiles; a registered pattern's name as ``tiles`` and its saved
+form ``{"kind": ..., **fields}`` as ``spec``). `sparsify.from_pretrained_pruned` (`sparsify.pruning.resume`) reads it
+back.
 The file is read as untrusted input: size-limited JSON, every field checked, every layer name
 looked up in the model.
 """
@@ -38,7 +40,7 @@ logger = logging.getLogger(__name__)
 SPARSITY_FILE = "sparsity.json"
 FORMAT = "sparsify.sparsity"
 _MAX_BYTES = 16 * 1024 * 1024
-_PATTERN_KEYS = ("pattern", "granularity", "block_size", "n_m_ratio", "dim", "tiles")
+_PATTERN_KEYS = ("pattern", "granularity", "block_size", "n_m_ratio", "dim", "tiles", "spec")
 
 
 def measured_level(module: nn.Module, param_name: str) -> float:
@@ -95,6 +97,9 @@ def _check_entry(name: str, entry: Any, source: str) -> dict[str, Any]:
     if n_m is not None and not (isinstance(n_m, list) and len(n_m) == 2
                                 and all(isinstance(v, int) and not isinstance(v, bool) for v in n_m)):
         raise ValueError(f"{where}: n_m_ratio={n_m!r} is invalid: allowed [n, m]")
+    spec = entry.get("spec")
+    if spec is not None and not (isinstance(spec, Mapping) and isinstance(spec.get("kind"), str)):
+        raise ValueError(f"{where}: spec={spec!r} is invalid: allowed an object with a registered pattern's kind")
     return dict(entry)
 
 
@@ -126,7 +131,9 @@ def module_config(entry: Mapping[str, Any], masking: str) -> ModulePrunerConfig:
         n, m = entry["n_m_ratio"]
         fields.update(n_m_ratio=(n, m), dim=entry.get("dim", 1))
         return ModulePrunerConfig(initial_sparsity=n / m if m > 0 and 0 <= n <= m else 0.0, **fields)
-    if entry.get("tiles") is not None:
+    if entry.get("spec") is not None:  # a registered pattern: rebuilt from its kind and fields, checked there
+        fields["pattern"] = dict(entry["spec"])
+    elif entry.get("tiles") is not None:
         fields["pattern"] = entry["tiles"]
     else:
         fields.update(granularity=entry.get("granularity", "per_scalar"), block_size=entry.get("block_size", 1))

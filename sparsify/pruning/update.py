@@ -30,7 +30,7 @@ from collections.abc import Hashable, Mapping
 import torch
 
 from ..criteria import PrunerView, Scorer
-from ..patterns import NMPattern, _select, pruned_count
+from ..patterns import _select, pruned_count
 from ..scope import global_keep_masks
 from .plan import Target
 from .sharded import whole_scores
@@ -72,8 +72,8 @@ def compute_masks(
             masks.update(_global_masks([targets[n] for n in members], scores, levels))
         scores.clear()  # a layer-wise update calibrates for a long time next: hold no score through it
         masks = {name: _oriented(targets[name], mask) for name, mask in masks.items()}  # back to the stored layout
-        if scorer.monotone:  # masks only grow — except n:m, whose runs must keep exactly m - n weights
-            masks = {name: mask if isinstance(targets[name].pattern, NMPattern) else
+        if scorer.monotone:  # masks only grow — except where the pattern needs weights back (`Pattern.may_regrow`)
+            masks = {name: mask if targets[name].pattern.may_regrow else
                      mask & targets[name].mask.expand(mask.shape) for name, mask in masks.items()}
         if fresh_scores:
             refined = scorer.after_masks(pruner, masks)
