@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from .._memory import release_freed_memory
 from .._progress import tqdm
+from ..mask_layout import orig_name
 from ..patterns import CoreMLPattern, NMPattern, Pattern, TilePattern, lowest
 from ._passes import MaskedWeight
 from .base import PrunerView, Scorer, TargetView
@@ -357,7 +358,7 @@ class LayerwiseScorer(Scorer):
             for name in updated:
                 target = pruner.targets[name]
                 for key, value in replaced.pop(name).items():
-                    param = getattr(target.module, key if key != target.param_name else key + "_orig")
+                    param = getattr(target.module, key if key != target.param_name else orig_name(key))
                     if isinstance(value, MaskedWeight):
                         new = torch.where(refined[name].expand(param.shape), value.weight.to(param.device,
                                                                                               param.dtype), param)
