@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ._sharding import is_sharded
+from .mask_layout import orig_name
 
 
 class MaskHook(Protocol):
@@ -63,7 +64,7 @@ def _rezero_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any)
                 hook = ref()
                 module = hook.bound_module() if hook is not None else None
                 if hook is not None and module is not None \
-                        and module._parameters.get(hook._tensor_name + "_orig") is param:
+                        and module._parameters.get(orig_name(hook._tensor_name)) is param:
                     hook.after_step(module, optimizer)
                     break
     if unknown:
@@ -82,7 +83,7 @@ def _adopt_sharded(optimizer: torch.optim.Optimizer) -> None:
             module = hook.bound_module() if hook is not None else None
             if hook is None or module is None:
                 continue
-            param = module._parameters.get(hook._tensor_name + "_orig")
+            param = module._parameters.get(orig_name(hook._tensor_name))
             if is_sharded(param) and id(param) in stepped and id(param) not in _INPLACE:
                 hook.adopt_sharding(module)
                 hook.after_step(module, optimizer)

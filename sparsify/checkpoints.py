@@ -31,7 +31,7 @@ from torch import nn
 from ._checks import check_flags
 from ._nested import to_device
 from .coreml_metadata import is_metadata_key
-from .masking import masked_weight
+from .mask_layout import layout_names, masked_bases, plain_state_dict
 from .model_files import DEFAULT_MAX_BYTES, FileRefusedError, read_tensor_file
 
 __all__ = [
@@ -41,53 +41,39 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_MASK_SUFFIXES = ("_orig", "_mask", "_amount")
-
-
 def state_dict_layout(state_dict: Mapping[str, Any]) -> str:
-    """``"prepared"`` if any key ends in ``_orig``/``_mask``, ``"finalized"`` if Core ML metadata is
-    present, else ``"dense"``."""
-    if any(k.endswith("_orig") for k in state_dict) and any(k.endswith("_mask") for k in state_dict):
+    """``"prepared"`` if some key pairs ``<name>_orig`` with ``<name>_mask``, ``"finalized"`` if Core ML metadata
+    is present, else ``"dense"``."""
+    if masked_bases(state_dict):
         return "prepared"
     if any(is_metadata_key(k) for k in state_dict):
         return "finalized"
     return "dense"
 
 
-def _masked_bases(state_dict: Mapping[str, Any]) -> set[str]:
-    """Parameter names that carry a mask (``x.weight`` for ``x.weight_orig`` + ``x.weight_mask``)."""
-    bases = {k[: -len("_orig")] for k in state_dict if k.endswith("_orig")}
-    return {base for base in bases if base + "_mask" in state_dict}
-
-
-def dense_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Turn a prepared or finalized state dict into a plain one (masks applied, metadata dropped)."""
-    bases = _masked_bases(state_dict)
-    skip = {base + suffix for base in bases for suffix in _MASK_SUFFIXES}
-    out = {k: v for k, v in state_dict.items() if k not in skip and not is_metadata_key(k)}
-    for base in bases:
-        out[base] = masked_weight(state_dict[base + "_orig"], state_dict[base + "_mask"].bool())
-    return out
+#: a prepared or finalized state dict made plain (masks applied, metadata dropped): `mask_layout.plain_state_dict`
+dense_state_dict = plain_state_dict
 
 
 def _prepared_from_plain(
     plain: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor], masks_from_zeros: bool
 ) -> dict[str, torch.Tensor]:
     """Map ``x.weight`` to ``x.weight_orig`` (+ mask and amount) wherever the model is prepared."""
-    bases = _masked_bases(model_sd)
+    bases = masked_bases(model_sd)
     out = {k: v for k, v in plain.items() if k not in bases and not is_metadata_key(k)}
     for base in bases & set(plain):
         weight = plain[base]
-        out[base + "_orig"] = weight
+        orig, mask_key, amount = layout_names(base)
+        out[orig] = weight
         if not masks_from_zeros:
-            out[base + "_mask"], out[base + "_amount"] = model_sd[base + "_mask"], model_sd[base + "_amount"]
+            out[mask_key], out[amount] = model_sd[mask_key], model_sd[amount]
             continue
         mask = weight != 0
-        for dim, size in enumerate(model_sd[base + "_mask"].shape):  # per-channel / per-kernel mask shapes
+        for dim, size in enumerate(model_sd[mask_key].shape):  # per-channel / per-kernel mask shapes
             if size == 1 and mask.shape[dim] != 1:
                 mask = mask.any(dim=dim, keepdim=True)
-        out[base + "_mask"] = mask
-        out[base + "_amount"] = (weight == 0).float().mean()
+        out[mask_key] = mask
+        out[amount] = (weight == 0).float().mean()
     return out
 
 

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .mask_layout import MASK, split_masked_key
+
 __all__ = ["check_masks_consistent", "fsdp2_modules", "gather_rows", "mask_checksums", "refuse_fsdp"]
 
 
@@ -33,7 +35,8 @@ def mask_checksums(model: nn.Module) -> dict[str, int]:
     """A position-sensitive integer checksum of every ``*_mask`` buffer (cheap, deterministic)."""
     sums: dict[str, int] = {}
     for name, buffer in model.named_buffers():
-        if name.endswith("_mask"):
+        split = split_masked_key(name)
+        if split is not None and split[1] == MASK:
             flat = buffer.detach().reshape(-1).to(torch.int64).cpu()
             positions = torch.arange(1, flat.numel() + 1, dtype=torch.int64) % 1_000_003
             sums[name] = int((flat * positions).sum()) * 1_000_003 + int(flat.sum())

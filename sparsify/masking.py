@@ -1,7 +1,7 @@
 """Install, update and bake weight masks on modules.
 
 The layout follows ``torch.nn.utils.prune`` and Core ML Tools, so checkpoints and tools that know
-those names keep working:
+those names keep working (its names are spelled once, in `sparsify.mask_layout`):
 
 * ``<name>_orig`` — the trained ``nn.Parameter`` (same storage as the original weight);
 * ``<name>_mask`` — a ``bool`` buffer (``True`` = keep), shaped like the pattern's groups, e.g.
@@ -49,6 +49,7 @@ from torch.nn.utils import prune
 from . import _sharding
 from ._inplace import ZERO_PRESERVING, register_inplace, unregister_inplace
 from ._mask_ops import fast_path, masked_into, select_into
+from .mask_layout import amount_name, mask_name, orig_name
 
 __all__ = [
     "MASK_MODES",
@@ -131,14 +132,14 @@ class MaskHook(prune.BasePruningMethod):
         # FSDP2 (`sparsify._sharding`): the parameter last refreshed against, this rank's part of the mask, and
         # what module.<name> is between forward passes (the sharded parameter, or its masked copy)
         self._param_ref: weakref.ref[torch.Tensor] | None = None
-        self._local_mask: torch.Tensor | None = None
+        self._mask_shard: torch.Tensor | None = None
         self._outside: torch.Tensor | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_module_ref"] = state["_grad_hook"] = None  # bound again by the first forward of the copy
         state["_settled"], state["_grad_masked"] = None, False  # the copy has other parameters and optimizers
-        state["_param_ref"] = state["_local_mask"] = state["_outside"] = None
+        state["_param_ref"] = state["_mask_shard"] = state["_outside"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -147,7 +148,7 @@ class MaskHook(prune.BasePruningMethod):
         state.setdefault("_grad_hook", None)
         state.setdefault("_grad_masked", False)
         state["_settled"] = weakref.WeakKeyDictionary()
-        for key in ("_param_ref", "_local_mask", "_outside"):
+        for key in ("_param_ref", "_mask_shard", "_outside"):
             state.setdefault(key, None)
         self.__dict__.update(state)
 
@@ -157,13 +158,13 @@ class MaskHook(prune.BasePruningMethod):
             if not torch.compiler.is_compiling():
                 if self.bound_module() is not module:
                     self._bind(module)
-                param = module._parameters.get(name + "_orig")
+                param = module._parameters.get(orig_name(name))
                 if param is not None and module.__dict__.get(name) is not param:
                     module.__dict__[name] = param  # FSDP2 put its unsharded parameter in place for this forward
             return
-        orig, mask = module._parameters.get(name + "_orig"), module._buffers.get(name + "_mask")
+        orig, mask = module._parameters.get(orig_name(name)), module._buffers.get(mask_name(name))
         if orig is None or mask is None:  # held elsewhere (a reparametrization): the attribute protocol finds it
-            orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
+            orig, mask = getattr(module, orig_name(name)), getattr(module, mask_name(name))
         # plain attribute writes (the name is no parameter, buffer or submodule any more): a hook runs every forward
         if fast_path(orig, mask):
             module.__dict__[name] = masked_into(module.__dict__, name, orig, mask)
@@ -176,14 +177,14 @@ class MaskHook(prune.BasePruningMethod):
 
     def apply_mask(self, module: nn.Module) -> torch.Tensor:
         name = self._tensor_name
-        return masked_weight(getattr(module, name + "_orig"), getattr(module, name + "_mask"))
+        return masked_weight(getattr(module, orig_name(name)), getattr(module, mask_name(name)))
 
     def refresh(self, module: nn.Module) -> None:
         """Bring ``module.<name>`` up to date with the mask, without building an autograd graph."""
         name = self._tensor_name
-        orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
+        orig, mask = getattr(module, orig_name(name)), getattr(module, mask_name(name))
         sharded = _sharding.is_sharded(orig)
-        self._local_mask = _sharding.local_part(mask, orig) if sharded else None
+        self._mask_shard = _sharding.local_part(mask, orig) if sharded else None
         self._outside = orig if sharded else None
         self._param_ref = weakref.ref(orig)
         if self.mode == "inplace":
@@ -215,7 +216,7 @@ class MaskHook(prune.BasePruningMethod):
 
     def after_load(self, module: nn.Module, incompatible_keys: Any) -> None:
         """load_state_dict post-hook: take the loaded amount and show the loaded mask at once."""
-        self.amount = float(getattr(module, self._tensor_name + "_amount"))
+        self.amount = float(getattr(module, amount_name(self._tensor_name)))
         if self.mode == "inplace":
             self._bind(module)  # ``assign=True`` may have brought a new parameter object
         self.refresh(module)
@@ -224,7 +225,7 @@ class MaskHook(prune.BasePruningMethod):
 
     def adopt_sharding(self, module: nn.Module) -> None:
         """Refresh against ``module``'s parameter if FSDP2 has replaced it by a sharded one since the last time."""
-        param = module._parameters.get(self._tensor_name + "_orig")
+        param = module._parameters.get(orig_name(self._tensor_name))
         if _sharding.is_sharded(param) and (self._param_ref is None or self._param_ref() is not param):
             self.refresh(module)
 
@@ -232,9 +233,9 @@ class MaskHook(prune.BasePruningMethod):
         """The mask for ``tensor``: this rank's part of it when ``tensor`` is sharded."""
         if not _sharding.is_sharded(tensor):
             return mask
-        if self._local_mask is None:
-            self._local_mask = _sharding.local_part(mask, tensor)
-        return self._local_mask
+        if self._mask_shard is None:
+            self._mask_shard = _sharding.local_part(mask, tensor)
+        return self._mask_shard
 
     def bound_module(self) -> nn.Module | None:
         """In-place mode: the module whose parameter the gradient and optimizer hooks act on."""
@@ -245,7 +246,7 @@ class MaskHook(prune.BasePruningMethod):
         per-entry state there of the zero-preserving optimizers that have stepped it, so that no momentum
         revives a newly pruned weight and their next step stays free."""
         optimizers, self._settled = list(self._settled.keys()), weakref.WeakKeyDictionary()
-        param, mask = module._parameters[self._tensor_name + "_orig"], module._buffers[self._tensor_name + "_mask"]
+        param, mask = module._parameters[orig_name(self._tensor_name)], module._buffers[mask_name(self._tensor_name)]
         assert param is not None and mask is not None  # install_mask registered both
         with torch.no_grad():
             mask = self._part(mask, param)
@@ -262,7 +263,7 @@ class MaskHook(prune.BasePruningMethod):
         the last mask change (and is still the same state tensors). Otherwise the weights are zeroed and, for
         those optimizers, so is that state, which makes the following steps free.
         """
-        param = module._parameters[self._tensor_name + "_orig"]
+        param = module._parameters[orig_name(self._tensor_name)]
         assert param is not None  # install_mask registered it
         state = _state_of(param, optimizer)
         preserving = type(optimizer) in ZERO_PRESERVING
@@ -271,7 +272,7 @@ class MaskHook(prune.BasePruningMethod):
         if preserving and masked and settled is not None and len(settled) == len(state) \
                 and all(ref() is tensor for ref, tensor in zip(settled, state)):
             return
-        mask = module._buffers[self._tensor_name + "_mask"]
+        mask = module._buffers[mask_name(self._tensor_name)]
         assert mask is not None  # install_mask registered it
         with torch.no_grad():
             mask = self._part(mask, param)
@@ -292,7 +293,7 @@ class MaskHook(prune.BasePruningMethod):
         grad = param.grad
         if module is None or grad is None or grad.layout != torch.strided:
             return
-        mask = module._buffers[self._tensor_name + "_mask"]
+        mask = module._buffers[mask_name(self._tensor_name)]
         assert mask is not None  # install_mask registered it
         with torch.no_grad():
             local = _sharding.local(grad)
@@ -302,7 +303,7 @@ class MaskHook(prune.BasePruningMethod):
     def _bind(self, module: nn.Module) -> None:
         """Attach the gradient hook and the optimizer re-zeroing to ``module``'s parameter."""
         self._unbind()
-        param = module._parameters[self._tensor_name + "_orig"]
+        param = module._parameters[orig_name(self._tensor_name)]
         assert param is not None  # install_mask registered it
         if param.requires_grad:
             self._grad_hook = param.register_post_accumulate_grad_hook(self._mask_grad)
@@ -314,7 +315,7 @@ class MaskHook(prune.BasePruningMethod):
         if self._grad_hook is not None:
             self._grad_hook.remove()
             self._grad_hook = None
-        param = module._parameters.get(self._tensor_name + "_orig") if module is not None else None
+        param = module._parameters.get(orig_name(self._tensor_name)) if module is not None else None
         unregister_inplace(param, self)
         self._module_ref = None
 
@@ -332,11 +333,11 @@ class MaskHook(prune.BasePruningMethod):
             self._unbind()
         if name in module.__dict__:
             delattr(module, name)
-        orig = module._parameters.pop(name + "_orig", None)
+        orig = module._parameters.pop(orig_name(name), None)
         if orig is None:  # interrupted before the parameter was renamed: it is still under its own name
             orig = module._parameters.pop(name)
-        mask = module._buffers.pop(name + "_mask", None)
-        module._buffers.pop(name + "_amount", None)
+        mask = module._buffers.pop(mask_name(name), None)
+        module._buffers.pop(amount_name(name), None)
         if bake:
             assert orig is not None and mask is not None  # baking follows a complete install_mask
             with torch.no_grad():
@@ -429,10 +430,10 @@ def install_mask(
     hook.param_position = list(module._parameters).index(name)
     try:
         # the new name first, then the old one goes: an interruption in between leaves the Parameter reachable
-        module.register_parameter(name + "_orig", param)
+        module.register_parameter(orig_name(name), param)
         del module._parameters[name]
-        module.register_buffer(name + "_mask", mask.to(param.device))
-        module.register_buffer(name + "_amount", torch.tensor(float(amount), device=param.device))
+        module.register_buffer(mask_name(name), mask.to(param.device))
+        module.register_buffer(amount_name(name), torch.tensor(float(amount), device=param.device))
         module.register_forward_pre_hook(hook)
         hook.extra_hooks.append(module.register_load_state_dict_post_hook(hook.after_load))
         # always_call: a forward that raises must not leave a graph-carrying tensor (or, under FSDP2, the
@@ -458,11 +459,11 @@ def install_mask(
 def set_mask(module: nn.Module, name: str, mask: torch.Tensor, amount: float | None = None) -> None:
     """Overwrite the mask in place (tied modules sharing it see the change) and refresh the weight."""
     hook = _require_hook(module, name)
-    buffer: torch.Tensor = getattr(module, name + "_mask")
+    buffer: torch.Tensor = getattr(module, mask_name(name))
     buffer.copy_(mask.to(device=buffer.device, dtype=torch.bool).expand_as(buffer))
     if amount is not None:
         hook.amount = float(amount)
-        getattr(module, name + "_amount").fill_(float(amount))
+        getattr(module, amount_name(name)).fill_(float(amount))
     hook.refresh(module)
 
 

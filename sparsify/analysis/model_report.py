@@ -32,6 +32,7 @@ from torch import nn
 
 from ..config import ModulePrunerConfig, OptimizationConfig
 from ..coreml_metadata import COMPRESSION_TYPE, PRUNING, is_metadata_key, parse_metadata_key
+from ..mask_layout import ORIG, amount_name, layout_names, mask_name, masked_bases, split_masked_key
 from ..pruning.metadata import REQUESTED_ATTRIBUTE
 from ..pruning.plan import is_transposed
 from ..pruning.report import sparsity_summary
@@ -129,18 +130,21 @@ def _read_state(state: Mapping[str, torch.Tensor]) -> tuple[list[_Weight], dict[
                 metadata.add((parsed[0], parsed[1]))
     weights: list[_Weight] = []
     seen: set[tuple[Any, ...]] = set()  # storages already counted: tied weights appear once
+    masked = masked_bases(state)
     for key, value in state.items():
-        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
-            base = key[: -len("_orig")]
-            used.update((key, base + "_mask", base + "_amount"))
-            if _storage_key(value) in seen:
-                continue
-            seen.add(_storage_key(value))
-            module, param = _split(base)
-            effective = torch.where(state[base + "_mask"].bool(), value.detach(), value.new_zeros(()))
-            amount = state.get(base + "_amount")
-            weights.append(_Weight(module, param, effective, True, amount=None if amount is None else float(amount),
-                                   state_key=key))
+        split = split_masked_key(key)
+        if split is None or split[1] != ORIG or split[0] not in masked:
+            continue
+        base = split[0]
+        used.update(layout_names(base))
+        if _storage_key(value) in seen:
+            continue
+        seen.add(_storage_key(value))
+        module, param = _split(base)
+        effective = torch.where(state[mask_name(base)].bool(), value.detach(), value.new_zeros(()))
+        amount = state.get(amount_name(base))
+        weights.append(_Weight(module, param, effective, True, amount=None if amount is None else float(amount),
+                               state_key=key))
     others: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key in used or not isinstance(value, torch.Tensor) or not value.is_floating_point():

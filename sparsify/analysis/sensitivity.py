@@ -31,6 +31,7 @@ from torch import nn
 from .._checks import check_flags
 from .._progress import tqdm
 from ..config import MagnitudePrunerConfig
+from ..mask_layout import mask_name, orig_name
 from ..patterns import ranked_mask
 
 __all__ = ["DEFAULT_SPARSITIES", "SensitivityScan", "accuracy", "prunable_layers", "sensitivity_scan"]
@@ -96,8 +97,8 @@ def prunable_layers(model: nn.Module, layers: Sequence[str] | str | None = None)
 
 def _weight_of(module: nn.Module, param: str) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """``(tensor to edit, current effective weight, mask hook or None)`` of ``module.<param>``."""
-    orig = module._parameters.get(param + "_orig")
-    mask = module._buffers.get(param + "_mask")
+    orig = module._parameters.get(orig_name(param))
+    mask = module._buffers.get(mask_name(param))
     if orig is not None and mask is not None:
         hook = getattr(module, "pruning_method", None)
         return orig, torch.where(mask.bool(), orig.detach(), orig.new_zeros(())), hook

@@ -9,6 +9,16 @@
 * `merged` / `batch_size` — items concatenated into fewer forwards only where exactly equivalent.
 * `text_windows` — token windows of a given length from texts and a tokenizer (seeded random, or consecutive).
 
+The layer-wise criteria (SparseGPT, Wanda) run that data through the model forward only:
+
+* `sparsify.calibration.layer_inputs` — `Calibration`: the kept batches of one mask update, the forward order
+  and stages of the pruned layers, and the passes that hand each stage its layers' inputs (`input_columns`);
+* `sparsify.calibration.chain` — block chains (decoder layers): a stage runs its block alone on cached inputs;
+* `sparsify.calibration.passes` — the hooks of a pass (stop early, substitute the weights pruned so far).
+
+They import nothing of the machine but `sparsify.masking` (a pass shows each layer's own masked weight again), so
+criteria, pruning (OWL's outlier levels) and streaming all import them.
+
 Typical use with a transformers causal LM::
 
     windows = sparsify.calibration.text_windows(texts, tokenizer, seq_len=512, num_samples=128, seed=0)

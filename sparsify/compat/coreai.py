@@ -40,6 +40,7 @@ import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
 from ..coreml_metadata import is_metadata_key
+from ..mask_layout import mask_name, orig_name
 from ..masking import is_masked
 from ..pruning import Pruner
 from .coreai_config import CoreAIPolynomialDecayScheduler, pruner_config, to_plain
@@ -115,7 +116,7 @@ class MagnitudePruner:
 
 
 def _full_mask(module: nn.Module) -> torch.Tensor:
-    mask, weight = getattr(module, "weight_mask"), getattr(module, "weight_orig")  # noqa: B009
+    mask, weight = getattr(module, mask_name("weight")), getattr(module, orig_name("weight"))
     assert isinstance(mask, torch.Tensor) and isinstance(weight, torch.Tensor)
     return mask.bool().expand_as(weight).clone()
 

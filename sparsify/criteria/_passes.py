@@ -1,150 +1,19 @@
-"""Forward-pass plumbing shared by the layer-wise calibration (`sparsify.criteria.calibration`, `.chain`).
+"""Forward-pass plumbing of the layer-wise calibration — now `sparsify.calibration.passes`.
 
-Hooks that stop a forward early, substitute the new weights of modules already pruned in the current update
-(the pruned parameter through its masked attribute, a bias by swapping its data for the call only), switch the
-model to ``eval()`` for a pass, and (re-exported from `sparsify.calibration.merge`) concatenate calibration
-items into fewer, larger forwards.
+This module keeps the old import path (``from sparsify.criteria._passes import StopForward``) working.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
-
-import torch
-from torch import nn
-
-from ..calibration.merge import merged
-from ..masking import MaskHook
-from .base import TargetView
+from ..calibration.passes import (
+    MaskedWeight,
+    Replacements,
+    StopForward,
+    bind,
+    columns_size,
+    evaluating,
+    merged,
+    swapped,
+)
 
 __all__ = ["MaskedWeight", "Replacements", "StopForward", "bind", "columns_size", "evaluating", "merged", "swapped"]
-
-# merging calibration items moved to sparsify.calibration.merge; imported here for old callers
-
-
-class MaskedWeight:
-    """A pruned layer's new weight as its later passes see it, ``where(keep, weight, 0)``, made only for the call
-    that reads it: an update keeps the ``bool`` mask and, for SparseGPT, the new values — not also a masked
-    float copy of every layer it has pruned so far.
-
-    New values (`compact`) are held as the kept entries only, ``weight[keep]``: an update holds every pruned
-    layer's new values until it ends (so an interrupted update leaves the model as it was), and at 50 %
-    sparsity this halves them; `write` puts them into the parameter, `__call__` rebuilds the masked weight."""
-
-    def __init__(self, keep: torch.Tensor, weight: torch.Tensor, kept: torch.Tensor | None = None) -> None:
-        self.keep = keep
-        self.weight = weight  # the full tensor, or only a stand-in for its shape, dtype and device when `kept`
-        self.kept = kept
-
-    @classmethod
-    def compact(cls, keep: torch.Tensor, weight: torch.Tensor) -> MaskedWeight:
-        """Hold only ``weight``'s kept entries (``weight`` is a new tensor the caller gives up)."""
-        kept = weight[keep.expand(weight.shape)]
-        return cls(keep, torch.empty((), dtype=weight.dtype, device=weight.device).expand(weight.shape), kept)
-
-    def __call__(self) -> torch.Tensor:
-        if self.kept is None:
-            return torch.where(self.keep, self.weight, 0.0)
-        full = torch.zeros(self.weight.shape, dtype=self.weight.dtype, device=self.weight.device)
-        return full.masked_scatter_(self.keep.expand(full.shape), self.kept)
-
-    def write(self, param: torch.Tensor, keep: torch.Tensor) -> None:
-        """Set ``param`` to these values where ``keep`` (the refined mask, expanded), leaving it elsewhere."""
-        keep = keep.expand(param.shape)
-        if self.kept is None:
-            param.copy_(torch.where(keep, self.weight.to(param.device, param.dtype), param))
-        else:
-            param.masked_scatter_(keep, self.kept.to(param.device, param.dtype))
-
-
-#: module name → parameter name → its stand-in (the pruned parameter as a `MaskedWeight`, a bias as a tensor)
-Replacements = Mapping[str, Mapping[str, "torch.Tensor | MaskedWeight"]]
-
-
-class StopForward(Exception):
-    """Raised by a pre-hook once every module of a stage has seen its input: the rest of the forward is moot."""
-
-
-def bind(function: Callable[..., None], name: str) -> Callable[..., None]:
-    """A forward (pre-)hook calling ``function(name, module, args)``."""
-
-    def hook(module: nn.Module, args: tuple[Any, ...], *_: Any) -> None:
-        function(name, module, args)
-
-    return hook
-
-
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[None]:
-    """``eval()`` mode for a pass, then each module's own mode back."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
-
-
-@contextlib.contextmanager
-def swapped(
-    targets: Mapping[str, TargetView],
-    replaced: Replacements,
-    active: Callable[[], bool] = lambda: True,
-) -> Iterator[None]:
-    """While inside, every call of a module in ``replaced`` (name → parameter name → tensor) uses those tensors
-    (when ``active()``): the pruned parameter through its masked attribute, any other (a bias) by swapping its
-    data for that call only. Everything is restored on exit, also after an exception."""
-    saved: dict[tuple[str, str], torch.Tensor] = {}
-
-    def swap(name: str, module: nn.Module, _args: tuple[Any, ...]) -> None:
-        if not active():
-            return
-        for key, value in replaced[name].items():
-            if key == targets[name].param_name:
-                setattr(module, key, value() if isinstance(value, MaskedWeight) else value)
-            else:
-                param = getattr(module, key)
-                saved.setdefault((name, key), param.data)
-                assert isinstance(value, torch.Tensor)
-                param.data = value
-
-    def restore(name: str, module: nn.Module, _args: tuple[Any, ...]) -> None:
-        for key in list(replaced[name]):
-            data = saved.pop((name, key), None)
-            if data is not None:
-                getattr(module, key).data = data
-
-    handles = []
-    for name in replaced:
-        module = targets[name].module
-        handles += [module.register_forward_pre_hook(bind(swap, name)),
-                    module.register_forward_hook(bind(restore, name))]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for (name, key), data in saved.items():
-            getattr(targets[name].module, key).data = data
-        for name in replaced:
-            _refresh(targets[name])
-
-
-def _refresh(target: TargetView) -> None:
-    """Show the module's own masked weight again after a pass that substituted it."""
-    for hook in target.module._forward_pre_hooks.values():
-        if isinstance(hook, MaskHook) and hook._tensor_name == target.param_name:
-            hook.refresh(target.module)
-
-
-def columns_size(module: nn.Module, inputs: torch.Tensor) -> int:
-    """How many floats the layer's input columns take (an unfolded convolution input is larger)."""
-    if isinstance(module, nn.Conv2d):
-        return inputs.numel() * math.prod(module.kernel_size) // math.prod(module.stride)
-    if isinstance(module, nn.Conv1d):
-        return inputs.numel() * module.kernel_size[0] // module.stride[0]
-    return inputs.numel()

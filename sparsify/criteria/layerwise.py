@@ -8,7 +8,7 @@ How a layer-wise criterion fits the one machine (`sparsify.pruning.update`):
    data. Modules ranked locally score ``|W|``: their count is fixed by their own level anyway.
 2. The pattern and scope turn those scores into masks, as for every criterion: they fix **how many** weights
    (and, for n:m, how many per run) each module loses.
-3. `Scorer.after_masks` re-selects **which** — module by module in forward order (`sparsify.criteria.calibration`
+3. `Scorer.after_masks` re-selects **which** — module by module in forward order (`sparsify.calibration.layer_inputs`
    stages), each calibrated on the inputs of the modules already pruned (and, for SparseGPT, updated) in earlier
    stages (`by_block`: a whole block of a chain is one stage) — and returns the new masks; the machine checks
    that each keeps its count (`_refined` in the update).
@@ -31,10 +31,11 @@ import torch.distributed as dist
 
 from .._memory import release_freed_memory
 from .._progress import tqdm
+from ..calibration.layer_inputs import Calibration, Stage, check_layer
+from ..calibration.passes import MaskedWeight
+from ..mask_layout import orig_name
 from ..patterns import Pattern
-from ._passes import MaskedWeight
 from .base import PrunerView, Scorer, TargetView
-from .calibration import Calibration, Stage, check_layer
 
 __all__ = [
     "ColumnNorms",
@@ -318,7 +319,7 @@ class LayerwiseScorer(Scorer):
             for name in updated:
                 target = pruner.targets[name]
                 for key, value in replaced.pop(name).items():
-                    param = getattr(target.module, key if key != target.param_name else key + "_orig")
+                    param = getattr(target.module, key if key != target.param_name else orig_name(key))
                     if isinstance(value, MaskedWeight):
                         value.write(param, refined[name])
                     else:

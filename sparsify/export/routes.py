@@ -35,6 +35,7 @@ from torch import nn
 
 from .._checks import field_error
 from ..coreml_metadata import COMPRESSION_TYPE, METADATA_PREFIX, PRUNING, parse_metadata_key
+from ..mask_layout import mask_name, masked_params, orig_name
 from ..masking import bake_mask, is_masked
 from ..pruning.metadata import register_coreml_metadata
 from .errors import ConversionError
@@ -166,7 +167,7 @@ def _finalized_copy(model: nn.Module) -> tuple[nn.Module, set[str]]:
     export_model = copy.deepcopy(model).cpu().float().eval()
     baked = 0
     for module in export_model.modules():
-        for name in _masked_names(module):
+        for name in masked_params(module):
             if is_masked(module, name):
                 bake_mask(module, name)
             else:  # Core ML Tools' or torch.nn.utils.prune's hook
@@ -187,13 +188,6 @@ def _finalized_copy(model: nn.Module) -> tuple[nn.Module, set[str]]:
                 graph.erase_node(node)
         export_model.recompile()
     return export_model, pruned
-
-
-def _masked_names(module: nn.Module) -> list[str]:
-    """Tensors of ``module`` with a mask installed (``<name>_orig`` and ``<name>_mask``)."""
-    params = dict(module.named_parameters(recurse=False))
-    return [k[: -len("_mask")] for k, _ in module.named_buffers(recurse=False)
-            if k.endswith("_mask") and k[: -len("_mask")] + "_orig" in params]
 
 
 def pruned_by_metadata(named_buffers: Any) -> set[str]:
@@ -222,8 +216,8 @@ def _frozen_script(model: torch.jit.ScriptModule) -> Source:
     pruned = pruned_by_metadata(model.named_buffers())
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
-        for name in _masked_names(module):  # a traced prepared model computes where(mask, orig, 0)
-            orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
+        for name in masked_params(module):  # a traced prepared model computes where(mask, orig, 0)
+            orig, mask = getattr(module, orig_name(name)), getattr(module, mask_name(name))
             tensors[prefix + name] = torch.where(mask.bool(), orig, 0).detach().float()
             pruned.add(prefix + name)
     for name, tensor in _torch_tensors(model).items():

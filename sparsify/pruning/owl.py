@@ -33,7 +33,7 @@ from torch import nn
 
 from .._progress import tqdm
 from ..calibration import CalibrationData, as_calibration_data
-from ..criteria.calibration import input_columns
+from ..calibration.layer_inputs import input_columns
 
 __all__ = ["OWLLevels", "block_of", "nm_counts", "outlier_ratio", "owl_levels", "owl_spread"]
 

@@ -16,6 +16,7 @@ from torch.nn.utils import prune as torch_prune
 
 from ..config import ModulePrunerConfig, OptimizationConfig
 from ..config.model import Conv1D
+from ..mask_layout import has_mask_layout, mask_name, orig_name
 from ..masking import is_masked
 from ..patterns import Pattern, SkipWeight, Usage
 from .groups import check_groups, ranking_group
@@ -69,11 +70,11 @@ class Target:
 
     @property
     def orig(self) -> nn.Parameter:
-        return getattr(self.module, self.param_name + "_orig")
+        return getattr(self.module, orig_name(self.param_name))
 
     @property
     def mask(self) -> torch.Tensor:
-        return getattr(self.module, self.param_name + "_mask")
+        return getattr(self.module, mask_name(self.param_name))
 
 
 @attrs.define
@@ -165,7 +166,7 @@ def masked_by(module: nn.Module, param_name: str) -> str | None:
         return "a sparsify Pruner"
     hooked = any(isinstance(h, torch_prune.BasePruningMethod) and getattr(h, "_tensor_name", None) == param_name
                  for h in module._forward_pre_hooks.values())
-    if hooked or (param_name + "_orig" in module._parameters and param_name + "_mask" in module._buffers):
+    if hooked or has_mask_layout(module, param_name):
         return "torch.nn.utils.prune (or Core ML Tools)"
     return None
 

@@ -24,6 +24,7 @@ from ..calibration import CalibrationData, as_calibration_data
 from ..config import OptimizationConfig, PrunerConfig
 from ..criteria import Criterion, MagnitudeCriterion, Scorer
 from ..distributed import refuse_fsdp
+from ..mask_layout import mask_name
 from ..masking import bake_mask, install_mask, is_masked, set_mask, uninstall_mask
 from .guards import check_state_dict, describe_replaced, refuse_replaced, replaced_modules
 from .metadata import METADATA_VERSION_BUFFER, record_requested, register_coreml_metadata
@@ -451,8 +452,7 @@ class Pruner:
     def named_masks(self) -> Iterator[tuple[str, torch.Tensor]]:
         """``(module name, bool keep-mask)`` for every pruned module, before ``finalize()``."""
         for name, target in self._pruner_info.items():
-            mask = target.module._buffers.get(target.param_name + "_mask")
-            if mask is not None:
+            if (mask := target.module._buffers.get(mask_name(target.param_name))) is not None:
                 yield name, mask
 
     # -- checkpointing ---------------------------------------------------------------------

@@ -26,54 +26,26 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..coreml_metadata import is_metadata_key
+from .. import mask_layout
+from ..mask_layout import masked_tensors
 
 __all__ = ["MaskedSavePretrained", "plain_state_dict", "protect_save_pretrained", "unprotect_save_pretrained"]
 
 logger = logging.getLogger(__name__)
 
 
-
-def _masked_tensors(model: nn.Module) -> list[str]:
-    """Qualified names of the masked tensors (``<name>_orig`` parameter + ``<name>_mask`` buffer) of ``model``."""
-    names = []
-    for module_name, module in model.named_modules(remove_duplicate=False):
-        prefix = f"{module_name}." if module_name else ""
-        for key in module._buffers:
-            if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in module._parameters:
-                names.append(prefix + key[: -len("_mask")])
-    return names
-
-
 def plain_state_dict(model: nn.Module, state_dict: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``state_dict`` (default: ``model.state_dict()``) with every masked tensor of ``model`` under its plain
-    name holding its masked values, and without masks, amounts or Core ML compression metadata.
+    name holding its masked values, and without masks, amounts or Core ML compression metadata: the one
+    conversion, `sparsify.mask_layout.plain_state_dict`, limited to the tensors ``model`` masks.
 
     Works for masks installed by sparsify, Core ML Tools or ``torch.nn.utils.prune``. Tied parameters stay
     one tensor (so ``save_pretrained`` still recognises them as tied). Key order is kept.
     """
     source = model.state_dict() if state_dict is None else state_dict
-    masked = set(_masked_tensors(model))
-    baked: dict[tuple[int, int], torch.Tensor] = {}
-    plain: dict[str, Any] = {}
-    for key, value in source.items():
-        if is_metadata_key(key):
-            continue
-        base, _, suffix = key.rpartition("_")
-        if base not in masked or suffix not in ("orig", "mask", "amount"):
-            plain[key] = value
-            continue
-        if suffix != "orig" or f"{base}_mask" not in source:
-            continue
-        mask = source[f"{base}_mask"]
-        cache = (id(value), id(mask))
-        if cache not in baked:
-            baked[cache] = torch.where(mask.bool(), value, torch.zeros((), dtype=value.dtype, device=value.device))
-        plain[base] = baked[cache]
-    return plain
+    return mask_layout.plain_state_dict(source, masked=masked_tensors(model))
 
 
 class MaskedSavePretrained:
@@ -96,7 +68,7 @@ would list them as unexpected keys and drop them).
         model_class: Any = type(self.model)  # duck-typed: installed only where the class has save_pretrained
         method = model_class.save_pretrained
         bound = inspect.signature(method).bind(self.model, *args, **kwargs)
-        masked = _masked_tensors(self.model)
+        masked = masked_tensors(self.model)
         bound.arguments["state_dict"] = plain_state_dict(self.model, bound.arguments.get("state_dict"))
         if masked:
             logger.info(

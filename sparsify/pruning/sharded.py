@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import torch
 
 from .. import _sharding
+from ..mask_layout import orig_name
 from .plan import Target
 
 __all__ = ["adopt_sharding", "refuse_sharded_finalize", "whole_scores"]
@@ -44,7 +45,7 @@ def whole_scores(target: Target, scores: torch.Tensor) -> torch.Tensor:
 def refuse_sharded_finalize(targets: Mapping[str, Target]) -> None:
     """``finalize()`` bakes masks into whole parameters, which a sharded model does not hold."""
     for target in targets.values():
-        if _sharding.is_sharded(target.module._parameters.get(target.param_name + "_orig")):
+        if _sharding.is_sharded(target.module._parameters.get(orig_name(target.param_name))):
             raise TypeError(
                 f"finalize(): module {target.name!r} is sharded by FSDP2; gather a full state dict "
                 f"(torch.distributed.checkpoint.state_dict.get_model_state_dict(model, options="

@@ -30,6 +30,7 @@ from typing import Any
 from torch import nn
 
 from ..config import ModulePrunerConfig
+from ..mask_layout import mask_name, orig_name
 from ..masking import is_masked
 from ..safe_io import read_text
 
@@ -46,8 +47,8 @@ _PATTERN_KEYS = ("pattern", "granularity", "block_size", "n_m_ratio", "dim", "ti
 def measured_level(module: nn.Module, param_name: str) -> float:
     """The fraction of zeros of ``module.<param_name>``: of its mask while prepared, of the weight once baked."""
     if is_masked(module, param_name):
-        mask = getattr(module, param_name + "_mask")
-        orig = getattr(module, param_name + "_orig")
+        mask = getattr(module, mask_name(param_name))
+        orig = getattr(module, orig_name(param_name))
         return 1.0 - float(mask.expand(orig.shape).float().mean())
     weight = getattr(module, param_name)
     return float((weight == 0).float().mean()) if weight.numel() else 0.0

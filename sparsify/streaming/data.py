@@ -3,7 +3,7 @@
 The ``sampler`` argument goes through `sparsify.calibration.as_calibration_data` — the one path
 `sparsify.prune` uses — so both accept the same data (dicts of tensors, token tensors, ``datasets.Dataset``,
 ...). The first ``num_batches`` items are kept and concatenated into larger forwards exactly as the in-memory
-calibration does (`sparsify.calibration.merged`, at most `sparsify.criteria.calibration.MERGED_COLUMNS` floats
+calibration does (`sparsify.calibration.merged`, at most `sparsify.calibration.layer_inputs.MERGED_COLUMNS` floats
 in the largest layer input), so the two compute the same sums in the same order.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..calibration import CalibrationData, merged
-from ..criteria.calibration import MERGED_COLUMNS
+from ..calibration.layer_inputs import MERGED_COLUMNS
 
 __all__ = ["digest", "kept_batches", "merged_batches"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..criteria._passes import StopForward
+from ..calibration.passes import StopForward
 from .checkpoint import SourceCheckpoint
 
 __all__ = ["Skeleton"]

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ...criteria.base import Criterion, PrunerView, Scorer
+from ...mask_layout import orig_name
 from ..plan import IncWeights, Origin, PruningGroup, Schedule, Structure, TargetRule, UnsupportedFeatureError
 
 __all__ = ["GradientSensitivityCriterion", "gradient_sensitivity_group", "name_pattern"]
@@ -129,7 +130,7 @@ class _Scorer(Scorer):
                 param_name = text.replace("*", index)
                 param = params.get(param_name)
                 if param is None:  # a masked weight trains as <name>_orig
-                    param = params.get(param_name + "_orig")
+                    param = params.get(orig_name(param_name))
                 if param is None or param.grad is None:
                     continue
                 term = param.grad.detach() * param.detach()
@@ -156,7 +157,8 @@ class _Scorer(Scorer):
                 wanted = [cast("torch.Tensor | None", p) for p in source.parameters(recurse=False)][:1]
             else:
                 wanted = [named.get(t.replace("*", self.sources[name])) for t in self.spec.importance_inputs]
-                wanted += [named.get(t.replace("*", self.sources[name]) + "_orig") for t in self.spec.importance_inputs]
+                wanted += [named.get(orig_name(t.replace("*", self.sources[name])))
+                           for t in self.spec.importance_inputs]
             params += [p for p in wanted if p is not None and not any(p is q for q in params)]
         for grads in pruner.sampler.gradients(pruner.model, params, self.spec.num_batches, desc=self.spec.kind):
             saved = [param.grad for param in params]
