@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..config import MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
+from .._table import markdown_table, text_table
 from ..scope import global_keep_masks, pruned_count
 from .sensitivity import SensitivityScan, prunable_layers
 
@@ -140,18 +141,12 @@ class Budget:
         return text
 
     def to_text(self) -> str:
-        rows = self._rows()
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                 for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.insert(len(lines) - 1, lines[1])
-        return "\n".join([*lines, "", self._summary()])
+        header, *rows = self._rows()
+        return "\n".join([*text_table([header], rows, left=1, rules_before=[len(rows) - 1]), "", self._summary()])
 
     def to_markdown(self) -> str:
-        rows = self._rows()
-        rows.insert(1, ["---", "---:", "---:", "---:"])
-        return "\n".join(["| " + " | ".join(r) + " |" for r in rows] + ["", self._summary()])
+        header, *rows = self._rows()
+        return "\n".join([*markdown_table(header, rows), "", self._summary()])
 
     def __str__(self) -> str:
         return self.to_text()

@@ -30,6 +30,7 @@ from torch import nn
 
 from .._checks import check_flags
 from .._progress import tqdm
+from .._table import markdown_table, text_table
 from ..config import MagnitudePrunerConfig
 from ..patterns import ranked_mask
 
@@ -164,18 +165,14 @@ class SensitivityScan:
 
     def to_text(self) -> str:
         header, rows = self._rows()
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                 for r in [header, *rows]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = text_table([header], rows, left=1)
         direction = "higher" if self.higher_is_better else "lower"
         return "\n".join([*lines, "", f"{self.metric_name} of the unpruned model: {self.baseline:.4f} "
                                        f"({direction} is better); each cell prunes that layer alone."])
 
     def to_markdown(self) -> str:
         header, rows = self._rows()
-        align = ["---", "---:", *["---:"] * len(self.sparsities)]
-        return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows])
+        return "\n".join(markdown_table(header, rows))
 
     def to_csv(self) -> str:
         out = io.StringIO()
