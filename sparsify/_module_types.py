@@ -1,5 +1,7 @@
-"""Module types recognised without importing their packages (a leaf module: configs, criteria and the
-pruner all need them, and must not import each other for it)."""
+"""The module types sparsify prunes, defined once, and those recognised without importing their packages (a
+leaf module: configs, criteria, the pruner, the translators and the analysis tools all need them, and must not
+import each other for it). Which modules of a model a config prunes is decided in one place too:
+`sparsify.pruning.plan.plan_model`, which reads these through ``config.supported_modules``."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import abc
 
 from torch import nn
 
-__all__ = ["Conv1D"]
+__all__ = ["COREML_MODULES", "OPT_IN_MODULES", "PRUNER_MODULES", "Conv1D"]
 
 
 class Conv1D(nn.Module, metaclass=abc.ABCMeta):
@@ -26,3 +28,16 @@ class Conv1D(nn.Module, metaclass=abc.ABCMeta):
         ):
             return True
         return NotImplemented
+
+
+#: Core ML Tools' prunable module types (what its ``MagnitudePrunerConfig`` and the presets accept)
+COREML_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+#: module types a `PrunerConfig` prunes only when a rule names them — a type rule, a name rule, or
+#: ``module_types`` — never through ``global_config`` alone: SparseML's ``__ALL_PRUNABLE__`` prunes embedding
+#: tables, Core ML Tools never does, so a config written for Core ML Tools keeps meaning the same layers
+OPT_IN_MODULES: tuple[type[nn.Module], ...] = (nn.Embedding,)
+
+#: the module types `sparsify.Pruner` prunes with a `PrunerConfig`: Core ML Tools', transformers' ``Conv1D``
+#: and, when named (`OPT_IN_MODULES`), ``Embedding``
+PRUNER_MODULES: tuple[type[nn.Module], ...] = (*COREML_MODULES, Conv1D, *OPT_IN_MODULES)

@@ -3,9 +3,14 @@
 `allocate_budget` returns a `Budget` — one sparsity per layer — whose count-weighted
 global sparsity is *exactly* the target: the per-layer numbers of zeros are integers that add up to
 ``pruned_count(total weights, target)`` (the engine's counting rule, `sparsify.scope.pruned_count`),
-and each layer's sparsity is chosen so that `sparsify.MagnitudePruner` prunes exactly that many
-weights of it (unstructured pattern; block / channel patterns round each layer to whole groups).
-`Budget.to_config` turns it into a ready `sparsify.MagnitudePrunerConfig`.
+and each layer's sparsity is chosen so that `sparsify.Pruner` prunes exactly that many weights of it
+(unstructured pattern; block, channel, tile and n:m patterns round each layer to whole groups).
+
+The layers are those a `sparsify.PrunerConfig` selects (``config=``, default ``PrunerConfig()``;
+`sparsify.analysis.probe.selected_layers`, the pruner's own selection), and
+`Budget.to_pruner_config` turns the budget into a `sparsify.PrunerConfig` that keeps each layer's module
+config — criterion, pattern, schedule — and sets only its sparsity. `Budget.to_config` gives Core ML Tools'
+`sparsify.MagnitudePrunerConfig` instead, for a magnitude budget with a Core ML pattern.
 
 Methods:
 
@@ -18,8 +23,9 @@ Methods:
   convexified curves; layers never go beyond the largest scanned sparsity.
 * ``"erk"`` (the default without a scan) — Erdős–Rényi-Kernel (Evci et al., RigL 2020): density
   proportional to ``sum(shape) / prod(shape)``, so big layers are pruned more; costs nothing.
-* ``"magnitude"`` — one global magnitude ranking (`sparsify.scope.global_keep_masks`); costs one
-  sort.
+* ``"global"`` (``"magnitude"`` is its older name) — one global ranking of the config's scores through its
+  pattern: the pruning machine with ``scope="global"`` over the budgeted layers (magnitude by default; a
+  data-dependent criterion reads ``sampler``); costs one mask update.
 * ``"uniform"`` — every layer at the target (the baseline the others are measured against).
 
 ``min_sparsity`` / ``max_sparsity`` bound every layer (a float, or a dict per layer name).
@@ -36,16 +42,23 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import attrs
-import torch
 from torch import nn
 
-from ..config import MagnitudePrunerConfig, ModuleMagnitudePrunerConfig
-from ..scope import global_keep_masks, pruned_count
-from .sensitivity import SensitivityScan, prunable_layers
+from .._table import markdown_table, text_table
+from ..config import (
+    MagnitudePrunerConfig,
+    ModuleMagnitudePrunerConfig,
+    ModulePrunerConfig,
+    OptimizationConfig,
+    PrunerConfig,
+)
+from ..scope import pruned_count
+from .probe import LayerProbe
+from .sensitivity import SensitivityScan
 
 __all__ = ["METHODS", "Budget", "allocate_budget", "sparsity_for_count"]
 
-METHODS = ("scan", "erk", "magnitude", "uniform")
+METHODS = ("scan", "erk", "global", "magnitude", "uniform")
 Bound = float | Mapping[str, float]
 
 
@@ -78,10 +91,12 @@ class Budget:
     method: str
     predicted_drop: float | None = None  # Σ of the scan's drops at these sparsities ("scan" only)
     uniform_drop: float | None = None  # ... and at the target for every layer, for comparison
+    #: each layer's module config as the budget's ``config`` selects it (empty: the default config)
+    configs: dict[str, ModulePrunerConfig] = attrs.field(factory=dict, repr=False)
 
     @property
     def zeros(self) -> dict[str, int]:
-        """Weights each layer loses under `sparsify.MagnitudePruner`."""
+        """Weights each layer loses under `sparsify.Pruner` with an unstructured pattern."""
         return {name: pruned_count(self.params[name], s) for name, s in self.sparsities.items()}
 
     @property
@@ -90,27 +105,53 @@ class Budget:
         total = sum(self.params.values())
         return sum(self.zeros.values()) / total if total else 0.0
 
-    def to_config(self, **module_config: Any) -> MagnitudePrunerConfig:
-        """A config pruning each budgeted layer to its sparsity (other modules are left alone).
+    def to_pruner_config(self, **module_config: Any) -> PrunerConfig:
+        """A `sparsify.PrunerConfig` pruning each budgeted layer to its sparsity (other modules are left alone):
+        one name rule per layer (names ``re.escape``'d, since keys are regular expressions) with the layer's
+        module config from the budget's ``config`` — criterion, pattern, schedule — in local scope, and its
+        ``target_sparsity`` set.
 
         A layer whose budget is 0 gets ``None`` (not pruned), so it carries no mask and no Core ML
-        pruning metadata, and is exported dense.
-
-        ``module_config`` is passed to every `sparsify.ModuleMagnitudePrunerConfig` (a
-        ``scheduler``, ``granularity``, ``block_size``...; each layer gets its own copy); names are
-        ``re.escape``'d, since config keys are regular expressions.
+        pruning metadata, and is exported dense. ``module_config`` overrides fields of every layer's config
+        (a ``scheduler``, ``criterion``, ``pattern``...; each layer gets its own copy).
         """
-        for forbidden in ("target_sparsity", "n_m_ratio"):
-            if module_config.get(forbidden) is not None:
+        _refuse_levels("to_pruner_config", module_config)
+        configs: dict[str, ModulePrunerConfig | None] = {}
+        for name, sparsity in self.sparsities.items():
+            if not self.zeros[name]:
+                configs[re.escape(name)] = None
+                continue
+            base = copy.deepcopy(self.configs.get(name, ModulePrunerConfig()))
+            if base.n_m_ratio is not None and "n_m_ratio" not in module_config:
+                raise ValueError(f"Budget.to_pruner_config(): layer {name!r} has n_m_ratio={base.n_m_ratio}, which "
+                                 "fixes its sparsity at n / m; budget it with pattern='n:m' instead")
+            local = {"scope": "local", "global_group": None, "min_sparsity": 0.0, "max_sparsity": 1.0}
+            layer = attrs.evolve(base, **{**local, **copy.deepcopy(module_config)})
+            configs[re.escape(name)] = attrs.evolve(layer, target_sparsity=sparsity,
+                                                    initial_sparsity=min(layer.initial_sparsity, sparsity))
+        return PrunerConfig(module_name_configs=configs)
+
+    def to_config(self, **module_config: Any) -> MagnitudePrunerConfig:
+        """Core ML Tools' form of `to_pruner_config`: a `sparsify.MagnitudePrunerConfig` for
+        `sparsify.MagnitudePruner`, for a budget whose layers prune by magnitude with a Core ML pattern.
+
+        A layer whose budget is 0 gets ``None`` (not pruned). ``module_config`` is passed to every
+        `sparsify.ModuleMagnitudePrunerConfig` (a ``scheduler``, ``granularity``, ``block_size``...; each layer
+        gets its own copy); without them a layer keeps its config's granularity and block size.
+        """
+        _refuse_levels("to_config", module_config)
+        configs: dict[str, ModuleMagnitudePrunerConfig | None] = {}
+        for name, sparsity in self.sparsities.items():
+            base = self.configs.get(name, ModulePrunerConfig())
+            if base.criterion.kind != "magnitude" or base.pattern is not None or base.n_m_ratio is not None:
                 raise ValueError(
-                    f"Budget.to_config({forbidden}={module_config[forbidden]!r}) is invalid: the budget sets "
-                    f"each layer's sparsity, so {forbidden} cannot be given"
+                    f"Budget.to_config(): layer {name!r} prunes with criterion {base.criterion.kind!r}, pattern "
+                    f"{base.pattern!r} and n_m_ratio {base.n_m_ratio}, which MagnitudePrunerConfig cannot express; use "
+                    "to_pruner_config() (a PrunerConfig for sparsify.Pruner / sparsify.prune)"
                 )
-        configs = {
-            re.escape(name): ModuleMagnitudePrunerConfig(target_sparsity=sparsity, **copy.deepcopy(module_config))
-            if self.zeros[name] else None
-            for name, sparsity in self.sparsities.items()
-        }
+            fields = {"granularity": base.granularity, "block_size": base.block_size, **copy.deepcopy(module_config)}
+            configs[re.escape(name)] = ModuleMagnitudePrunerConfig(target_sparsity=sparsity, **fields) \
+                if self.zeros[name] else None
         return MagnitudePrunerConfig(module_name_configs=configs)
 
     def as_dict(self) -> dict[str, Any]:
@@ -140,21 +181,24 @@ class Budget:
         return text
 
     def to_text(self) -> str:
-        rows = self._rows()
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                 for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.insert(len(lines) - 1, lines[1])
-        return "\n".join([*lines, "", self._summary()])
+        header, *rows = self._rows()
+        return "\n".join([*text_table([header], rows, left=1, rules_before=[len(rows) - 1]), "", self._summary()])
 
     def to_markdown(self) -> str:
-        rows = self._rows()
-        rows.insert(1, ["---", "---:", "---:", "---:"])
-        return "\n".join(["| " + " | ".join(r) + " |" for r in rows] + ["", self._summary()])
+        header, *rows = self._rows()
+        return "\n".join([*markdown_table(header, rows), "", self._summary()])
 
     def __str__(self) -> str:
         return self.to_text()
+
+
+def _refuse_levels(method: str, module_config: Mapping[str, Any]) -> None:
+    for forbidden in ("target_sparsity", "n_m_ratio"):
+        if module_config.get(forbidden) is not None:
+            raise ValueError(
+                f"Budget.{method}({forbidden}={module_config[forbidden]!r}) is invalid: the budget sets "
+                f"each layer's sparsity, so {forbidden} cannot be given"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,16 +334,22 @@ def allocate_budget(
     layers: Sequence[str] | str | None = None,
     min_sparsity: Bound = 0.0,
     max_sparsity: Bound = 0.98,
+    config: OptimizationConfig | None = None,
+    sampler: Any = None,
 ) -> Budget:
     """Split ``target_sparsity`` over the layers so that the predicted damage is small.
 
     Args:
-        model: the model (needed for ``"erk"``, ``"magnitude"`` and ``"uniform"``; ``None`` is fine with a scan).
+        model: the model (needed for ``"erk"``, ``"global"`` and ``"uniform"``; ``None`` is fine with a scan).
         target_sparsity: the count-weighted sparsity over the budgeted layers, in ``[0, 1]``.
         scan: a `sparsify.analysis.sensitivity.SensitivityScan`; its layers are the ones budgeted.
         method: one of `METHODS`; default ``"scan"`` with a scan, else ``"erk"``.
         layers: which layers without a scan (see `sparsify.analysis.sensitivity.prunable_layers`).
         min_sparsity, max_sparsity: bounds for every layer (float, or dict by layer name).
+        config: the `sparsify.PrunerConfig` the budget is for: which layers (without a scan), the scores and
+            pattern of ``"global"``, and each layer's module config in `Budget.to_pruner_config`. With a scan
+            and no model, its ``global_config`` is every layer's. Default ``PrunerConfig()``.
+        sampler: calibration data for a data-dependent criterion in ``"global"`` (as for ``sparsify.Pruner``).
 
     Raises:
         ValueError: when the bounds (and, for a scan, its largest sparsity) make the target unreachable.
@@ -309,9 +359,10 @@ def allocate_budget(
     method = method or ("scan" if scan is not None else "erk")
     if method not in METHODS:
         raise ValueError(f"method={method!r} is invalid: allowed values are {', '.join(map(repr, METHODS))}")
+    probe: LayerProbe | None = None
     if method == "scan":
         if scan is None:
-            raise ValueError("method='scan' needs scan=sensitivity_scan(...); or pick 'erk', 'magnitude', 'uniform'")
+            raise ValueError("method='scan' needs scan=sensitivity_scan(...); or pick 'erk', 'global', 'uniform'")
         names = scan.layers
         if isinstance(layers, str):
             names = [n for n in names if re.fullmatch(layers, n)]
@@ -322,15 +373,22 @@ def allocate_budget(
             names = [n for n in names if n in layers]
         params = {name: scan.params[name] for name in names}
         top = max(scan.sparsities)
+        if model is not None and names:
+            probe = LayerProbe(model, config, layers=names)
     else:
         if model is None:
             raise ValueError(f"method={method!r} needs the model")
-        names = prunable_layers(model, layers)
-        weights = {name: cast(torch.Tensor, model.get_submodule(name).weight).detach() for name in names}
-        params = {name: w.numel() for name, w in weights.items()}
+        probe = LayerProbe(model, config, sampler=sampler, layers=layers)
+        names = probe.names
+        params = {name: probe.weight_count(name) for name in names}
         top = 1.0
     if not names:
         raise ValueError("allocate_budget: there is no layer to budget")
+    if probe is not None:
+        configs = probe.configs()
+    else:
+        base = getattr(config, "global_config", None)
+        configs = {n: base for n in names} if isinstance(base, ModulePrunerConfig) else {}
     lo = {n: params[n] * _bound(min_sparsity, n, "min_sparsity") for n in names}
     hi = {n: params[n] * min(_bound(max_sparsity, n, "max_sparsity"), top) for n in names}
     total = pruned_count(sum(params.values()), float(target_sparsity))
@@ -346,16 +404,15 @@ def allocate_budget(
         assert scan is not None  # checked above
         zeros = _scan_allocation(scan, names, total, lo, hi)
     elif method == "erk":
-        raw = {n: sum(weights[n].shape) / params[n] for n in names}
+        assert probe is not None
+        raw = {n: sum(probe.shape(n)) / params[n] for n in names}
         zeros = _density_allocation(raw, params, total, lo, hi)
     elif method == "uniform":
         zeros = _density_allocation(dict.fromkeys(names, 1.0), params, total, lo, hi)
     else:
-        lo_s = {n: lo[n] / params[n] for n in names}
-        hi_s = {n: hi[n] / params[n] for n in names}
-        masks = global_keep_masks({n: w.abs() for n, w in weights.items()}, float(target_sparsity),
-                                  min_sparsity=lo_s, max_sparsity=hi_s)
-        zeros = {n: float(params[n] - int(masks[n].sum())) for n in names}
+        assert model is not None
+        zeros = _global_ranking(model, configs, sampler, float(target_sparsity),
+                                {n: lo[n] / params[n] for n in names}, {n: hi[n] / params[n] for n in names})
     counts = _round_counts(zeros, total, lo, hi)
     sparsities = {n: sparsity_for_count(params[n], counts[n]) for n in names}
 
@@ -364,4 +421,22 @@ def allocate_budget(
         curves = {n: _curve(scan, n) for n in names}
         predicted = sum(_interpolate(*curves[n], sparsities[n]) for n in names)
         uniform = sum(_interpolate(*curves[n], float(target_sparsity)) for n in names)
-    return Budget(sparsities, params, float(target_sparsity), method, predicted, uniform)
+    return Budget(sparsities, params, float(target_sparsity), method, predicted, uniform, configs)
+
+
+def _global_ranking(
+    model: nn.Module, configs: Mapping[str, ModulePrunerConfig], sampler: Any, target: float,
+    low: Mapping[str, float], high: Mapping[str, float],
+) -> dict[str, float]:
+    """Zeros per layer when the machine ranks the layers together at ``target``: each layer's config in global
+    scope, one ranking group, ``low`` / ``high`` as its ``min_sparsity`` / ``max_sparsity``."""
+    rules = {
+        re.escape(name): attrs.evolve(config, scope="global", global_group="budget", min_sparsity=low[name],
+                                      max_sparsity=high[name], initial_sparsity=0.0, target_sparsity=target)
+        for name, config in configs.items()
+    }
+    ranked = PrunerConfig(module_name_configs=cast(dict[str, Any], rules))
+    with LayerProbe(model, ranked, sampler=sampler) as probe:
+        masks = probe.masks(dict.fromkeys(configs, target))
+        return {name: float(probe.weight_count(name) - int(mask.expand(probe.shape(name)).sum()))
+                for name, mask in masks.items()}

@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from .._table import markdown_table, text_table
+
 __all__ = ["LayerReport", "ModelReport"]
 
 
@@ -188,26 +190,19 @@ class ModelReport:
         (only layer names longer than about 30 characters make those wider). The footer is wrapped.
         """
         header, rows = self._table()
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         every = list(range(len(header)))
-        parts = [every] if sum(widths) + 2 * (len(widths) - 1) <= width else [every[:_SIZES], [0, *every[_SIZES:]]]
+        one = text_table([header], rows, left=3, rules_before=[len(rows) - 1])
+        parts = [every] if len(one[1]) <= width else [every[:_SIZES], [0, *every[_SIZES:]]]
         lines: list[str] = []
         for columns in parts:
-
-            def line(cells: list[str], columns: list[int] = columns) -> str:
-                return "  ".join(cells[i].ljust(widths[i]) if i < 3 else cells[i].rjust(widths[i])
-                                 for i in columns).rstrip()
-
-            rule = "  ".join("-" * widths[i] for i in columns)
-            lines += [line(header), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1]), ""]
+            lines += [*text_table([header], rows, left=3, rules_before=[len(rows) - 1], columns=columns), ""]
         footer = [textwrap.fill(text, width, break_on_hyphens=False) for text in self._footer()]
         return "\n".join([*lines, *footer])
 
     def to_markdown(self) -> str:
         header, rows = self._table()
-        align = ["---"] * 3 + ["---:"] * (len(header) - 3)
         rows[-1] = [f"**{c}**" if c else c for c in rows[-1]]
-        table = ["| " + " | ".join(r) + " |" for r in [header, align, *rows]]
+        table = markdown_table(header, rows, left=3)
         return "\n".join([*table, "", *self._footer()])
 
     def __str__(self) -> str:

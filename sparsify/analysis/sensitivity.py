@@ -1,10 +1,12 @@
 """Sensitivity scan: how much does the metric suffer when one layer alone is pruned?
 
-`sensitivity_scan` prunes each prunable layer in turn to each sparsity of a sweep (magnitude,
-optionally in blocks or whole kernels/channels, `sparsify.patterns.ranked_mask`), calls
-``evaluate(model)`` and restores the layer's weights bit for bit before moving on, so the model is
-left exactly as it was — no copy of the model is made. It works on plain, prepared (masked) and
-finalized models: a masked layer is pruned on top of its current mask.
+`sensitivity_scan` prunes each layer a `sparsify.PrunerConfig` selects in turn to each sparsity of a sweep,
+calls ``evaluate(model)`` and restores the layer's weights bit for bit before moving on, so the model is
+left exactly as it was — no copy of the model is made. The masks are the pruning machine's own
+(`sparsify.analysis.probe.LayerProbe`): the config's criterion (data-dependent ones read ``sampler``), its
+pattern and the module types and rules it selects, exactly as ``sparsify.prune(model, config)`` would prune
+that layer to that sparsity. It works on plain, prepared (masked) and finalized models: a masked layer is
+pruned on top of its current mask.
 
 The result, `SensitivityScan`, prints as a table (`SensitivityScan.to_text`, Markdown,
 CSV, JSON), draws as curves (`SensitivityScan.plot`) and feeds
@@ -19,7 +21,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,9 @@ from torch import nn
 
 from .._checks import check_flags
 from .._progress import tqdm
-from ..config import MagnitudePrunerConfig
-from ..mask_layout import mask_name, orig_name
-from ..patterns import ranked_mask
+from .._table import markdown_table, text_table
+from ..config import ModulePrunerConfig, OptimizationConfig, PrunerConfig
+from .probe import LayerProbe, selected_layers
 
 __all__ = ["DEFAULT_SPARSITIES", "SensitivityScan", "accuracy", "prunable_layers", "sensitivity_scan"]
 
@@ -74,41 +75,33 @@ def accuracy(data: Any, batch_size: int = 512) -> Evaluate:
     return evaluate
 
 
-def prunable_layers(model: nn.Module, layers: Sequence[str] | str | None = None) -> list[str]:
-    """Names of the modules a scan or budget covers.
+def prunable_layers(
+    model: nn.Module, layers: Sequence[str] | str | None = None, config: OptimizationConfig | None = None
+) -> list[str]:
+    """Names of the modules a scan or budget covers: those ``config`` prunes (`sparsify.Pruner`'s selection,
+    `sparsify.analysis.probe.selected_layers`; default ``PrunerConfig()``: every ``Linear``, ``Conv1d/2d/3d``
+    and transformers ``Conv1D``), narrowed by ``layers``.
 
-    ``None``: every module `sparsify.MagnitudePruner` supports (``Linear``, ``Conv1d/2d/3d``).
-    A string is a regular expression matched in full against module names; a list names them exactly.
+    ``layers``: a string is a regular expression matched in full against module names; a list names them exactly.
     """
-    supported = MagnitudePrunerConfig.supported_modules
-    candidates = [name for name, m in model.named_modules() if isinstance(m, supported) and name]
-    if layers is None:
-        return candidates
-    if isinstance(layers, str):
-        chosen = [name for name in candidates if re.fullmatch(layers, name)]
-        if not chosen:
-            raise ValueError(f"layers={layers!r} matches no prunable layer; the prunable layers are {candidates}")
-        return chosen
-    unknown = [name for name in layers if name not in candidates]
-    if unknown:
-        raise ValueError(f"layers names {unknown}, which are not prunable layers; allowed: {candidates}")
-    return list(layers)
+    return selected_layers(model, config, layers)
 
 
-def _weight_of(module: nn.Module, param: str) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """``(tensor to edit, current effective weight, mask hook or None)`` of ``module.<param>``."""
-    orig = module._parameters.get(orig_name(param))
-    mask = module._buffers.get(mask_name(param))
-    if orig is not None and mask is not None:
-        hook = getattr(module, "pruning_method", None)
-        return orig, torch.where(mask.bool(), orig.detach(), orig.new_zeros(())), hook
-    weight = getattr(module, param)
-    return weight, weight.detach(), None
-
-
-def _refresh(module: nn.Module, hook: Any) -> None:
-    if hook is not None and hasattr(hook, "refresh"):
-        hook.refresh(module)
+def scan_config(
+    config: OptimizationConfig | None, granularity: str = "per_scalar", block_size: int = 1,
+    param_name: str = "weight",
+) -> OptimizationConfig:
+    """``config``, or, without one, the magnitude config the older keyword arguments describe."""
+    legacy = {"granularity": granularity, "block_size": block_size, "param_name": param_name}
+    if config is None:
+        return PrunerConfig(global_config=ModulePrunerConfig(**legacy))
+    given = {k: v for k, v in legacy.items() if v != attrs.fields_dict(ModulePrunerConfig)[k].default}
+    if given:
+        raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in given.items())} cannot be given with config=: "
+                         "set them in the config's module configs")
+    if not isinstance(config, OptimizationConfig):
+        raise TypeError(f"config must be a PrunerConfig, got {type(config).__name__}")
+    return config
 
 
 @attrs.frozen
@@ -165,18 +158,14 @@ class SensitivityScan:
 
     def to_text(self) -> str:
         header, rows = self._rows()
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                 for r in [header, *rows]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = text_table([header], rows, left=1)
         direction = "higher" if self.higher_is_better else "lower"
         return "\n".join([*lines, "", f"{self.metric_name} of the unpruned model: {self.baseline:.4f} "
                                        f"({direction} is better); each cell prunes that layer alone."])
 
     def to_markdown(self) -> str:
         header, rows = self._rows()
-        align = ["---", "---:", *["---:"] * len(self.sparsities)]
-        return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows])
+        return "\n".join(markdown_table(header, rows))
 
     def to_csv(self) -> str:
         out = io.StringIO()
@@ -203,6 +192,8 @@ def sensitivity_scan(
     *,
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     layers: Sequence[str] | str | None = None,
+    config: OptimizationConfig | None = None,
+    sampler: Any = None,
     granularity: str = "per_scalar",
     block_size: int = 1,
     param_name: str = "weight",
@@ -210,16 +201,23 @@ def sensitivity_scan(
     metric_name: str = "metric",
     progress: bool = True,
 ) -> SensitivityScan:
-    """Prune each layer alone to each sparsity (magnitude), evaluate, restore; return the table.
+    """Prune each layer alone to each sparsity (as ``config`` would), evaluate, restore; return the table.
 
     Args:
         model: the model to probe; it is changed during the scan and restored exactly afterwards
             (also when ``evaluate`` raises).
         evaluate: ``model -> float``, e.g. `accuracy`; called ``1 + layers × sparsities`` times.
-        sparsities: the sweep, each in ``[0, 1]``.
-        layers: which layers (see `prunable_layers`); default every supported one.
-        granularity, block_size: the pattern to prune with, as in ``ModuleMagnitudePrunerConfig``.
-        param_name: the parameter to prune.
+        sparsities: the sweep, each in ``[0, 1]`` (a pattern caps it: n:m at ``n / m``).
+        layers: which of the layers ``config`` selects (see `prunable_layers`); default all of them.
+        config: a `sparsify.PrunerConfig` (or Core ML Tools' ``MagnitudePrunerConfig``): which modules, and
+            each one's criterion and pattern; its target sparsity only decides the pattern where it matters
+            (``pattern="2:4"`` below or above ``n / m``). Default: magnitude, unstructured, every ``Linear``
+            / ``Conv`` / ``Conv1D``.
+        sampler: calibration data for a data-dependent criterion (Wanda, SparseGPT, SNIP...), as for
+            ``sparsify.Pruner(model, config, sampler=...)``; each layer's scores are computed on the model
+            as it is, with only that layer pruned.
+        granularity, block_size, param_name: without ``config``, the Core ML pattern and the parameter to
+            prune (as in ``ModuleMagnitudePrunerConfig``).
         higher_is_better: ``False`` when ``evaluate`` returns a loss.
         metric_name: a label for tables and plots.
         progress: show a tqdm progress bar.
@@ -230,32 +228,23 @@ def sensitivity_scan(
     sweep = tuple(float(s) for s in sparsities)
     if not sweep or any(not 0.0 <= s <= 1.0 for s in sweep):
         raise ValueError(f"sparsities={list(sparsities)!r} is invalid: allowed a non-empty list of values in [0, 1]")
-    names = prunable_layers(model, layers)
+    config = scan_config(config, granularity, block_size, param_name)
+    probe = LayerProbe(model, config, sampler=sampler, layers=layers)
     baseline = float(evaluate(model))
     metric: dict[str, tuple[float, ...]] = {}
     params: dict[str, int] = {}
-    bar = tqdm(total=len(names) * len(sweep), desc="sensitivity", disable=not progress, leave=False)
+    bar = tqdm(total=len(probe.names) * len(sweep), desc="sensitivity", disable=not progress, leave=False)
     try:
-        for name in names:
-            module = model.get_submodule(name)
-            target, current, hook = _weight_of(module, param_name)
-            params[name] = current.numel()
-            saved = target.detach().clone()
-            values = []
-            try:
+        with probe:
+            for name in probe.names:
+                params[name] = probe.weight_count(name)
+                values = []
                 for sparsity in sweep:
                     bar.set_postfix_str(f"{name} @ {sparsity:g}")
-                    keep = ranked_mask(current.abs(), sparsity, block_size, granularity)
-                    with torch.no_grad():
-                        target.copy_(torch.where(keep, saved, saved.new_zeros(())))
-                    _refresh(module, hook)
-                    values.append(float(evaluate(model)))
+                    with probe.pruned({name: sparsity}):
+                        values.append(float(evaluate(model)))
                     bar.update()
-            finally:
-                with torch.no_grad():
-                    target.copy_(saved)
-                _refresh(module, hook)
-            metric[name] = tuple(values)
+                metric[name] = tuple(values)
     finally:
         bar.close()
     return SensitivityScan(baseline, sweep, metric, params, higher_is_better, metric_name)

@@ -30,6 +30,7 @@ import attrs
 import torch
 from torch import nn
 
+from ..config import SUPPORTED_MODULES
 from ..safe_io import SourceError, where
 
 __all__ = [
@@ -50,8 +51,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Module classes whose ``weight`` sparsify prunes (the engine's supported modules).
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: Module classes whose ``weight`` SparseML's ``__ALL_PRUNABLE__`` selects: Core ML Tools' module types
+#: (`sparsify.config.SUPPORTED_MODULES`, the same tuple)
+PRUNABLE_TYPES = SUPPORTED_MODULES
 
 
 @attrs.frozen

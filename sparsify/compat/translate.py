@@ -55,6 +55,7 @@ __all__ = [
     "criterion_for",
     "epoch_levels",
     "global_group_names",
+    "module_config",
     "pruner_config",
     "scheduler_for",
 ]
@@ -210,6 +211,8 @@ def criterion_for(group: PruningGroup) -> Any:
 
 
 def _pattern_fields(group: PruningGroup, module: nn.Module | None, target: float) -> dict[str, Any]:
+    """The pattern fields of a group at ``target``. n:m, the one place: a target below ``n / m`` is INC's
+    ``pattern="n:m"`` (that share of whole runs made n:m-sparse), else Core ML Tools' ``n_m_ratio``."""
     structure = group.structure
     if structure.kind == "n_m":
         assert structure.n_m is not None
@@ -235,10 +238,17 @@ def global_group_names(groups: Sequence[PruningGroup]) -> list[str]:
             for i, label in enumerate(labels)]
 
 
-def _module_config(group: PruningGroup, module: nn.Module, target: float | None, scheduler: Any,
-                   one_shot: bool, steps_per_epoch: float | None = None,
-                   global_group: str | None = None) -> ModulePrunerConfig:
+def module_config(group: PruningGroup, module: nn.Module | None, target: float | None, scheduler: Any,
+                  one_shot: bool, steps_per_epoch: float | None = None,
+                  global_group: str | None = None) -> ModulePrunerConfig:
+    """One group's module config at ``target`` — the one translator of a SparseML modifier or an INC pruner.
+
+    ``module``: the layer it applies to, for what depends on it (INC's channel tiles on a convolution, a
+    layer that keeps its zeros); ``None`` for the model-free INC translation (`sparsify.compat.inc.config`).
+    The n:m rule lives in `_pattern_fields`.
+    """
     if target is None:  # keep the zeros it has: magnitude at its zero fraction, fixed at prepare()
+        assert module is not None, "a layer that keeps its zeros needs the model"
         weight = cast(torch.Tensor, module.weight).detach()
         zeros = int((weight == 0).sum())
         level = min(1.0, (zeros + 0.25) / weight.numel()) if zeros else 0.0
@@ -292,7 +302,7 @@ def pruner_config(plan: RecipePlan, model: nn.Module, *, steps_per_epoch: float 
         for name, target in entry.modules.items():
             module = model.get_submodule(name)
             if target is None:
-                names[re.escape(name)] = _module_config(group, module, None, scheduler, one_shot)
+                names[re.escape(name)] = module_config(group, module, None, scheduler, one_shot)
                 continue
             fields = _pattern_fields(group, module, target)
             key: tuple[Any, ...] = (target, tuple(sorted(fields.items())))
@@ -305,7 +315,7 @@ def pruner_config(plan: RecipePlan, model: nn.Module, *, steps_per_epoch: float 
                         "INC's channel tiles differ per convolution; sparsify ranks one pattern per global group",
                         group.origin.path, group.origin.at("pattern"))
             if key not in shared:
-                shared[key] = _module_config(group, module, target, scheduler, one_shot, steps_per_epoch, label)
+                shared[key] = module_config(group, module, target, scheduler, one_shot, steps_per_epoch, label)
             names[re.escape(name)] = shared[key]
     if not names:
         raise UnsupportedFeatureError(f"{plan.path or 'recipe'}: nothing to prune",

@@ -24,7 +24,7 @@ import attrs
 from torch import nn
 
 from .._checks import field_error
-from .._module_types import Conv1D
+from .._module_types import COREML_MODULES, OPT_IN_MODULES, PRUNER_MODULES, Conv1D
 from . import fields
 from .io import Dictable
 from .module import ModuleOptimizationConfig, ModulePrunerConfig
@@ -37,18 +37,8 @@ __all__ = [
 T = TypeVar("T")
 ModuleKey = type | str
 
-#: Core ML Tools' prunable module types (what its ``MagnitudePrunerConfig`` and the presets accept)
-SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-#: module types a `PrunerConfig` prunes only when a rule names them — a type rule, a name rule, or
-#: ``module_types`` — never through ``global_config`` alone: SparseML's ``__ALL_PRUNABLE__`` prunes embedding
-#: tables, Core ML Tools never does, so a config written for Core ML Tools keeps meaning the same layers
-OPT_IN_MODULES: tuple[type[nn.Module], ...] = (nn.Embedding,)
-
-#: the module types `sparsify.Pruner` prunes with a `PrunerConfig`: Core ML Tools', transformers' ``Conv1D``
-#: and, when named (`OPT_IN_MODULES`), ``Embedding``
-PRUNER_MODULES: tuple[type[nn.Module], ...] = (*SUPPORTED_MODULES, Conv1D, *OPT_IN_MODULES)
+#: Core ML Tools' prunable module types (`sparsify._module_types`, where every list of module types is defined)
+SUPPORTED_MODULES = COREML_MODULES
 _VIRTUAL_CLASSES = (Conv1D,)  # matched by name: a key of this class is stored as its name
 
 

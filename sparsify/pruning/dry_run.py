@@ -28,6 +28,7 @@ import attrs
 import torch
 from torch import nn
 
+from .._table import text_table
 from ..config import ModulePrunerConfig, OptimizationConfig
 from ..patterns import Pattern
 from .language_models import lm_exclusion, lm_parts_for
@@ -65,10 +66,7 @@ _KEYED_CELL = 16
 
 
 def _layout(table: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
+    return text_table(table[:1], table[1:], left=len(table[0]))
 
 
 def _keyed_layout(table: list[list[str]]) -> tuple[list[str], list[str]]:

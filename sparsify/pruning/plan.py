@@ -125,17 +125,18 @@ def reading_parent(model: nn.Module, name: str, module: nn.Module) -> str | None
     return None
 
 
-def check_target(name: str, module: nn.Module, config: ModulePrunerConfig) -> Pattern:
+def check_target(name: str, module: nn.Module, config: ModulePrunerConfig, *, masked: bool = False) -> Pattern:
     """Validate one module against its config and return the pattern to apply to it.
 
     Raises `SkipModule` (with the reason) for a module to leave dense, and ``ValueError`` / ``TypeError``
-    naming the module for what cannot be pruned as asked.
+    naming the module for what cannot be pruned as asked. ``masked=True`` admits a weight a sparsify
+    ``Pruner`` already masks (the analysis tools prune on top of its mask) and checks its ``<param>_orig``.
     """
     where = f"module {name!r} ({type(module).__name__})"
     owner = masked_by(module, config.param_name)
-    if owner is not None:
+    if owner is not None and not (masked and is_masked(module, config.param_name)):
         raise ValueError(f"{where}.{config.param_name} is already masked by {owner}; {_UNMASK_FIRST}")
-    param = getattr(module, config.param_name, None)
+    param = getattr(module, orig_name(config.param_name) if owner is not None else config.param_name, None)
     if not isinstance(param, nn.Parameter):
         raise ValueError(f"{where} has no parameter param_name={config.param_name!r} to prune")
     if not param.is_floating_point():
@@ -202,10 +203,12 @@ def _check_embedding(where: str, module: nn.Embedding) -> None:
                          "while pruning")
 
 
-def plan_model(model: nn.Module, config: OptimizationConfig) -> list[Plan]:
-    """Decide what to prune and validate every choice; nothing is changed."""
+def plan_model(model: nn.Module, config: OptimizationConfig, *, masked: bool = False) -> list[Plan]:
+    """Decide what to prune and validate every choice; nothing is changed. ``masked=True``: weights a sparsify
+    ``Pruner`` already masks are planned too (`check_target`), for the analysis tools."""
     head = classifier_head_name(model) if getattr(config, "keep_classifier_dense", False) else None
-    _refuse_masked(model, config, head)
+    if not masked:
+        _refuse_masked(model, config, head)
     parts = lm_parts_for(model, config)
     _warn_unsupported_name_rules(model, config)
     _warn_dense_conv1d(model, config)
@@ -223,7 +226,7 @@ def plan_model(model: nn.Module, config: OptimizationConfig) -> list[Plan]:
             continue
         assert isinstance(module_config, ModulePrunerConfig)
         try:
-            pattern = check_target(name, module, module_config)
+            pattern = check_target(name, module, module_config, masked=masked)
         except SkipModule as skip:
             logger.warning("%s; skipped", skip)
             continue

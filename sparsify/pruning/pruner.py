@@ -93,7 +93,7 @@ class Pruner:
         self._scorers: list[tuple[Criterion, Scorer, list[str]]] = []
         self._finalized = False
         self._observed = False
-        self._next_change: dict[tuple[str, ...], tuple[int | None, int]] = {}
+        self._next_change: dict[tuple[str, ...], int] = {}  # names -> their next change, while it lies ahead
         self._prepared = False
         self._require_targets: str | None = None  # who needs a module to prune (prune()): none is an error
 
@@ -407,22 +407,15 @@ class Pruner:
     def next_update_step(self, names: list[str]) -> int | None:
         """The next step at which one of ``names`` changes its scheduled sparsity (``None``: never)."""
         key = tuple(names)
-        found, probed = self._next_change.get(key, (None, self._step_count))
+        found = self._next_change.get(key)
         if found is not None and found > self._step_count:
             return found
-        targets = [self._pruner_info[n] for n in names]
-        lasts = [t.config.scheduler.last_step() for t in targets]
-        horizon = max((s for s in lasts if s is not None), default=0)
-        if any(s is None for s in lasts):
-            horizon = max(horizon, self._step_count + 10_000)
-        for step in range(max(self._step_count, probed) + 1, horizon + 1):
-            for target in targets:
-                if target.config.scheduler.compute_sparsity(step, target.sparsity_level, target.config) != \
-                        target.sparsity_level:
-                    self._next_change[key] = (step, step)
-                    return step
-        self._next_change[key] = (None, max(horizon, probed))
-        return None
+        changes = [t.config.scheduler.next_change(self._step_count, t.sparsity_level, t.config)
+                   for t in (self._pruner_info[n] for n in names)]
+        found = min((step for step in changes if step is not None), default=None)
+        if found is not None:
+            self._next_change[key] = found
+        return found
 
     # -- reading ---------------------------------------------------------------------------
 

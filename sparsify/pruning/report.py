@@ -33,6 +33,8 @@ from collections.abc import Iterable
 
 import torch
 
+from .._table import text_table
+
 __all__ = ["Report", "global_summary", "sparsity_summary"]
 
 SPARSITY_METRICS = ("structured_weight_sparsity", "unstructured_weight_sparsity", "block2_weight_sparsity")
@@ -93,11 +95,7 @@ def _split_header(header: str) -> tuple[str, str]:
 
 
 def _render(header_lines: list[list[str]], rows: list[list[str]]) -> list[str]:
-    widths = [max(map(len, column)) for column in zip(*header_lines, *rows)]
-    lines = [" | ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in header_lines]
-    lines.append(" | ".join("-" * w for w in widths))
-    lines += [" | ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
-    return lines
+    return text_table(header_lines, rows, sep=" | ", strip=False)  # Core ML Tools' layout, right-aligned
 
 
 class Report(UserDict):

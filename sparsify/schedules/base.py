@@ -4,7 +4,10 @@ A scheduler is a small attrs class with one job, `PruningScheduler.compute_spars
 contract is Core ML Tools' ``compute_sparsity(step_count, prev_sparsity, config)``: the pruner counts
 its ``step()`` calls from 1 and asks the scheduler for each layer's sparsity; returning
 ``prev_sparsity`` means "no change at this step", and the pruner only recomputes masks when the
-value changes.
+value changes. `PruningScheduler.next_change` says when that next happens, so the pruner (and the criteria
+that prepare for an update, through ``PrunerView.next_update_step``) never probe future steps: every
+built-in schedule answers exactly from its own steps, and the base class's fallback for a user schedule
+probes up to its `PruningScheduler.last_step` (or `PROBE_WINDOW` steps when it has none).
 
 Schedulers are registered by a short ``kind`` name so that configs written as dicts or YAML can name
 them; the two Core ML Tools schedulers are also recognised from their fields alone
@@ -20,6 +23,7 @@ from typing import Any, ClassVar
 import attrs
 
 __all__ = [
+    "PROBE_WINDOW",
     "PruningScheduler",
     "initial_and_target",
     "register_scheduler",
@@ -28,6 +32,10 @@ __all__ = [
 ]
 
 _SCHEDULERS: dict[str, type[PruningScheduler]] = {}
+
+#: how many steps ahead the fallback `PruningScheduler.next_change` looks for an open-ended user schedule
+#: (``last_step() is None``) that does not implement ``next_change`` itself; beyond it, it answers ``None``
+PROBE_WINDOW = 10_000
 
 
 def register_scheduler(cls: type[PruningScheduler]) -> type[PruningScheduler]:
@@ -73,6 +81,21 @@ class PruningScheduler(abc.ABC):
 
     def last_step(self) -> int | None:
         """The step at which the final sparsity is reached, or ``None`` if open-ended."""
+        return None
+
+    def next_change(self, step_count: int, sparsity: float, config: Any) -> int | None:
+        """The first step after ``step_count`` at which `compute_sparsity` returns something other than
+        ``sparsity`` (the layer's sparsity now, kept until then); ``None``: never.
+
+        The built-in schedules answer exactly from their own steps. This fallback, for a user schedule,
+        asks `compute_sparsity` step by step up to `last_step` — or `PROBE_WINDOW` steps ahead when that
+        is ``None`` — so a user schedule with many steps may override it.
+        """
+        last = self.last_step()
+        horizon = step_count + PROBE_WINDOW if last is None else last
+        for step in range(step_count + 1, horizon + 1):
+            if self.compute_sparsity(step, sparsity, config) != sparsity:
+                return step
         return None
 
     def as_dict(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ Same fields, defaults and ``compute_sparsity`` values as ``coremltools.optimize.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import re
@@ -117,6 +118,14 @@ class PolynomialDecayScheduler(PruningScheduler):
     def last_step(self) -> int | None:
         return int(self.update_steps[-1]) if self.update_steps.numel() else 0
 
+    def next_change(self, step_count: int, sparsity: float, config: Any) -> int | None:
+        """The first update step after ``step_count`` whose sparsity differs from ``sparsity``."""
+        steps = self.update_steps.tolist()
+        for step in steps[bisect.bisect_right(steps, step_count):]:
+            if self.compute_sparsity(step, sparsity, config) != sparsity:
+                return int(step)
+        return None
+
     def as_dict(self) -> dict[str, Any]:
         return {"update_steps": self.update_steps.tolist(), "power": self.power}
 
@@ -155,6 +164,12 @@ class ConstantSparsityScheduler(PruningScheduler):
 
     def last_step(self) -> int | None:
         return max(self.begin_step, 1)
+
+    def next_change(self, step_count: int, sparsity: float, config: Any) -> int | None:
+        """``begin_step`` (or the next step, once past it) unless ``sparsity`` is already the target."""
+        if initial_and_target(config)[1] == sparsity:
+            return None
+        return max(step_count + 1, self.begin_step)
 
     def as_dict(self) -> dict[str, Any]:
         return {"begin_step": self.begin_step}

@@ -135,6 +135,19 @@ class StepRangeScheduler(PruningScheduler):
     def last_step(self) -> int | None:
         return self.pruning_steps()[-1]
 
+    def next_change(self, step_count: int, sparsity: float, config: Any) -> int | None:
+        """The first pruning step after ``step_count`` whose sparsity differs from ``sparsity``."""
+        if self.intervals == 0:
+            first = max(self.start_step, 1)
+            return first if first > step_count and self.compute_sparsity(first, sparsity, config) != sparsity \
+                else None
+        begin = max(self.start_step, 1, step_count + 1)
+        offset = -(begin - self.start_step) % self.frequency  # up to the next pruning step
+        for step in range(begin + offset, self.start_step + self.intervals * self.frequency + 1, self.frequency):
+            if self.compute_sparsity(step, sparsity, config) != sparsity:
+                return step
+        return None
+
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "start_step": self.start_step, "end_step": self.end_step,
                 "frequency": self.frequency}

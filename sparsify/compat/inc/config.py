@@ -12,7 +12,7 @@ from torch import nn
 
 from ...config import SUPPORTED_MODULES, ModulePrunerConfig, PrunerConfig
 from ..plan import IncOps, PruningGroup, RecipePlan, UnsupportedFeatureError
-from ..translate import criterion_for, global_group_names, pruner_config, scheduler_for
+from ..translate import global_group_names, module_config, pruner_config, scheduler_for
 from .reader import INC_DEFAULTS, read_inc_config
 
 __all__ = ["WeightPruningConfig", "from_inc_config", "inc_plan"]
@@ -120,27 +120,13 @@ def _model_free(plan: RecipePlan) -> PrunerConfig:
 
 
 def _group_config(group: PruningGroup, label: str) -> ModulePrunerConfig:
-    """One INC pruner as a module config, model-free (INC's channel tiles on convs become whole channels)."""
+    """One INC pruner as a module config, model-free: the translator with a model (`module_config`) with no
+    module to look at (INC's channel tiles on convs become whole channels)."""
     target = group.targets[0].sparsity
     assert target is not None
-    fields: dict[str, Any] = {}
-    if group.structure.kind == "n_m":
-        assert group.structure.n_m is not None
-        zeros, size = group.structure.n_m
-        if target < zeros / size - 1e-9:  # INC: that share of whole runs made n:m-sparse
-            fields.update(pattern=f"{zeros}:{size}", target_sparsity=target)
-        else:
-            fields["n_m_ratio"] = (zeros, size)
-    else:
-        fields["target_sparsity"] = target
-        if group.structure.kind == "tile":
-            fields["pattern"] = group.structure.tile
-            if re.match(r"channelx", group.structure.tile or ""):
-                logger.info("%s: pattern %r on a convolution prunes whole input channels here; INC prunes one input "
-                            "channel at one kernel position: pass the model for INC's exact tiles", group.origin,
-                            group.structure.tile)
-    if group.scope == "global":  # named, so that it ranks the same after as_dict / to_yaml
-        fields["global_group"] = label
-    return ModulePrunerConfig(scheduler=scheduler_for(group, None, False), criterion=criterion_for(group),
-                              scope=group.scope, min_sparsity=group.min_sparsity, max_sparsity=group.max_sparsity,
-                              **fields)
+    if group.structure.kind == "tile" and re.match(r"channelx", group.structure.tile or ""):
+        logger.info("%s: pattern %r on a convolution prunes whole input channels here; INC prunes one input "
+                    "channel at one kernel position: pass the model for INC's exact tiles", group.origin,
+                    group.structure.tile)
+    # a global group is named, so that it ranks the same after as_dict / to_yaml
+    return module_config(group, None, target, scheduler_for(group, None, False), one_shot=False, global_group=label)
