@@ -14,7 +14,7 @@ import torch
 
 from .layerwise import count_nonfinite, summed_over_ranks
 
-__all__ = ["Hessian", "inverse_factor"]
+__all__ = ["Hessian", "factor_owned", "inverse_factor"]
 
 logger = logging.getLogger("sparsify.criteria.sparsegpt")  # the name users filter SparseGPT's warnings by
 
@@ -33,6 +33,7 @@ class Hessian:
         self.nonfinite: torch.Tensor | None = None  # NaN / inf input values seen (`refuse_nonfinite`)
         self.pending: list[torch.Tensor] = []
         self.factors: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.last_reader = False  # the layer about to read it is the last (`factor` may then consume the sum)
 
     def add_reference(self, columns: torch.Tensor) -> None:
         self.pending.append(columns)
@@ -89,10 +90,19 @@ class Hessian:
         return hessian, arrange(self.cross, self.reference_sum, self.column_sum)
 
     def factor(self, order: torch.Tensor | None, damp: float, bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(U, alive)`` for the columns in ``order`` (cached: layers sharing this input share it)."""
+        """``(U, alive)`` for the columns in ``order`` (cached: layers sharing this input share it).
+
+        When ``last_reader`` is set (by the runtime, before the last layer sharing this input is pruned) and
+        nothing reads ``H`` itself afterwards, the sum is scaled and factored in place and dropped: the largest
+        layer's factorisation then holds one ``C²`` less at its peak."""
         key = (None if order is None else tuple(order.tolist()), damp, bias)
         if key not in self.factors:
-            self.factors[key] = inverse_factor(self.matrices(order, bias)[0], damp, overwrite=True)
+            if self.last_reader and order is None and not bias and self.cross is None and self.sum is not None:
+                owned = [self.sum.div_(max(self.rows, 1))]
+                self.sum = None
+            else:
+                owned = [self.matrices(order, bias)[0]]
+            self.factors[key] = factor_owned(owned, damp)
         return self.factors[key]
 
 
@@ -104,9 +114,15 @@ def inverse_factor(hessian: torch.Tensor, damp: float, *, overwrite: bool = Fals
     ``U`` comes from one Cholesky factorisation and one triangular inverse instead of three factorisations
     (Cholesky, its inverse, Cholesky again: a third more work): with ``P`` the reversal of the columns and
     ``P H P = L Lᵀ``, ``H⁻¹ = (P L⁻¹ P)ᵀ (P L⁻¹ P)`` and ``P L⁻¹ P`` is upper triangular with a positive
-    diagonal — the factor, which is unique. At most two ``C²`` matrices at a time, beside ``hessian``."""
-    matrix = hessian if overwrite else hessian.clone()
-    del hessian
+    diagonal — the factor, which is unique."""
+    return factor_owned([hessian if overwrite else hessian.clone()], damp)
+
+
+def factor_owned(owned: list[torch.Tensor], damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`inverse_factor` of the one matrix in ``owned``, taken out of the list so that, once nothing else refers
+    to it, it is freed as soon as its reversed copy exists: at most two ``C²`` matrices at a time (with the
+    triangular inverse's quarter-size temporaries) beyond what callers still hold."""
+    matrix = owned.pop()
     diag = matrix.diagonal()
     alive = diag > 0
     diag[~alive] = 1.0
@@ -124,24 +140,27 @@ def inverse_factor(hessian: torch.Tensor, damp: float, *, overwrite: bool = Fals
     else:
         raise RuntimeError("SparseGPT: the Hessian stayed singular after damping it 100000× more; check the inputs")
     del flipped, diag
-    return _lower_inverse(factor).flip(0, 1), alive
+    inverse = _lower_inverse([factor])
+    del factor
+    return inverse.flip(0, 1), alive
 
 
 #: below this size a triangular inverse is one triangular solve; above it, two halves and two matrix products
 _LEAF = 256
 
 
-def _lower_inverse(lower: torch.Tensor) -> torch.Tensor:
-    """``L⁻¹`` of a lower-triangular ``L`` by halves, ``[[A, 0], [B, C]]⁻¹ = [[A⁻¹, 0], [−C⁻¹ B A⁻¹, C⁻¹]]``:
-    about ``C³/3`` operations, mostly in matrix products (a solve against the identity does ``C³``)."""
+def _lower_inverse(owned: list[torch.Tensor]) -> torch.Tensor:
+    """``L⁻¹`` of the lower-triangular ``L`` in ``owned`` (taken out: freed once its inverse is built) by halves,
+    ``[[A, 0], [B, C]]⁻¹ = [[A⁻¹, 0], [−C⁻¹ B A⁻¹, C⁻¹]]``: about ``C³/3`` operations, mostly in matrix
+    products (a solve against the identity does ``C³``)."""
+    lower = owned.pop()
     size = lower.shape[0]
     if size <= _LEAF:
         eye = torch.eye(size, dtype=lower.dtype, device=lower.device)
         return torch.linalg.solve_triangular(lower, eye, upper=False)
     half = size // 2
     out = torch.zeros_like(lower)
-    top = _lower_inverse(lower[:half, :half])
-    out[:half, :half] = top
-    out[half:, half:] = _lower_inverse(lower[half:, half:])
-    out[half:, :half] = -(out[half:, half:] @ lower[half:, :half]) @ top
+    out[:half, :half] = _lower_inverse([lower[:half, :half]])
+    out[half:, half:] = _lower_inverse([lower[half:, half:]])
+    out[half:, :half] = -(out[half:, half:] @ lower[half:, :half]) @ out[:half, :half]
     return out

@@ -356,6 +356,8 @@ class LayerwiseScorer(Scorer):
             layer = LayerTarget.of(target)
             chosen = layer.flip(masks[name].expand(target.orig.shape))
             leader = stage.leader[name]
+            if hasattr(statistics[leader], "last_reader"):  # it may consume what no later layer reads
+                statistics[leader].last_reader = users[leader] == 1
             keep, values = self.prune_layer(layer, chosen, statistics[leader])
             users[leader] -= 1
             if not users[leader]:  # its last layer is done: free the Hessian and its factors now

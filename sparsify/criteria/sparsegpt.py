@@ -155,16 +155,20 @@ def obs_prune(
     block_size: int,
     cuts: Sequence[int] | None = None,
     columns: int | None = None,
+    *,
+    owned: bool = False,
 ) -> torch.Tensor:
     """SparseGPT's column loop: ``weight`` (``rows × C``, float) pruned where ``selector.pruned`` says, with the
     OBS update through ``factor`` (`inverse_factor`'s ``U``). ``selector.block(start, stop, W, diag)`` is called
     at each block and ``selector.column(j, start, W_block, diag)`` at each column, before ``j`` is pruned. Only
-    the first ``columns`` are pruned (default: all); the rest (a bias column) only take the updates.
+    the first ``columns`` are pruned (default: all); the rest (a bias column) only take the updates. With
+    ``owned``, ``weight`` itself is updated and returned (no copy of it).
 
     A block is processed transposed (``columns × rows``, each column contiguous), in steps of `SUB_BLOCK`
     columns whose edges lie on ``cuts`` (a per-column selector reads a whole n:m run at its first column, so a
     run must not straddle two steps)."""
-    weight = weight.clone()
+    if not owned:  # else ``weight`` is a fresh tensor the caller gives up, updated in place
+        weight = weight.clone()
     diag = factor.diagonal()
     per_column = getattr(selector, "per_column", True)
     limit = weight.shape[1] if columns is None else columns
@@ -395,6 +399,8 @@ class _SparseGPTScorer(LayerwiseScorer):
         layout = _plan(pattern, shape, chosen, statistic.sum.device if statistic.sum is not None else orig.device)
         mode, order, cuts, counts = layout.mode, layout.order, layout.edges, layout.run_counts
         pattern = layout.pattern or pattern  # n:m's unstructured ramp-up stage is re-selected unstructured
+        if mode == "rows":  # whole rows read H itself after the factor: it must not be consumed
+            statistic.last_reader = False
         factor, alive = statistic.factor(order, self.spec.damp, bias is not None)
         release_freed_memory()  # the factorisation's C² temporaries, before the column loop allocates its own
         device, columns = factor.device, math.prod(shape[1:])
@@ -434,7 +440,10 @@ class _SparseGPTScorer(LayerwiseScorer):
             selector = _Groups(pattern, shape, order, chosen.to(device), frozen, alive.float(), row_cost,
                                self.spec.rerank_every)
         del hessian
-        new = obs_prune(weight, factor, selector, self.spec.block_size, cuts, columns)
+        if weight.untyped_storage().data_ptr() == orig.untyped_storage().data_ptr():
+            weight = weight.clone()  # the layer's own weight (a pattern that may regrow, float32): not updated
+        new = obs_prune(weight, factor, selector, self.spec.block_size, cuts, columns, owned=True)
+        del weight
         values: dict[str, torch.Tensor] = {}
         if bias is not None:
             values["bias"] = new[:, columns].to(bias.device, bias.dtype)
@@ -449,6 +458,6 @@ class _SparseGPTScorer(LayerwiseScorer):
             pruned = flat
         keep = (~pruned).reshape(shape).to(orig.device)
         self.log.append({"module": layer.name, "columns": columns, "rows": shape[0], "samples": statistic.rows,
-                         "hessian_bytes": 4 * weight.shape[1] ** 2, "mode": mode})
+                         "hessian_bytes": 4 * factor.shape[1] ** 2, "mode": mode})
         values[layer.param_name] = new.reshape(shape).to(orig.device, orig.dtype)
         return keep, values

@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._memory import release_freed_memory
+from .._memory import large_allocations_unmapped, release_freed_memory
 from .._module_types import Conv1D
 from ..calibration import as_calibration_data
 from ..config import ModulePrunerConfig
@@ -124,8 +124,9 @@ def prune_pretrained(
     config = AutoConfig.from_pretrained(str(source))
     skeleton = Skeleton(config, checkpoint)
     try:
-        return _run(skeleton, checkpoint, source, target, module_config, sampler, offload, max_activation_bytes,
-                    offload_dir, on_block, progress)
+        with large_allocations_unmapped():  # a block's freed temporaries go back to the system, not to the heap
+            return _run(skeleton, checkpoint, source, target, module_config, sampler, offload, max_activation_bytes,
+                        offload_dir, on_block, progress)
     finally:
         skeleton.close()
 
