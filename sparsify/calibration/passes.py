@@ -57,7 +57,7 @@ class MaskedWeight:
     @classmethod
     def compact(cls, keep: torch.Tensor, weight: torch.Tensor) -> MaskedWeight:
         """Hold only ``weight``'s kept entries (``weight`` is a new tensor the caller gives up)."""
-        kept = weight[keep.expand(weight.shape)]
+        kept = torch.masked_select(weight, keep)
         return cls(keep, torch.empty((), dtype=weight.dtype, device=weight.device).expand(weight.shape), kept)
 
     def __call__(self) -> torch.Tensor:
