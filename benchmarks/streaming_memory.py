@@ -1,11 +1,16 @@
-"""Peak memory and time of SparseGPT 50 % on a 119 M-parameter Llama: streaming, in memory, Core ML Tools.
+"""Peak memory and time of layer-wise pruning of a Llama: streaming, in memory, Core ML Tools.
 
     python benchmarks/streaming_memory.py --rounds 2
+    python benchmarks/streaming_memory.py --rounds 1 --model tinyllama-1.1b --method wanda --only imports streaming
 
 The model (random weights, seeded): ``LlamaForCausalLM`` with hidden 1024, 8 layers, intermediate 2816,
 16 heads, vocab 8000 — 119.0 M parameters, 476 MB in float32 — saved with ``save_pretrained`` in 100 MB shards
 (float32) under ``$SPARSIFY_BENCH_CACHE`` (default ``/tmp/sparsify-bench``). Calibration: 8 windows of 128
-random tokens (seeded), as a list of ``{"input_ids": [1, 128]}`` dicts.
+random tokens (seeded), as a list of ``{"input_ids": [1, 128]}`` dicts. ``--model tinyllama-1.1b``: TinyLlama's
+shape (hidden 2048, 22 layers, intermediate 5632, 32 heads, 4 key-value heads, vocab 32000: 1.1 B parameters),
+saved in bfloat16, 1 GB shards, calibrated on 16 windows of 512 tokens. ``--method``: SparseGPT 50 % (the default),
+SparseGPT 2:4 or Wanda 50 % (Core ML Tools runs for SparseGPT 50 % only). Every run also records its CPU seconds
+(``cpu_seconds``), a steadier figure than the wall time on a shared machine.
 
 Every measurement runs in a fresh child process (``--worker``) with one torch thread:
 
@@ -40,8 +45,21 @@ import time
 from pathlib import Path
 
 CACHE = Path(os.environ.get("SPARSIFY_BENCH_CACHE", "/tmp/sparsify-bench"))
-SHAPE = {"hidden_size": 1024, "num_hidden_layers": 8, "intermediate_size": 2816, "num_attention_heads": 16,
-         "num_key_value_heads": 16, "vocab_size": 8000}
+#: the models (``--model``): shape, storage dtype, shard size, calibration windows × tokens
+MODELS = {
+    "llama-119m": ({"hidden_size": 1024, "num_hidden_layers": 8, "intermediate_size": 2816,
+                    "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 8000},
+                   "float32", "100MB", (8, 128)),
+    "tinyllama-1.1b": ({"hidden_size": 2048, "num_hidden_layers": 22, "intermediate_size": 5632,
+                        "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000},
+                       "bfloat16", "1GB", (16, 512)),
+}
+MODEL = os.environ.get("SPARSIFY_BENCH_MODEL", "llama-119m")
+#: the pruning (``--method``): sparsify's choices; Core ML Tools runs only for SparseGPT 50 %
+METHODS = {"sparsegpt": {"criterion": "sparsegpt"}, "sparsegpt-2:4": {"criterion": "sparsegpt", "pattern": "2:4"},
+           "wanda": {"criterion": "wanda"}}
+METHOD = os.environ.get("SPARSIFY_BENCH_METHOD", "sparsegpt")
+SHAPE, DTYPE, SHARD, WINDOWS = MODELS[MODEL]
 WORKERS = ("bare imports", "imports", "streaming", "in memory", "Core ML Tools")
 
 
@@ -61,11 +79,11 @@ def _reset_peak() -> int:
 
 
 def source_dir() -> Path:
-    return CACHE / "llama-119m-fp32-100MB"
+    return CACHE / ("llama-119m-fp32-100MB" if MODEL == "llama-119m" else f"{MODEL}-{DTYPE}-{SHARD}")
 
 
 def build_source() -> Path:
-    """Save the model once (float32, 100 MB shards)."""
+    """Save the model once (random weights, seeded; the model's storage dtype and shard size)."""
     path = source_dir()
     if (path / "model.safetensors.index.json").exists():
         return path
@@ -74,7 +92,8 @@ def build_source() -> Path:
 
     torch.manual_seed(0)
     config = LlamaConfig(**SHAPE, use_cache=False, tie_word_embeddings=False)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path, max_shard_size="100MB")
+    model = AutoModelForCausalLM.from_config(config).to(getattr(torch, DTYPE))
+    model.save_pretrained(path, max_shard_size=SHARD)
     return path
 
 
@@ -82,7 +101,9 @@ def calibration() -> list:
     import torch
 
     generator = torch.Generator().manual_seed(1)
-    return [{"input_ids": torch.randint(0, SHAPE["vocab_size"], (1, 128), generator=generator)} for _ in range(8)]
+    windows, tokens = WINDOWS
+    return [{"input_ids": torch.randint(0, SHAPE["vocab_size"], (1, tokens), generator=generator)}
+            for _ in range(windows)]
 
 
 def worker(name: str, out: Path) -> dict:
@@ -105,7 +126,7 @@ def worker(name: str, out: Path) -> dict:
     source = source_dir()
     if name == "streaming":
         start, cpu = time.perf_counter(), time.process_time()
-        sparsify.prune_pretrained(source, out, 0.5, criterion="sparsegpt", sampler=data, progress=False)
+        sparsify.prune_pretrained(source, out, 0.5, sampler=data, progress=False, **METHODS[METHOD])
         result["seconds"] = time.perf_counter() - start
         result["cpu_seconds"] = time.process_time() - cpu
         result["peak_kib"] = _status_kib("VmHWM")
@@ -114,7 +135,7 @@ def worker(name: str, out: Path) -> dict:
     before = _reset_peak()
     start, cpu = time.perf_counter(), time.process_time()
     if name == "in memory":
-        sparsify.prune(model, 0.5, criterion="sparsegpt", sampler=data, inplace=True, keep_classifier_dense=True)
+        sparsify.prune(model, 0.5, sampler=data, inplace=True, keep_classifier_dense=True, **METHODS[METHOD])
     else:
         from coremltools.optimize.torch.layerwise_compression import LayerwiseCompressor, LayerwiseCompressorConfig
 
@@ -133,6 +154,19 @@ def worker(name: str, out: Path) -> dict:
         save_file({k: v.contiguous() for k, v in model.state_dict().items() if "_COREML_" not in k},
                   str(out / "in_memory.safetensors"))
     return result
+
+
+def _float32_bytes() -> int:
+    """The model's size in float32, whatever its storage dtype (the issue's unit for the streaming peak)."""
+    import math
+
+    from safetensors import safe_open
+
+    total = 0
+    for path in source_dir().glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as handle:
+            total += sum(4 * math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())  # noqa: SIM118 (a safe_open handle)
+    return total
 
 
 def compare(target: Path, in_memory: Path) -> dict:
@@ -161,10 +195,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--only", nargs="*", choices=WORKERS, default=list(WORKERS))
     parser.add_argument("--mmap-threshold", type=int, help="MALLOC_MMAP_THRESHOLD_ for every child (glibc)")
+    parser.add_argument("--model", choices=sorted(MODELS), default=MODEL)
+    parser.add_argument("--method", choices=sorted(METHODS), default=METHOD)
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args.out)))
         return
+    if (args.model, args.method) != (MODEL, METHOD):  # the children read them from the environment
+        os.environ.update(SPARSIFY_BENCH_MODEL=args.model, SPARSIFY_BENCH_METHOD=args.method)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    if METHOD != "sparsegpt" and "Core ML Tools" in args.only:
+        args.only.remove("Core ML Tools")
     build_source()
     runs: dict[str, list[dict]] = {name: [] for name in args.only}
     work = CACHE / "streaming-work"
@@ -185,10 +226,10 @@ def main() -> None:
                 sys.exit(f"{name} failed:\n{done.stderr[-4000:]}")
             runs[name].append(json.loads(line[0][7:]))
             print(name, runs[name][-1], flush=True)
-    model_bytes = sum(p.stat().st_size for p in source_dir().glob("*.safetensors"))
+    model_bytes = _float32_bytes()
     floor = statistics.median(r["peak_kib"] for r in runs["imports"]) if "imports" in runs else 0
     bare = statistics.median(r["peak_kib"] for r in runs["bare imports"]) if "bare imports" in runs else 0
-    print(f"\nmodel: {model_bytes / 2**20:.0f} MiB on disk (float32); peak of the imports-only process "
+    print(f"\nmodel: {model_bytes / 2**20:.0f} MiB in float32 ({DTYPE} on disk); peak of the imports-only process "
           f"{floor / 1024:.0f} MiB (bare imports {bare / 1024:.0f} MiB)")
     print("| run | time (s) | peak above imports (MiB) | peak above the loaded model (MiB) |")
     print("|---|---:|---:|---:|")
