@@ -51,7 +51,7 @@ pruned weight keeps its mask):
 A 90 %-sparse fp16 weight thus costs ``0.1 × N/16 + 1/16`` of dense with ``N``-bit palettes
 (0.0875 at 4 bits) and ``0.1/2 + 1/16`` (0.1125) as int8, against 0.1625 sparse alone.
 
-The byte counts and rules were measured against real ``.mlpackage`` exports (``tests/test_sizing.py``
+The byte counts and rules were measured against real ``.mlpackage`` exports (``tests/analysis/test_sizing.py``
 converts models and compares).
 """
 

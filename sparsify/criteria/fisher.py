@@ -22,7 +22,7 @@ triangular solve ``W = √Λ · R⁻¹ G`` (``O(m²d)``), written over the gradi
 
 .. math:: [F^{-1}]_{ii} = \Lambda - \sum_j W_{ji}^2, \qquad F^{-1}x = \Lambda x - W^\top (W x),
 
-each ``O(md)``. ``tests/test_fisher.py`` checks this against the literal recursion and against an
+each ``O(md)``. ``tests/criteria/test_fisher.py`` checks this against the literal recursion and against an
 explicit ``torch.linalg.inv``.
 
 **Blocks.** With ``block_size = B`` the Fisher is treated as block-diagonal over consecutive chunks

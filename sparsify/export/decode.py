@@ -9,7 +9,7 @@ palettized / quantized ops are not, and give ``None`` rather than a guess.
 
 The semantics follow the op definitions in ``coremltools.converters.mil.mil.ops.defs.iOS18.compression``
 (``output = scale * (data - offset)``; ``output = lut[block, index]``; the mask's set bits, row-major,
-receive the non-zero data); ``tests/test_mlpackage.py`` checks every case against Core ML Tools' own
+receive the non-zero data); ``tests/export/test_mlpackage.py`` checks every case against Core ML Tools' own
 decompression of the same program.
 """
 

@@ -4,7 +4,7 @@ The block is wrapped as a model of its own (`BlockModel`) and handed to `sparsif
 `CalibrationData` whose items are the block's inputs — each batch's hidden states with the keyword arguments the
 full model passed it. So the criteria, patterns and SparseGPT / Wanda solvers are those of in-memory pruning,
 not a copy. Two settings make the result the one in-memory pruning gives for this block
-(`tests/test_streaming.py` checks it to 1e-5):
+(`tests/streaming/test_streaming.py` checks it to 1e-5):
 
 * in memory, a layer-wise criterion calibrates all layers of a block on one forward of that block
   (``true_sequential=False``, the default): here the block alone is the model, so the same is asking for

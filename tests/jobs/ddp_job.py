@@ -1,4 +1,4 @@
-"""Two-process DDP pruning on CPU (gloo, loopback), run by tests/test_reliability.py.
+"""Two-process DDP pruning on CPU (gloo, loopback), run by tests/test_checkpoints_and_ddp.py.
 
     python ddp_job.py OUT_DIR
 

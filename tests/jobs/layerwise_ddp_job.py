@@ -1,4 +1,4 @@
-"""Two-process one-shot SparseGPT and Wanda on CPU (gloo, loopback), run by tests/test_layerwise.py.
+"""Two-process one-shot SparseGPT and Wanda on CPU (gloo, loopback), run by tests/criteria/test_layerwise.py.
 
     python layerwise_ddp_job.py OUT_DIR
 

@@ -1,4 +1,4 @@
-"""A pruning training job that can be stopped and resumed (run by tests/test_reliability.py).
+"""A pruning training job that can be stopped and resumed (run by tests/test_checkpoints_and_ddp.py).
 
     python resume_job.py --checkpoint ck.pt --out final.pt --total 8 [--stop-after 4]
 

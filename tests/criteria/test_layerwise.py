@@ -460,7 +460,7 @@ def test_a_forward_only_sampler_cannot_give_gradients():
 
 @pytest.mark.slow
 def test_ddp_ranks_sum_their_statistics_and_match_a_single_process(tmp_path):
-    job = Path(__file__).resolve().parent / "jobs" / "layerwise_ddp_job.py"
+    job = Path(__file__).resolve().parents[1] / "jobs" / "layerwise_ddp_job.py"
     subprocess.run([sys.executable, str(job), str(tmp_path)], check=True, timeout=300)
     rank0, rank1, single = (torch.load(tmp_path / f"{n}.pt") for n in ("rank0", "rank1", "single"))
     for criterion, state in rank0.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MARKERS = ("<" * 7 + " ", "=" * 7 + "\n", ">" * 7 + " ")
 
 
@@ -21,6 +21,19 @@ def test_no_merge_conflict_markers_in_the_tree() -> None:
     ]
     assert len(files) > 100 and found == []
 
+
+
+def test_tests_mirror_the_package_layout() -> None:
+    """docs/design.md: each folder of tests/ is named after a subpackage of sparsify (or is ``project``), and test
+    file names are unique across folders (pytest imports a test file of a folder without ``__init__.py`` by its
+    base name, so two of one name would collide)."""
+    tests = ROOT / "tests"
+    files = sorted(tests.rglob("test_*.py"))
+    names = [path.name for path in files]
+    assert len(files) > 50 and sorted(name for name in set(names) if names.count(name) > 1) == []
+    subpackages = {path.parent.name for path in (ROOT / "sparsify").glob("*/__init__.py")}
+    folders = {path.parent.relative_to(tests).as_posix() for path in files} - {"."}
+    assert folders - subpackages == {"project"}
 
 def _readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()

@@ -13,7 +13,7 @@ import sparsify.criteria._passes as old_passes
 import sparsify.criteria.calibration as old_calibration
 import sparsify.criteria.chain as old_chain
 
-PACKAGE = Path(__file__).resolve().parent.parent / "sparsify" / "calibration"
+PACKAGE = Path(__file__).resolve().parents[2] / "sparsify" / "calibration"
 
 
 def test_old_import_paths_are_the_moved_objects() -> None:

@@ -66,7 +66,7 @@ from sparsify.compat.sparseml import Recipe, ScheduledModifierManager
 from sparsify.compat.sparseml.reader import read_recipe
 from sparsify.criteria import criterion_kinds
 
-ROOT = Path(os.environ.get("SPARSIFY_REAL_RECIPES", Path(__file__).resolve().parents[2] / "shared/real-recipes/files"))
+ROOT = Path(os.environ.get("SPARSIFY_REAL_RECIPES", Path(__file__).resolve().parents[3] / "shared/real-recipes/files"))
 if not ROOT.is_dir():
     ROOT = Path("/work/shared/real-recipes/files")
 pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=f"the real-recipes corpus is not at {ROOT}")

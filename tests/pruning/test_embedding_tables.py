@@ -2,7 +2,7 @@
 
 Core ML Tools never prunes ``nn.Embedding``; SparseML's ``__ALL_PRUNABLE__`` and INC 1.x's "every 2-D
 parameter" do. sparsify prunes a table only when a rule names it (the real BERT recipes that select
-embeddings are run in ``tests/test_real_recipes.py``).
+embeddings are run in ``tests/compat/test_real_recipes.py``).
 """
 
 from __future__ import annotations
