@@ -155,11 +155,11 @@ class MaskHook(prune.BasePruningMethod):
         name = self._tensor_name
         if self.mode == "inplace":
             if not torch.compiler.is_compiling():
-                if self.bound_module() is not module:
-                    self._bind(module)
                 param = module._parameters.get(name + "_orig")
-                if param is not None and module.__dict__.get(name) is not param:
-                    module.__dict__[name] = param  # FSDP2 put its unsharded parameter in place for this forward
+                ref = self._module_ref
+                # the usual case in two checks: every forward pays for this hook, between cold kernels
+                if module.__dict__.get(name) is not param or ref is None or ref() is not module:
+                    self._follow(module, param)
             return
         orig, mask = module._parameters.get(name + "_orig"), module._buffers.get(name + "_mask")
         if orig is None or mask is None:  # held elsewhere (a reparametrization): the attribute protocol finds it
@@ -222,6 +222,20 @@ class MaskHook(prune.BasePruningMethod):
 
     # -- in-place mode ------------------------------------------------------------------------------------------
 
+    def _follow(self, module: nn.Module, param: torch.Tensor | None) -> None:
+        """In-place pre-hook, rare path: bind to ``module`` (a deep copy or an unpickled model runs its first
+        forward), or read the parameter FSDP2 put in place for this forward. The forward post-hook that puts
+        the sharded parameter back afterwards is registered then, at the first such forward: a model that is
+        not sharded has no post-hook (one hook less to run per module and forward)."""
+        if self.bound_module() is not module:
+            self._bind(module)
+        name = self._tensor_name
+        if param is not None and module.__dict__.get(name) is not param:
+            module.__dict__[name] = param  # FSDP2 put its unsharded parameter in place for this forward
+            if not any(getattr(h, "__self__", None) is self and getattr(h, "__func__", None) is MaskHook.detach
+                       for h in module._forward_hooks.values()):
+                self.extra_hooks.append(module.register_forward_hook(self.detach, always_call=True))
+
     def adopt_sharding(self, module: nn.Module) -> None:
         """Refresh against ``module``'s parameter if FSDP2 has replaced it by a sharded one since the last time."""
         param = module._parameters.get(self._tensor_name + "_orig")
@@ -250,7 +264,7 @@ class MaskHook(prune.BasePruningMethod):
         with torch.no_grad():
             mask = self._part(mask, param)
             orig = _sharding.local(param.detach())
-            select_into(orig, orig, mask)
+            select_into(orig, orig, mask, keep_scratch=False)
             for optimizer in optimizers:
                 self._zero_state(optimizer, _state_of(param, optimizer), mask)
 
@@ -276,27 +290,37 @@ class MaskHook(prune.BasePruningMethod):
         with torch.no_grad():
             mask = self._part(mask, param)
             orig = _sharding.local(param.detach())
-            select_into(orig, orig, mask)
+            select_into(orig, orig, mask, keep_scratch=False)
             if preserving:
                 self._zero_state(optimizer, state, mask)
 
     def _zero_state(self, optimizer: torch.optim.Optimizer, state: list[torch.Tensor], mask: torch.Tensor) -> None:
         for tensor in state:
             tensor = _sharding.local(tensor)
-            select_into(tensor, tensor, mask)
+            select_into(tensor, tensor, mask, keep_scratch=False)
         self._settled[optimizer] = [weakref.ref(t) for t in state]
 
     def _mask_grad(self, param: torch.Tensor) -> None:
-        """Post-accumulate-grad hook: mask ``param.grad`` in place."""
-        module = self.bound_module()
+        """Post-accumulate-grad hook: mask ``param.grad`` in place.
+
+        It runs for every masked parameter in every backward pass, between kernels that have just pushed the
+        interpreter out of the CPU caches (measured: each line of Python here costs 10-20 times what it costs
+        outside a backward pass), so a plain gradient takes the shortest path: no ``no_grad`` block (nothing
+        is recorded on a gradient that is in no graph) and no sharding lookups. The chunk buffer of the
+        kernel is freed on return: the in-place mode keeps nothing beyond its masks.
+        """
         grad = param.grad
+        module = self._module_ref() if self._module_ref is not None else None
         if module is None or grad is None or grad.layout != torch.strided:
             return
         mask = module._buffers[self._tensor_name + "_mask"]
         assert mask is not None  # install_mask registered it
-        with torch.no_grad():
-            local = _sharding.local(grad)
-            select_into(local, local, self._part(mask, grad))
+        if type(grad) is torch.Tensor and not grad.requires_grad:
+            select_into(grad, grad, mask, keep_scratch=False)
+        else:  # a sharded gradient (FSDP2), or one in a graph (backward(create_graph=True))
+            with torch.no_grad():
+                local = _sharding.local(grad)
+                select_into(local, local, self._part(mask, grad), keep_scratch=False)
         self._grad_masked = True
 
     def _bind(self, module: nn.Module) -> None:
@@ -435,12 +459,12 @@ def install_mask(
         module.register_buffer(name + "_amount", torch.tensor(float(amount), device=param.device))
         module.register_forward_pre_hook(hook)
         hook.extra_hooks.append(module.register_load_state_dict_post_hook(hook.after_load))
-        # always_call: a forward that raises must not leave a graph-carrying tensor (or, under FSDP2, the
-        # unsharded weight) in module.<name>
-        hook.extra_hooks.append(module.register_forward_hook(hook.detach, always_call=True))
-        if mode == "inplace":  # the forward reads the parameter itself: nothing to refresh
-            hook._bind(module)
+        if mode == "inplace":  # the forward reads the parameter itself: nothing to refresh or detach
+            hook._bind(module)  # (the pre-hook adds the post-hook below if FSDP2 shards the model later)
         else:
+            # always_call: a forward that raises must not leave a graph-carrying tensor (or, under FSDP2, the
+            # unsharded weight) in module.<name>
+            hook.extra_hooks.append(module.register_forward_hook(hook.detach, always_call=True))
             if reader is not None:
                 relay = _ReaderRelay(hook, module)
                 hook.extra_hooks.append(reader.register_forward_pre_hook(relay.before))
