@@ -47,7 +47,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from . import _sharding
-from ._inplace import ZERO_PRESERVING, register_inplace, unregister_inplace
+from ._inplace import ZERO_PRESERVING, register_inplace, still_settled, unregister_inplace, zero_state
 from ._mask_ops import fast_path, masked_into, select_into
 
 __all__ = [
@@ -127,7 +127,7 @@ class MaskHook(prune.BasePruningMethod):
         self._module_ref: weakref.ref[nn.Module] | None = None  # in-place mode: the module bound to
         self._grad_hook: torch.utils.hooks.RemovableHandle | None = None
         self._grad_masked = False  # in-place mode: the gradient hook ran since the last optimizer step
-        self._settled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> its zeroed state
+        self._settled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> zero_state's record
         # FSDP2 (`sparsify._sharding`): the parameter last refreshed against, this rank's part of the mask, and
         # what module.<name> is between forward passes (the sharded parameter, or its masked copy)
         self._param_ref: weakref.ref[torch.Tensor] | None = None
@@ -223,10 +223,9 @@ class MaskHook(prune.BasePruningMethod):
     # -- in-place mode ------------------------------------------------------------------------------------------
 
     def _follow(self, module: nn.Module, param: torch.Tensor | None) -> None:
-        """In-place pre-hook, rare path: bind to ``module`` (a deep copy or an unpickled model runs its first
-        forward), or read the parameter FSDP2 put in place for this forward. The forward post-hook that puts
-        the sharded parameter back afterwards is registered then, at the first such forward: a model that is
-        not sharded has no post-hook (one hook less to run per module and forward)."""
+        """In-place pre-hook's rare path: bind to ``module`` (first forward of a copy), or read the parameter
+        FSDP2 put in place for this forward, adding then the post-hook that puts the sharded one back after it
+        (an unsharded model runs no post-hook)."""
         if self.bound_module() is not module:
             self._bind(module)
         name = self._tensor_name
@@ -266,24 +265,19 @@ class MaskHook(prune.BasePruningMethod):
             orig = _sharding.local(param.detach())
             select_into(orig, orig, mask, keep_scratch=False)
             for optimizer in optimizers:
-                self._zero_state(optimizer, _state_of(param, optimizer), mask)
+                self._settled[optimizer] = zero_state(optimizer, param, mask)
 
     def after_step(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """After ``optimizer.step()``: zero the pruned entries again, unless the step provably left them at zero.
-
-        It did when the optimizer is one of `sparsify._inplace.ZERO_PRESERVING`, this step's gradient went
-        through the gradient hook, and the optimizer's per-entry state was zeroed at the pruned entries after
-        the last mask change (and is still the same state tensors). Otherwise the weights are zeroed and, for
-        those optimizers, so is that state, which makes the following steps free.
-        """
+        """After ``optimizer.step()``: zero the pruned entries again, unless the step provably left them at zero:
+        the optimizer is one of `sparsify._inplace.ZERO_PRESERVING`, this step's gradient went through the
+        gradient hook, and its per-entry state was zeroed at the pruned entries after the last mask change (and
+        is still the same tensors). Otherwise the weights are zeroed and, for those optimizers, so is that
+        state, which makes the following steps free."""
         param = module._parameters[self._tensor_name + "_orig"]
         assert param is not None  # install_mask registered it
-        state = _state_of(param, optimizer)
-        preserving = type(optimizer) in ZERO_PRESERVING
-        settled = self._settled.get(optimizer)
         masked, self._grad_masked = self._grad_masked, False
-        if preserving and masked and settled is not None and len(settled) == len(state) \
-                and all(ref() is tensor for ref, tensor in zip(settled, state)):
+        record = self._settled.get(optimizer)
+        if masked and record is not None and still_settled(record, optimizer, param):
             return
         mask = module._buffers[self._tensor_name + "_mask"]
         assert mask is not None  # install_mask registered it
@@ -291,24 +285,16 @@ class MaskHook(prune.BasePruningMethod):
             mask = self._part(mask, param)
             orig = _sharding.local(param.detach())
             select_into(orig, orig, mask, keep_scratch=False)
-            if preserving:
-                self._zero_state(optimizer, state, mask)
-
-    def _zero_state(self, optimizer: torch.optim.Optimizer, state: list[torch.Tensor], mask: torch.Tensor) -> None:
-        for tensor in state:
-            tensor = _sharding.local(tensor)
-            select_into(tensor, tensor, mask, keep_scratch=False)
-        self._settled[optimizer] = [weakref.ref(t) for t in state]
+            if type(optimizer) in ZERO_PRESERVING:
+                self._settled[optimizer] = zero_state(optimizer, param, mask)
 
     def _mask_grad(self, param: torch.Tensor) -> None:
         """Post-accumulate-grad hook: mask ``param.grad`` in place.
 
-        It runs for every masked parameter in every backward pass, between kernels that have just pushed the
-        interpreter out of the CPU caches (measured: each line of Python here costs 10-20 times what it costs
-        outside a backward pass), so a plain gradient takes the shortest path: no ``no_grad`` block (nothing
-        is recorded on a gradient that is in no graph) and no sharding lookups. The chunk buffer of the
-        kernel is freed on return: the in-place mode keeps nothing beyond its masks.
-        """
+        It runs in every backward pass, between kernels that push the interpreter out of the CPU caches (each
+        line here costs 10-20 times what it costs outside backward), so a plain gradient takes the shortest path:
+        no ``no_grad`` block (nothing records a gradient in no graph), no sharding lookups. The kernel's chunk
+        buffer is freed on return: the in-place mode keeps nothing beyond its masks."""
         grad = param.grad
         module = self._module_ref() if self._module_ref is not None else None
         if module is None or grad is None or grad.layout != torch.strided:
@@ -376,12 +362,6 @@ class MaskHook(prune.BasePruningMethod):
             order.insert(self.param_position, order.pop())
             module._parameters = {key: module._parameters[key] for key in order}
         return module
-
-
-def _state_of(param: torch.Tensor, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """The optimizer's per-entry state tensors of ``param`` (momentum, moments: the parameter's shape)."""
-    state = optimizer.state.get(param, {}).values()
-    return [v for v in state if isinstance(v, torch.Tensor) and v.shape == param.shape]
 
 
 class _ReaderRelay:
