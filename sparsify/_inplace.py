@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ._sharding import is_sharded
+from ._mask_ops import select_into
+from ._sharding import is_sharded, local
 from .mask_layout import orig_name
 
 
@@ -30,7 +31,7 @@ class MaskHook(Protocol):
 
     def adopt_sharding(self, module: nn.Module) -> None: ...
 
-__all__ = ["ZERO_PRESERVING", "register_inplace", "unregister_inplace"]
+__all__ = ["ZERO_PRESERVING", "register_inplace", "still_settled", "unregister_inplace", "zero_state"]
 
 _INPLACE: dict[int, list[weakref.ref[MaskHook]]] = {}  # id(parameter) -> the in-place hooks bound to it
 _optimizer_hook: list[torch.utils.hooks.RemovableHandle] = []
@@ -47,6 +48,32 @@ ZERO_PRESERVING = tuple(
                  "Adafactor")
     if hasattr(torch.optim, name)
 )
+
+
+# What `zero_state` zeroed: the number of state entries of the parameter, and its per-entry tensors by key
+Settled = tuple[int, list[tuple[Any, "weakref.ref[torch.Tensor]"]]]
+
+
+def zero_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, mask: torch.Tensor) -> Settled:
+    """Zero ``optimizer``'s per-entry state of ``param`` (momentum, moments: tensors of the parameter's shape)
+    where ``mask`` (this rank's part, when sharded) is ``False``; return the record `still_settled` checks."""
+    state = optimizer.state.get(param, {})
+    entries = [(key, value) for key, value in state.items()
+               if isinstance(value, torch.Tensor) and value.shape == param.shape]
+    for _, tensor in entries:
+        part = local(tensor)
+        select_into(part, part, mask, keep_scratch=False)
+    return len(state), [(key, weakref.ref(tensor)) for key, tensor in entries]
+
+
+def still_settled(record: Settled, optimizer: torch.optim.Optimizer, param: torch.Tensor) -> bool:
+    """Whether ``optimizer``'s state of ``param`` is still the one `zero_state` zeroed: as many entries, the same
+    per-entry tensors under the same keys. Identity checks only: this runs after every step of every
+    in-place parameter."""
+    state = optimizer.state.get(param)
+    if state is None or len(state) != record[0]:
+        return False
+    return all(state.get(key) is ref() for key, ref in record[1])
 
 
 def _rezero_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

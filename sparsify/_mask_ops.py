@@ -9,7 +9,9 @@ What is done instead: the floating-point tensor is viewed as integers of the sam
 multiplied by the mask converted to 0/1 integers in chunks (256 Ki elements on one thread). Integer
 multiplication by 0 or 1 gives exactly the bits of ``where(mask, x, 0)`` (``+0.0`` where pruned, the
 original bits — NaN and ``-0.0`` included — where kept), it is vectorized, and the only temporary is
-one chunk (1 MiB on one thread, so it stays in cache; kept per thread). Off CPU, ``torch.where(...,
+one chunk (1 MiB on one thread, so it stays in cache). The default mode's forward keeps that chunk per
+thread; the in-place mode, whose passes run only in the backward pass and at mask changes, allocates it
+for the call (``keep_scratch=False``) so that no training state grows by it. Off CPU, ``torch.where(...,
 out=)`` is already a single fast kernel and is used.
 """
 
@@ -47,8 +49,11 @@ def _zero_like(x: torch.Tensor) -> torch.Tensor:
     return zero
 
 
-def _scratch_for(int_dtype: torch.dtype, numel: int) -> torch.Tensor:
-    """This thread's integer buffer of at least ``numel`` elements (grown, never shrunk)."""
+def _scratch_for(int_dtype: torch.dtype, numel: int, keep: bool = True) -> torch.Tensor:
+    """This thread's integer buffer of at least ``numel`` elements (grown, never shrunk); with ``keep=False``
+    a buffer for this call only."""
+    if not keep:
+        return torch.empty(numel, dtype=int_dtype)
     buffers = getattr(_scratch, "buffers", None)
     if buffers is None:
         buffers = _scratch.buffers = {}
@@ -58,11 +63,13 @@ def _scratch_for(int_dtype: torch.dtype, numel: int) -> torch.Tensor:
     return buffer
 
 
-def select_into(out: torch.Tensor, src: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def select_into(out: torch.Tensor, src: torch.Tensor, mask: torch.Tensor, *, keep_scratch: bool = True) -> torch.Tensor:
     """Write ``where(mask, src, 0)`` into ``out`` (which may be ``src`` itself) and return ``out``.
 
     ``mask`` is ``bool`` and broadcasts to ``src``; ``out`` has ``src``'s shape and dtype. Nothing is
-    recorded by autograd: callers pass detached tensors or run under ``no_grad``.
+    recorded by autograd: callers pass detached tensors or run under ``no_grad``. ``keep_scratch=False``:
+    the chunk buffer is freed on return instead of kept for this thread's next call (see the module's
+    docstring: up to 8 MiB per thread with two threads, more than a small model's masks).
     """
     total = src.numel()
     int_dtype = _INT_VIEW.get(src.dtype)
@@ -79,7 +86,7 @@ def select_into(out: torch.Tensor, src: torch.Tensor, mask: torch.Tensor) -> tor
     flat_src, flat_out, flat_mask = src.view(-1).view(int_dtype), out.view(-1).view(int_dtype), mask.view(-1)
     threads = torch.get_num_threads()
     chunk = _CHUNK if threads <= 1 else _THREADED_CHUNK * threads
-    scratch = _scratch_for(int_dtype, min(total, chunk))
+    scratch = _scratch_for(int_dtype, min(total, chunk), keep_scratch)
     for start in range(0, total, chunk):
         stop = min(start + chunk, total)
         ones = scratch[: stop - start]

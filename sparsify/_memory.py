@@ -46,7 +46,7 @@ def _load(symbol: str = "malloc_trim") -> Any:
 @contextlib.contextmanager
 def large_allocations_unmapped(threshold: int = 2**20) -> Iterator[None]:
     """While inside, glibc maps every allocation above ``threshold`` bytes on its own (see the module docs)."""
-    mallopt = False if "MALLOC_MMAP_THRESHOLD_" in os.environ else _load("mallopt")
+    mallopt: Any = False if "MALLOC_MMAP_THRESHOLD_" in os.environ else _load("mallopt")
     if mallopt:
         mallopt(_M_MMAP_THRESHOLD, threshold)
     try:

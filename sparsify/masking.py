@@ -1,7 +1,6 @@
 """Install, update and bake weight masks on modules.
 
-The layout follows ``torch.nn.utils.prune`` and Core ML Tools, so checkpoints and tools that know
-those names keep working (its names are spelled once, in `sparsify.mask_layout`):
+The layout follows ``torch.nn.utils.prune`` and Core ML Tools (its names spelled in `sparsify.mask_layout`):
 
 * ``<name>_orig`` — the trained ``nn.Parameter`` (same storage as the original weight);
 * ``<name>_mask`` — a ``bool`` buffer (``True`` = keep), shaped like the pattern's groups, e.g.
@@ -47,7 +46,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from . import _sharding
-from ._inplace import ZERO_PRESERVING, register_inplace, unregister_inplace
+from ._inplace import ZERO_PRESERVING, register_inplace, still_settled, unregister_inplace, zero_state
 from ._mask_ops import fast_path, masked_into, select_into
 from .mask_layout import amount_name, mask_name, orig_name
 
@@ -128,7 +127,7 @@ class MaskHook(prune.BasePruningMethod):
         self._module_ref: weakref.ref[nn.Module] | None = None  # in-place mode: the module bound to
         self._grad_hook: torch.utils.hooks.RemovableHandle | None = None
         self._grad_masked = False  # in-place mode: the gradient hook ran since the last optimizer step
-        self._settled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> its zeroed state
+        self._settled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> zero_state's record
         # FSDP2 (`sparsify._sharding`): the parameter last refreshed against, this rank's part of the mask, and
         # what module.<name> is between forward passes (the sharded parameter, or its masked copy)
         self._param_ref: weakref.ref[torch.Tensor] | None = None
@@ -156,11 +155,11 @@ class MaskHook(prune.BasePruningMethod):
         name = self._tensor_name
         if self.mode == "inplace":
             if not torch.compiler.is_compiling():
-                if self.bound_module() is not module:
-                    self._bind(module)
                 param = module._parameters.get(orig_name(name))
-                if param is not None and module.__dict__.get(name) is not param:
-                    module.__dict__[name] = param  # FSDP2 put its unsharded parameter in place for this forward
+                ref = self._module_ref
+                # the usual case in two checks: every forward pays for this hook, between cold kernels
+                if module.__dict__.get(name) is not param or ref is None or ref() is not module:
+                    self._follow(module, param)
             return
         orig, mask = module._parameters.get(orig_name(name)), module._buffers.get(mask_name(name))
         if orig is None or mask is None:  # held elsewhere (a reparametrization): the attribute protocol finds it
@@ -223,6 +222,19 @@ class MaskHook(prune.BasePruningMethod):
 
     # -- in-place mode ------------------------------------------------------------------------------------------
 
+    def _follow(self, module: nn.Module, param: torch.Tensor | None) -> None:
+        """In-place pre-hook's rare path: bind to ``module`` (first forward of a copy), or read the parameter
+        FSDP2 put in place for this forward, adding then the post-hook that puts the sharded one back after it
+        (an unsharded model runs no post-hook)."""
+        if self.bound_module() is not module:
+            self._bind(module)
+        name = self._tensor_name
+        if param is not None and module.__dict__.get(name) is not param:
+            module.__dict__[name] = param  # FSDP2 put its unsharded parameter in place for this forward
+            if not any(getattr(h, "__self__", None) is self and getattr(h, "__func__", None) is MaskHook.detach
+                       for h in module._forward_hooks.values()):
+                self.extra_hooks.append(module.register_forward_hook(self.detach, always_call=True))
+
     def adopt_sharding(self, module: nn.Module) -> None:
         """Refresh against ``module``'s parameter if FSDP2 has replaced it by a sharded one since the last time."""
         param = module._parameters.get(orig_name(self._tensor_name))
@@ -251,53 +263,50 @@ class MaskHook(prune.BasePruningMethod):
         with torch.no_grad():
             mask = self._part(mask, param)
             orig = _sharding.local(param.detach())
-            select_into(orig, orig, mask)
+            select_into(orig, orig, mask, keep_scratch=False)
             for optimizer in optimizers:
-                self._zero_state(optimizer, _state_of(param, optimizer), mask)
+                self._settled[optimizer] = zero_state(optimizer, param, mask)
 
     def after_step(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """After ``optimizer.step()``: zero the pruned entries again, unless the step provably left them at zero.
-
-        It did when the optimizer is one of `sparsify._inplace.ZERO_PRESERVING`, this step's gradient went
-        through the gradient hook, and the optimizer's per-entry state was zeroed at the pruned entries after
-        the last mask change (and is still the same state tensors). Otherwise the weights are zeroed and, for
-        those optimizers, so is that state, which makes the following steps free.
-        """
+        """After ``optimizer.step()``: zero the pruned entries again, unless the step provably left them at zero:
+        the optimizer is one of `sparsify._inplace.ZERO_PRESERVING`, this step's gradient went through the
+        gradient hook, and its per-entry state was zeroed at the pruned entries after the last mask change (and
+        is still the same tensors). Otherwise the weights are zeroed and, for those optimizers, so is that
+        state, which makes the following steps free."""
         param = module._parameters[orig_name(self._tensor_name)]
         assert param is not None  # install_mask registered it
-        state = _state_of(param, optimizer)
-        preserving = type(optimizer) in ZERO_PRESERVING
-        settled = self._settled.get(optimizer)
         masked, self._grad_masked = self._grad_masked, False
-        if preserving and masked and settled is not None and len(settled) == len(state) \
-                and all(ref() is tensor for ref, tensor in zip(settled, state)):
+        record = self._settled.get(optimizer)
+        if masked and record is not None and still_settled(record, optimizer, param):
             return
         mask = module._buffers[mask_name(self._tensor_name)]
         assert mask is not None  # install_mask registered it
         with torch.no_grad():
             mask = self._part(mask, param)
             orig = _sharding.local(param.detach())
-            select_into(orig, orig, mask)
-            if preserving:
-                self._zero_state(optimizer, state, mask)
-
-    def _zero_state(self, optimizer: torch.optim.Optimizer, state: list[torch.Tensor], mask: torch.Tensor) -> None:
-        for tensor in state:
-            tensor = _sharding.local(tensor)
-            select_into(tensor, tensor, mask)
-        self._settled[optimizer] = [weakref.ref(t) for t in state]
+            select_into(orig, orig, mask, keep_scratch=False)
+            if type(optimizer) in ZERO_PRESERVING:
+                self._settled[optimizer] = zero_state(optimizer, param, mask)
 
     def _mask_grad(self, param: torch.Tensor) -> None:
-        """Post-accumulate-grad hook: mask ``param.grad`` in place."""
-        module = self.bound_module()
+        """Post-accumulate-grad hook: mask ``param.grad`` in place.
+
+        It runs in every backward pass, between kernels that push the interpreter out of the CPU caches (each
+        line here costs 10-20 times what it costs outside backward), so a plain gradient takes the shortest path:
+        no ``no_grad`` block (nothing records a gradient in no graph), no sharding lookups. The kernel's chunk
+        buffer is freed on return: the in-place mode keeps nothing beyond its masks."""
         grad = param.grad
+        module = self._module_ref() if self._module_ref is not None else None
         if module is None or grad is None or grad.layout != torch.strided:
             return
         mask = module._buffers[mask_name(self._tensor_name)]
         assert mask is not None  # install_mask registered it
-        with torch.no_grad():
-            local = _sharding.local(grad)
-            select_into(local, local, self._part(mask, grad))
+        if type(grad) is torch.Tensor and not grad.requires_grad:
+            select_into(grad, grad, mask, keep_scratch=False)
+        else:  # a sharded gradient (FSDP2), or one in a graph (backward(create_graph=True))
+            with torch.no_grad():
+                local = _sharding.local(grad)
+                select_into(local, local, self._part(mask, grad), keep_scratch=False)
         self._grad_masked = True
 
     def _bind(self, module: nn.Module) -> None:
@@ -353,12 +362,6 @@ class MaskHook(prune.BasePruningMethod):
             order.insert(self.param_position, order.pop())
             module._parameters = {key: module._parameters[key] for key in order}
         return module
-
-
-def _state_of(param: torch.Tensor, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """The optimizer's per-entry state tensors of ``param`` (momentum, moments: the parameter's shape)."""
-    state = optimizer.state.get(param, {}).values()
-    return [v for v in state if isinstance(v, torch.Tensor) and v.shape == param.shape]
 
 
 class _ReaderRelay:
@@ -436,12 +439,12 @@ def install_mask(
         module.register_buffer(amount_name(name), torch.tensor(float(amount), device=param.device))
         module.register_forward_pre_hook(hook)
         hook.extra_hooks.append(module.register_load_state_dict_post_hook(hook.after_load))
-        # always_call: a forward that raises must not leave a graph-carrying tensor (or, under FSDP2, the
-        # unsharded weight) in module.<name>
-        hook.extra_hooks.append(module.register_forward_hook(hook.detach, always_call=True))
-        if mode == "inplace":  # the forward reads the parameter itself: nothing to refresh
-            hook._bind(module)
+        if mode == "inplace":  # the forward reads the parameter itself: nothing to refresh or detach
+            hook._bind(module)  # (the pre-hook adds the post-hook below if FSDP2 shards the model later)
         else:
+            # always_call: a forward that raises must not leave a graph-carrying tensor (or, under FSDP2, the
+            # unsharded weight) in module.<name>
+            hook.extra_hooks.append(module.register_forward_hook(hook.detach, always_call=True))
             if reader is not None:
                 relay = _ReaderRelay(hook, module)
                 hook.extra_hooks.append(reader.register_forward_pre_hook(relay.before))

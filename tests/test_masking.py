@@ -318,6 +318,33 @@ def test_inplace_mode_follows_deep_copies_pickles_and_loads() -> None:
     assert torch.equal(net[0].weight_orig[masks[0]], state["0.weight_orig"][masks[0]])
 
 
+def test_inplace_mode_holds_nothing_but_its_masks_and_runs_only_its_pre_hook() -> None:
+    """The chunked kernel's buffer (4 bytes per chunk element) is freed after each in-place pass, where the
+    default mode's forward keeps one per thread; an unsharded in-place module runs no forward post-hook."""
+    from sparsify import _mask_ops
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(256, 160), nn.ReLU(), nn.Linear(160, 10))  # 40 960 weights: the chunked kernel
+    masks = [torch.rand(160, 256) > 0.5]
+    install_mask(net[0], "weight", masks[0], mode="inplace")
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    _mask_ops._scratch.buffers = {}
+    for step in range(4):
+        optimizer.zero_grad()
+        net(torch.randn(4, 256)).sum().backward()
+        assert torch.all(net[0].weight_orig.grad[~masks[-1]] == 0)
+        optimizer.step()
+        assert torch.all(net[0].weight_orig[~masks[-1]] == 0)
+        assert torch.all(optimizer.state[net[0].weight_orig]["exp_avg"][~masks[-1]] == 0)
+        if step == 1:  # a mask change zeroes the new pruned entries of the weight and of Adam's moments
+            masks.append(masks[0] & (torch.rand(160, 256) > 0.5))
+            set_mask(net[0], "weight", masks[-1])
+    assert _mask_ops._scratch.buffers == {}
+    assert not net[0]._forward_hooks and len(net[0]._forward_pre_hooks) == 1
+    install_mask(net[2], "weight", torch.rand(10, 160) > 0.5)  # the default mode keeps its post-hook
+    assert len(net[2]._forward_hooks) == 1
+
+
 def test_inplace_mode_removal_is_clean() -> None:
     net, masks = _inplace_net()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
