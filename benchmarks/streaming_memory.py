@@ -208,7 +208,7 @@ def main() -> None:
         args.only.remove("Core ML Tools")
     build_source()
     runs: dict[str, list[dict]] = {name: [] for name in args.only}
-    work = CACHE / "streaming-work"
+    work = CACHE / f"streaming-work-{MODEL}-{METHOD}"
     for round_ in range(args.rounds):
         for name in args.only:
             out = work / f"{name.replace(' ', '-')}-{round_}"
