@@ -33,7 +33,8 @@ and where blocks may end; the pattern and scope fixed each layer's count before)
   groups are not pruned whole keeps the chosen mask and gets the OBS update only.
 
 Memory per layer with ``C`` input columns: the float32 Hessian and its inverse factor, ``2·C²·4`` bytes at
-rest and ``3·C²·4`` at the Cholesky peak (``C = 4096``: 192 MiB), plus two float32 copies of the weight and
+rest and at most two more ``C²`` while factoring (`sparsify.criteria.hessian`; the last layer reading a
+Hessian factors it in place), plus one float32 copy of the weight (the column loop updates it in place) and
 one unfolded calibration batch; layers sharing an input (``q``/``k``/``v``) share one Hessian. A block of a
 chain calibrated at once (the default, ``true_sequential=False``) holds its layers' Hessians together (a Llama
 decoder layer: four); with ``sequential=False`` every layer's Hessian is held at once. Layers pruned in an
