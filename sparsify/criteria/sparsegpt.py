@@ -188,17 +188,20 @@ def obs_prune(
         else:  # the mask is known for the whole block: transposed like it, and pre-scaled by 1 / U_jj
             pruned_t = pruned.t().contiguous()
             scaled = pruned_t.to(block.dtype).mul_(inverse.unsqueeze(1))
+        # one view per column, made once per block (indexing is most of a column's Python cost)
+        columns_, errors_, local_ = block.unbind(0), errors.unbind(0), local.unbind(0)
+        scaled_ = None if pruned_t is None else scaled.unbind(0)
         for first, last in _blocks(width, SUB_BLOCK, inner):
             for i in range(first, last):
-                if pruned_t is None:
+                if scaled_ is None:
                     selector.column(start + i, start, rows_view, diag)
-                    torch.mul(block[i], pruned[:, i], out=errors[i])
-                    errors[i].mul_(inverse[i])
-                    block[i].masked_fill_(pruned[:, i], 0.0)
+                    torch.mul(columns_[i], pruned[:, i], out=errors_[i])
+                    errors_[i].mul_(inverse[i])
+                    columns_[i].masked_fill_(pruned[:, i], 0.0)
                 else:
-                    torch.mul(block[i], scaled[i], out=errors[i])
+                    torch.mul(columns_[i], scaled_[i], out=errors_[i])
                 if i + 1 < last:
-                    block[i + 1 : last].addr_(local[i, i + 1 : last], errors[i], alpha=-1)
+                    block[i + 1 : last].addr_(local_[i][i + 1 : last], errors_[i], alpha=-1)
             if pruned_t is not None:  # no later column of the step reads these: zeroed once per step
                 block[first:last].masked_fill_(pruned_t[first:last], 0.0)
             if last < width:
