@@ -420,6 +420,8 @@ def test_bad_settings_and_unsupported_layers_fail_early_naming_them():
         criterion_from_dict({"kind": "sparsegpt", "damp": 0.0})
     with pytest.raises(ValueError, match=r"SparseGPTCriterion.block_size=0 is invalid"):
         criterion_from_dict({"kind": "sparsegpt", "block_size": 0})
+    with pytest.raises(ValueError, match=r"SparseGPTCriterion.rerank_every=0 is invalid"):
+        criterion_from_dict({"kind": "sparsegpt", "rerank_every": 0})
     with pytest.raises(TypeError, match=r"WandaCriterion.per_output='yes' is invalid"):
         criterion_from_dict({"kind": "wanda", "per_output": "yes"})
     with pytest.raises(ValueError, match="unknown key.*'percdamp'"):
