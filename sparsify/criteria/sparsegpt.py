@@ -292,6 +292,7 @@ class _Groups:
             saliency = self._saliency(start, None)
             chosen = lowest(saliency.reshape(-1), self.total - self.pruned_count).reshape(saliency.shape)
             del saliency
+            self.shares.clear()  # a share only ever comes from the latest ranking
             for index in range(self.rerank_every):
                 first = index * width
                 if first >= chosen.shape[1]:
