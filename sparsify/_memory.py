@@ -10,7 +10,8 @@ later); it takes about a millisecond, so it is called between layers, not inside
 
 Inside a layer, the same reuse keeps the temporaries of one step (a Hessian's factorisation, the column
 loop's buffers) resident through the next: `large_allocations_unmapped` fixes glibc's ``mmap`` threshold at
-1 MiB for a block of work, so every larger allocation is its own mapping, returned to the system when freed
+1 MiB for a block of work, so every larger allocation the heap cannot serve from memory it already holds free
+is its own mapping, returned to the system when freed
 (the streaming benchmark's peak fell from 0.90× to 0.71× of the model's float32 bytes with the same setting
 given as ``MALLOC_MMAP_THRESHOLD_``). glibc cannot go back to its adaptive threshold, so on leaving it is set
 to 32 MiB, the adaptive threshold's own ceiling; a threshold the user set in ``MALLOC_MMAP_THRESHOLD_`` is left
