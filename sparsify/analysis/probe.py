@@ -25,7 +25,7 @@ from torch import nn
 
 from ..calibration import CalibrationData, as_calibration_data
 from ..config import OptimizationConfig, PrunerConfig
-from ..criteria import Criterion, Scorer
+from ..criteria import Criterion, Scorer, scorers_by_spec
 from ..mask_layout import orig_name
 from ..masking import MaskHook, install_mask, is_masked, uninstall_mask
 from ..pruning.plan import Plan, Target, hook_fields, plan_model
@@ -119,13 +119,7 @@ class LayerProbe:
         try:
             for plan in self._plans:
                 self._install(plan)
-            for name, target in self._targets.items():
-                for criterion, _, names in self._scorers:
-                    if criterion == target.config.criterion:
-                        names.append(name)
-                        break
-                else:
-                    self._scorers.append((target.config.criterion, target.config.criterion.scorer(), [name]))
+            self._scorers = scorers_by_spec({n: t.config.criterion for n, t in self._targets.items()})
             for _, scorer, names in self._scorers:
                 scorer.attach(self, names)
         except BaseException:

@@ -6,7 +6,16 @@ second-order M-FAC, and the layer-wise SparseGPT and Wanda. Data-dependent crite
 training loop or from a `GradSampler`; the layer-wise ones run it forward only, layer by layer.
 """
 
-from .base import Criterion, PrunerView, Scorer, TargetView, criterion_from_dict, criterion_kinds, register_criterion
+from .base import (
+    Criterion,
+    PrunerView,
+    Scorer,
+    TargetView,
+    criterion_from_dict,
+    criterion_kinds,
+    register_criterion,
+    scorers_by_spec,
+)
 from .gradient import GradientCriterion, SnipCriterion, SnipMomentumCriterion
 from .magnitude import MagnitudeCriterion
 from .mfac import MFACCriterion
@@ -34,4 +43,5 @@ __all__ = [
     "criterion_from_dict",
     "criterion_kinds",
     "register_criterion",
+    "scorers_by_spec",
 ]

@@ -28,6 +28,8 @@ import attrs
 import torch
 from torch import nn
 
+from .._kinds import spec_from_dict
+
 if TYPE_CHECKING:
     from ..config.module import ModulePrunerConfig
     from ..patterns import Pattern
@@ -40,6 +42,7 @@ __all__ = [
     "criterion_from_dict",
     "criterion_kinds",
     "register_criterion",
+    "scorers_by_spec",
 ]
 
 _CRITERIA: dict[str, type[Criterion]] = {}
@@ -195,22 +198,18 @@ class Criterion(abc.ABC):
 def criterion_from_dict(data: str | Mapping[str, Any] | Criterion) -> Criterion:
     """A criterion from its kind (``"snip"``), a dict (``{"kind": "snip_momentum", "decay": 0.8}``) or an
     instance (returned unchanged). Unknown kinds and keys are errors that name them."""
-    if isinstance(data, Criterion):
-        return data
-    if isinstance(data, str):
-        data = {"kind": data}
-    if not isinstance(data, Mapping):
-        raise TypeError(f"criterion must be a kind name, a dict or a Criterion, got {type(data).__name__}: {data!r}")
-    fields = dict(data)
-    kind = fields.pop("kind", None)
-    cls = _CRITERIA.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ValueError(f"criterion kind={kind!r} is unknown: allowed kinds are {', '.join(criterion_kinds())}")
-    known = {a.name for a in attrs.fields(cls) if a.init}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {', '.join(map(repr, unknown))} for criterion {kind!r}: allowed keys are "
-            f"{', '.join(sorted(known)) or '(none)'}"
-        )
-    return cls(**fields)
+    return spec_from_dict(data, _CRITERIA, Criterion, "criterion")
+
+
+def scorers_by_spec(criteria: Mapping[str, Criterion]) -> list[tuple[Criterion, Scorer, list[str]]]:
+    """One scorer per distinct criterion spec among ``criteria`` (target name → its spec), with the names it
+    scores in their given order: targets whose configs hold equal specs share one scorer (and its state)."""
+    groups: list[tuple[Criterion, Scorer, list[str]]] = []
+    for name, criterion in criteria.items():
+        for spec, _, names in groups:
+            if spec == criterion:
+                names.append(name)
+                break
+        else:
+            groups.append((criterion, criterion.scorer(), [name]))
+    return groups

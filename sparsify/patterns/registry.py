@@ -13,6 +13,7 @@ from typing import Any, TypeVar, cast
 
 import attrs
 
+from .._kinds import spec_from_dict
 from .base import Pattern
 
 __all__ = ["pattern_from_dict", "pattern_kinds", "register_pattern"]
@@ -46,22 +47,4 @@ def pattern_kinds() -> tuple[str, ...]:
 def pattern_from_dict(data: str | Mapping[str, Any] | Pattern) -> Pattern:
     """A pattern from its kind (``"tiles"``), a dict (``{"kind": "n_m", "n": 2, "m": 4}``) or an instance
     (returned unchanged). Unknown kinds and keys are errors that name them."""
-    if isinstance(data, Pattern):
-        return data
-    if isinstance(data, str):
-        data = {"kind": data}
-    if not isinstance(data, Mapping):
-        raise TypeError(f"pattern must be a kind name, a dict or a Pattern, got {type(data).__name__}: {data!r}")
-    fields = dict(data)
-    kind = fields.pop("kind", None)
-    cls = _PATTERNS.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ValueError(f"pattern kind={kind!r} is unknown: allowed kinds are {', '.join(pattern_kinds())}")
-    known = {a.name for a in attrs.fields(cast(Any, cls)) if a.init}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {', '.join(map(repr, unknown))} for pattern {kind!r}: allowed keys are "
-            f"{', '.join(sorted(known)) or '(none)'}"
-        )
-    return cls(**fields)
+    return spec_from_dict(data, _PATTERNS, Pattern, "pattern")

@@ -22,7 +22,7 @@ from .._checks import check_flags
 from .._sharding import full
 from ..calibration import CalibrationData, as_calibration_data
 from ..config import OptimizationConfig, PrunerConfig
-from ..criteria import Criterion, MagnitudeCriterion, Scorer
+from ..criteria import Criterion, MagnitudeCriterion, Scorer, scorers_by_spec
 from ..distributed import refuse_fsdp
 from ..mask_layout import mask_name
 from ..masking import bake_mask, install_mask, is_masked, set_mask, uninstall_mask
@@ -231,13 +231,7 @@ class Pruner:
 
     def _attach_scorers(self) -> None:
         """One scorer per distinct criterion spec among the targets."""
-        for name, target in self._pruner_info.items():
-            for criterion, _, names in self._scorers:
-                if criterion == target.config.criterion:
-                    names.append(name)
-                    break
-            else:
-                self._scorers.append((target.config.criterion, target.config.criterion.scorer(), [name]))
+        self._scorers = scorers_by_spec({n: t.config.criterion for n, t in self._pruner_info.items()})
         for _, scorer, names in self._scorers:
             scorer.attach(self, names)
 
