@@ -163,8 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .cli_prune import option_choices, prune_saved, saved_kind
-    from .config import ModulePrunerConfig, PrunerConfig
+    from .cli_prune import options_config, prune_saved, saved_kind
     from .pruning import Pruner
 
     saved = saved_kind(args.model)  # a Hugging Face directory or a torch.export program: written back the same
@@ -184,12 +183,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if args.sparsity is not None:
             raise CommandError("give the sparsity in the config file or with --sparsity, not both")
     else:
-        if args.sparsity is None and args.n_m is None:
-            raise CommandError("give --sparsity (e.g. 0.8), --n-m (e.g. 2:4) or a config file with --config")
-        choices = option_choices(args)
-        if args.sparsity is not None:
-            choices["target_sparsity"] = args.sparsity
-        config = PrunerConfig(global_config=ModulePrunerConfig(**choices))
+        config = options_config(args)
     needs_data = sorted({c.criterion.kind for c in _module_configs(config) if c.criterion.needs_data})
     if needs_data:
         raise CommandError(

@@ -21,7 +21,7 @@ import logging
 import re
 import shutil
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -29,7 +29,10 @@ from torch import nn
 from .cli_files import CommandError, _archive_kind, check_output, load_model, save_atomically
 from .model_files import FileRefusedError, check_file_size
 
-__all__ = ["add_saved_model_arguments", "prune_saved", "saved_kind"]
+if TYPE_CHECKING:
+    from .config import PrunerConfig
+
+__all__ = ["add_saved_model_arguments", "options_config", "prune_saved", "saved_kind"]
 
 logger = logging.getLogger("sparsify.cli")
 
@@ -73,6 +76,19 @@ def option_choices(args: argparse.Namespace) -> dict[str, Any]:
 
         choices["n_m_ratio"] = n_m_from_string(args.n_m)
     return choices
+
+
+def options_config(args: argparse.Namespace) -> PrunerConfig:
+    """The `PrunerConfig` the command-line options describe when no ``--config`` file is given: ``--sparsity``
+    as the target and `option_choices`; without ``--sparsity`` or ``--n-m`` there is nothing to prune to."""
+    from .config import ModulePrunerConfig, PrunerConfig
+
+    if args.sparsity is None and args.n_m is None:
+        raise CommandError("give --sparsity (e.g. 0.8), --n-m (e.g. 2:4) or a config file with --config")
+    choices = option_choices(args)
+    if args.sparsity is not None:
+        choices["target_sparsity"] = args.sparsity
+    return PrunerConfig(global_config=ModulePrunerConfig(**choices))
 
 
 def _output(args: argparse.Namespace, *, directory: bool = False) -> Path:
@@ -168,7 +184,6 @@ def _stand_in(weight: torch.Tensor) -> nn.Module:
 
 def _prune_exported(args: argparse.Namespace) -> int:
     from .cli_files import load_config
-    from .config import ModulePrunerConfig, PrunerConfig
     from .pruning import Pruner
 
     out = _output(args)
@@ -178,12 +193,7 @@ def _prune_exported(args: argparse.Namespace) -> int:
     if args.config is not None:
         config = load_config(args.config, args.config_format, holder)
     else:
-        if args.sparsity is None and args.n_m is None:
-            raise CommandError("give --sparsity (e.g. 0.8), --n-m (e.g. 2:4) or a config file with --config")
-        choices = option_choices(args)
-        if args.sparsity is not None:
-            choices["target_sparsity"] = args.sparsity
-        config = PrunerConfig(global_config=ModulePrunerConfig(**choices))
+        config = options_config(args)
     pruner = Pruner(holder, config)
     pruner.prepare(inplace=True)
     if any(t.config.criterion.needs_data for t in pruner.targets.values()):
