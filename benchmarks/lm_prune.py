@@ -82,6 +82,14 @@ def build() -> nn.Module:
     return LlamaForCausalLM(config)
 
 
+def window_loss(model: nn.Module, tokens: torch.Tensor, batch: int, length: int,
+                generator: torch.Generator) -> torch.Tensor:
+    """The language-model loss on ``batch`` random windows of ``length`` tokens (a training step's forward)."""
+    starts = torch.randint(0, len(tokens) - length - 1, (batch,), generator=generator).tolist()
+    ids = torch.stack([tokens[s : s + length] for s in starts])
+    return model(input_ids=ids, labels=ids).loss
+
+
 def train_model(tokens: torch.Tensor, steps: int, batch: int, length: int) -> nn.Module:
     from transformers import LlamaForCausalLM
 
@@ -97,9 +105,7 @@ def train_model(tokens: torch.Tensor, steps: int, batch: int, length: int) -> nn
     model.train()
     started = time.perf_counter()
     for step in range(steps):
-        starts = torch.randint(0, len(tokens) - length - 1, (batch,), generator=generator).tolist()
-        ids = torch.stack([tokens[s : s + length] for s in starts])
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = window_loss(model, tokens, batch, length, generator)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -167,9 +173,7 @@ def fine_tune(pruned: nn.Module, tokens: torch.Tensor, steps: int, batch: int, l
     model.train()
     started = time.perf_counter()
     for step in range(steps):
-        starts = torch.randint(0, len(tokens) - length - 1, (batch,), generator=generator).tolist()
-        ids = torch.stack([tokens[s : s + length] for s in starts])
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = window_loss(model, tokens, batch, length, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
