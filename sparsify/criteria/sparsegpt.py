@@ -183,17 +183,14 @@ def obs_prune(
         pruned = selector.pruned[:, start:stop]  # a view: a per-column selector fills it as the loop goes
         inner = None if cuts is None else sorted({c - start for c in cuts if start < c < stop} | {stop - start})
         width = stop - start
-        if per_column:
-            pruned_t = None
-        else:  # the mask is known for the whole block: transposed like it, and pre-scaled by 1 / U_jj
+        if not per_column:  # the mask is known for the whole block: transposed like it, and pre-scaled by 1 / U_jj
             pruned_t = pruned.t().contiguous()
-            scaled = pruned_t.to(block.dtype).mul_(inverse.unsqueeze(1))
+            scaled_ = pruned_t.to(block.dtype).mul_(inverse.unsqueeze(1)).unbind(0)
         # one view per column, made once per block (indexing is most of a column's Python cost)
         columns_, errors_, local_ = block.unbind(0), errors.unbind(0), local.unbind(0)
-        scaled_ = None if pruned_t is None else scaled.unbind(0)
         for first, last in _blocks(width, SUB_BLOCK, inner):
             for i in range(first, last):
-                if scaled_ is None:
+                if per_column:
                     selector.column(start + i, start, rows_view, diag)
                     torch.mul(columns_[i], pruned[:, i], out=errors_[i])
                     errors_[i].mul_(inverse[i])
@@ -202,7 +199,7 @@ def obs_prune(
                     torch.mul(columns_[i], scaled_[i], out=errors_[i])
                 if i + 1 < last:
                     block[i + 1 : last].addr_(local_[i][i + 1 : last], errors_[i], alpha=-1)
-            if pruned_t is not None:  # no later column of the step reads these: zeroed once per step
+            if not per_column:  # no later column of the step reads these: zeroed once per step
                 block[first:last].masked_fill_(pruned_t[first:last], 0.0)
             if last < width:
                 block[last:].addmm_(local[first:last, last:].t(), errors[first:last], alpha=-1)
@@ -235,7 +232,6 @@ class _Groups:
         self.diag_squared: torch.Tensor | None = None
         self.rerank_every = rerank_every
         self.shares: dict[int, int] = {}  # block start → how many of its weights the last ranking pruned
-        self.weight = self.diag = torch.empty(0)
 
     def to_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         if self.order is None:
@@ -266,12 +262,12 @@ class _Groups:
         self.pruned[:, start:stop] |= open_ & ~keep[:, start:stop]
         self.decided[:, start:stop] = True
 
-    def _saliency(self, start: int, stop: int | None) -> torch.Tensor:
+    def _saliency(self, weight: torch.Tensor, diag: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
         """``w² / U_jj²`` of columns ``[start, stop)``, computed in place in one buffer; ``inf`` where a weight
         was pruned before this update (it stays pruned and counts as such already)."""
         if self.diag_squared is None:
-            self.diag_squared = self.diag.square()
-        saliency = torch.square(self.weight[:, start:stop])
+            self.diag_squared = diag.square()
+        saliency = torch.square(weight[:, start:stop])
         saliency.div_(self.diag_squared[start:stop])
         if not self.all_alive:
             saliency.mul_(self.alive[start:stop])
@@ -286,10 +282,9 @@ class _Groups:
         before it). With ``rerank_every=1`` each block's weights are simply those among the lowest of the rest.
         The ranking of the rest runs over ``rows × remaining columns`` floats: at every block it would be most
         of the loop's cost; the count is kept rather than recounted."""
-        self.weight, self.diag = weight, diag
         width = stop - start
         if start not in self.shares:
-            saliency = self._saliency(start, None)
+            saliency = self._saliency(weight, diag, start, None)
             chosen = lowest(saliency.reshape(-1), self.total - self.pruned_count).reshape(saliency.shape)
             del saliency
             self.shares.clear()  # a share only ever comes from the latest ranking
@@ -304,7 +299,7 @@ class _Groups:
                 return
             del chosen
         share = self.shares.pop(start)
-        saliency = self._saliency(start, stop)
+        saliency = self._saliency(weight, diag, start, stop)
         self._decide(start, stop, lowest(saliency.reshape(-1), share).reshape(saliency.shape))
 
     def _decide(self, start: int, stop: int, picked: torch.Tensor) -> None:
