@@ -138,3 +138,10 @@ def unregister_inplace(param: torch.Tensor | None, hook: MaskHook) -> None:
             _INPLACE.pop(id(param), None)
     if not _INPLACE and _optimizer_hook:
         _optimizer_hook.pop().remove()
+
+
+def version_key(param: torch.Tensor, mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """Which parameter and mask objects, at which versions: an in-place write to either (or to a view of it, which
+    shares its counter) changes its ``_version`` — what `sparsify.masking.MaskHook.zero_pruned` compares to skip
+    zeroing what nothing wrote to. (A write through ``.data`` changes no version: the bake zeroes regardless.)"""
+    return id(param), param._version, id(mask), mask._version

@@ -46,8 +46,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from . import _sharding
-from ._inplace import ZERO_PRESERVING, register_inplace, still_settled, unregister_inplace, zero_state
+from ._inplace import ZERO_PRESERVING, register_inplace, still_settled, unregister_inplace, version_key, zero_state
 from ._mask_ops import fast_path, masked_into, select_into
+from ._mask_relay import ReaderRelay
 from .mask_layout import amount_name, mask_name, orig_name
 
 __all__ = [
@@ -133,12 +134,16 @@ class MaskHook(prune.BasePruningMethod):
         self._param_ref: weakref.ref[torch.Tensor] | None = None
         self._mask_shard: torch.Tensor | None = None
         self._outside: torch.Tensor | None = None
+        # in-place mode: `_state_key` of the parameter and mask when the pruned entries were last zeroed (or when
+        # an all-True mask was installed): a refresh that finds them unchanged (no in-place write since, by their
+        # version counters: a calibration pass that substituted the weight) has nothing to zero
+        self._zeroed: tuple[int, int, int, int] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_module_ref"] = state["_grad_hook"] = None  # bound again by the first forward of the copy
         state["_settled"], state["_grad_masked"] = None, False  # the copy has other parameters and optimizers
-        state["_param_ref"] = state["_mask_shard"] = state["_outside"] = None
+        state["_param_ref"] = state["_mask_shard"] = state["_outside"] = state["_zeroed"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -147,7 +152,7 @@ class MaskHook(prune.BasePruningMethod):
         state.setdefault("_grad_hook", None)
         state.setdefault("_grad_masked", False)
         state["_settled"] = weakref.WeakKeyDictionary()
-        for key in ("_param_ref", "_mask_shard", "_outside"):
+        for key in ("_param_ref", "_mask_shard", "_outside", "_zeroed"):
             state.setdefault(key, None)
         self.__dict__.update(state)
 
@@ -263,7 +268,10 @@ class MaskHook(prune.BasePruningMethod):
         with torch.no_grad():
             mask = self._part(mask, param)
             orig = _sharding.local(param.detach())
-            select_into(orig, orig, mask, keep_scratch=False)
+            sharded = _sharding.is_sharded(param)
+            if sharded or self._zeroed != version_key(param, mask):  # else nothing wrote to either since
+                select_into(orig, orig, mask, keep_scratch=False)
+                self._zeroed = None if sharded else version_key(param, mask)
             for optimizer in optimizers:
                 self._settled[optimizer] = zero_state(optimizer, param, mask)
 
@@ -350,7 +358,10 @@ class MaskHook(prune.BasePruningMethod):
         if bake:
             assert orig is not None and mask is not None  # baking follows a complete install_mask
             with torch.no_grad():
-                orig.data = masked_weight(orig, mask).data
+                if self.mode == "inplace" and not _sharding.is_sharded(orig):  # zeroed where it lies, no copy
+                    select_into(orig.detach(), orig.detach(), mask, keep_scratch=False)
+                else:
+                    orig.data = masked_weight(orig, mask).data
         for handle in self.extra_hooks:
             handle.remove()
         self.extra_hooks.clear()
@@ -362,20 +373,6 @@ class MaskHook(prune.BasePruningMethod):
             order.insert(self.param_position, order.pop())
             module._parameters = {key: module._parameters[key] for key in order}
         return module
-
-
-class _ReaderRelay:
-    """Runs a child's mask hooks around its parent's forward (plain object: copies and pickles)."""
-
-    def __init__(self, hook: MaskHook, module: nn.Module) -> None:
-        self.hook = hook
-        self.module = module
-
-    def before(self, *_: Any) -> None:
-        self.hook(self.module, ())
-
-    def after(self, *_: Any) -> None:
-        self.hook.detach(self.module)
 
 
 def _find_hook(module: nn.Module, name: str) -> MaskHook | None:
@@ -419,6 +416,7 @@ def install_mask(
     param = getattr(module, name)
     if not isinstance(param, nn.Parameter):
         raise TypeError(f"{type(module).__name__}.{name} must be an nn.Parameter, got {type(param).__name__}")
+    everything_kept = mask is None or bool(mask.all())  # then nothing is zeroed: the weights are not even written
     if mask is None:
         mask = torch.ones_like(param, dtype=torch.bool)
     if mask.dtype != torch.bool:
@@ -446,11 +444,13 @@ def install_mask(
             # unsharded weight) in module.<name>
             hook.extra_hooks.append(module.register_forward_hook(hook.detach, always_call=True))
             if reader is not None:
-                relay = _ReaderRelay(hook, module)
+                relay = ReaderRelay(hook, module)
                 hook.extra_hooks.append(reader.register_forward_pre_hook(relay.before))
                 hook.extra_hooks.append(reader.register_forward_hook(relay.after, always_call=True))
         # nn.Module.__setattr__ is typed for tensors and modules only; any attribute may be set
         module.pruning_method = hook  # type: ignore[assignment]
+        if everything_kept and mode == "inplace" and not _sharding.is_sharded(param):  # nothing to zero
+            hook._zeroed = version_key(param, getattr(module, mask_name(name)))
         hook.refresh(module)
     except BaseException:  # leave the module exactly as it was
         _detach_pre_hook(module, hook)

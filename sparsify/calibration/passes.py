@@ -47,22 +47,30 @@ class MaskedWeight:
 
     New values (`compact`) are held as the kept entries only, ``weight[keep]``: an update holds every pruned
     layer's new values until it ends (so an interrupted update leaves the model as it was), and at 50 %
-    sparsity this halves them; `write` puts them into the parameter, `__call__` rebuilds the masked weight."""
+    sparsity this halves them; `write` puts them into the parameter, `__call__` rebuilds the masked weight.
+    New values that are already zero where the mask prunes (``zeroed``) serve the next pass as they are, and
+    are compacted after it (`compacted`)."""
 
-    def __init__(self, keep: torch.Tensor, weight: torch.Tensor, kept: torch.Tensor | None = None) -> None:
+    def __init__(self, keep: torch.Tensor, weight: torch.Tensor, kept: torch.Tensor | None = None,
+                 *, zeroed: bool = False) -> None:
         self.keep = keep
         self.weight = weight  # the full tensor, or only a stand-in for its shape, dtype and device when `kept`
         self.kept = kept
+        self.zeroed = zeroed  # `weight` is already zero wherever `keep` is False
 
     @classmethod
     def compact(cls, keep: torch.Tensor, weight: torch.Tensor) -> MaskedWeight:
         """Hold only ``weight``'s kept entries (``weight`` is a new tensor the caller gives up)."""
-        kept = torch.masked_select(weight, keep)
+        kept = _select_kept(weight, keep)
         return cls(keep, torch.empty((), dtype=weight.dtype, device=weight.device).expand(weight.shape), kept)
+
+    def compacted(self) -> MaskedWeight:
+        """This stand-in holding its kept entries only (itself if it does already, or holds no new values)."""
+        return MaskedWeight.compact(self.keep, self.weight) if self.zeroed and self.kept is None else self
 
     def __call__(self) -> torch.Tensor:
         if self.kept is None:
-            return torch.where(self.keep, self.weight, 0.0)
+            return self.weight if self.zeroed else torch.where(self.keep, self.weight, 0.0)
         full = torch.zeros(self.weight.shape, dtype=self.weight.dtype, device=self.weight.device)
         return full.masked_scatter_(self.keep.expand(full.shape), self.kept)
 
@@ -74,6 +82,17 @@ class MaskedWeight:
         else:
             param.masked_scatter_(keep, self.kept.to(param.device, param.dtype))
 
+
+def _select_kept(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``weight[keep]`` (``keep`` of ``weight``'s shape): NumPy's boolean indexing on the CPU, which takes about
+    two thirds of ``torch.masked_select``'s time there."""
+    if weight.device.type == "cpu" and keep.shape == weight.shape and weight.dtype in _NUMPY_FLOATS:
+        values = weight.detach().contiguous().numpy()[keep.contiguous().numpy()]
+        return torch.from_numpy(values)
+    return torch.masked_select(weight, keep)
+
+
+_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
 
 #: module name → parameter name → its stand-in (the pruned parameter as a `MaskedWeight`, a bias as a tensor)
 Replacements = Mapping[str, Mapping[str, "torch.Tensor | MaskedWeight"]]

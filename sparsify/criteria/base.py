@@ -132,6 +132,12 @@ class Scorer(abc.ABC):
     def scores(self, pruner: PrunerView, name: str) -> torch.Tensor:
         """Element scores of module ``name``'s parameter (its shape; higher = keep)."""
 
+    def reselects_alone(self, pruner: PrunerView, name: str) -> bool:
+        """Whether `after_masks` re-selects module ``name``'s pruned weights from their count alone, never reading
+        which ones the pattern chose (SparseGPT on single weights): the update then skips its `scores` and the
+        pattern's ranking when the pattern can say that count (`sparsify.patterns.Pattern.fresh_count`)."""
+        return False
+
     def after_masks(self, pruner: PrunerView, masks: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor] | None:
         """After the new masks of the update are known, before they are installed.
 

@@ -34,6 +34,7 @@ class Hessian:
         self.pending: list[torch.Tensor] = []
         self.factors: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
         self.last_reader = False  # the layer about to read it is the last (`factor` may then consume the sum)
+        self.upper_only = False  # `sum` holds only its upper bands (`_add_gram`); `matrices` completes it
 
     def add_reference(self, columns: torch.Tensor) -> None:
         self.pending.append(columns)
@@ -44,7 +45,7 @@ class Hessian:
             self.sum = torch.zeros(size, size, device=columns.device)
             self.column_sum = torch.zeros(size, device=columns.device)
         assert self.column_sum is not None
-        self.sum.addmm_(columns.t(), columns)
+        self.upper_only = _add_gram(self.sum, columns)
         sums = columns.sum(0)
         self.column_sum += sums
         self.rows += columns.shape[0]
@@ -72,6 +73,9 @@ class Hessian:
         """``(H, G)`` in processing ``order``, each with a constant-one input appended last when ``bias``:
         ``H = X̂ᵀX̂ / n`` and ``G = XᵀX̂ / n`` (``None`` without references)."""
         assert self.sum is not None and self.column_sum is not None
+        if self.upper_only:
+            _mirror_upper(self.sum)
+            self.upper_only = False
         rows = max(self.rows, 1)
 
         def arrange(matrix: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -97,6 +101,7 @@ class Hessian:
         layer's factorisation then holds one ``C²`` less at its peak."""
         key = (None if order is None else tuple(order.tolist()), damp, bias)
         if key not in self.factors:
+            # the Cholesky factorisation reads one triangle only: the upper bands of the sum are all it needs
             if self.last_reader and order is None and not bias and self.cross is None and self.sum is not None:
                 owned = [self.sum.div_(max(self.rows, 1))]
                 self.sum = None
@@ -104,6 +109,34 @@ class Hessian:
                 owned = [self.matrices(order, bias)[0]]
             self.factors[key] = factor_owned(owned, damp)
         return self.factors[key]
+
+
+#: columns per band of `_add_gram`
+_BAND = 256
+
+
+def _add_gram(total: torch.Tensor, columns: torch.Tensor) -> bool:
+    """``total += columnsᵀ columns``; returns whether only its upper bands were added (then the rest of
+    ``total`` is untouched). ``XᵀX`` is symmetric: on the CPU, for ``C`` of at least two bands, one matrix product
+    per band of `_BAND` rows computes that band from its diagonal on — about ``C²/2 + C·_BAND/2`` of the ``C²``
+    columns' products (55 % at ``C = 2816``). `factor_owned` reads no more than that; `_mirror_upper` completes
+    the matrix for readers of all of it."""
+    size = columns.shape[1]
+    if size < 2 * _BAND or columns.device.type != "cpu":
+        total.addmm_(columns.t(), columns)
+        return False
+    for start in range(0, size, _BAND):
+        stop = min(start + _BAND, size)
+        total[start:stop, start:].addmm_(columns[:, start:stop].t(), columns[:, start:])
+    return True
+
+
+def _mirror_upper(matrix: torch.Tensor) -> None:
+    """Fill the part of ``matrix`` below its `_BAND` diagonal blocks from the part above (`_add_gram`)."""
+    size = matrix.shape[0]
+    for start in range(0, size, _BAND):
+        stop = min(start + _BAND, size)
+        matrix[stop:, start:stop] = matrix[start:stop, stop:].t()
 
 
 def inverse_factor(hessian: torch.Tensor, damp: float, *, overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

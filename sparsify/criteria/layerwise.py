@@ -251,6 +251,9 @@ class LayerwiseScorer(Scorer):
         ``layer``'s ``[out, in, *kernel]`` layout; other parameters (a bias) are replaced as they are."""
         raise NotImplementedError
 
+    #: whether `prune_layer`'s new values are already zero wherever its keep-mask prunes
+    zeroes_pruned: ClassVar[bool] = False
+
     def wants_reference(self) -> bool:
         """Whether statistics need each sample's input before this update's earlier layers were pruned too
         (their ``add_reference(columns)`` is then called before the matching ``add``)."""
@@ -311,8 +314,9 @@ class LayerwiseScorer(Scorer):
         updated: list[str] = []
         with tqdm(total=len(names), desc=f"{self.label} layers", unit="layer", leave=False,
                   disable=not getattr(pruner.sampler, "progress", True)) as bar:
-            for stage in stages:
-                refined.update(self._stage(pruner, calibration, stage, masks, replaced, updated))
+            for index, stage in enumerate(stages):
+                last = index == len(stages) - 1
+                refined.update(self._stage(pruner, calibration, stage, masks, replaced, updated, last))
                 bar.update(len(stage.names))
         # the new values go in only now, all together: an interrupted update leaves the model as it was
         with torch.no_grad():
@@ -334,10 +338,12 @@ class LayerwiseScorer(Scorer):
         masks: Mapping[str, torch.Tensor],
         replaced: dict[str, dict[str, torch.Tensor | MaskedWeight]],
         updated: list[str],
+        last: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Calibrate and prune one stage; each pruned layer's stand-in for later stages goes to ``replaced``
         (its keep-mask and, when it changed them, its new values: held once) and, when it has new values, its
-        name to ``updated``."""
+        name to ``updated``. New values are held in full until the next stage's pass has read them, then
+        compacted; those of the ``last`` stage at once (no pass reads them)."""
         statistics = {leader: self.statistic(pruner.targets[leader].module) for leader in stage.leaders}
         sequential = self.spec.sequential and bool(replaced)
         reference = None
@@ -346,6 +352,10 @@ class LayerwiseScorer(Scorer):
                 statistics[leader].add_reference(columns)
         calibration.run(stage, lambda leader, columns: statistics[leader].add(columns),
                         replaced if sequential else None, reference)
+        for held in replaced.values():  # the pass that read the last stage's new values in full is over
+            for key, value in held.items():
+                if isinstance(value, MaskedWeight):
+                    held[key] = value.compacted()
         for leader, statistic in statistics.items():
             statistic.synchronize()
             refuse_nonfinite(self.label, leader, [n for n in stage.names if stage.leader[n] == leader], statistic)
@@ -370,8 +380,12 @@ class LayerwiseScorer(Scorer):
             if values:
                 updated.append(name)
             new = values.pop(target.param_name, None)
-            stand_in = (MaskedWeight(keep, target.orig.detach()) if new is None
-                        else MaskedWeight.compact(keep, new.to(target.orig.dtype)))
+            if new is None:
+                stand_in = MaskedWeight(keep, target.orig.detach())
+            elif last or not self.zeroes_pruned:
+                stand_in = MaskedWeight.compact(keep, new.to(target.orig.dtype))
+            else:
+                stand_in = MaskedWeight(keep, new.to(target.orig.dtype), zeroed=True)
             del new
             replaced[name] = {**values, target.param_name: stand_in}
         return refined
@@ -383,4 +397,6 @@ class LayerwiseScorer(Scorer):
 
 def _masked(pruner: PrunerView, name: str) -> torch.Tensor:
     target = pruner.targets[name]
+    if bool(target.mask.all()):  # nothing pruned yet: the weight itself (callers only read it)
+        return target.orig.detach()
     return torch.where(target.mask, target.orig.detach(), 0.0)

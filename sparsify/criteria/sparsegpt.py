@@ -54,7 +54,7 @@ import torch
 
 from .._checks import as_float, boolean, check_range, positive_int
 from .._memory import release_freed_memory
-from ..patterns import ColumnLayout, Pattern, lowest
+from ..patterns import ColumnLayout, Pattern, lowest, lowest_per_span
 from .base import Criterion, Scorer, register_criterion
 from .hessian import Hessian, inverse_factor
 from .layerwise import (
@@ -199,10 +199,10 @@ def obs_prune(
                     torch.mul(columns_[i], scaled_[i], out=errors_[i])
                 if i + 1 < last:
                     block[i + 1 : last].addr_(local_[i][i + 1 : last], errors_[i], alpha=-1)
-            if not per_column:  # no later column of the step reads these: zeroed once per step
-                block[first:last].masked_fill_(pruned_t[first:last], 0.0)
             if last < width:
                 block[last:].addmm_(local[first:last, last:].t(), errors[first:last], alpha=-1)
+        if not per_column:  # no later column of the block reads a finished one: zeroed once per block
+            block.masked_fill_(pruned_t, 0.0)
         weight[:, start:stop] = rows_view
         weight[:, stop:].addmm_(errors.t(), factor[start:stop, stop:], alpha=-1)
     return weight
@@ -223,10 +223,10 @@ class _Groups:
         self.decided = frozen.clone()
         # single weights: rank only the undecided ones against the layer's remaining count (same result, cheaper)
         self.elementwise = row_cost is None and pattern.single_weights
-        self.total = int((~chosen).sum()) if self.elementwise else 0
+        self.total = chosen.numel() - int(torch.count_nonzero(chosen)) if self.elementwise else 0
         # the elementwise ranking's running state: pruned so far (not recounted at every block), whether any
         # weight was already pruned before this update (else nothing needs masking out), all inputs alive
-        self.pruned_count = int(self.pruned.sum()) if self.elementwise else 0
+        self.pruned_count = int(torch.count_nonzero(self.pruned)) if self.elementwise else 0
         self.any_frozen = bool(frozen.any()) if self.elementwise else False
         self.all_alive = bool(alive.all())
         self.diag_squared: torch.Tensor | None = None
@@ -245,7 +245,9 @@ class _Groups:
         return flat if self.order is None else flat[:, self.order]
 
     def block(self, start: int, stop: int, weight: torch.Tensor, diag: torch.Tensor) -> None:
-        if bool(self.decided[:, start:stop].all()):
+        # a block is wholly decided before its turn only by weights pruned before this update
+        fresh = self.elementwise and not self.any_frozen
+        if not fresh and bool(self.decided[:, start:stop].all()):
             return
         if self.elementwise:
             self._block_elementwise(start, stop, weight, diag)
@@ -285,26 +287,24 @@ class _Groups:
         width = stop - start
         if start not in self.shares:
             saliency = self._saliency(weight, diag, start, None)
-            chosen = lowest(saliency.reshape(-1), self.total - self.pruned_count).reshape(saliency.shape)
-            del saliency
-            self.shares.clear()  # a share only ever comes from the latest ranking
-            for index in range(self.rerank_every):
-                first = index * width
-                if first >= chosen.shape[1]:
-                    break
-                self.shares[start + first] = int(chosen[:, first : first + width].sum())
             if self.rerank_every == 1:  # the ranking itself is the block's choice
-                self.shares.pop(start)
+                chosen = lowest(saliency.reshape(-1), self.total - self.pruned_count).reshape(saliency.shape)
                 self._decide(start, stop, chosen[:, :width])
                 return
-            del chosen
+            rest = saliency.shape[1]
+            spans = [(first, min(first + width, rest)) for first in range(0, width * self.rerank_every, width)
+                     if first < rest]
+            counts = lowest_per_span(saliency, self.total - self.pruned_count, spans)
+            del saliency
+            # a share only ever comes from the latest ranking
+            self.shares = {start + first: count for (first, _), count in zip(spans, counts)}
         share = self.shares.pop(start)
         saliency = self._saliency(weight, diag, start, stop)
         self._decide(start, stop, lowest(saliency.reshape(-1), share).reshape(saliency.shape))
 
     def _decide(self, start: int, stop: int, picked: torch.Tensor) -> None:
         self.pruned[:, start:stop] |= picked
-        self.pruned_count += int(picked.sum())
+        self.pruned_count += int(torch.count_nonzero(picked))
         self.decided[:, start:stop] = True
 
     def column(self, j: int, start: int, block: torch.Tensor, diag: torch.Tensor) -> None:
@@ -378,6 +378,7 @@ def _plan(pattern: Pattern, shape: torch.Size, chosen: torch.Tensor, device: tor
 
 class _SparseGPTScorer(LayerwiseScorer):
     label: ClassVar[str] = "SparseGPT"
+    zeroes_pruned: ClassVar[bool] = True  # the column loop zeroes every weight it prunes
     spec: SparseGPTCriterion
 
     def statistic(self, module: torch.nn.Module) -> Hessian:
@@ -385,6 +386,10 @@ class _SparseGPTScorer(LayerwiseScorer):
 
     def wants_reference(self) -> bool:
         return self.spec.asymmetric
+
+    def reselects_alone(self, pruner: Any, name: str) -> bool:
+        # single weights: `_Groups` reads only the chosen mask's count (whole rows and groups read the mask)
+        return name in self.names and pruner.targets[name].pattern.single_weights
 
     def by_block(self) -> bool:
         return not (self.spec.true_sequential or self.spec.asymmetric)
@@ -406,7 +411,8 @@ class _SparseGPTScorer(LayerwiseScorer):
         device, columns = factor.device, math.prod(shape[1:])
         # a pattern may bring weights back (n:m; the machine's masks only grow for the others): start them from
         # their trained values, as a regrown weight of any criterion does, rather than from zero
-        start = orig if layer.pattern.may_regrow else torch.where(current, orig, 0.0)
+        regrows = layer.pattern.may_regrow or bool(current.all())  # nothing to zero when all is kept
+        start = orig if regrows else torch.where(current, orig, 0.0)
         weight = start.to(device, torch.float32).reshape(shape[0], -1)
         if order is not None:
             weight = weight[:, order]

@@ -11,7 +11,7 @@ scope and schedule.
 from .base import ColumnLayout, Pattern, SkipWeight, Usage, kernel_major_order
 from .coreml import GRANULARITIES, CoreMLPattern, group_scores, magnitude_ranked_mask, mask_shape, ranked_mask
 from .n_m import NMPattern, n_m_from_string, n_m_mask, n_m_zero_count, scheduled_n_m_mask
-from .ranking import keep_count, lowest, pruned_count, rank_keep, rankable
+from .ranking import keep_count, lowest, lowest_per_span, pruned_count, rank_keep, rankable
 from .registry import pattern_from_dict, pattern_kinds, register_pattern
 from .tiles import TilePattern, as_3d, from_3d, parse_pattern
 
@@ -30,6 +30,7 @@ __all__ = [
     "keep_count",
     "kernel_major_order",
     "lowest",
+    "lowest_per_span",
     "magnitude_ranked_mask",
     "mask_shape",
     "n_m_from_string",

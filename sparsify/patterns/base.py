@@ -198,6 +198,12 @@ class Pattern(abc.ABC):
         (SparseGPT only the undecided ones, Wanda within each output row)."""
         return False
 
+    def fresh_count(self, shape: Shape, sparsity: float) -> int | None:
+        """How many weights `local_mask` prunes at ``sparsity`` on a layer of ``shape`` with nothing pruned yet,
+        whatever the scores — for single-weight patterns whose count depends on the level alone; ``None``
+        (the default): it depends on the scores, or the pattern does not say."""
+        return None
+
     @property
     def level_steps(self) -> int | None:
         """The levels the pattern reaches on a layer are multiples of ``1 / level_steps`` (n:m: ``m``), so

@@ -22,7 +22,7 @@ import torch
 
 from . import _select
 from .base import ColumnLayout, Pattern, Shape, Usage
-from .ranking import rank_keep, rankable
+from .ranking import pruned_count, rank_keep, rankable
 from .registry import register_pattern
 
 __all__ = ["GRANULARITIES", "CoreMLPattern", "group_scores", "magnitude_ranked_mask", "mask_shape", "ranked_mask"]
@@ -164,6 +164,12 @@ class CoreMLPattern(Pattern):
         grouped, units, total = self._unit_groups(scores)
         first = self.pruned_groups(kept) if kept is not None else None
         return self.expand(rank_keep(grouped, units, total, sparsity, first), scores)
+
+    def fresh_count(self, shape: Shape, sparsity: float) -> int | None:
+        if self.granularity != "per_scalar" or self.block_size > 1:
+            return None
+        total = math.prod(shape)
+        return min(pruned_count(total, sparsity), total)  # `rank_keep`'s budget, one weight per group
 
     def pruned_groups(self, kept: torch.Tensor) -> torch.Tensor:
         """Units (then blocks) whose every member is pruned — where the L2 norm of the 0/1 mask is 0."""

@@ -23,7 +23,7 @@ import torch
 
 from ._select import at_most, cut, fill_first_ties
 
-__all__ = ["keep_count", "lowest", "pruned_count", "rank_keep", "rankable"]
+__all__ = ["keep_count", "lowest", "lowest_per_span", "pruned_count", "rank_keep", "rankable"]
 
 
 def rankable(scores: torch.Tensor) -> torch.Tensor:
@@ -68,6 +68,26 @@ def lowest(flat: torch.Tensor, count: int, first: torch.Tensor | None = None) ->
     if missing:
         fill_first_ties(chosen, flat, value, missing, ~first)
     return chosen
+
+
+def lowest_per_span(scores: torch.Tensor, count: int, spans: list[tuple[int, int]]) -> list[int]:
+    """How many of the ``count`` lowest entries of the 2-D ``scores`` (ties broken by row-major position, as
+    `lowest` of ``scores.reshape(-1)``) fall in each column span ``[a, b)`` — without writing that mask: one
+    selection over all of ``scores`` and one comparison over the spans only (SparseGPT's block shares)."""
+    rows = scores.shape[0]
+    if count <= 0:
+        return [0] * len(spans)
+    if count >= scores.numel():
+        return [rows * (b - a) for a, b in spans]
+    flat = scores.reshape(-1)
+    value, take, (ties,) = cut([flat], [1], count)
+    assert value is not None  # 0 < count < numel: the cut falls inside
+    compare = torch.le if take == ties else torch.lt
+    counts = [int(torch.count_nonzero(compare(scores[:, a:b], value))) for a, b in spans]
+    if 0 < take < ties:  # the first `take` ties in row-major order: few, except on dead inputs
+        columns = (flat == value).nonzero().squeeze(1)[:take] % scores.shape[1]
+        counts = [c + int(torch.count_nonzero((columns >= a) & (columns < b))) for c, (a, b) in zip(counts, spans)]
+    return counts
 
 
 def rank_keep(

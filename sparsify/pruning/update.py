@@ -58,6 +58,10 @@ def compute_masks(
         entries: dict[Hashable, list[str]] = defaultdict(list)
         for name in names:
             target = targets[name]
+            counted = _count_only(target, scorer, pruner, name, levels[name]) if fresh_scores else None
+            if counted is not None:
+                masks[name] = counted
+                continue
             # FSDP2: gathered whole, so every rank ranks the same scores
             score = _oriented(target, _checked(name, whole_scores(target, scorer.scores(pruner, name))))
             if target.config.scope == "global":
@@ -83,6 +87,23 @@ def compute_masks(
         if fresh_scores:
             scorer.end()
     return masks
+
+
+def _count_only(
+    target: Target, scorer: Scorer, pruner: PrunerView, name: str, level: float
+) -> torch.Tensor | None:
+    """A local target's chosen mask when the scorer re-selects its weights from their count alone and nothing is
+    pruned yet: the first ``count`` weights (in the scores' layout), without scoring or ranking any."""
+    if target.config.scope == "global" or not scorer.reselects_alone(pruner, name):
+        return None
+    shape = _oriented(target, target.orig).shape
+    level = min(level, target.config.max_sparsity, target.pattern.max_sparsity)
+    count = target.pattern.fresh_count(shape, level)
+    if count is None or not bool(target.mask.all()):
+        return None
+    mask = torch.ones(shape.numel(), dtype=torch.bool, device=target.orig.device)
+    mask[:count] = False
+    return mask.reshape(shape)
 
 
 def _oriented(target: Target, tensor: torch.Tensor) -> torch.Tensor:
