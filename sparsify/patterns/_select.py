@@ -79,6 +79,8 @@ def cut(
     signed = [bool(v.numel()) and int(v.view(_int_dtype(dtype)).min()) < 0 for v in values]
     bits = torch.finfo(dtype).bits
     levels = bits // 16
+    if len(values) == 1 and sizes == [1] and within == [None] and dtype == torch.float32:
+        return _cut_one(values[0], signed[0], budget)
     left, prefix = budget, 0
     for level in range(levels):
         histogram = torch.zeros(_DIGITS + 1, dtype=torch.int64, device=device)  # the last bin: not taking part
@@ -106,6 +108,27 @@ def cut(
     value = torch.tensor(key_bits, dtype=_int_dtype(dtype)).view(dtype).to(device)
     ties = [_count_equal(flat, value, part) for flat, part in zip(values, within)]
     return value, left, ties
+
+
+def _cut_one(flat: torch.Tensor, signed: bool, budget: int) -> tuple[torch.Tensor | None, int, list[int]]:
+    """`cut` of one unweighted float32 tensor: the histogram of the top 16 bits finds the cut's bucket, whose
+    elements (a small share: 1/128 of a binary order of magnitude) are gathered and sorted — one pass less than
+    the second histogram and the tie count, for the same result."""
+    histogram = torch.zeros(_DIGITS, dtype=torch.int64, device=flat.device)
+    for _, piece in _pieces(flat):
+        histogram += torch.bincount(_digit(_keys(piece, signed), 0), minlength=_DIGITS)
+    cumulative = histogram.cumsum(0)
+    bucket = int(torch.searchsorted(cumulative, torch.tensor(budget, device=flat.device), right=True))
+    if bucket == _DIGITS:  # the budget takes every element
+        return None, 0, []
+    left = budget - (int(cumulative[bucket - 1]) if bucket else 0)
+    shifted = bucket - _DIGITS // 2  # the bucket as the keys' top 16 bits (`_digit` adds half the digits)
+    members = [piece[torch.bitwise_right_shift(_keys(piece, signed), 16) == shifted] for _, piece in _pieces(flat)]
+    ordered = torch.cat(members).sort().values  # -0.0 and +0.0 compare equal here too
+    value = ordered[left]
+    below = int(torch.searchsorted(ordered, value, right=False))
+    ties = int(torch.searchsorted(ordered, value, right=True)) - below
+    return value.clone(), left - below, [ties]
 
 
 def _count_equal(flat: torch.Tensor, value: torch.Tensor, within: torch.Tensor | None) -> int:

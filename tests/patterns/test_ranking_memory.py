@@ -19,7 +19,17 @@ from test_scope import _reference_global
 from torch import nn
 
 from sparsify import ModulePrunerConfig, Pruner, PrunerConfig
-from sparsify.patterns import CoreMLPattern, NMPattern, TilePattern, _select, lowest, n_m_mask, rank_keep, rankable
+from sparsify.patterns import (
+    CoreMLPattern,
+    NMPattern,
+    TilePattern,
+    _select,
+    lowest,
+    lowest_per_span,
+    n_m_mask,
+    rank_keep,
+    rankable,
+)
 from sparsify.patterns.coreml import _block_norms
 from sparsify.patterns.tiles import as_3d, from_3d
 from sparsify.scope import global_keep_masks
@@ -149,6 +159,34 @@ def test_lowest_is_the_kthvalue_reference(n, fraction, seed, kind, dtype, pieces
         got = lowest(flat, count, first)
     assert torch.equal(got, _ref_lowest(flat, count, first))
     assert int(got.count_nonzero()) == min(max(count, 0), n)
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 300), fraction=st.floats(0.0, 1.0), seed=st.integers(0, 2**31), kind=_KINDS,
+       pieces=_PIECES)
+def test_the_one_tensor_cut_is_the_general_cut(n, fraction, seed, kind, pieces):
+    """`_select.cut` of one unweighted float32 tensor gathers and sorts the cut's bucket (`_cut_one`); the general
+    path (taken here by an all-True ``within``) histograms twice and counts the ties: the same three answers."""
+    flat = _scores(torch.Generator().manual_seed(seed), (n,), kind)
+    count = round(fraction * n)
+    with _pieces(pieces):
+        fast = _select.cut([flat], [1], count)
+        general = _select.cut([flat], [1], count, [torch.ones(n, dtype=torch.bool)])
+    if general[0] is None:
+        assert fast == (None, 0, [])
+        return
+    assert fast[0] is not None and float(fast[0]) == float(general[0]) and fast[1:] == general[1:]
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.integers(1, 30), cols=st.integers(1, 30), width=st.integers(1, 8), fraction=st.floats(0.0, 1.0),
+       seed=st.integers(0, 2**31), kind=_KINDS)
+def test_lowest_per_span_counts_lowests_mask_in_each_span(rows, cols, width, fraction, seed, kind):
+    scores = _scores(torch.Generator().manual_seed(seed), (rows, cols), kind)
+    count = round(fraction * scores.numel())
+    spans = [(a, min(a + width, cols)) for a in range(0, cols, width)]
+    mask = lowest(scores.reshape(-1), count).reshape(rows, cols)
+    assert lowest_per_span(scores, count, spans) == [int(mask[:, a:b].count_nonzero()) for a, b in spans]
 
 
 def _patterns():
