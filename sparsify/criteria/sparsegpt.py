@@ -149,6 +149,14 @@ def _blocks(columns: int, block_size: int, cuts: Sequence[int] | None) -> list[t
 SUB_BLOCK = 16
 
 
+def _transposed(columns: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``columns.t()`` for a few columns of a wide row-major matrix: first gathered row by
+    row, then transposed. Transposing them straight from the matrix reads one element per row at a stride of
+    the row length — with a power-of-two row (1024 floats) every read lands in the same cache sets, 10× slower
+    (2.7 ms against 0.26 ms for 128 of 2816 × 1024)."""
+    return columns.contiguous().t().contiguous()
+
+
 def obs_prune(
     weight: torch.Tensor,
     factor: torch.Tensor,
@@ -175,7 +183,7 @@ def obs_prune(
     limit = weight.shape[1] if columns is None else columns
     for start, stop in _blocks(limit, block_size, cuts):
         selector.block(start, stop, weight[:, :limit], diag[:limit])
-        block = weight[:, start:stop].t().contiguous()  # block[i] is column start + i
+        block = _transposed(weight[:, start:stop])  # block[i] is column start + i
         rows_view = block.t()  # the block as rows × columns, for the selectors
         errors = torch.empty_like(block)
         local = factor[start:stop, start:stop]
@@ -184,7 +192,7 @@ def obs_prune(
         inner = None if cuts is None else sorted({c - start for c in cuts if start < c < stop} | {stop - start})
         width = stop - start
         if not per_column:  # the mask is known for the whole block: transposed like it, and pre-scaled by 1 / U_jj
-            pruned_t = pruned.t().contiguous()
+            pruned_t = _transposed(pruned)
             scaled_ = pruned_t.to(block.dtype).mul_(inverse.unsqueeze(1)).unbind(0)
         # one view per column, made once per block (indexing is most of a column's Python cost)
         columns_, errors_, local_ = block.unbind(0), errors.unbind(0), local.unbind(0)
