@@ -337,14 +337,12 @@ class MaskHook(prune.BasePruningMethod):
         self._module_ref = None
 
     # torch declares remove() -> None; returning the module as well is harmless (prune.remove ignores it)
-    def remove(self, module: nn.Module, bake: bool = True) -> nn.Module:  # type: ignore[override]
-        """Remove everything `install_mask` added, leaving a plain parameter.
-
-        With ``bake=True`` (what ``torch.nn.utils.prune.remove`` calls) the masked entries of the
-        parameter are set to zero; with ``bake=False`` the parameter is restored untouched (in the
-        in-place mode, zeroed entries stay zero). The pre-hook entry itself is left for the caller to
-        delete, as ``torch.nn.utils.prune.remove`` expects.
-        """
+    def remove(self, module: nn.Module, bake: bool = True,  # type: ignore[override]
+               trust_versions: bool = False) -> nn.Module:
+        """Remove everything `install_mask` added, leaving a plain parameter. With ``bake=True`` (what
+        ``torch.nn.utils.prune.remove`` calls) the masked entries of the parameter are set to zero (`bake_mask`:
+        ``trust_versions``); with ``bake=False`` it is restored untouched (in the in-place mode, zeroed entries
+        stay zero). The pre-hook entry itself is left for the caller to delete, as ``prune.remove`` expects."""
         name = self._tensor_name
         if self.bound_module() is module:
             self._unbind()
@@ -359,7 +357,8 @@ class MaskHook(prune.BasePruningMethod):
             assert orig is not None and mask is not None  # baking follows a complete install_mask
             with torch.no_grad():
                 if self.mode == "inplace" and not _sharding.is_sharded(orig):  # zeroed where it lies, no copy
-                    select_into(orig.detach(), orig.detach(), mask, keep_scratch=False)
+                    if not (trust_versions and self._zeroed == version_key(orig, mask)):
+                        select_into(orig.detach(), orig.detach(), mask, keep_scratch=False)
                 else:
                     orig.data = masked_weight(orig, mask).data
         for handle in self.extra_hooks:
@@ -470,9 +469,10 @@ def set_mask(module: nn.Module, name: str, mask: torch.Tensor, amount: float | N
     hook.refresh(module)
 
 
-def bake_mask(module: nn.Module, name: str = "weight") -> None:
-    """Fuse the mask into a plain ``nn.Parameter`` and remove hooks and buffers."""
-    _take_hook(module, name).remove(module, bake=True)
+def bake_mask(module: nn.Module, name: str = "weight", *, trust_versions: bool = False) -> None:
+    """Fuse the mask into a plain ``nn.Parameter`` and remove hooks and buffers. ``trust_versions``: the caller
+    vouches that nothing wrote through ``.data`` since the last mask change (which version counters miss)."""
+    _take_hook(module, name).remove(module, bake=True, trust_versions=trust_versions)
 
 
 def uninstall_mask(module: nn.Module, name: str = "weight") -> None:

@@ -412,3 +412,32 @@ def test_an_interrupt_while_installing_leaves_the_module_as_it_was(monkeypatch: 
     monkeypatch.undo()
     assert list(layer._parameters.items()) == before  # the same Parameter objects, in the same order
     assert not hasattr(layer, "weight_orig") and not layer._forward_pre_hooks
+
+
+def test_in_place_zeroing_follows_version_counters_and_a_bake_trusts_them_only_when_told():
+    """In-place masks skip zeroing what no in-place write touched since (`MaskHook.zero_pruned` compares the
+    version counters); a write through ``.data`` changes no counter, so only a bake the caller vouches for
+    (``trust_versions``, what `sparsify.prune` passes) skips its zeroing."""
+    layer = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.arange(1.0, 7.0).reshape(2, 3))
+    install_mask(layer, "weight", mode="inplace")
+    keep = torch.tensor([[True, False, True], [False, True, True]])
+    set_mask(layer, "weight", keep)
+    assert layer.weight_orig.tolist() == [[1.0, 0.0, 3.0], [0.0, 5.0, 6.0]]
+    with torch.no_grad():
+        layer.weight_orig.add_(1.0)  # an in-place write: its version moves, the next refresh zeroes again
+    layer.pruning_method.refresh(layer)
+    assert layer.weight_orig.tolist() == [[2.0, 0.0, 4.0], [0.0, 6.0, 7.0]]
+    layer.weight_orig.data[0, 1] = 9.0  # through .data: no version change
+    layer.pruning_method.refresh(layer)
+    assert layer.weight_orig[0, 1].item() == 9.0  # not seen until the mask changes
+    bake_mask(layer, "weight")  # an untrusted bake zeroes regardless
+    assert layer.weight.tolist() == [[2.0, 0.0, 4.0], [0.0, 6.0, 7.0]]
+
+    other = nn.Linear(3, 2, bias=False)
+    install_mask(other, "weight", mode="inplace")
+    set_mask(other, "weight", keep)
+    other.weight_orig.data[0, 1] = 9.0
+    bake_mask(other, "weight", trust_versions=True)  # vouched for (wrongly here): the write survives
+    assert other.weight[0, 1].item() == 9.0

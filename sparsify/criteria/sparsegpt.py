@@ -142,6 +142,10 @@ def _blocks(columns: int, block_size: int, cuts: Sequence[int] | None) -> list[t
     return blocks
 
 
+#: from this many input columns on, the factorisation's temporaries (4·C² bytes each) are handed back to the system
+#: before the column loop; below it they are few MiB, which the loop's own allocations reuse (a trim costs ~3 ms)
+_TRIM_COLUMNS = 2048
+
 #: columns per inner step of the column loop: inside a step each pruned column's error reaches the step's later
 #: columns one rank-1 update at a time; at the step's end one matrix product carries the step's errors to the
 #: rest of the block. The same updates as one rank-1 update per column over the whole block, reassociated:
@@ -415,7 +419,8 @@ class _SparseGPTScorer(LayerwiseScorer):
         if mode == "rows":  # whole rows read H itself after the factor: it must not be consumed
             statistic.last_reader = False
         factor, alive = statistic.factor(order, self.spec.damp, bias is not None)
-        release_freed_memory()  # the factorisation's C² temporaries, before the column loop allocates its own
+        if factor.shape[0] >= _TRIM_COLUMNS:  # the factorisation's C² temporaries, before the loop allocates its own
+            release_freed_memory()
         device, columns = factor.device, math.prod(shape[1:])
         # a pattern may bring weights back (n:m; the machine's masks only grow for the others): start them from
         # their trained values, as a regrown weight of any criterion does, rather than from zero

@@ -115,5 +115,6 @@ def prune(
     except BaseException:
         pruner.abandon()  # nothing half-done is left in the user's model (inplace=True)
         raise
+    pruner._zeros_current = True  # no code ran since the masks were set: their zeros need no second pass
     return pruner.finalize(pruned, inplace=True)
 

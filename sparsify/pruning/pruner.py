@@ -96,6 +96,7 @@ class Pruner:
         self._next_change: dict[tuple[str, ...], int] = {}  # names -> their next change, while it lies ahead
         self._prepared = False
         self._require_targets: str | None = None  # who needs a module to prune (prune()): none is an error
+        self._zeros_current = False  # prune(): finalize() follows the last mask update with nothing in between
 
     # -- what scorers and users read -------------------------------------------------------
 
@@ -359,7 +360,7 @@ class Pruner:
             for module_name in (name, *target.tied_to):
                 module = finalized.get_submodule(module_name)
                 if is_masked(module, target.param_name):
-                    bake_mask(module, target.param_name)
+                    bake_mask(module, target.param_name, trust_versions=self._zeros_current and own)
                     register_coreml_metadata(module, target.param_name)
                     record_requested(module, target.param_name, target.config.final_sparsity)
         if own:
