@@ -8,9 +8,11 @@ The model (random weights, seeded): ``LlamaForCausalLM`` with hidden 1024, 8 lay
 (float32) under ``$SPARSIFY_BENCH_CACHE`` (default ``/tmp/sparsify-bench``). Calibration: 8 windows of 128
 random tokens (seeded), as a list of ``{"input_ids": [1, 128]}`` dicts. ``--model tinyllama-1.1b``: TinyLlama's
 shape (hidden 2048, 22 layers, intermediate 5632, 32 heads, 4 key-value heads, vocab 32000: 1.1 B parameters),
-saved in bfloat16, 1 GB shards, calibrated on 16 windows of 512 tokens. ``--method``: SparseGPT 50 % (the default),
-SparseGPT 2:4 or Wanda 50 % (Core ML Tools runs for SparseGPT 50 % only). Every run also records its CPU seconds
-(``cpu_seconds``), a steadier figure than the wall time on a shared machine.
+saved in bfloat16, 1 GB shards, calibrated on 16 windows of 512 tokens; ``--model llama-2-7b``: Llama-2-7B's shape
+(hidden 4096, 32 layers, intermediate 11008, 32 heads, vocab 32000: 6.7 B parameters), bfloat16, 2 GB shards, 8
+windows of 512 tokens (streaming only on a 24 GB machine: the model alone takes 25 GiB in float32). ``--method``:
+SparseGPT 50 % (the default), SparseGPT 2:4 or Wanda 50 % (Core ML Tools runs for SparseGPT 50 % only). Every run
+also records its CPU seconds (``cpu_seconds``), a steadier figure than the wall time on a shared machine.
 
 Every measurement runs in a fresh child process (``--worker``) with one torch thread:
 
@@ -53,6 +55,9 @@ MODELS = {
     "tinyllama-1.1b": ({"hidden_size": 2048, "num_hidden_layers": 22, "intermediate_size": 5632,
                         "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000},
                        "bfloat16", "1GB", (16, 512)),
+    "llama-2-7b": ({"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 11008,
+                    "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000},
+                   "bfloat16", "2GB", (8, 512)),
 }
 MODEL = os.environ.get("SPARSIFY_BENCH_MODEL", "llama-119m")
 #: the pruning (``--method``): sparsify's choices; Core ML Tools runs only for SparseGPT 50 %
@@ -92,7 +97,8 @@ def build_source() -> Path:
 
     torch.manual_seed(0)
     config = LlamaConfig(**SHAPE, use_cache=False, tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_config(config).to(getattr(torch, DTYPE))
+    # built in the storage dtype: a 7 B model in float32 would not fit in this machine's memory
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, DTYPE))
     model.save_pretrained(path, max_shard_size=SHARD)
     return path
 
@@ -131,7 +137,7 @@ def worker(name: str, out: Path) -> dict:
         result["cpu_seconds"] = time.process_time() - cpu
         result["peak_kib"] = _status_kib("VmHWM")
         return result
-    model = AutoModelForCausalLM.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)  # computed in float32, like streaming
     before = _reset_peak()
     start, cpu = time.perf_counter(), time.process_time()
     if name == "in memory":

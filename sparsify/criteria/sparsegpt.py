@@ -424,8 +424,8 @@ class _SparseGPTScorer(LayerwiseScorer):
         device, columns = factor.device, math.prod(shape[1:])
         # a pattern may bring weights back (n:m; the machine's masks only grow for the others): start them from
         # their trained values, as a regrown weight of any criterion does, rather than from zero
-        regrows = layer.pattern.may_regrow or bool(current.all())  # nothing to zero when all is kept
-        start = orig if regrows else torch.where(current, orig, 0.0)
+        from_orig = layer.pattern.may_regrow or bool(current.all())  # nothing to zero when all is kept
+        start = orig if from_orig else torch.where(current, orig, 0.0)
         weight = start.to(device, torch.float32).reshape(shape[0], -1)
         if order is not None:
             weight = weight[:, order]
