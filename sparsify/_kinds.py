@@ -11,7 +11,7 @@ from typing import Any, TypeVar, cast
 
 import attrs
 
-__all__ = ["spec_from_dict"]
+__all__ = ["build", "spec_from_dict"]
 
 T = TypeVar("T")
 
@@ -31,11 +31,17 @@ def spec_from_dict(data: Any, registry: Mapping[str, type[T]], base: type, noun:
     cls = registry.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError(f"{noun} kind={kind!r} is unknown: allowed kinds are {', '.join(sorted(registry))}")
+    return build(cls, fields, f"{noun} {kind!r}")
+
+
+def build(cls: type[T], fields: Mapping[str, Any], where: str) -> T:
+    """``cls(**fields)`` for an attrs class, refusing keys it has no init field for (named, with the allowed ones:
+    ``where`` says for what)."""
     known = {a.name for a in attrs.fields(cast(Any, cls)) if a.init}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(
-            f"unknown key(s) {', '.join(map(repr, unknown))} for {noun} {kind!r}: allowed keys are "
+            f"unknown key(s) {', '.join(map(repr, unknown))} for {where}: allowed keys are "
             f"{', '.join(sorted(known)) or '(none)'}"
         )
     return cls(**fields)

@@ -83,6 +83,9 @@ class MaskedWeight:
             param.masked_scatter_(keep, self.kept.to(param.device, param.dtype))
 
 
+_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
+
+
 def _select_kept(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``weight[keep]`` (``keep`` of ``weight``'s shape): NumPy's boolean indexing on the CPU, which takes about
     two thirds of ``torch.masked_select``'s time there."""
@@ -90,9 +93,6 @@ def _select_kept(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         values = weight.detach().contiguous().numpy()[keep.contiguous().numpy()]
         return torch.from_numpy(values)
     return torch.masked_select(weight, keep)
-
-
-_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
 
 #: module name → parameter name → its stand-in (the pruned parameter as a `MaskedWeight`, a bias as a tensor)
 Replacements = Mapping[str, Mapping[str, "torch.Tensor | MaskedWeight"]]

@@ -68,7 +68,7 @@ def compute_masks(
                 entries[target.entry].append(name)
                 scores[name] = score
             else:
-                level = min(levels[name], target.config.max_sparsity, target.pattern.max_sparsity)
+                level = _local_level(target, levels[name])
                 kept = _oriented(target, target.mask.expand(target.orig.shape)) if scorer.monotone else None
                 masks[name] = target.pattern.local_mask(score, level, kept)
             del score
@@ -89,6 +89,11 @@ def compute_masks(
     return masks
 
 
+def _local_level(target: Target, level: float) -> float:
+    """The level a locally ranked target reaches: the update's, within its config's and its pattern's caps."""
+    return min(level, target.config.max_sparsity, target.pattern.max_sparsity)
+
+
 def _count_only(
     target: Target, scorer: Scorer, pruner: PrunerView, name: str, level: float
 ) -> torch.Tensor | None:
@@ -97,8 +102,7 @@ def _count_only(
     if target.config.scope == "global" or not scorer.reselects_alone(pruner, name):
         return None
     shape = _oriented(target, target.orig).shape
-    level = min(level, target.config.max_sparsity, target.pattern.max_sparsity)
-    count = target.pattern.fresh_count(shape, level)
+    count = target.pattern.fresh_count(shape, _local_level(target, level))
     if count is None or not bool(target.mask.all()):
         return None
     mask = torch.ones(shape.numel(), dtype=torch.bool, device=target.orig.device)

@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 
 import attrs
 
+from .._kinds import build
+
 __all__ = [
     "PROBE_WINDOW",
     "PruningScheduler",
@@ -134,11 +136,4 @@ def scheduler_from_dict(data: Mapping[str, Any] | PruningScheduler) -> PruningSc
     cls = _SCHEDULERS.get(kind)
     if cls is None:
         raise ValueError(f"scheduler kind={kind!r} is unknown: allowed kinds are {', '.join(scheduler_kinds())}")
-    known = {a.name for a in attrs.fields(cls) if a.init}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {', '.join(map(repr, unknown))} for {cls.__name__}: allowed keys are "
-            f"{', '.join(sorted(known))}"
-        )
-    return cls(**fields)
+    return build(cls, fields, cls.__name__)
