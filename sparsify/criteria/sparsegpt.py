@@ -173,13 +173,18 @@ def obs_prune(
 ) -> torch.Tensor:
     """SparseGPT's column loop: ``weight`` (``rows × C``, float) pruned where ``selector.pruned`` says, with the
     OBS update through ``factor`` (`inverse_factor`'s ``U``). ``selector.block(start, stop, W, diag)`` is called
-    at each block and ``selector.column(j, start, W_block, diag)`` at each column, before ``j`` is pruned. Only
-    the first ``columns`` are pruned (default: all); the rest (a bias column) only take the updates. With
-    ``owned``, ``weight`` itself is updated and returned (no copy of it).
+    at each block and, for a per-column selector, ``selector.column(j, start, block, diag)`` at each column
+    before ``j`` is pruned (``block``: the block transposed, ``columns × rows``); it returns the (absolute) end of
+    the columns it has just decided from ``j`` on, or ``None``. Only the first ``columns`` are pruned (default:
+    all); the rest (a bias column) only take the updates. With ``owned``, ``weight`` itself is updated and
+    returned (no copy of it).
 
     A block is processed transposed (``columns × rows``, each column contiguous), in steps of `SUB_BLOCK`
     columns whose edges lie on ``cuts`` (a per-column selector reads a whole n:m run at its first column, so a
-    run must not straddle two steps)."""
+    run must not straddle two steps). A column's error is its value where pruned, times ``1 / U_jj``: one
+    product with the decided mask pre-scaled by ``1 / U_jj`` (for the whole block, or run by run as a
+    per-column selector decides them). The pruned weights are zeroed once at the block's end: no later column
+    of the block reads a finished one."""
     if not owned:  # else ``weight`` is a fresh tensor the caller gives up, updated in place
         weight = weight.clone()
     diag = factor.diagonal()
@@ -188,33 +193,32 @@ def obs_prune(
     for start, stop in _blocks(limit, block_size, cuts):
         selector.block(start, stop, weight[:, :limit], diag[:limit])
         block = _transposed(weight[:, start:stop])  # block[i] is column start + i
-        rows_view = block.t()  # the block as rows × columns, for the selectors
+        rows_view = block.t()  # the block as rows × columns
         errors = torch.empty_like(block)
         local = factor[start:stop, start:stop]
         inverse = local.diagonal().reciprocal()
         pruned = selector.pruned[:, start:stop]  # a view: a per-column selector fills it as the loop goes
         inner = None if cuts is None else sorted({c - start for c in cuts if start < c < stop} | {stop - start})
         width = stop - start
-        if not per_column:  # the mask is known for the whole block: transposed like it, and pre-scaled by 1 / U_jj
-            pruned_t = _transposed(pruned)
-            scaled_ = pruned_t.to(block.dtype).mul_(inverse.unsqueeze(1)).unbind(0)
+        if per_column:  # filled run by run as the selector decides them
+            scaled = torch.empty_like(block)
+        else:  # the mask is known for the whole block: transposed like it, and pre-scaled by 1 / U_jj
+            scaled = _transposed(pruned).to(block.dtype).mul_(inverse.unsqueeze(1))
         # one view per column, made once per block (indexing is most of a column's Python cost)
-        columns_, errors_, local_ = block.unbind(0), errors.unbind(0), local.unbind(0)
+        columns_, errors_, local_, scaled_ = block.unbind(0), errors.unbind(0), local.unbind(0), scaled.unbind(0)
         for first, last in _blocks(width, SUB_BLOCK, inner):
             for i in range(first, last):
                 if per_column:
-                    selector.column(start + i, start, rows_view, diag)
-                    torch.mul(columns_[i], pruned[:, i], out=errors_[i])
-                    errors_[i].mul_(inverse[i])
-                    columns_[i].masked_fill_(pruned[:, i], 0.0)
-                else:
-                    torch.mul(columns_[i], scaled_[i], out=errors_[i])
+                    decided = selector.column(start + i, start, block, diag)
+                    if decided is not None:
+                        end = decided - start
+                        torch.mul(pruned[:, i:end].t(), inverse[i:end].unsqueeze(1), out=scaled[i:end])
+                torch.mul(columns_[i], scaled_[i], out=errors_[i])
                 if i + 1 < last:
                     block[i + 1 : last].addr_(local_[i][i + 1 : last], errors_[i], alpha=-1)
             if last < width:
                 block[last:].addmm_(local[first:last, last:].t(), errors[first:last], alpha=-1)
-        if not per_column:  # no later column of the block reads a finished one: zeroed once per block
-            block.masked_fill_(pruned_t, 0.0)
+        block.masked_fill_(_transposed(pruned), 0.0)
         weight[:, start:stop] = rows_view
         weight[:, stop:].addmm_(errors.t(), factor[start:stop, stop:], alpha=-1)
     return weight
@@ -319,8 +323,8 @@ class _Groups:
         self.pruned_count += int(torch.count_nonzero(picked))
         self.decided[:, start:stop] = True
 
-    def column(self, j: int, start: int, block: torch.Tensor, diag: torch.Tensor) -> None:
-        pass
+    def column(self, j: int, start: int, block: torch.Tensor, diag: torch.Tensor) -> int | None:
+        return None
 
 
 class _Runs:
@@ -344,25 +348,50 @@ class _Runs:
     def block(self, start: int, stop: int, weight: torch.Tensor, diag: torch.Tensor) -> None:
         pass
 
-    def column(self, j: int, start: int, block: torch.Tensor, diag: torch.Tensor) -> None:
-        rows = block.shape[0]
+    def column(self, j: int, start: int, block: torch.Tensor, diag: torch.Tensor) -> int | None:
+        rows = block.shape[1]  # the block is transposed: columns × rows
         if self.dim == 1:
             found = self.starts.get(j)
             if found is None:
-                return
+                return None
             stop, k, r = found
-            cols = slice(j - start, stop - start)
-            saliency = block[:, cols].square() / diag[j:stop].square() * self.alive[j:stop]
+            saliency = block[j - start : stop - start].square()  # [run columns, rows]
+            saliency.div_(diag[j:stop].square().unsqueeze(1)).mul_(self.alive[j:stop].unsqueeze(1))
             count = self.counts.reshape(rows, self.kernel, -1)[:, k, r]
-            ranks = torch.argsort(torch.argsort(saliency, dim=1, stable=True), dim=1)
-            self.pruned[:, j:stop] = ranks < count.unsqueeze(1)
-            return
+            self.pruned[:, j:stop] = _lowest_in_runs(saliency, count).t()
+            return stop
         # dim=0: runs of m consecutive rows in column j; counts are [(kernel·Ci), row runs] over columns
-        saliency = block[:, j - start].square() * self.alive[j]
+        saliency = block[j - start].square() * self.alive[j]
         padded = torch.nn.functional.pad(saliency, (0, (-rows) % self.m), value=math.inf).reshape(-1, self.m)
-        ranks = torch.argsort(torch.argsort(padded, dim=1, stable=True), dim=1)
-        chosen = ranks < self.counts[j].unsqueeze(1)
+        chosen = _lowest_in_runs(padded.t(), self.counts[j]).t()
         self.pruned[:, j] = chosen.reshape(-1)[:rows]
+        return j + 1
+
+
+#: runs up to this long are ranked by comparing every pair of their positions, longer ones by sorting
+_PAIRWISE_RUN = 8
+
+
+def _lowest_in_runs(saliency: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``[m, runs]`` → where each run's ``counts[run]`` lowest saliencies are (ties: the earlier first; NaN as the
+    highest, tied with ``+inf``), as ``torch.argsort(..., stable=True)`` ranks them. Runs of up to `_PAIRWISE_RUN`
+    are ranked by comparing each pair of positions, each comparison over all runs at once: ranking 2 048 runs of
+    4 by sorting them twice takes 210 µs (690 µs for 5 632), the six comparisons of 2:4 117 µs (155 µs)."""
+    m = saliency.shape[0]
+    saliency = torch.nan_to_num(saliency, nan=math.inf)
+    if m > _PAIRWISE_RUN:
+        order = torch.argsort(saliency, dim=0, stable=True)
+        ranked_low = torch.arange(m, device=counts.device).unsqueeze(1) < counts
+        return torch.empty_like(saliency, dtype=torch.bool).scatter_(0, order, ranked_low)
+    positions = saliency.unbind(0)
+    ranks = torch.zeros(saliency.shape, dtype=torch.uint8, device=saliency.device)
+    rank = ranks.unbind(0)
+    for a in range(m):
+        for b in range(a + 1, m):
+            b_first = torch.lt(positions[b], positions[a])  # a tie keeps the earlier (a) first
+            rank[a].add_(b_first)
+            rank[b].add_(~b_first)
+    return ranks < counts
 
 
 class _Fixed:
@@ -376,8 +405,8 @@ class _Fixed:
     def block(self, *_: Any) -> None:
         pass
 
-    def column(self, *_: Any) -> None:
-        pass
+    def column(self, *_: Any) -> int | None:
+        return None
 
 
 def _plan(pattern: Pattern, shape: torch.Size, chosen: torch.Tensor, device: torch.device) -> ColumnLayout:
@@ -400,8 +429,10 @@ class _SparseGPTScorer(LayerwiseScorer):
         return self.spec.asymmetric
 
     def reselects_alone(self, pruner: Any, name: str) -> bool:
-        # single weights: `_Groups` reads only the chosen mask's count (whole rows and groups read the mask)
-        return name in self.names and pruner.targets[name].pattern.single_weights
+        # single weights: `_Groups` reads only the chosen mask's count; n:m: `_Runs` only its count in each run
+        # (whole rows and groups read the mask)
+        pattern = pruner.targets[name].pattern
+        return name in self.names and (pattern.single_weights or pattern.counts_per_run)
 
     def by_block(self) -> bool:
         return not (self.spec.true_sequential or self.spec.asymmetric)

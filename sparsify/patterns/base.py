@@ -205,6 +205,24 @@ class Pattern(abc.ABC):
         return None
 
     @property
+    def counts_per_run(self) -> bool:
+        """Whether a mask is a count of zeros in every run of consecutive weights (n:m): a criterion that
+        re-selects each run's zeros itself reads only those counts of the pattern's mask."""
+        return False
+
+    def fresh_mask(self, shape: Shape, sparsity: float, device: torch.device) -> torch.Tensor | None:
+        """A keep-mask with as many zeros as `local_mask` gives at ``sparsity`` a layer of ``shape`` with nothing
+        pruned yet, whatever the scores — in every group a `counts_per_run` pattern counts, or in all for a
+        single-weight pattern (`fresh_count`: the first ones) — for a criterion that re-selects which weights
+        from those counts alone; ``None``: the counts depend on the scores."""
+        count = self.fresh_count(shape, sparsity)
+        if count is None:
+            return None
+        mask = torch.ones(math.prod(shape), dtype=torch.bool, device=device)
+        mask[:count] = False
+        return mask.reshape(shape)
+
+    @property
     def level_steps(self) -> int | None:
         """The levels the pattern reaches on a layer are multiples of ``1 / level_steps`` (n:m: ``m``), so
         per-layer levels (`sparsify.prune`'s ``layer_levels="owl"``) are rounded to them; ``None``: any level."""

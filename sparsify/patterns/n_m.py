@@ -207,20 +207,36 @@ class NMPattern(Pattern):
             )
         return self
 
+    @property
+    def counts_per_run(self) -> bool:
+        return True
+
+    def fresh_mask(self, shape: Shape, sparsity: float, device: torch.device) -> torch.Tensor | None:
+        """At the full ``n / m`` on whole runs, `n_m_mask` zeroes ``n`` of every run whatever the scores: the first
+        ``n`` here. ``None`` below it (the ramp), with partial runs (zero scores there tie with the padding) and
+        for Neural Compressor's ramp by runs."""
+        if self.by_runs or sparsity < self.max_sparsity - 1e-12 or len(shape) < 2 or shape[self.dim] % self.m:
+            return None
+        moved = (*shape[: self.dim], *shape[self.dim + 1 :], shape[self.dim])
+        first_n = torch.arange(shape[self.dim], device=device) % self.m >= self.n
+        return first_n.expand(moved).movedim(-1, self.dim).contiguous()
+
     def run_counts(self, chosen: torch.Tensor) -> torch.Tensor | None:
         """Zeros of the chosen weight-shaped keep-mask in every run (``[rows, runs]`` of the weight with ``dim``
         moved last, runs padded at the end), or ``None`` when the full runs do not all hold 0 or one same
         ``k > 0`` zeros (the unstructured ramp-up stage of a scheduled n:m, then re-selected unstructured)."""
         moved = (~chosen).movedim(self.dim, -1)
-        rows = moved.reshape(-1, moved.shape[-1]).float()
+        rows = moved.reshape(-1, moved.shape[-1])
         channels, m = rows.shape[-1], self.m
-        padded = torch.nn.functional.pad(rows, (0, (-channels) % m))
-        counts = padded.reshape(rows.shape[0], -1, m).sum(-1).round().long()
+        if channels % m:
+            rows = torch.nn.functional.pad(rows.to(torch.uint8), (0, (-channels) % m))
+        counts = rows.reshape(rows.shape[0], -1, m).sum(-1)
         full = counts[:, : channels // m]
-        distinct = set(full.unique().tolist()) - {0}
-        if len(distinct) > 1 or (not distinct and int(counts.sum()) != 0):
-            return None
-        return counts
+        most = int(full.amax()) if full.numel() else 0
+        if most == 0:  # no full run has a zero: n:m only if no partial run has one either
+            return counts if int(counts.sum()) == 0 else None
+        # every full run holds 0 or the same k > 0 zeros: the smallest nonzero count is the largest
+        return counts if int(full.masked_fill(full == 0, most).amin()) == most else None
 
     def reselect(
         self,

@@ -97,17 +97,12 @@ def _local_level(target: Target, level: float) -> float:
 def _count_only(
     target: Target, scorer: Scorer, pruner: PrunerView, name: str, level: float
 ) -> torch.Tensor | None:
-    """A local target's chosen mask when the scorer re-selects its weights from their count alone and nothing is
-    pruned yet: the first ``count`` weights (in the scores' layout), without scoring or ranking any."""
-    if target.config.scope == "global" or not scorer.reselects_alone(pruner, name):
+    """A local target's chosen mask when the scorer re-selects its weights from their counts alone and nothing is
+    pruned yet: `sparsify.patterns.Pattern.fresh_mask` (in the scores' layout), without scoring or ranking any."""
+    if target.config.scope == "global" or not scorer.reselects_alone(pruner, name) or not bool(target.mask.all()):
         return None
     shape = _oriented(target, target.orig).shape
-    count = target.pattern.fresh_count(shape, _local_level(target, level))
-    if count is None or not bool(target.mask.all()):
-        return None
-    mask = torch.ones(shape.numel(), dtype=torch.bool, device=target.orig.device)
-    mask[:count] = False
-    return mask.reshape(shape)
+    return target.pattern.fresh_mask(shape, _local_level(target, level), target.orig.device)
 
 
 def _oriented(target: Target, tensor: torch.Tensor) -> torch.Tensor:

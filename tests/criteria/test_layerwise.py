@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import subprocess
 import sys
@@ -133,6 +134,63 @@ def test_sparsegpt_2_of_4_matches_the_papers_runs_over_several_blocks():
     assert torch.equal(pruned.weight != 0, keep)
     assert torch.equal((pruned.weight == 0).reshape(5, 3, 4).sum(-1), torch.full((5, 3), 2))
     assert torch.allclose(pruned.weight.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("m", [2, 4, 8, 16])
+def test_the_lowest_of_each_run_are_those_a_stable_sort_puts_first(m):
+    from sparsify.criteria.sparsegpt import _lowest_in_runs
+
+    torch.manual_seed(m)
+    runs = 300
+    saliency = torch.randint(0, 4, (m, runs)).float()  # few values: many ties
+    saliency[:, :5] = 1.0  # whole runs tied
+    saliency[0, 5], saliency[m - 1, 6] = float("nan"), float("nan")
+    counts = torch.randint(0, m + 1, (runs,))
+    sortable = torch.nan_to_num(saliency, nan=float("inf"))
+    expected = torch.argsort(torch.argsort(sortable, dim=0, stable=True), dim=0) < counts
+    chosen = _lowest_in_runs(saliency, counts)
+    assert torch.equal(chosen, expected)
+    assert torch.equal(chosen.sum(0), counts)
+    assert torch.equal(chosen[:, 0], torch.arange(m) < counts[0])  # a tied run: the earlier positions first
+    assert not chosen[0, 5] or counts[5] == m  # NaN ranks highest
+
+
+@pytest.mark.parametrize("n_m_ratio", [None, (2, 4), (1, 4)])
+def test_sparsegpt_skips_the_patterns_ranking_and_gives_the_same_weights(n_m_ratio, monkeypatch):
+    # SparseGPT re-selects from the chosen mask's counts alone (all of them, or per n:m run): the update hands it
+    # `Pattern.fresh_mask` without scoring; scored and ranked as before, the weights are the same bit for bit
+    from sparsify.criteria import sparsegpt
+
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 8))
+    x = torch.randn(24, 8, 6, 6)
+    fields = {} if n_m_ratio is None else {"n_m_ratio": n_m_ratio}
+    fresh = one_shot(copy.deepcopy(model), x, {"kind": "sparsegpt", "block_size": 8}, **fields)
+    seen = []
+    monkeypatch.setattr(sparsegpt._SparseGPTScorer, "reselects_alone",
+                        lambda self, pruner, name: seen.append(name) and False)
+    ranked = one_shot(copy.deepcopy(model), x, {"kind": "sparsegpt", "block_size": 8}, **fields)
+    assert seen == ["0", "2"]
+    for ours, theirs in zip(fresh.parameters(), ranked.parameters()):
+        assert torch.equal(ours, theirs)
+    if n_m_ratio is not None:
+        n, m = n_m_ratio
+        runs = (fresh[2].weight == 0).reshape(8, -1, m).sum(-1)
+        assert torch.equal(runs, torch.full_like(runs, n))
+
+
+def test_an_n_m_patterns_fresh_mask_has_n_m_masks_counts_and_only_where_they_do_not_depend_on_scores():
+    from sparsify.patterns import NMPattern, n_m_mask
+
+    torch.manual_seed(12)
+    for shape, dim in [((6, 8), 1), ((8, 6), 0), ((4, 8, 3, 3), 1)]:
+        pattern = NMPattern(2, 4, dim)
+        fresh = pattern.fresh_mask(torch.Size(shape), 0.5, torch.device("cpu"))
+        assert fresh is not None and fresh.shape == shape
+        assert torch.equal(pattern.run_counts(fresh), pattern.run_counts(n_m_mask(torch.rand(shape), (2, 4), dim)))
+    assert NMPattern(2, 4).fresh_mask(torch.Size((6, 10)), 0.5, torch.device("cpu")) is None  # a partial run
+    assert NMPattern(2, 4).fresh_mask(torch.Size((6, 8)), 0.25, torch.device("cpu")) is None  # the ramp
+    assert NMPattern(2, 4, by_runs=True).fresh_mask(torch.Size((6, 8)), 0.5, torch.device("cpu")) is None
 
 
 def test_sparsegpt_2_of_4_equals_core_ml_tools_sparsegpt():
