@@ -200,8 +200,8 @@ def obs_prune(
         pruned = selector.pruned[:, start:stop]  # a view: a per-column selector fills it as the loop goes
         inner = None if cuts is None else sorted({c - start for c in cuts if start < c < stop} | {stop - start})
         width = stop - start
-        if per_column:  # filled run by run as the selector decides them
-            scaled = torch.empty_like(block)
+        if per_column:  # filled run by run as the selector decides them (a column it never decides: kept)
+            scaled = torch.zeros_like(block)
         else:  # the mask is known for the whole block: transposed like it, and pre-scaled by 1 / U_jj
             scaled = _transposed(pruned).to(block.dtype).mul_(inverse.unsqueeze(1))
         # one view per column, made once per block (indexing is most of a column's Python cost)

@@ -214,10 +214,16 @@ class Pattern(abc.ABC):
         """A keep-mask with as many zeros as `local_mask` gives at ``sparsity`` a layer of ``shape`` with nothing
         pruned yet, whatever the scores — in every group a `counts_per_run` pattern counts, or in all for a
         single-weight pattern (`fresh_count`: the first ones) — for a criterion that re-selects which weights
-        from those counts alone; ``None``: the counts depend on the scores."""
+        from those counts alone; ``None``: the counts depend on the scores. Held through a whole layer-wise
+        update for every layer, so a view of one flag per output channel where the count is whole channels
+        (50 % of an even number of them): no byte per weight."""
         count = self.fresh_count(shape, sparsity)
         if count is None:
             return None
+        per_channel = math.prod(shape[1:])
+        if len(shape) > 1 and per_channel and count % per_channel == 0:
+            channels = torch.arange(shape[0], device=device) >= count // per_channel
+            return channels.reshape(-1, *[1] * (len(shape) - 1)).expand(shape)
         mask = torch.ones(math.prod(shape), dtype=torch.bool, device=device)
         mask[:count] = False
         return mask.reshape(shape)

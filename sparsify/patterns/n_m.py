@@ -213,13 +213,13 @@ class NMPattern(Pattern):
 
     def fresh_mask(self, shape: Shape, sparsity: float, device: torch.device) -> torch.Tensor | None:
         """At the full ``n / m`` on whole runs, `n_m_mask` zeroes ``n`` of every run whatever the scores: the first
-        ``n`` here. ``None`` below it (the ramp), with partial runs (zero scores there tie with the padding) and
-        for Neural Compressor's ramp by runs."""
+        ``n`` here (a view of one run: no byte per weight). ``None`` below it (the ramp), with partial runs (zero
+        scores there tie with the padding) and for Neural Compressor's ramp by runs."""
         if self.by_runs or sparsity < self.max_sparsity - 1e-12 or len(shape) < 2 or shape[self.dim] % self.m:
             return None
         moved = (*shape[: self.dim], *shape[self.dim + 1 :], shape[self.dim])
         first_n = torch.arange(shape[self.dim], device=device) % self.m >= self.n
-        return first_n.expand(moved).movedim(-1, self.dim).contiguous()
+        return first_n.expand(moved).movedim(-1, self.dim)
 
     def run_counts(self, chosen: torch.Tensor) -> torch.Tensor | None:
         """Zeros of the chosen weight-shaped keep-mask in every run (``[rows, runs]`` of the weight with ``dim``

@@ -56,11 +56,13 @@ def compute_masks(
         scores: dict[str, torch.Tensor] = {}  # of globally ranked targets only: a local one's go once it is masked
         masks: dict[str, torch.Tensor] = {}
         entries: dict[Hashable, list[str]] = defaultdict(list)
+        counted_only: set[str] = set()  # nothing pruned yet: no previous mask to keep
         for name in names:
             target = targets[name]
             counted = _count_only(target, scorer, pruner, name, levels[name]) if fresh_scores else None
             if counted is not None:
                 masks[name] = counted
+                counted_only.add(name)
                 continue
             # FSDP2: gathered whole, so every rank ranks the same scores
             score = _oriented(target, _checked(name, whole_scores(target, scorer.scores(pruner, name))))
@@ -77,7 +79,7 @@ def compute_masks(
         scores.clear()  # a layer-wise update calibrates for a long time next: hold no score through it
         masks = {name: _oriented(targets[name], mask) for name, mask in masks.items()}  # back to the stored layout
         if scorer.monotone:  # masks only grow — except where the pattern needs weights back (`Pattern.may_regrow`)
-            masks = {name: mask if targets[name].pattern.may_regrow else
+            masks = {name: mask if targets[name].pattern.may_regrow or name in counted_only else
                      mask & targets[name].mask.expand(mask.shape) for name, mask in masks.items()}
         if fresh_scores:
             refined = scorer.after_masks(pruner, masks)

@@ -162,7 +162,7 @@ def test_sparsegpt_skips_the_patterns_ranking_and_gives_the_same_weights(n_m_rat
     from sparsify.criteria import sparsegpt
 
     torch.manual_seed(11)
-    model = nn.Sequential(nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 8))
+    model = nn.Sequential(nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 8), nn.Linear(8, 5))
     x = torch.randn(24, 8, 6, 6)
     fields = {} if n_m_ratio is None else {"n_m_ratio": n_m_ratio}
     fresh = one_shot(copy.deepcopy(model), x, {"kind": "sparsegpt", "block_size": 8}, **fields)
@@ -170,7 +170,7 @@ def test_sparsegpt_skips_the_patterns_ranking_and_gives_the_same_weights(n_m_rat
     monkeypatch.setattr(sparsegpt._SparseGPTScorer, "reselects_alone",
                         lambda self, pruner, name: seen.append(name) and False)
     ranked = one_shot(copy.deepcopy(model), x, {"kind": "sparsegpt", "block_size": 8}, **fields)
-    assert seen == ["0", "2"]
+    assert seen == ["0", "2", "3"]  # 5 × 8 at 50 %: 20 zeros, not whole rows (the others are)
     for ours, theirs in zip(fresh.parameters(), ranked.parameters()):
         assert torch.equal(ours, theirs)
     if n_m_ratio is not None:
@@ -188,9 +188,22 @@ def test_an_n_m_patterns_fresh_mask_has_n_m_masks_counts_and_only_where_they_do_
         fresh = pattern.fresh_mask(torch.Size(shape), 0.5, torch.device("cpu"))
         assert fresh is not None and fresh.shape == shape
         assert torch.equal(pattern.run_counts(fresh), pattern.run_counts(n_m_mask(torch.rand(shape), (2, 4), dim)))
+        assert fresh.untyped_storage().nbytes() == shape[dim]  # a view of one run's flags
     assert NMPattern(2, 4).fresh_mask(torch.Size((6, 10)), 0.5, torch.device("cpu")) is None  # a partial run
     assert NMPattern(2, 4).fresh_mask(torch.Size((6, 8)), 0.25, torch.device("cpu")) is None  # the ramp
     assert NMPattern(2, 4, by_runs=True).fresh_mask(torch.Size((6, 8)), 0.5, torch.device("cpu")) is None
+
+
+def test_a_fresh_unstructured_mask_prunes_the_first_weights_and_is_a_view_where_they_are_whole_rows():
+    from sparsify.patterns import CoreMLPattern
+
+    pattern = CoreMLPattern()
+    rows = pattern.fresh_mask(torch.Size((6, 4, 3)), 0.5, torch.device("cpu"))
+    assert rows is not None and rows.untyped_storage().nbytes() == 6  # one flag per output channel
+    assert torch.equal(rows.reshape(-1), torch.arange(72) >= 36)
+    odd = pattern.fresh_mask(torch.Size((5, 4)), 0.5, torch.device("cpu"))
+    assert odd is not None and torch.equal(odd.reshape(-1), torch.arange(20) >= 10)
+    assert CoreMLPattern(granularity="per_channel").fresh_mask(torch.Size((5, 4)), 0.5, torch.device("cpu")) is None
 
 
 def test_sparsegpt_2_of_4_equals_core_ml_tools_sparsegpt():
