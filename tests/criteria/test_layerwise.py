@@ -138,7 +138,7 @@ def test_sparsegpt_2_of_4_matches_the_papers_runs_over_several_blocks():
 
 @pytest.mark.parametrize("m", [2, 4, 8, 16])
 def test_the_lowest_of_each_run_are_those_a_stable_sort_puts_first(m):
-    from sparsify.criteria.sparsegpt import _lowest_in_runs
+    from sparsify.criteria.sparsegpt_select import lowest_in_runs
 
     torch.manual_seed(m)
     runs = 300
@@ -148,7 +148,7 @@ def test_the_lowest_of_each_run_are_those_a_stable_sort_puts_first(m):
     counts = torch.randint(0, m + 1, (runs,))
     sortable = torch.nan_to_num(saliency, nan=float("inf"))
     expected = torch.argsort(torch.argsort(sortable, dim=0, stable=True), dim=0) < counts
-    chosen = _lowest_in_runs(saliency, counts)
+    chosen = lowest_in_runs(saliency, counts)
     assert torch.equal(chosen, expected)
     assert torch.equal(chosen.sum(0), counts)
     assert torch.equal(chosen[:, 0], torch.arange(m) < counts[0])  # a tied run: the earlier positions first
